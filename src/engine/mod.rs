@@ -1,0 +1,135 @@
+//! The container engine: the only module that talks to Docker (through
+//! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so it
+//! can be unit-tested with [`fake::FakeEngine`].
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Receives daemon output, one line at a time (without the newline).
+pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Errors from the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No daemon answers at the address tried.
+    #[error("cannot connect to the Docker daemon at `{address}`: {message}\nhint: start it (`sudo systemctl start docker`, or `dockerd &`), or point `--host`/DOCKER_HOST at a running daemon")]
+    Unreachable {
+        /// What we tried (`unix:///var/run/docker.sock`, `tcp://…`).
+        address: String,
+        /// The underlying error.
+        message: String,
+    },
+    /// The TLS settings (`--use-tls`, `--certs`, DOCKER_CERT_PATH) are unusable.
+    #[error("docker TLS settings: {0}")]
+    Tls(String),
+    /// The daemon rejected or failed a build.
+    #[error("{message}")]
+    BuildFailed {
+        /// The last Dockerfile instruction the daemon announced
+        /// (`Step 3/5 : RUN make`), if any.
+        instruction: Option<String>,
+        /// The daemon's error message.
+        message: String,
+    },
+    /// Reading the build context failed.
+    #[error("build context `{path}`: {message}")]
+    Context {
+        /// The context directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Any other daemon API error.
+    #[error("docker: {0}")]
+    Api(String),
+}
+
+/// Everything needed to build one image.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    /// The image reference to tag the result with (`name-uid:tag`).
+    pub tag: String,
+    /// The context directory (its `.dockerignore` is honoured).
+    pub context_dir: PathBuf,
+    /// Files added to the context tar (name in the tar, content). Used for
+    /// the rewritten Dockerfile; nothing is written into `context_dir`.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    /// The Dockerfile's name inside the context tar.
+    pub dockerfile: String,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub no_cache: bool,
+    /// Remove intermediate containers after a successful build.
+    pub rm: bool,
+    /// Always remove intermediate containers.
+    pub force_rm: bool,
+    /// `networkmode` for RUN instructions.
+    pub network_mode: Option<String>,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpu_shares: Option<i64>,
+    /// Labels set on the image (`habitus.build`, `habitus.step`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// `sha256:…`.
+    pub id: String,
+    /// Instructions the daemon reported as `Using cache`.
+    pub cached_steps: usize,
+    /// Instructions in total (`Step N/M`).
+    pub total_steps: usize,
+}
+
+/// Facts about an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub size: i64,
+    pub layers: usize,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A command to run in a fresh container of an image.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub image: String,
+    /// Run with `sh -c <command>`.
+    pub command: String,
+    pub labels: BTreeMap<String, String>,
+    pub network_mode: Option<String>,
+}
+
+/// The operations habitus needs from a container engine.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync {
+    /// Checks that the daemon answers.
+    async fn ping(&self) -> Result<(), EngineError>;
+
+    /// Builds an image, streaming the daemon's output to `sink`. Dropping
+    /// the future cancels the build.
+    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError>;
+
+    /// Runs `sh -c command` in a new container of `req.image`, streams its
+    /// output to `sink`, removes the container and returns the exit code.
+    /// Dropping the future must not leave the container behind: callers
+    /// also sweep by label on teardown.
+    async fn run(&self, req: RunRequest, sink: LineSink) -> Result<i64, EngineError>;
+
+    /// Inspects an image; `Ok(None)` if it does not exist.
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError>;
+
+    /// Removes an image by reference or id.
+    async fn remove_image(&self, image: &str, force: bool, noprune: bool) -> Result<(), EngineError>;
+
+    /// Removes (forcibly) every container that carries `label=value`;
+    /// returns how many were removed.
+    async fn remove_containers_with_label(&self, label: &str, value: &str) -> Result<usize, EngineError>;
+}
