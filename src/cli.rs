@@ -1,1 +1,514 @@
-//! (in progress)
+//! The command line: clap definitions and the translation of Go's flag
+//! syntax (`-host=…`, `-keep-all`, `--secrets=false`) into clap's.
+//!
+//! Nothing here touches Docker or the disk; [`crate::config`] turns the
+//! parsed [`Cli`] into a resolved configuration.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// habitus: a build-flow runner for Docker with a short-lived TLS secrets
+/// server. With no subcommand it builds, as Go Habitus does.
+#[derive(Debug, Parser)]
+#[command(
+    name = "habitus",
+    version,
+    about,
+    args_conflicts_with_subcommands = false,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// Subcommands. `habitus` alone is `habitus build`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build every step of build.yml (the default).
+    Build,
+    /// Validate build.yml and print the plan; needs no Docker daemon.
+    Check,
+    /// Print the build plan as text, JSON, Graphviz dot or Mermaid.
+    Plan {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Formats for `habitus plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Steps by level, with their dependencies.
+    Text,
+    /// Machine-readable steps.
+    Json,
+    /// Graphviz: `habitus plan --format dot | dot -Tpng > plan.png`.
+    Dot,
+    /// A Mermaid flowchart.
+    Mermaid,
+}
+
+/// Log levels accepted by `--level` (Go Habitus's names, plus `warn` and `trace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Notice,
+    #[value(alias = "warn")]
+    Warning,
+    Error,
+    Critical,
+}
+
+/// Operating systems accepted by `--os` (kept for compatibility: habitus
+/// never needs to know the image's OS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OsType {
+    Debian,
+    Redhat,
+    Busybox,
+    Alpine,
+}
+
+/// Every Go Habitus flag, with the same names, defaults and meanings, plus
+/// habitus's own. All are global: `habitus -f x check` and
+/// `habitus check -f x` are the same.
+#[derive(Debug, Clone, Args)]
+pub struct Flags {
+    /// Build file path; `build.yml` means build.yml in the work directory.
+    #[arg(short = 'f', global = true, value_name = "FILE", default_value = "build.yml")]
+    pub file: PathBuf,
+
+    /// Work directory for this build (default: the current directory).
+    #[arg(short = 'd', global = true, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// Don't use the cache in any step.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub no_cache: bool,
+
+    /// Suppress the daemon's build output.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub suppress: bool,
+
+    /// Remove intermediate containers.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub rm: bool,
+
+    /// Always remove intermediate containers, even after a failed build.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub force_rm: bool,
+
+    /// Unique ID for the build: every image is named `name-UID[:tag]`, so
+    /// several builds of one build.yml can share a daemon.
+    #[arg(long, global = true, value_name = "UID", value_parser = parse_uid)]
+    pub uid: Option<String>,
+
+    /// Log level: trace, debug, info, notice, warning, error, critical.
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value = "info")]
+    pub level: Level,
+
+    /// Colours and formatting in the output.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub pretty: bool,
+
+    /// Docker host (`unix:///var/run/docker.sock`, `tcp://host:2376`); DOCKER_HOST if missing.
+    #[arg(long, global = true, value_name = "URL")]
+    pub host: Option<String>,
+
+    /// Docker TLS certificate folder (ca.pem, cert.pem, key.pem); DOCKER_CERT_PATH if missing.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+
+    /// `NAME=VALUE` for `_env(NAME)` in build.yml (repeatable). Once any is
+    /// given, the process environment is not consulted.
+    #[arg(long = "env", global = true, value_name = "NAME=VALUE", value_parser = parse_key_value,
+          action = ArgAction::Append)]
+    pub env: Vec<(String, String)>,
+
+    /// `NAME=VALUE` build argument for every step (repeatable); wins over
+    /// `args:` in build.yml.
+    #[arg(long = "build", global = true, value_name = "NAME=VALUE", value_parser = parse_key_value,
+          action = ArgAction::Append)]
+    pub build_args: Vec<(String, String)>,
+
+    /// Networking mode for RUN instructions (`networkmode` of the build API).
+    #[arg(long, global = true, value_name = "MODE")]
+    pub network: Option<String>,
+
+    /// Keep the images of every step (overrides `keep:`).
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub keep_all: bool,
+
+    /// Keep the artifacts copied to the host.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub keep_artifacts: bool,
+
+    /// Connect to the daemon over TLS; DOCKER_TLS_VERIFY if missing.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set)]
+    pub use_tls: Option<bool>,
+
+    /// Accepted for compatibility: habitus takes artifact modes from the
+    /// archive headers and never runs `stat` in the image.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub use_stat: bool,
+
+    /// Skip cleanup commands (and their squash).
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub no_cleanup: bool,
+
+    /// Force the removal of unwanted images.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub force_rmi: bool,
+
+    /// Don't prune untagged parents when removing unwanted images.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub noprune_rmi: bool,
+
+    /// The OS of the build images (accepted for compatibility).
+    #[arg(long, global = true, value_enum, ignore_case = true, default_value = "debian")]
+    pub os: OsType,
+
+    /// Port of the secrets server (0 = any free port).
+    #[arg(long, global = true, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Address the secrets server binds to (default: the gateway of the
+    /// build's own network).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub binding: Option<String>,
+
+    /// Turn the secrets server on or off.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool, action = ArgAction::Set)]
+    pub secrets: Option<bool>,
+
+    /// Run `after_build_command`s on the host.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub after_build_commands: bool,
+
+    /// Enabled secret providers, comma separated.
+    #[arg(long, global = true, value_name = "LIST", default_value = "file,env",
+          value_parser = parse_providers)]
+    pub sec_providers: Providers,
+
+    /// Memory limit for build containers (`512m`, `2GB`, bytes).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_memory)]
+    pub docker_memory: Option<i64>,
+
+    /// CPUs in which build containers may run (`0-3`, `0,1`).
+    #[arg(long, global = true, value_name = "CPUS")]
+    pub docker_cpuset_cpus: Option<String>,
+
+    /// CPU shares (relative weight) for build containers.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1024)]
+    pub docker_cpu_shares: i64,
+
+    /// Require basic authentication on the secrets server (Go Habitus compatibility mode).
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub authentication_secret_server: bool,
+
+    /// Password for the secrets server's basic authentication.
+    #[arg(long, global = true, value_name = "PASSWORD", default_value = "admin", hide_default_value = true)]
+    pub password_secret_server: String,
+
+    /// User for the secrets server's basic authentication.
+    #[arg(long, global = true, value_name = "USER", default_value = "habitus")]
+    pub user_secret_server: String,
+
+    /// Steps built at the same time (default: the number of CPUs).
+    #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+}
+
+/// A comma separated list of secret provider types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Providers(pub Vec<String>);
+
+/// Secret provider types habitus knows.
+pub const PROVIDERS: &[&str] = &["file", "env"];
+
+fn parse_providers(value: &str) -> Result<Providers, String> {
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !PROVIDERS.contains(&name) {
+            return Err(format!(
+                "unknown secret provider `{name}` (known: {})",
+                PROVIDERS.join(", ")
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(Providers(out))
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("`{value}` is not a boolean (use true or false)")),
+    }
+}
+
+/// `NAME=VALUE`, split on the first `=` only: values may hold `=` and newlines.
+fn parse_key_value(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, val)) if !key.is_empty() => Ok((key.to_string(), val.to_string())),
+        _ => Err(format!("`{value}` is not NAME=VALUE")),
+    }
+}
+
+fn parse_uid(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{value}` is not a valid uid (use up to 64 letters, digits, `-`, `_` or `.`)"
+        ))
+    }
+}
+
+/// A memory size as Docker's `RAMInBytes` reads it: a number (decimals
+/// allowed) and an optional binary unit `b`, `k`, `m`, `g`, `t`, `p`, with an
+/// optional `b`/`ib` suffix, case-insensitive: `512m`, `2GB`, `1.5g`, `1024`.
+pub fn parse_memory(value: &str) -> Result<i64, String> {
+    let bad = || {
+        format!("`{value}` is not a memory size (examples: `512m`, `2g`, `2GB`, `1048576`)")
+    };
+    let s = value.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = number * 2f64.powi(shift);
+    if !bytes.is_finite() || bytes < 1.0 || bytes > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as i64)
+}
+
+/// Rewrites Go-style flags into the form clap reads: `-host=x` →
+/// `--host=x`, `-keep-all` → `--keep-all`, `-f=x` → `-f x`. Values that
+/// follow a flag taking one (`--env -x=1`) and everything after `--` are
+/// left alone.
+pub fn normalize_go_flags<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut command = Cli::command();
+    command.build();
+    let mut longs: Vec<(String, bool)> = Vec::new();
+    let mut shorts: Vec<(char, bool)> = Vec::new();
+    let mut collect = |cmd: &clap::Command| {
+        for arg in cmd.get_arguments() {
+            let takes_value = arg
+                .get_num_args()
+                .map(|range| range.min_values() > 0)
+                .unwrap_or(false);
+            if let Some(long) = arg.get_long() {
+                longs.push((long.to_string(), takes_value));
+            }
+            if let Some(short) = arg.get_short() {
+                shorts.push((short, takes_value));
+            }
+        }
+    };
+    collect(&command);
+    for sub in command.get_subcommands() {
+        collect(sub);
+    }
+    longs.push(("help".into(), false));
+    longs.push(("version".into(), false));
+
+    let mut out = Vec::new();
+    let mut iter = args.into_iter().map(Into::into);
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let mut skip_value = false;
+    let mut rest_verbatim = false;
+    for arg in iter {
+        if rest_verbatim || skip_value {
+            skip_value = false;
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str().map(str::to_string) else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            rest_verbatim = true;
+            out.push(arg);
+            continue;
+        }
+        let (dashes, body) = if let Some(body) = text.strip_prefix("--") {
+            (2, body)
+        } else if let Some(body) = text.strip_prefix('-') {
+            (1, body)
+        } else {
+            out.push(arg);
+            continue;
+        };
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (body, None),
+        };
+        if let Some(&(_, takes_value)) = longs.iter().find(|(l, _)| l == name) {
+            if value.is_none() && takes_value {
+                skip_value = true;
+            }
+            out.push(OsString::from(format!("--{body}")));
+            continue;
+        }
+        let mut chars = name.chars();
+        if let (1, Some(c), None) = (dashes, chars.next(), chars.next()) {
+            if let Some(&(_, takes_value)) = shorts.iter().find(|(s, _)| *s == c) {
+                out.push(OsString::from(format!("-{c}")));
+                match value {
+                    Some(v) => out.push(OsString::from(v)),
+                    None if takes_value => skip_value = true,
+                    None => {}
+                }
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Parses a full command line (program name first), Go-style flags included.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    Cli::try_parse_from(normalize_go_flags(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{normalize_go_flags, parse, parse_memory};
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_go_flags(args.iter().copied())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_flags_become_long_flags() {
+        assert_eq!(
+            norm(&["habitus", "-host=unix:///x.sock", "-keep-all", "-f=b.yml", "-d", "-x"]),
+            ["habitus", "--host=unix:///x.sock", "--keep-all", "-f", "b.yml", "-d", "-x"]
+        );
+    }
+
+    #[test]
+    fn values_after_value_flags_are_untouched() {
+        assert_eq!(
+            norm(&["habitus", "-env", "-keep-all=1", "--", "-uid=x"]),
+            ["habitus", "--env", "-keep-all=1", "--", "-uid=x"]
+        );
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m"), Ok(512 << 20));
+        assert_eq!(parse_memory("2GB"), Ok(2 << 30));
+        assert_eq!(parse_memory("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory("1.5k"), Ok(1536));
+        assert_eq!(parse_memory("1048576"), Ok(1 << 20));
+        assert_eq!(parse_memory("4 m"), Ok(4 << 20));
+        assert_eq!(
+            parse_memory("lots").unwrap_err(),
+            "`lots` is not a memory size (examples: `512m`, `2g`, `2GB`, `1048576`)"
+        );
+        assert!(parse_memory("").is_err());
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("12x").is_err());
+        assert!(parse_memory("9999999p").is_err());
+    }
+
+    #[test]
+    fn blog_post_line_parses() {
+        let cli = parse([
+            "habitus",
+            "--use-tls=false",
+            "-host=unix:///var/run/docker.sock",
+            "-secrets=false",
+            "-keep-all",
+        ])
+        .unwrap();
+        assert_eq!(cli.flags.use_tls, Some(false));
+        assert_eq!(cli.flags.host.as_deref(), Some("unix:///var/run/docker.sock"));
+        assert_eq!(cli.flags.secrets, Some(false));
+        assert!(cli.flags.keep_all);
+        assert!(cli.command.is_none());
+    }
+}

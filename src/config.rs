@@ -1,1 +1,217 @@
-//! (in progress)
+//! Resolves the parsed command line ([`crate::cli::Flags`]) into a
+//! [`Config`]: absolute paths, Docker connection settings from flags and
+//! the environment (as Docker's own CLI reads them), build options.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Flags, Level};
+use crate::manifest::EnvSource;
+
+/// Where and how to reach the Docker daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// `unix:///var/run/docker.sock`, `tcp://host:port`, …
+    pub host: String,
+    /// Connect over TLS with the certificates in `cert_path`.
+    pub use_tls: bool,
+    /// Directory holding ca.pem, cert.pem and key.pem.
+    pub cert_path: Option<PathBuf>,
+}
+
+/// The default daemon address, as Docker's CLI has it.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+impl DockerSettings {
+    /// Flags win; then DOCKER_HOST, DOCKER_TLS_VERIFY (any non-empty value
+    /// turns TLS on, as in Docker's CLI) and DOCKER_CERT_PATH (default
+    /// `~/.docker` when TLS is on).
+    pub fn resolve(
+        host: Option<&str>,
+        use_tls: Option<bool>,
+        certs: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> DockerSettings {
+        let non_empty = |name: &str| env(name).filter(|v| !v.is_empty());
+        let host = host
+            .map(str::to_string)
+            .or_else(|| non_empty("DOCKER_HOST"))
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        let use_tls = use_tls.unwrap_or_else(|| non_empty("DOCKER_TLS_VERIFY").is_some());
+        let cert_path = certs
+            .map(Path::to_path_buf)
+            .or_else(|| non_empty("DOCKER_CERT_PATH").map(PathBuf::from))
+            .or_else(|| {
+                use_tls
+                    .then(|| non_empty("HOME").map(|h| Path::new(&h).join(".docker")))
+                    .flatten()
+            });
+        DockerSettings {
+            host,
+            use_tls,
+            cert_path,
+        }
+    }
+}
+
+/// Everything a habitus run needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// build.yml, as the user should see it in messages.
+    pub file: PathBuf,
+    /// The work directory, absolute.
+    pub workdir: PathBuf,
+    pub env: EnvSource,
+    /// `--build` arguments (later ones win).
+    pub build_args: BTreeMap<String, String>,
+    pub sec_providers: Vec<String>,
+    pub uid: Option<String>,
+    pub docker: DockerSettings,
+    pub no_cache: bool,
+    pub suppress: bool,
+    pub rm: bool,
+    pub force_rm: bool,
+    pub network: Option<String>,
+    pub memory: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpu_shares: Option<i64>,
+    pub keep_all: bool,
+    pub keep_artifacts: bool,
+    pub no_cleanup: bool,
+    pub force_rmi: bool,
+    pub noprune_rmi: bool,
+    pub after_build_commands: bool,
+    pub jobs: usize,
+    pub level: Level,
+    pub pretty: bool,
+}
+
+impl Config {
+    /// Resolves `flags` against the current directory and the environment.
+    pub fn from_flags(
+        flags: &Flags,
+        cwd: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Config {
+        let workdir = match &flags.workdir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => cwd.join(d),
+            None => cwd.to_path_buf(),
+        };
+        let workdir = normalize(&workdir);
+        // Go Habitus: the default `build.yml` lives in the work dir; any
+        // other -f is taken as given (relative to the current directory).
+        let file = if flags.file == Path::new("build.yml") {
+            workdir.join("build.yml")
+        } else if flags.file.is_absolute() {
+            flags.file.clone()
+        } else {
+            cwd.join(&flags.file)
+        };
+        let env_source = if flags.env.is_empty() {
+            EnvSource::Process
+        } else {
+            EnvSource::Given(flags.env.iter().cloned().collect())
+        };
+        let jobs = flags.jobs.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        });
+        Config {
+            file: normalize(&file),
+            workdir,
+            env: env_source,
+            build_args: flags.build_args.iter().cloned().collect(),
+            sec_providers: flags.sec_providers.0.clone(),
+            uid: flags.uid.clone(),
+            docker: DockerSettings::resolve(
+                flags.host.as_deref(),
+                flags.use_tls,
+                flags.certs.as_deref(),
+                env,
+            ),
+            no_cache: flags.no_cache,
+            suppress: flags.suppress,
+            rm: flags.rm,
+            force_rm: flags.force_rm,
+            network: flags.network.clone().filter(|n| !n.is_empty()),
+            memory: flags.docker_memory,
+            cpuset_cpus: flags.docker_cpuset_cpus.clone().filter(|c| !c.is_empty()),
+            cpu_shares: Some(flags.docker_cpu_shares).filter(|s| *s > 0),
+            keep_all: flags.keep_all,
+            keep_artifacts: flags.keep_artifacts,
+            no_cleanup: flags.no_cleanup,
+            force_rmi: flags.force_rmi,
+            noprune_rmi: flags.noprune_rmi,
+            after_build_commands: flags.after_build_commands,
+            jobs,
+            level: flags.level,
+            pretty: flags.pretty,
+        }
+    }
+}
+
+/// Removes `.` and resolves `..` lexically (no symlinks followed).
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DockerSettings, DEFAULT_DOCKER_HOST};
+    use std::path::{Path, PathBuf};
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn docker_settings_follow_docker_cli() {
+        let none = env_of(&[]);
+        assert_eq!(
+            DockerSettings::resolve(None, None, None, &none),
+            DockerSettings {
+                host: DEFAULT_DOCKER_HOST.into(),
+                use_tls: false,
+                cert_path: None
+            }
+        );
+        let env = env_of(&[
+            ("DOCKER_HOST", "tcp://10.0.0.1:2376"),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("HOME", "/home/u"),
+        ]);
+        let s = DockerSettings::resolve(None, None, None, &env);
+        assert_eq!(s.host, "tcp://10.0.0.1:2376");
+        assert!(s.use_tls);
+        assert_eq!(s.cert_path, Some(PathBuf::from("/home/u/.docker")));
+        let s = DockerSettings::resolve(
+            Some("unix:///x.sock"),
+            Some(false),
+            Some(Path::new("/c")),
+            &env,
+        );
+        assert_eq!(s.host, "unix:///x.sock");
+        assert!(!s.use_tls);
+        assert_eq!(s.cert_path, Some(PathBuf::from("/c")));
+    }
+}

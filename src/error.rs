@@ -1,11 +1,35 @@
-//! The top-level error and its mapping to exit codes.
+//! The top-level error and its mapping to exit codes (Go Habitus's: 2 for
+//! bad usage or an unreachable daemon, 1 for a bad build.yml or a failed
+//! build; a failed `command:` passes its own code through; 130/143 for
+//! SIGINT/SIGTERM).
+
+use crate::engine::EngineError;
+use crate::manifest::Diagnostics;
+use crate::runner::BuildError;
 
 /// Everything that can stop a habitus invocation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad command-line usage (exit code 2, as Go Habitus and Go's flag package).
+    /// Bad command-line usage.
     #[error("{0}")]
     Usage(String),
+    /// build.yml is invalid; every problem found is listed.
+    #[error("{0}")]
+    Manifest(Diagnostics),
+    /// The Docker daemon could not be reached or used before the build.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The build failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A local I/O error outside any step.
+    #[error("{what}: {source}")]
+    Io {
+        /// What habitus was doing.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -13,6 +37,9 @@ impl Error {
     pub fn code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            Error::Engine(EngineError::Unreachable { .. } | EngineError::Tls(_)) => 2,
+            Error::Build(e) => e.code(),
+            Error::Manifest(_) | Error::Engine(_) | Error::Io { .. } => 1,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! builds them on a Docker daemon, eagerly and in parallel where the DAG
 //! allows, and leaves nothing of its own behind.
 //!
-//! The binary in `main.rs` only parses arguments and calls [`run`].
+//! The binary in `main.rs` only calls [`run`], so tests can run habitus
+//! in-process too.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,15 +18,234 @@ pub mod plan;
 pub mod progress;
 pub mod runner;
 
+use std::ffi::OsString;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Command, PlanFormat};
+use crate::config::Config;
+use crate::engine::docker::{DockerEngine, DockerOptions};
+use crate::engine::Engine;
+use crate::manifest::{Loaded, LoadOptions};
+use crate::plan::Plan;
+use crate::progress::{Reporter, Severity};
+use crate::runner::{BuildOptions, Runner, Signal, Summary};
+
 pub use error::Error;
 
-/// Runs habitus with the given command line (including the program name)
-/// and returns the process exit code.
+/// Runs habitus with the given command line (program name first) and
+/// returns the process exit code. Errors are printed on stderr.
 pub fn run<I, T>(args: I) -> i32
 where
     I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
+    T: Into<OsString>,
 {
-    let _ = args;
-    0
+    let cli = match cli::parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors exit 2,
+            // as Go's flag package does.
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => {
+            eprintln!("error: cannot read the current directory: {e}");
+            return 1;
+        }
+    };
+    let config = Config::from_flags(&cli.flags, &cwd, &|name| std::env::var(name).ok());
+    let result = match cli.command.unwrap_or(Command::Build) {
+        Command::Version => {
+            println!("habitus {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Check => check(&config),
+        Command::Plan { format } => print_plan(&config, format),
+        Command::Build => build(&config),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            match &e {
+                Error::Manifest(diagnostics) => eprint!("{diagnostics}"),
+                other => eprintln!("error: {other}"),
+            }
+            e.code()
+        }
+    }
+}
+
+/// Loads and validates build.yml, printing its warnings.
+fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
+    let loaded = manifest::load(&LoadOptions {
+        file: &config.file,
+        workdir: &config.workdir,
+        env: &config.env,
+        sec_providers: &config.sec_providers,
+    })
+    .map_err(Error::Manifest)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let nodes: Vec<(String, Vec<String>)> = loaded
+        .manifest
+        .steps
+        .iter()
+        .map(|s| (s.label.clone(), s.depends_on.clone()))
+        .collect();
+    // The loader has already reported unknown steps and cycles.
+    let plan = Plan::new(&nodes).map_err(|errors| {
+        Error::Usage(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    Ok((loaded, plan))
+}
+
+fn check(config: &Config) -> Result<(), Error> {
+    let (loaded, plan) = load(config)?;
+    print_stdout(&plan::render::text(&loaded.manifest, &plan));
+    print_stdout(&format!(
+        "{}: ok ({} steps)\n",
+        config.file.display(),
+        plan.len()
+    ));
+    Ok(())
+}
+
+fn print_plan(config: &Config, format: PlanFormat) -> Result<(), Error> {
+    let (loaded, plan) = load(config)?;
+    let m = &loaded.manifest;
+    let text = match format {
+        PlanFormat::Text => plan::render::text(m, &plan),
+        PlanFormat::Json => plan::render::json(m, &plan),
+        PlanFormat::Dot => plan::render::dot(m, &plan),
+        PlanFormat::Mermaid => plan::render::mermaid(m, &plan),
+    };
+    print_stdout(&text);
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`habitus plan | head`) is not an error.
+fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn build(config: &Config) -> Result<(), Error> {
+    let (loaded, plan) = load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(build_async(config, loaded, plan))
+}
+
+async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), Error> {
+    let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+    let engine = DockerEngine::connect(&DockerOptions {
+        host: Some(config.docker.host.clone()),
+        use_tls: config.docker.use_tls,
+        tls_verify: config.docker.use_tls,
+        cert_path: config.docker.cert_path.clone(),
+    })
+    .await?;
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+
+    let cancel = CancellationToken::new();
+    let signal = Arc::new(Mutex::new(None));
+    let watcher = tokio::spawn(watch_signals(cancel.clone(), Arc::clone(&signal)));
+
+    let options = BuildOptions {
+        uid: config.uid.clone(),
+        build_args: config.build_args.clone(),
+        no_cache: config.no_cache,
+        rm: config.rm,
+        force_rm: config.force_rm,
+        network: config.network.clone(),
+        memory: config.memory,
+        cpuset_cpus: config.cpuset_cpus.clone(),
+        cpu_shares: config.cpu_shares,
+        jobs: config.jobs,
+        keep_all: config.keep_all,
+        force_rmi: config.force_rmi,
+        noprune_rmi: config.noprune_rmi,
+        after_build_commands: config.after_build_commands,
+    };
+    let runner = Runner::new(
+        engine,
+        loaded.manifest,
+        plan,
+        options,
+        Arc::clone(&reporter),
+        Runner::new_build_id(),
+    );
+    reporter.message(
+        Severity::Info,
+        &format!(
+            "build {}: {} step(s) from {}",
+            runner.build_id(),
+            runner_steps(&runner),
+            config.file.display()
+        ),
+    );
+    let result = runner.run(cancel, signal).await;
+    watcher.abort();
+    match result {
+        Ok(summary) => {
+            print_summary(&reporter, &summary);
+            Ok(())
+        }
+        Err(e) => Err(Error::Build(e)),
+    }
+}
+
+fn runner_steps(runner: &Runner) -> usize {
+    runner.step_count()
+}
+
+fn print_summary(reporter: &Reporter, summary: &Summary) {
+    let mut text = String::from("summary:");
+    for step in &summary.steps {
+        text.push_str(&format!(
+            "\n  {:<16} {:<40} {:>10} {:>7.1}s  {}/{} cached",
+            step.label,
+            step.image,
+            step.size.map(runner::human_size).unwrap_or_default(),
+            step.duration.as_secs_f64(),
+            step.cached_steps,
+            step.total_steps,
+        ));
+    }
+    reporter.message(Severity::Info, &text);
+}
+
+/// Cancels the build on the first SIGINT or SIGTERM, remembering which.
+async fn watch_signals(cancel: CancellationToken, signal: Arc<Mutex<Option<Signal>>>) {
+    use tokio::signal::unix::{signal as unix_signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        unix_signal(SignalKind::interrupt()),
+        unix_signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let which = tokio::select! {
+        _ = int.recv() => Signal::Interrupt,
+        _ = term.recv() => Signal::Terminate,
+    };
+    *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(which);
+    cancel.cancel();
 }

@@ -1,1 +1,695 @@
-//! (in progress)
+//! The runner: executes a [`Plan`] on an [`Engine`].
+//!
+//! Scheduling is eager: a step starts as soon as all of its dependencies
+//! have finished (not level by level), with at most `jobs` steps at once.
+//! The first failure (or Ctrl-C/SIGTERM, through the cancellation token)
+//! cancels every step in flight; dropping a step's future drops its daemon
+//! request, which makes the daemon stop that build.
+//!
+//! Teardown runs on every path: containers labelled with this build's id
+//! are swept, and images the build no longer needs are removed (on success
+//! those of non-leaf steps without `keep`; on failure every image of this
+//! build, unless `--keep-all`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dockerfile;
+use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
+use crate::manifest::{Manifest, Step};
+use crate::plan::Plan;
+use crate::progress::{Reporter, Severity};
+
+/// Label carrying the build id on every image and container habitus makes.
+pub const LABEL_BUILD: &str = "habitus.build";
+/// Label carrying the step label.
+pub const LABEL_STEP: &str = "habitus.step";
+/// Label carrying `--uid`, when given.
+pub const LABEL_UID: &str = "habitus.uid";
+
+/// The signal that interrupted a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ctrl-C.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+/// Build options that come from the command line.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub uid: Option<String>,
+    /// `--build` arguments; they win over `args:` in build.yml.
+    pub build_args: BTreeMap<String, String>,
+    pub no_cache: bool,
+    pub rm: bool,
+    pub force_rm: bool,
+    pub network: Option<String>,
+    pub memory: Option<i64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpu_shares: Option<i64>,
+    pub jobs: usize,
+    pub keep_all: bool,
+    pub force_rmi: bool,
+    pub noprune_rmi: bool,
+    pub after_build_commands: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            uid: None,
+            build_args: BTreeMap::new(),
+            no_cache: false,
+            rm: true,
+            force_rm: false,
+            network: None,
+            memory: None,
+            cpuset_cpus: None,
+            cpu_shares: None,
+            jobs: 1,
+            keep_all: false,
+            force_rmi: false,
+            noprune_rmi: false,
+            after_build_commands: false,
+        }
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The daemon failed a step's build.
+    #[error("step `{step}` failed{}: {message}\n  dockerfile: {}", instruction.as_ref().map(|i| format!(" at `{i}`")).unwrap_or_default(), dockerfile.display())]
+    Step {
+        /// The step label.
+        step: String,
+        /// The step's Dockerfile.
+        dockerfile: PathBuf,
+        /// The instruction that failed (`Step 3/5 : RUN make`), if known.
+        instruction: Option<String>,
+        /// The daemon's message.
+        message: String,
+    },
+    /// A step's Dockerfile could not be read or rewritten.
+    #[error("step `{step}`: dockerfile `{}`: {message}", dockerfile.display())]
+    Dockerfile {
+        /// The step label.
+        step: String,
+        /// The Dockerfile.
+        dockerfile: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A step's `command:` exited non-zero.
+    #[error("step `{step}`: command `{command}` exited with code {code}")]
+    Command {
+        /// The step label.
+        step: String,
+        /// The command as written in build.yml.
+        command: String,
+        /// Its exit code.
+        code: i64,
+    },
+    /// A step's `after_build_command:` failed on the host.
+    #[error("step `{step}`: after_build_command `{command}` {status}")]
+    AfterBuild {
+        /// The step label.
+        step: String,
+        /// The command as written in build.yml.
+        command: String,
+        /// How it ended (`exited with code 3`, `could not start: …`).
+        status: String,
+        /// Its exit code, if it ran.
+        code: Option<i32>,
+    },
+    /// Any other engine error during a step.
+    #[error("step `{step}`: {source}")]
+    Engine {
+        /// The step label.
+        step: String,
+        /// The engine's error.
+        source: EngineError,
+    },
+    /// A step's task panicked (a bug in habitus).
+    #[error("step `{step}`: internal error: {message}")]
+    Panic {
+        /// The step label.
+        step: String,
+        /// The panic message.
+        message: String,
+    },
+    /// Ctrl-C or SIGTERM.
+    #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" })]
+    Interrupted {
+        /// Which signal.
+        signal: Signal,
+    },
+}
+
+impl BuildError {
+    /// The exit code habitus ends with: a failed `command:` passes its own
+    /// code through; signals give 130/143; everything else 1.
+    pub fn code(&self) -> i32 {
+        match self {
+            BuildError::Command { code, .. } => clamp_code(*code),
+            BuildError::AfterBuild { code: Some(c), .. } => clamp_code(i64::from(*c)),
+            BuildError::Interrupted {
+                signal: Signal::Interrupt,
+            } => 130,
+            BuildError::Interrupted {
+                signal: Signal::Terminate,
+            } => 143,
+            _ => 1,
+        }
+    }
+}
+
+fn clamp_code(code: i64) -> i32 {
+    if (1..=255).contains(&code) {
+        code as i32
+    } else {
+        1
+    }
+}
+
+/// What one step produced.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub label: String,
+    /// The unique image name the step was tagged with.
+    pub image: String,
+    pub image_id: String,
+    pub size: Option<i64>,
+    pub duration: Duration,
+    pub cached_steps: usize,
+    pub total_steps: usize,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Finished steps, in the order they finished.
+    pub steps: Vec<StepReport>,
+    /// Images removed after the build.
+    pub removed_images: Vec<String>,
+}
+
+/// Runs one build.
+pub struct Runner {
+    engine: Arc<dyn Engine>,
+    manifest: Arc<Manifest>,
+    plan: Arc<Plan>,
+    options: Arc<BuildOptions>,
+    reporter: Arc<Reporter>,
+    build_id: String,
+    /// Step image name as written → unique name, for rewriting Dockerfiles.
+    images: Arc<BTreeMap<String, String>>,
+}
+
+impl Runner {
+    /// A runner for `manifest`/`plan` on `engine`; `build_id` labels every
+    /// object of this build.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        manifest: Manifest,
+        plan: Plan,
+        options: BuildOptions,
+        reporter: Arc<Reporter>,
+        build_id: String,
+    ) -> Runner {
+        let images = manifest
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    dockerfile::unique_name(&s.name, options.uid.as_deref()),
+                )
+            })
+            .collect();
+        Runner {
+            engine,
+            manifest: Arc::new(manifest),
+            plan: Arc::new(plan),
+            options: Arc::new(options),
+            reporter,
+            build_id,
+            images: Arc::new(images),
+        }
+    }
+
+    /// A fresh random build id (12 hex digits).
+    pub fn new_build_id() -> String {
+        format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    }
+
+    /// Number of steps in the build.
+    pub fn step_count(&self) -> usize {
+        self.plan.len()
+    }
+
+    /// The id that labels this build's objects.
+    pub fn build_id(&self) -> &str {
+        &self.build_id
+    }
+
+    /// The unique image name of step `label`.
+    pub fn image_of(&self, step: &Step) -> String {
+        self.images[&step.name].clone()
+    }
+
+    /// Runs the whole build. `cancel` is triggered on Ctrl-C/SIGTERM, with
+    /// the signal stored in `signal`.
+    pub async fn run(
+        &self,
+        cancel: CancellationToken,
+        signal: Arc<std::sync::Mutex<Option<Signal>>>,
+    ) -> Result<Summary, BuildError> {
+        let result = self.schedule(&cancel, &signal).await;
+        let mut summary = match &result {
+            Ok(summary) => summary.clone(),
+            Err((summary, _)) => summary.clone(),
+        };
+        let built: Vec<String> = summary.steps.iter().map(|s| s.label.clone()).collect();
+        summary.removed_images = self.teardown(&built, result.is_ok()).await;
+        match result {
+            Ok(_) => Ok(summary),
+            Err((_, error)) => Err(error),
+        }
+    }
+
+    async fn schedule(
+        &self,
+        cancel: &CancellationToken,
+        signal: &std::sync::Mutex<Option<Signal>>,
+    ) -> Result<Summary, (Summary, BuildError)> {
+        let plan = &self.plan;
+        let position: Vec<usize> = {
+            let mut pos = vec![0; plan.len()];
+            for (p, &i) in plan.order().iter().enumerate() {
+                pos[i] = p;
+            }
+            pos
+        };
+        let mut waiting: Vec<usize> = (0..plan.len()).map(|i| plan.deps(i).len()).collect();
+        let mut ready: VecDeque<usize> = plan
+            .order()
+            .iter()
+            .copied()
+            .filter(|&i| waiting[i] == 0)
+            .collect();
+        let mut tasks: JoinSet<(usize, Result<StepReport, BuildError>)> = JoinSet::new();
+        let mut task_step = BTreeMap::new();
+        let mut summary = Summary::default();
+        let mut failure: Option<BuildError> = None;
+        let jobs = self.options.jobs.max(1);
+
+        loop {
+            while failure.is_none() && tasks.len() < jobs {
+                let Some(i) = ready.pop_front() else { break };
+                let step = self.manifest.steps[i].clone();
+                for &d in plan.deps(i) {
+                    debug_assert!(waiting[d] == 0);
+                }
+                let ctx = self.step_context();
+                let handle = tasks.spawn(async move { (i, ctx.build_step(step).await) });
+                task_step.insert(handle.id(), i);
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if failure.is_none() => {
+                    let sig = signal
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or(Signal::Interrupt);
+                    self.reporter.message(Severity::Warning, "interrupted: stopping every running step");
+                    failure = Some(BuildError::Interrupted { signal: sig });
+                    tasks.abort_all();
+                }
+                joined = tasks.join_next_with_id() => {
+                    let Some(joined) = joined else { continue };
+                    match joined {
+                        Ok((_, (i, Ok(report)))) => {
+                            summary.steps.push(report);
+                            let mut newly: Vec<usize> = Vec::new();
+                            for &d in plan.dependents(i) {
+                                waiting[d] -= 1;
+                                if waiting[d] == 0 {
+                                    newly.push(d);
+                                }
+                            }
+                            ready.extend(newly);
+                            ready.make_contiguous().sort_by_key(|&s| position[s]);
+                        }
+                        Ok((_, (_, Err(error)))) => {
+                            if failure.is_none() {
+                                failure = Some(error);
+                                tasks.abort_all();
+                            }
+                        }
+                        Err(join_error) => {
+                            if join_error.is_panic() && failure.is_none() {
+                                let i = task_step.get(&join_error.id()).copied().unwrap_or(0);
+                                failure = Some(BuildError::Panic {
+                                    step: plan.label(i).to_string(),
+                                    message: panic_message(join_error.into_panic()),
+                                });
+                                tasks.abort_all();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match failure {
+            None => Ok(summary),
+            Some(error) => Err((summary, error)),
+        }
+    }
+
+    fn step_context(&self) -> StepContext {
+        StepContext {
+            engine: Arc::clone(&self.engine),
+            manifest: Arc::clone(&self.manifest),
+            options: Arc::clone(&self.options),
+            reporter: Arc::clone(&self.reporter),
+            build_id: self.build_id.clone(),
+            images: Arc::clone(&self.images),
+        }
+    }
+
+    /// Sweeps this build's containers and removes the images it no longer
+    /// needs. Errors are reported, never raised: they must not hide the
+    /// build's own result.
+    async fn teardown(&self, built: &[String], success: bool) -> Vec<String> {
+        match self
+            .engine
+            .remove_containers_with_label(LABEL_BUILD, &self.build_id)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => self.reporter.message(
+                Severity::Debug,
+                &format!("removed {n} leftover container(s) of this build"),
+            ),
+            Err(e) => self.reporter.message(
+                Severity::Warning,
+                &format!("could not sweep this build's containers: {e}"),
+            ),
+        }
+        let mut removed = Vec::new();
+        if self.options.keep_all {
+            return removed;
+        }
+        // Remove dependents before their bases: reverse topological order.
+        for &i in self.plan.order().iter().rev() {
+            let step = &self.manifest.steps[i];
+            if !built.contains(&step.label) || step.keep {
+                continue;
+            }
+            let is_leaf = self.plan.dependents(i).is_empty();
+            if success && is_leaf {
+                continue;
+            }
+            let image = self.image_of(step);
+            match self
+                .engine
+                .remove_image(&image, self.options.force_rmi, self.options.noprune_rmi)
+                .await
+            {
+                Ok(()) => {
+                    self.reporter.step(
+                        Severity::Debug,
+                        &step.label,
+                        &format!("removed image `{image}`"),
+                    );
+                    removed.push(image);
+                }
+                Err(e) => self.reporter.step(
+                    Severity::Warning,
+                    &step.label,
+                    &format!("could not remove image `{image}`: {e}"),
+                ),
+            }
+        }
+        removed
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// What one step's task needs; cheap to clone.
+struct StepContext {
+    engine: Arc<dyn Engine>,
+    manifest: Arc<Manifest>,
+    options: Arc<BuildOptions>,
+    reporter: Arc<Reporter>,
+    build_id: String,
+    images: Arc<BTreeMap<String, String>>,
+}
+
+impl StepContext {
+    fn labels(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_BUILD.to_string(), self.build_id.clone());
+        labels.insert(LABEL_STEP.to_string(), step.label.clone());
+        if let Some(uid) = &self.options.uid {
+            labels.insert(LABEL_UID.to_string(), uid.clone());
+        }
+        labels
+    }
+
+    fn sink(&self, label: &str) -> LineSink {
+        let reporter = Arc::clone(&self.reporter);
+        let label = label.to_string();
+        Arc::new(move |line: &str| reporter.step_output(&label, line))
+    }
+
+    async fn build_step(&self, step: Step) -> Result<StepReport, BuildError> {
+        let started = Instant::now();
+        let image = self.images[&step.name].clone();
+        let label = step.label.clone();
+        self.reporter.step(
+            Severity::Info,
+            &label,
+            &format!(
+                "building `{image}` from `{}` (context `{}`)",
+                step.dockerfile,
+                step.context.display()
+            ),
+        );
+
+        let source = tokio::fs::read_to_string(&step.dockerfile_path)
+            .await
+            .map_err(|e| BuildError::Dockerfile {
+                step: label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                message: e.to_string(),
+            })?;
+        let rewritten =
+            dockerfile::rewrite(&source, &self.images).map_err(|e| BuildError::Dockerfile {
+                step: label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                message: e.to_string(),
+            })?;
+
+        let mut build_args = step.args.clone();
+        build_args.extend(self.options.build_args.clone());
+        let dockerfile_name = format!(".habitus-{}-{}.Dockerfile", self.build_id, label);
+        let request = BuildRequest {
+            tag: image.clone(),
+            context_dir: step.context.clone(),
+            extra_files: vec![(dockerfile_name.clone(), rewritten.text.into_bytes())],
+            dockerfile: dockerfile_name,
+            target: step.target.clone(),
+            build_args,
+            no_cache: self.options.no_cache || step.no_cache,
+            rm: self.options.rm,
+            force_rm: self.options.force_rm,
+            network_mode: self.options.network.clone(),
+            memory: self.options.memory,
+            cpuset_cpus: self.options.cpuset_cpus.clone(),
+            cpu_shares: self.options.cpu_shares,
+            labels: self.labels(&step),
+        };
+        let built = self
+            .engine
+            .build(request, self.sink(&label))
+            .await
+            .map_err(|e| match e {
+                EngineError::BuildFailed {
+                    instruction,
+                    message,
+                } => BuildError::Step {
+                    step: label.clone(),
+                    dockerfile: step.dockerfile_path.clone(),
+                    instruction,
+                    message,
+                },
+                other => BuildError::Engine {
+                    step: label.clone(),
+                    source: other,
+                },
+            })?;
+
+        if let Some(command) = &step.command {
+            self.reporter.step(
+                Severity::Info,
+                &label,
+                &format!("running command `{command}` in `{image}`"),
+            );
+            let code = self
+                .engine
+                .run(
+                    RunRequest {
+                        image: image.clone(),
+                        command: command.clone(),
+                        labels: self.labels(&step),
+                        network_mode: self.options.network.clone(),
+                    },
+                    self.sink(&label),
+                )
+                .await
+                .map_err(|e| BuildError::Engine {
+                    step: label.clone(),
+                    source: e,
+                })?;
+            if code != 0 {
+                return Err(BuildError::Command {
+                    step: label,
+                    command: command.clone(),
+                    code,
+                });
+            }
+        }
+
+        if let Some(command) = &step.after_build_command {
+            if self.options.after_build_commands {
+                self.after_build(&step, command).await?;
+            } else {
+                self.reporter.step(
+                    Severity::Warning,
+                    &label,
+                    &format!(
+                        "after_build_command `{command}` skipped: commands on the host run only with --after-build-commands"
+                    ),
+                );
+            }
+        }
+
+        let size = match self.engine.inspect_image(&image).await {
+            Ok(info) => info.map(|i| i.size),
+            Err(_) => None,
+        };
+        let duration = started.elapsed();
+        self.reporter.step(
+            Severity::Info,
+            &label,
+            &format!(
+                "built `{image}` in {:.1}s ({}{}/{} instructions cached)",
+                duration.as_secs_f64(),
+                size.map(|s| format!("{}, ", human_size(s)))
+                    .unwrap_or_default(),
+                built.cached_steps,
+                built.total_steps
+            ),
+        );
+        Ok(StepReport {
+            label,
+            image,
+            image_id: built.id,
+            size,
+            duration,
+            cached_steps: built.cached_steps,
+            total_steps: built.total_steps,
+        })
+    }
+
+    /// Runs `sh -c command` on the host in the work dir, streaming its
+    /// output. The child is killed if the build is cancelled.
+    async fn after_build(&self, step: &Step, command: &str) -> Result<(), BuildError> {
+        self.reporter.step(
+            Severity::Info,
+            &step.label,
+            &format!("running after_build_command `{command}` on the host"),
+        );
+        let fail = |status: String, code: Option<i32>| BuildError::AfterBuild {
+            step: step.label.clone(),
+            command: command.to_string(),
+            status,
+            code,
+        };
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&self.manifest.workdir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| fail(format!("could not start: {e}"), None))?;
+        let sink = self.sink(&step.label);
+        let (_, _, status) = tokio::join!(
+            pump_lines(child.stdout.take(), sink.clone()),
+            pump_lines(child.stderr.take(), sink),
+            child.wait()
+        );
+        let status = status.map_err(|e| fail(format!("failed: {e}"), None))?;
+        if status.success() {
+            Ok(())
+        } else {
+            let code = status.code();
+            Err(fail(
+                match code {
+                    Some(c) => format!("exited with code {c}"),
+                    None => "was killed by a signal".to_string(),
+                },
+                code,
+            ))
+        }
+    }
+}
+
+/// Sends each line read from `reader` to `sink`.
+async fn pump_lines<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>, sink: LineSink) {
+    if let Some(reader) = reader {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink(&line);
+        }
+    }
+}
+
+/// `1234567` → `1.2 MB` (decimal units, as `docker images` prints).
+pub fn human_size(bytes: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}

@@ -73,3 +73,12 @@ pub struct SecretSpec {
     /// A host path for `file`; a variable NAME (read from `HABITUS_NAME`) for `env`.
     pub value: String,
 }
+
+/// Where `_env(NAME)` values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// The process environment.
+    Process,
+    /// `--env NAME=VALUE` flags only.
+    Given(BTreeMap<String, String>),
+}
