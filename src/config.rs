@@ -55,7 +55,7 @@ impl DockerSettings {
 }
 
 /// Everything a habitus run needs, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
     pub file: PathBuf,

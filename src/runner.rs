@@ -693,3 +693,288 @@ pub fn human_size(bytes: i64) -> String {
         format!("{value:.1} {}", units[unit])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{BuildError, BuildOptions, Runner, Signal, Summary, LABEL_BUILD};
+    use crate::cli::Level;
+    use crate::engine::fake::{FakeBuild, FakeEngine};
+    use crate::manifest::{Manifest, SchemaVersion, Step};
+    use crate::plan::Plan;
+    use crate::progress::Reporter;
+
+    fn step(dir: &Path, label: &str, deps: &[&str]) -> Step {
+        let dockerfile_path = dir.join("Dockerfile");
+        std::fs::write(&dockerfile_path, "FROM scratch\n").unwrap();
+        Step {
+            label: label.into(),
+            name: format!("img/{label}"),
+            dockerfile: "Dockerfile".into(),
+            dockerfile_path,
+            context: dir.to_path_buf(),
+            target: None,
+            args: BTreeMap::new(),
+            no_cache: false,
+            artifacts: vec![],
+            cleanup: vec![],
+            secrets: BTreeMap::new(),
+            command: None,
+            after_build_command: None,
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            keep: false,
+            line: 0,
+        }
+    }
+
+    struct Fixture {
+        engine: Arc<FakeEngine>,
+        runner: Runner,
+    }
+
+    fn fixture(steps: Vec<Step>, options: BuildOptions) -> Fixture {
+        let nodes: Vec<_> = steps
+            .iter()
+            .map(|s| (s.label.clone(), s.depends_on.clone()))
+            .collect();
+        let plan = Plan::new(&nodes).unwrap();
+        let manifest = Manifest {
+            file: "build.yml".into(),
+            workdir: steps[0].context.clone(),
+            version: SchemaVersion::V20160314,
+            steps,
+        };
+        let engine = Arc::new(FakeEngine::default());
+        let reporter = Arc::new(Reporter::new(
+            Box::new(std::io::sink()),
+            Level::Info,
+            false,
+        ));
+        let runner = Runner::new(
+            engine.clone(),
+            manifest,
+            plan,
+            options,
+            reporter,
+            "b1".into(),
+        );
+        Fixture { engine, runner }
+    }
+
+    async fn run(f: &Fixture) -> Result<Summary, BuildError> {
+        f.runner
+            .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
+            .await
+    }
+
+    fn opts(jobs: usize) -> BuildOptions {
+        BuildOptions {
+            jobs,
+            ..BuildOptions::default()
+        }
+    }
+
+    fn delay(ms: u64) -> FakeBuild {
+        FakeBuild {
+            delay: Duration::from_millis(ms),
+            fail: None,
+        }
+    }
+
+    fn window(f: &Fixture, tag: &str) -> (Instant, Instant) {
+        let b = f
+            .engine
+            .builds()
+            .into_iter()
+            .find(|b| b.request.tag == tag)
+            .unwrap_or_else(|| panic!("`{tag}` was not built"));
+        (b.started, b.finished.expect("finished"))
+    }
+
+    #[tokio::test]
+    async fn diamond_runs_middle_steps_in_parallel_and_join_after_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let f = fixture(
+            vec![
+                step(d, "a", &[]),
+                step(d, "b", &["a"]),
+                step(d, "c", &["a"]),
+                step(d, "d", &["b", "c"]),
+            ],
+            opts(4),
+        );
+        f.engine.on_build("img/b", delay(200));
+        f.engine.on_build("img/c", delay(200));
+        let summary = run(&f).await.unwrap();
+        assert_eq!(summary.steps.len(), 4);
+        let (a, b, c, dd) = (
+            window(&f, "img/a"),
+            window(&f, "img/b"),
+            window(&f, "img/c"),
+            window(&f, "img/d"),
+        );
+        assert!(b.0 >= a.1 && c.0 >= a.1);
+        assert!(b.0 < c.1 && c.0 < b.1, "b and c overlap");
+        assert!(dd.0 >= b.1 && dd.0 >= c.1);
+        // Only the leaf stays.
+        assert_eq!(f.engine.images().into_iter().collect::<Vec<_>>(), ["img/d"]);
+        assert_eq!(f.engine.label_sweeps(), [(LABEL_BUILD.into(), "b1".into())]);
+    }
+
+    #[tokio::test]
+    async fn scheduling_is_eager_not_level_by_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // a (fast) -> b; c (slow) alone. Level by level, b would wait for c.
+        let f = fixture(
+            vec![step(d, "a", &[]), step(d, "c", &[]), step(d, "b", &["a"])],
+            opts(4),
+        );
+        f.engine.on_build("img/c", delay(400));
+        run(&f).await.unwrap();
+        let (b, c) = (window(&f, "img/b"), window(&f, "img/c"));
+        assert!(b.0 < c.1, "b started before c finished");
+    }
+
+    #[tokio::test]
+    async fn jobs_limits_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let f = fixture(vec![step(d, "a", &[]), step(d, "b", &[])], opts(1));
+        f.engine.on_build("img/a", delay(100));
+        f.engine.on_build("img/b", delay(100));
+        run(&f).await.unwrap();
+        let (a, b) = (window(&f, "img/a"), window(&f, "img/b"));
+        assert!(b.0 >= a.1 || a.0 >= b.1, "no overlap with --jobs 1");
+    }
+
+    #[tokio::test]
+    async fn first_failure_cancels_running_steps_and_removes_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let f = fixture(
+            vec![
+                step(d, "ok", &[]),
+                step(d, "bad", &["ok"]),
+                step(d, "slow", &[]),
+                step(d, "after", &["bad"]),
+            ],
+            opts(4),
+        );
+        f.engine.on_build(
+            "img/bad",
+            FakeBuild {
+                delay: Duration::from_millis(50),
+                fail: Some("The command '/bin/sh -c false' returned a non-zero code: 1".into()),
+            },
+        );
+        f.engine.on_build("img/slow", delay(10_000));
+        let started = Instant::now();
+        let err = run(&f).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "step `bad` failed at `Step 1/1 : RUN fake`: The command '/bin/sh -c false' returned a non-zero code: 1\n  dockerfile: {}",
+                d.join("Dockerfile").display()
+            )
+        );
+        assert_eq!(err.code(), 1);
+        let builds = f.engine.builds();
+        let slow = builds.iter().find(|b| b.request.tag == "img/slow").unwrap();
+        assert!(slow.finished.is_none(), "slow build was cancelled");
+        assert!(!builds.iter().any(|b| b.request.tag == "img/after"));
+        // The image of the step that succeeded is gone too.
+        assert!(f.engine.images().is_empty());
+        assert_eq!(f.engine.removed(), ["img/ok"]);
+    }
+
+    #[tokio::test]
+    async fn cancellation_interrupts_with_the_signal_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fixture(vec![step(dir.path(), "a", &[])], opts(1));
+        f.engine.on_build("img/a", delay(10_000));
+        let cancel = CancellationToken::new();
+        let signal = Arc::new(Mutex::new(Some(Signal::Terminate)));
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            trigger.cancel();
+        });
+        let err = f.runner.run(cancel, signal).await.unwrap_err();
+        assert_eq!(err.to_string(), "interrupted by SIGTERM");
+        assert_eq!(err.code(), 143);
+    }
+
+    #[tokio::test]
+    async fn failing_command_passes_its_exit_code_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = step(dir.path(), "test", &[]);
+        s.command = Some("./run-tests".into());
+        let f = fixture(vec![s], opts(1));
+        f.engine.on_run("img/test", 3);
+        let err = run(&f).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step `test`: command `./run-tests` exited with code 3"
+        );
+        assert_eq!(err.code(), 3);
+        assert_eq!(f.engine.runs()[0].command, "./run-tests");
+    }
+
+    #[tokio::test]
+    async fn cli_build_args_win_and_uid_renames_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut a = step(d, "a", &[]);
+        a.args.insert("X".into(), "from-yml".into());
+        a.args.insert("Y".into(), "yml-only".into());
+        a.keep = true;
+        let mut options = opts(1);
+        options.uid = Some("u1".into());
+        options.build_args.insert("X".into(), "from-cli".into());
+        let f = fixture(vec![a, step(d, "b", &["a"])], options);
+        run(&f).await.unwrap();
+        let builds = f.engine.builds();
+        let req = &builds[0].request;
+        assert_eq!(req.tag, "img/a-u1");
+        assert_eq!(req.build_args["X"], "from-cli");
+        assert_eq!(req.build_args["Y"], "yml-only");
+        assert_eq!(req.labels["habitus.uid"], "u1");
+        assert_eq!(req.labels["habitus.step"], "a");
+        // `keep: true` keeps a non-leaf image.
+        assert!(f.engine.images().contains("img/a-u1"));
+    }
+
+    #[tokio::test]
+    async fn after_build_command_runs_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = step(d, "a", &[]);
+        s.after_build_command = Some("echo ran > marker".into());
+        let f = fixture(vec![s.clone()], opts(1));
+        run(&f).await.unwrap();
+        assert!(!d.join("marker").exists());
+
+        let mut options = opts(1);
+        options.after_build_commands = true;
+        let f = fixture(vec![s.clone()], options.clone());
+        run(&f).await.unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("marker")).unwrap(), "ran\n");
+
+        s.after_build_command = Some("exit 4".into());
+        let f = fixture(vec![s], options);
+        let err = run(&f).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step `a`: after_build_command `exit 4` exited with code 4"
+        );
+    }
+}

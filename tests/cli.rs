@@ -1,1 +1,196 @@
+use std::path::Path;
+use std::process::Command;
 
+use habitus::cli::parse;
+use habitus::config::Config;
+use habitus::manifest::EnvSource;
+
+fn config(args: &[&str]) -> Config {
+    let cli = parse(args.iter().copied()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    Config::from_flags(&cli.flags, Path::new("/work"), &|_| None)
+}
+
+fn habitus(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn blog_post_command_line_parses() {
+    let c = config(&[
+        "habitus",
+        "--use-tls=false",
+        "-host=unix:///var/run/docker.sock",
+        "-secrets=false",
+        "-keep-all",
+    ]);
+    assert_eq!(c.docker.host, "unix:///var/run/docker.sock");
+    assert!(!c.docker.use_tls);
+    assert!(c.keep_all);
+}
+
+#[test]
+fn go_style_and_gnu_style_give_the_same_config() {
+    let go = config(&[
+        "habitus",
+        "-f=ci/build.yml",
+        "-d=app",
+        "-no-cache",
+        "-uid=Tenant1",
+        "-keep-artifacts=true",
+        "-rm=false",
+        "-docker-memory=512m",
+        "-docker-cpu-shares=512",
+        "-network=host",
+        "-env",
+        "A=1",
+        "-build=B=2",
+        "-sec-providers=file",
+    ]);
+    let gnu = config(&[
+        "habitus",
+        "-f",
+        "ci/build.yml",
+        "-d",
+        "app",
+        "--no-cache",
+        "--uid",
+        "Tenant1",
+        "--keep-artifacts",
+        "--rm=false",
+        "--docker-memory",
+        "512m",
+        "--docker-cpu-shares",
+        "512",
+        "--network",
+        "host",
+        "--env",
+        "A=1",
+        "--build",
+        "B=2",
+        "--sec-providers",
+        "file",
+    ]);
+    assert_eq!(go, gnu);
+    assert_eq!(go.file, Path::new("/work/ci/build.yml"));
+    assert_eq!(go.workdir, Path::new("/work/app"));
+    assert!(go.no_cache && go.keep_artifacts && !go.rm);
+    assert_eq!(go.uid.as_deref(), Some("tenant1"));
+    assert_eq!(go.memory, Some(512 << 20));
+    assert_eq!(go.cpu_shares, Some(512));
+    assert_eq!(go.sec_providers, ["file"]);
+}
+
+#[test]
+fn default_build_file_lives_in_the_work_dir() {
+    let c = config(&["habitus", "-d", "/src/app"]);
+    assert_eq!(c.file, Path::new("/src/app/build.yml"));
+    assert_eq!(c.env, EnvSource::Process);
+}
+
+#[test]
+fn env_and_build_repeat_and_split_on_the_first_equals_only() {
+    let pem = "-----BEGIN X-----\nQUJD==\n-----END X-----";
+    let env_arg = format!("KEY={pem}");
+    let c = config(&[
+        "habitus",
+        "--env",
+        "A=x=y",
+        "--env",
+        &env_arg,
+        "--build",
+        "TOKEN=abc==",
+        "--build",
+        "TOKEN=def",
+        "--build=EMPTY=",
+    ]);
+    let EnvSource::Given(env) = &c.env else {
+        panic!("expected --env values")
+    };
+    assert_eq!(env["A"], "x=y");
+    assert_eq!(env["KEY"], pem);
+    assert_eq!(c.build_args["TOKEN"], "def");
+    assert_eq!(c.build_args["EMPTY"], "");
+}
+
+#[test]
+fn bool_flags_take_go_values_only_with_equals() {
+    assert!(!config(&["habitus", "-secrets=0", "--rm=f"]).rm);
+    assert!(config(&["habitus", "--force-rm=TRUE"]).force_rm);
+    // As in Go, `-keep-all false` sets the flag and leaves `false` as a
+    // stray argument, which is an error.
+    assert!(parse(["habitus", "-keep-all", "false"]).is_err());
+}
+
+#[test]
+fn bad_values_are_rejected_with_exit_code_2() {
+    let out = habitus(&["--docker-memory=lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'lots' for '--docker-memory <SIZE>': `lots` is not a memory size (examples: `512m`, `2g`, `2GB`, `1048576`)"),
+        "{stderr}"
+    );
+
+    let out = habitus(&["--env", "NOEQUALS"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`NOEQUALS` is not NAME=VALUE"));
+
+    let out = habitus(&["-no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '-no-such-flag'"));
+
+    let out = habitus(&["--sec-providers=file,vault"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("unknown secret provider `vault` (known: file, env)"));
+
+    let out = habitus(&["--level=loud"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_lists_every_go_habitus_flag() {
+    let out = habitus(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "-f ", "-d ", "--no-cache", "--suppress", "--rm", "--force-rm", "--uid", "--level",
+        "--pretty", "--host", "--certs", "--env", "--build", "--network", "--keep-all",
+        "--keep-artifacts", "--use-tls", "--use-stat", "--no-cleanup", "--force-rmi",
+        "--noprune-rmi", "--os", "--port", "--binding", "--secrets", "--after-build-commands",
+        "--sec-providers", "--docker-memory", "--docker-cpuset-cpus", "--docker-cpu-shares",
+        "--authentication-secret-server", "--password-secret-server", "--user-secret-server",
+        "--help", "--version",
+    ] {
+        assert!(help.contains(flag), "--help lacks `{flag}`:\n{help}");
+    }
+    assert_eq!(habitus(&["help"]).status.code(), Some(0));
+}
+
+#[test]
+fn version_in_every_form() {
+    for args in [&["version"][..], &["--version"], &["-version"]] {
+        let out = habitus(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&format!("habitus {}", env!("CARGO_PKG_VERSION"))),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_build_file_is_exit_code_1_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = habitus(&["check", "-d", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&dir.path().join("build.yml").display().to_string()),
+        "{stderr}"
+    );
+}
