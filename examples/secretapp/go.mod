@@ -1,0 +1,3 @@
+module example.com/secretapp
+
+go 1.22
