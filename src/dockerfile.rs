@@ -1,27 +1,798 @@
-//! (stub, replaced by the real parser)
-use std::collections::BTreeMap;
+//! Dockerfiles: parsing them the way Docker's own parser does (parser
+//! directives, comments, line continuations with the chosen escape
+//! character, here-documents, stages) and rewriting the references to other
+//! steps' images — `FROM`, `COPY --from=` and `RUN --mount=…,from=` — to
+//! those steps' unique image names. A rewrite changes only the image tokens:
+//! every other byte, and so every line number, stays as the user wrote it.
+//!
+//! This module also owns [`unique_name`], the image name a step gets when a
+//! build runs with `--uid`.
 
-/// Errors.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerfileError {
-    /// Stub.
-    #[error("{0}")]
-    Invalid(String),
-}
-/// Rewritten text.
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+/// The largest Dockerfile accepted, in bytes. Dockerfiles come from the
+/// build's work directory and are parsed before Docker sees them.
+pub const MAX_DOCKERFILE_SIZE: usize = 4 * 1024 * 1024;
+
+/// A Dockerfile with its references to other steps' images rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
+    /// The Dockerfile text; it differs from the input only in image tokens.
     pub text: String,
+    /// The step image names (keys of the map given to [`rewrite`]) that the
+    /// Dockerfile refers to, each once, in order of first use.
     pub references: Vec<String>,
 }
-/// Stub.
-pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten, DockerfileError> {
-    let _ = images;
-    Ok(Rewritten { text: src.to_string(), references: vec![] })
+
+/// One `FROM` instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromLine {
+    /// The 1-based line the instruction starts on.
+    pub line: usize,
+    /// The image (or earlier stage) as written, `ARG` references unexpanded.
+    pub image: String,
+    /// The stage name from `AS name`, lowercased as Docker does.
+    pub stage: Option<String>,
 }
-/// Stub.
+
+/// A Dockerfile that cannot be parsed, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {kind}", .line.map(|line| format!(":{line}")).unwrap_or_default())]
+pub struct DockerfileError {
+    /// The file name shown in the message; `Dockerfile` unless set with
+    /// [`DockerfileError::in_file`].
+    pub file: String,
+    /// The 1-based line of the problem, when there is one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub kind: DockerfileErrorKind,
+}
+
+impl DockerfileError {
+    /// Names the file in the message (by default `Dockerfile`).
+    pub fn in_file(mut self, file: impl Into<String>) -> Self {
+        self.file = file.into();
+        self
+    }
+
+    fn new(line: Option<usize>, kind: DockerfileErrorKind) -> Self {
+        DockerfileError {
+            file: "Dockerfile".to_owned(),
+            line,
+            kind,
+        }
+    }
+}
+
+/// What is wrong with a Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerfileErrorKind {
+    /// The file is larger than [`MAX_DOCKERFILE_SIZE`].
+    #[error("the file is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The size of the file.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An `# escape=` parser directive names a character other than `\` or
+    /// a backtick.
+    #[error("invalid escape character `{0}`: use a backslash or a backtick")]
+    InvalidEscape(String),
+    /// A parser directive appears more than once.
+    #[error("the `{0}` parser directive is given more than once")]
+    DuplicateDirective(String),
+    /// A `FROM` instruction without an image.
+    #[error("FROM requires an image")]
+    FromMissingImage,
+    /// A `FROM` instruction whose arguments are not `IMAGE [AS NAME]`.
+    #[error("FROM takes `IMAGE [AS NAME]`, found `{0}`")]
+    FromArguments(String),
+    /// A stage name that Docker rejects.
+    #[error(
+        "invalid build stage name `{0}`: it must start with a letter and contain \
+         only letters, digits, `-`, `_` and `.`"
+    )]
+    InvalidStageName(String),
+    /// A here-document whose terminating line never comes.
+    #[error("here-document `{0}` is never terminated")]
+    UnterminatedHeredoc(String),
+    /// The file has no `FROM` instruction.
+    #[error("no FROM instruction")]
+    NoFrom,
+}
+
+/// The image name of a step built with `--uid`, following Go Habitus:
+/// `-<uid>` is appended to the repository, the tag (and digest) are kept and
+/// the whole name is lowercased. Without a uid (or with an empty one) the
+/// name is returned unchanged.
+///
+/// The tag is what follows the last `:` after the last `/`, so a registry
+/// port stays in place: `localhost:5000/app:1.0` with uid `ab12` becomes
+/// `localhost:5000/app-ab12:1.0`.
 pub fn unique_name(name: &str, uid: Option<&str>) -> String {
-    match uid {
-        Some(u) => format!("{name}-{u}").to_lowercase(),
-        None => name.to_string(),
+    let Some(uid) = uid.filter(|uid| !uid.is_empty()) else {
+        return name.to_owned();
+    };
+    let (name_part, digest) = match name.find('@') {
+        Some(at) => name.split_at(at),
+        None => (name, ""),
+    };
+    let last_slash = name_part.rfind('/').map_or(0, |slash| slash + 1);
+    let (repository, tag) = match name_part[last_slash..].rfind(':') {
+        Some(colon) => name_part.split_at(last_slash + colon),
+        None => (name_part, ""),
+    };
+    format!("{repository}-{uid}{tag}{digest}").to_lowercase()
+}
+
+/// Lists the `FROM` instructions of a Dockerfile.
+pub fn from_images(src: &str) -> Result<Vec<FromLine>, DockerfileError> {
+    let parsed = parse(src)?;
+    Ok(parsed.froms.into_iter().map(|from| from.line).collect())
+}
+
+/// Rewrites every reference to a step image in `src`. `images` maps a step's
+/// image name as written in build.yml to its unique name (see
+/// [`unique_name`]). A reference matches a key exactly, or when one of them
+/// has no tag and the other has the tag `latest`.
+///
+/// Rewritten are the image of `FROM`, the value of `COPY --from=` and the
+/// `from=` field of `RUN --mount=`, unless the name is a build stage of the
+/// same Dockerfile (`FROM` only sees earlier stages, as in Docker), a stage
+/// index (`COPY --from=0`) or contains an `ARG` reference (`$`). Instructions
+/// inside `ONBUILD` run in another build and are left alone.
+pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten, DockerfileError> {
+    let parsed = parse(src)?;
+    let all_stages: BTreeSet<&str> = parsed
+        .froms
+        .iter()
+        .filter_map(|from| from.line.stage.as_deref())
+        .collect();
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    let mut references: Vec<String> = Vec::new();
+    let mut use_image = |reference: &str, raw: &Instruction, range: Range<usize>| {
+        if reference.contains('$') {
+            return;
+        }
+        if let Some((key, unique)) = lookup(images, reference) {
+            raw.replace(range, unique, &mut edits);
+            if !references.contains(key) {
+                references.push(key.clone());
+            }
+        }
+    };
+
+    let mut earlier_stages: BTreeSet<&str> = BTreeSet::new();
+    let mut froms = parsed.froms.iter().peekable();
+    for (index, instruction) in parsed.instructions.iter().enumerate() {
+        let command = split_command(&instruction.text, parsed.escape);
+        match command.name.to_ascii_lowercase().as_str() {
+            "from" => {
+                let from = froms.next().filter(|from| from.instruction == index);
+                let Some(from) = from else { continue };
+                let image = &from.line.image;
+                if !earlier_stages.contains(image.to_lowercase().as_str()) {
+                    use_image(image, instruction, from.image.clone());
+                }
+                if let Some(stage) = &from.line.stage {
+                    earlier_stages.insert(stage);
+                }
+            }
+            "copy" => {
+                for flag in command.flags.iter().filter(|flag| flag.name == "from") {
+                    let Some((value, range)) = flag.plain_value(&instruction.text) else {
+                        continue;
+                    };
+                    if !is_stage_index(value) && !all_stages.contains(value.to_lowercase().as_str())
+                    {
+                        use_image(value, instruction, range);
+                    }
+                }
+            }
+            "run" => {
+                for flag in command.flags.iter().filter(|flag| flag.name == "mount") {
+                    let Some((value, range)) = flag.plain_value(&instruction.text) else {
+                        continue;
+                    };
+                    if let Some((from, offset)) = mount_from(value) {
+                        let start = range.start + offset;
+                        if !all_stages.contains(from.to_lowercase().as_str()) {
+                            use_image(from, instruction, start..start + from.len());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    edits.sort_by_key(|(range, _)| range.start);
+    let mut text = String::with_capacity(src.len());
+    let mut done = 0;
+    for (range, replacement) in edits {
+        text.push_str(&src[done..range.start]);
+        text.push_str(&replacement);
+        done = range.end;
+    }
+    text.push_str(&src[done..]);
+    Ok(Rewritten { text, references })
+}
+
+/// The key of `images` that `reference` names, and its unique name.
+fn lookup<'a>(
+    images: &'a BTreeMap<String, String>,
+    reference: &str,
+) -> Option<(&'a String, &'a String)> {
+    if let Some(found) = images.get_key_value(reference) {
+        return Some(found);
+    }
+    let wanted = with_latest(reference);
+    images.iter().find(|(key, _)| with_latest(key) == wanted)
+}
+
+/// `name` with the tag `latest` added when it has neither tag nor digest.
+fn with_latest(name: &str) -> String {
+    let last = &name[name.rfind('/').map_or(0, |slash| slash + 1)..];
+    if name.contains('@') || last.contains(':') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// Whether a `--from` value is a stage index (Go's `strconv.Atoi` accepts a
+/// sign).
+fn is_stage_index(value: &str) -> bool {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// The `from=` field of a `--mount` value and its byte offset in the value.
+/// Fields with CSV quoting are not rewritten.
+fn mount_from(value: &str) -> Option<(&str, usize)> {
+    if value.contains('"') {
+        return None;
+    }
+    let mut offset = 0;
+    for field in value.split(',') {
+        if let Some((key, image)) = field.split_once('=') {
+            if key.eq_ignore_ascii_case("from") && !image.is_empty() {
+                return Some((image, offset + key.len() + 1));
+            }
+        }
+        offset += field.len() + 1;
+    }
+    None
+}
+
+/// A logical instruction: its physical lines joined, continuations removed.
+#[derive(Debug)]
+struct Instruction {
+    /// The 1-based line the instruction starts on.
+    line: usize,
+    /// The instruction text without comments and continuation characters.
+    text: String,
+    /// For each byte of `text`, its byte offset in the source.
+    /// Invariant: `offsets.len() == text.len()`.
+    offsets: Vec<usize>,
+}
+
+impl Instruction {
+    fn push(&mut self, part: &str, offset: usize) {
+        self.text.push_str(part);
+        self.offsets.extend(offset..offset + part.len());
+        debug_assert_eq!(self.text.len(), self.offsets.len());
+    }
+
+    /// Adds to `edits` the source changes that replace `range` of the text
+    /// with `replacement`.
+    ///
+    /// When a token is split by line continuations, the pieces before the
+    /// last physical line are removed and the last piece is replaced, so
+    /// each continuation line keeps its escape character and no line is
+    /// added or removed.
+    fn replace(
+        &self,
+        range: Range<usize>,
+        replacement: &str,
+        edits: &mut Vec<(Range<usize>, String)>,
+    ) {
+        debug_assert!(!range.is_empty());
+        let mut start = range.start;
+        for index in range.start + 1..range.end {
+            if self.offsets[index - 1] + 1 != self.offsets[index] {
+                edits.push((
+                    self.offsets[start]..self.offsets[index - 1] + 1,
+                    String::new(),
+                ));
+                start = index;
+            }
+        }
+        let end = self.offsets[range.end - 1] + 1;
+        edits.push((self.offsets[start]..end, replacement.to_owned()));
+    }
+}
+
+struct ParsedFrom {
+    /// The index of the instruction in [`Parsed::instructions`].
+    instruction: usize,
+    line: FromLine,
+    /// The range of the image in the instruction text.
+    image: Range<usize>,
+}
+
+struct Parsed {
+    instructions: Vec<Instruction>,
+    froms: Vec<ParsedFrom>,
+    escape: u8,
+}
+
+/// Parser directives are read from the top comment lines until the first
+/// line that is not one.
+struct Directives {
+    done: bool,
+    seen: BTreeSet<String>,
+    escape: u8,
+}
+
+impl Directives {
+    fn line(&mut self, line: &str, number: usize) -> Result<(), DockerfileError> {
+        if self.done {
+            return Ok(());
+        }
+        let Some(body) = line.strip_prefix('#') else {
+            self.done = true;
+            return Ok(());
+        };
+        let body = body.trim_start();
+        let Some((key, value)) = body.split_once('=') else {
+            self.done = true;
+            return Ok(());
+        };
+        let key = key.trim_end();
+        let value = value.trim();
+        let valid_key = key.starts_with(|c: char| c.is_ascii_alphabetic())
+            && key.chars().all(|c| c.is_ascii_alphanumeric());
+        let key = key.to_ascii_lowercase();
+        if !valid_key || value.is_empty() || !["syntax", "escape", "check"].contains(&&*key) {
+            self.done = true;
+            return Ok(());
+        }
+        if !self.seen.insert(key.clone()) {
+            return Err(DockerfileError::new(
+                Some(number),
+                DockerfileErrorKind::DuplicateDirective(key),
+            ));
+        }
+        if key == "escape" {
+            self.escape = match value {
+                "\\" => b'\\',
+                "`" => b'`',
+                _ => {
+                    return Err(DockerfileError::new(
+                        Some(number),
+                        DockerfileErrorKind::InvalidEscape(value.to_owned()),
+                    ))
+                }
+            };
+        }
+        Ok(())
+    }
+}
+
+fn trim_newline(line: &str) -> &str {
+    line.trim_end_matches(['\r', '\n'])
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// Removes a trailing escape character (plus spaces and tabs after it) that
+/// continues the line; an escaped escape character does not.
+fn trim_continuation(line: &str, escape: u8) -> (&str, bool) {
+    let trimmed = line.trim_end_matches([' ', '\t']);
+    let bytes = trimmed.as_bytes();
+    match bytes.split_last() {
+        Some((&last, rest)) if last == escape && rest.last() != Some(&escape) => {
+            (&trimmed[..rest.len()], false)
+        }
+        _ => (line, true),
+    }
+}
+
+fn parse(src: &str) -> Result<Parsed, DockerfileError> {
+    if src.len() > MAX_DOCKERFILE_SIZE {
+        return Err(DockerfileError::new(
+            None,
+            DockerfileErrorKind::TooLarge {
+                size: src.len(),
+                limit: MAX_DOCKERFILE_SIZE,
+            },
+        ));
+    }
+    let mut lines: Vec<(usize, &str)> = Vec::new();
+    let mut offset = 0;
+    for line in src.split_inclusive('\n') {
+        lines.push((offset, line));
+        offset += line.len();
+    }
+    if let Some((offset, first)) = lines.first_mut() {
+        if let Some(rest) = first.strip_prefix('\u{feff}') {
+            *offset += '\u{feff}'.len_utf8();
+            *first = rest;
+        }
+    }
+
+    let mut directives = Directives {
+        done: false,
+        seen: BTreeSet::new(),
+        escape: b'\\',
+    };
+    let mut instructions = Vec::new();
+    let mut next = 0;
+    while next < lines.len() {
+        let (offset, raw) = lines[next];
+        next += 1;
+        let line = trim_newline(raw);
+        let content = line.trim_start();
+        let offset = offset + (line.len() - content.len());
+        directives.line(content, next)?;
+        let content = if is_comment(content) { "" } else { content };
+        let (content, mut end_of_line) = trim_continuation(content, directives.escape);
+        if end_of_line && content.is_empty() {
+            continue;
+        }
+        let mut instruction = Instruction {
+            line: next,
+            text: String::new(),
+            offsets: Vec::new(),
+        };
+        instruction.push(content, offset);
+        while !end_of_line && next < lines.len() {
+            let (offset, raw) = lines[next];
+            next += 1;
+            let line = trim_newline(raw);
+            directives.line(line, next)?;
+            if is_comment(line) || line.trim_start().is_empty() {
+                continue;
+            }
+            let (content, end) = trim_continuation(line, directives.escape);
+            end_of_line = end;
+            instruction.push(content, offset);
+        }
+        for name in heredocs(&instruction.text, directives.escape) {
+            loop {
+                let Some((_, raw)) = lines.get(next) else {
+                    return Err(DockerfileError::new(
+                        Some(instruction.line),
+                        DockerfileErrorKind::UnterminatedHeredoc(name.name),
+                    ));
+                };
+                next += 1;
+                let line = trim_newline(raw);
+                let line = if name.chomp {
+                    line.trim_start_matches('\t')
+                } else {
+                    line
+                };
+                if line == name.name {
+                    break;
+                }
+            }
+        }
+        instructions.push(instruction);
+    }
+
+    let mut froms = Vec::new();
+    for (index, instruction) in instructions.iter().enumerate() {
+        let command = split_command(&instruction.text, directives.escape);
+        if !command.name.eq_ignore_ascii_case("from") {
+            continue;
+        }
+        let error = |kind| Err(DockerfileError::new(Some(instruction.line), kind));
+        let words = split_whitespace(&instruction.text, command.rest.clone());
+        let word = |n: usize| &instruction.text[words[n].clone()];
+        let stage = match words.len() {
+            0 => return error(DockerfileErrorKind::FromMissingImage),
+            1 => None,
+            3 if word(1).eq_ignore_ascii_case("as") => {
+                let stage = word(2).to_lowercase();
+                if !is_valid_stage_name(&stage) {
+                    return error(DockerfileErrorKind::InvalidStageName(word(2).to_owned()));
+                }
+                Some(stage)
+            }
+            _ => {
+                let args = instruction.text[command.rest.clone()].to_owned();
+                return error(DockerfileErrorKind::FromArguments(args));
+            }
+        };
+        froms.push(ParsedFrom {
+            instruction: index,
+            line: FromLine {
+                line: instruction.line,
+                image: word(0).to_owned(),
+                stage,
+            },
+            image: words[0].clone(),
+        });
+    }
+    if froms.is_empty() {
+        return Err(DockerfileError::new(None, DockerfileErrorKind::NoFrom));
+    }
+    Ok(Parsed {
+        instructions,
+        froms,
+        escape: directives.escape,
+    })
+}
+
+/// Docker's rule for stage names (after lowercasing): `^[a-z][a-z0-9-_.]*$`.
+fn is_valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+/// The characters Docker splits instruction arguments on.
+fn is_separator(byte: u8) -> bool {
+    matches!(byte, b'\t' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+/// ASCII whitespace as Go's `unicode.IsSpace` sees it (with `\v`).
+fn is_space(byte: u8) -> bool {
+    is_separator(byte) || byte == b'\n'
+}
+
+/// The whitespace-separated words of `text[range]`, as ranges of `text`.
+fn split_whitespace(text: &str, range: Range<usize>) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut words = Vec::new();
+    let mut index = range.start;
+    while index < range.end {
+        if is_separator(bytes[index]) {
+            index += 1;
+            continue;
+        }
+        let start = index;
+        while index < range.end && !is_separator(bytes[index]) {
+            index += 1;
+        }
+        words.push(start..index);
+    }
+    words
+}
+
+/// A `--name=value` flag before an instruction's arguments.
+#[derive(Debug)]
+struct Flag {
+    /// The flag name, without `--`.
+    name: String,
+    /// The value after `=`, with quotes and escapes removed.
+    value: Option<String>,
+    /// The range of the value in the instruction text, quotes included.
+    raw_value: Range<usize>,
+}
+
+impl Flag {
+    /// The value and its range, when the text holds it unescaped, either
+    /// bare or in one pair of quotes, so that replacing the range replaces
+    /// exactly the value.
+    fn plain_value<'a>(&'a self, text: &str) -> Option<(&'a str, Range<usize>)> {
+        let value = self.value.as_deref()?;
+        let raw = &text[self.raw_value.clone()];
+        if value.is_empty() {
+            return None;
+        }
+        if raw == value {
+            return Some((value, self.raw_value.clone()));
+        }
+        let quoted = raw.len() == value.len() + 2
+            && (raw.starts_with('"') && raw.ends_with('"')
+                || raw.starts_with('\'') && raw.ends_with('\''))
+            && raw[1..raw.len() - 1] == *value;
+        quoted.then(|| (value, self.raw_value.start + 1..self.raw_value.end - 1))
+    }
+}
+
+struct Command<'a> {
+    name: &'a str,
+    flags: Vec<Flag>,
+    /// The arguments after the flags, trimmed, as a range of the text.
+    rest: Range<usize>,
+}
+
+/// Splits an instruction into its keyword, its `--flags` and the rest, as
+/// Docker's `splitCommand` and `extractBuilderFlags` do.
+fn split_command(text: &str, escape: u8) -> Command<'_> {
+    let start = text.len() - text.trim_start().len();
+    let end = text.trim_end().len();
+    let bytes = text.as_bytes();
+    let name_end = (start..end)
+        .find(|&index| is_separator(bytes[index]))
+        .unwrap_or(end);
+    let mut index = name_end;
+    while index < end && is_separator(bytes[index]) {
+        index += 1;
+    }
+    let mut flags = Vec::new();
+    let rest_start = loop {
+        while index < end && is_space(bytes[index]) {
+            index += 1;
+        }
+        if index + 1 >= end || &bytes[index..index + 2] != b"--" {
+            break index;
+        }
+        let mut word = Vec::new();
+        let mut equals: Option<(usize, usize)> = None;
+        let mut quote = None;
+        while index < end {
+            let byte = bytes[index];
+            if quote.is_none() && is_space(byte) {
+                break;
+            }
+            index += 1;
+            match quote {
+                None if byte == b'\'' || byte == b'"' => quote = Some(byte),
+                Some(open) if byte == open => quote = None,
+                _ => {
+                    let literal = if byte == escape {
+                        if index == end {
+                            continue;
+                        }
+                        index += 1;
+                        bytes[index - 1]
+                    } else {
+                        byte
+                    };
+                    if literal == b'=' && equals.is_none() {
+                        equals = Some((word.len(), index));
+                    }
+                    word.push(literal);
+                }
+            }
+        }
+        if word == b"--" {
+            break index;
+        }
+        let word = String::from_utf8_lossy(&word).into_owned();
+        flags.push(match equals {
+            Some((at, raw)) => Flag {
+                name: word[2..at].to_owned(),
+                value: Some(word[at + 1..].to_owned()),
+                raw_value: raw..index,
+            },
+            None => Flag {
+                name: word[2..].to_owned(),
+                value: None,
+                raw_value: index..index,
+            },
+        });
+    };
+    let rest = &text[rest_start..end];
+    let rest_start = rest_start + (rest.len() - rest.trim_start().len());
+    Command {
+        name: &text[start..name_end],
+        flags,
+        rest: rest_start..end,
+    }
+}
+
+struct Heredoc {
+    name: String,
+    chomp: bool,
+}
+
+/// The here-documents an instruction opens (`RUN <<EOF`, `COPY <<-"EOF" /x`),
+/// whose bodies follow the instruction line.
+fn heredocs(text: &str, escape: u8) -> Vec<Heredoc> {
+    let mut command = split_command(text, escape);
+    if command.name.eq_ignore_ascii_case("onbuild") {
+        let rest = command.rest.clone();
+        let sub = split_command(&text[rest.clone()], escape);
+        command = Command {
+            name: sub.name,
+            flags: sub.flags,
+            rest: rest.start + sub.rest.start..rest.start + sub.rest.end,
+        };
+    }
+    let name = command.name.to_ascii_lowercase();
+    if !["run", "copy", "add"].contains(&name.as_str()) || !text.contains("<<") {
+        return Vec::new();
+    }
+    if serde_json::from_str::<Vec<String>>(&text[command.rest.clone()]).is_ok() {
+        return Vec::new();
+    }
+    shell_words(text)
+        .into_iter()
+        .filter_map(|word| {
+            let digits = word.len() - word.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let word = word[digits..].strip_prefix("<<")?;
+            let (chomp, word) = match word.strip_prefix('-') {
+                Some(word) => (true, word),
+                None => (false, word),
+            };
+            let word = word.trim_start();
+            if word.is_empty() || word.contains('<') {
+                return None;
+            }
+            Some(Heredoc {
+                name: unquote(word),
+                chomp,
+            })
+        })
+        .collect()
+}
+
+/// Splits a line into shell words, keeping quotes and escapes in them.
+fn shell_words(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut words = Vec::new();
+    let mut index = 0;
+    while index < bytes.len() {
+        if is_space(bytes[index]) {
+            index += 1;
+            continue;
+        }
+        let start = index;
+        let mut quote = None;
+        while index < bytes.len() {
+            let byte = bytes[index];
+            match quote {
+                None if is_space(byte) => break,
+                None if byte == b'\'' || byte == b'"' => quote = Some(byte),
+                Some(open) if byte == open => quote = None,
+                Some(b'\'') => {}
+                _ if byte == b'\\' => index += 1,
+                _ => {}
+            }
+            index += 1;
+        }
+        words.push(&text[start..index.min(bytes.len())]);
+    }
+    words
+}
+
+/// A shell word with its quotes and backslash escapes removed.
+fn unquote(word: &str) -> String {
+    let mut out = String::new();
+    let mut quote = None;
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            None if c == '\'' || c == '"' => quote = Some(c),
+            Some(open) if c == open => quote = None,
+            Some('\'') => out.push(c),
+            _ if c == '\\' => out.extend(chars.next()),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DockerfileError, DockerfileErrorKind};
+
+    #[test]
+    fn error_messages() {
+        let error = DockerfileError::new(Some(3), DockerfileErrorKind::FromMissingImage);
+        assert_eq!(error.to_string(), "Dockerfile:3: FROM requires an image");
+        let error = error.in_file("sub/Dockerfile.compile");
+        assert_eq!(
+            error.to_string(),
+            "sub/Dockerfile.compile:3: FROM requires an image"
+        );
+        let error = DockerfileError::new(None, DockerfileErrorKind::NoFrom);
+        assert_eq!(error.to_string(), "Dockerfile: no FROM instruction");
+        let error =
+            DockerfileError::new(Some(1), DockerfileErrorKind::InvalidEscape("x".to_owned()));
+        assert_eq!(
+            error.to_string(),
+            "Dockerfile:1: invalid escape character `x`: use a backslash or a backtick"
+        );
     }
 }

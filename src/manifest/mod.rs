@@ -216,11 +216,3 @@ pub struct SecretSpec {
     pub value: String,
 }
 
-/// Where `_env(NAME)` values come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvSource {
-    /// The process environment.
-    Process,
-    /// `--env NAME=VALUE` flags only.
-    Given(BTreeMap<String, String>),
-}
