@@ -1,1 +1,1095 @@
-//! (in progress)
+//! The Docker engine: [`DockerEngine`] implements [`Engine`] over bollard,
+//! against a daemon reached through a unix socket or TCP (plain or TLS with a
+//! client certificate). It owns the translation between habitus requests and
+//! Docker's wire types: the streamed build context, the build output stream
+//! (lines, steps, cache hits, errors), throw-away containers for `command:`,
+//! and registry credentials from `~/.docker/config.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error as StdError;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{BuildInfo, ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptions, BuildImageOptions, CreateContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
+};
+use bollard::{body_try_stream, Docker, API_DEFAULT_VERSION};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{BuildRequest, BuiltImage, Engine, EngineError, ImageInfo, LineSink, RunRequest};
+
+/// The daemon address used when neither `--host` nor DOCKER_HOST is set.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How long `connect` waits for the daemon to answer the first ping.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// bollard applies one timeout to every request, measured until the response
+/// headers arrive. The classic builder sends its first byte only after it has
+/// received the whole context, and a container wait may last as long as the
+/// command runs, so the timeout must be longer than any build: a day.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Size of one chunk of the streamed build context.
+const CONTEXT_CHUNK: usize = 64 * 1024;
+
+/// Chunks of build context in flight between the tar writer and the socket.
+const CONTEXT_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Where and how to reach the Docker daemon. The command line fills it from
+/// its flags on top of [`DockerOptions::from_env`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerOptions {
+    /// `unix:///path`, `tcp://host:port` (also `http://`, `https://`);
+    /// `None` means [`DEFAULT_HOST`].
+    pub host: Option<String>,
+    /// Talk TLS to a `tcp://` daemon (`--use-tls`).
+    pub use_tls: bool,
+    /// Talk TLS and verify the daemon (DOCKER_TLS_VERIFY). habitus always
+    /// verifies the daemon's certificate against `ca.pem` when it talks TLS,
+    /// so this implies `use_tls`.
+    pub tls_verify: bool,
+    /// Directory holding `ca.pem`, `cert.pem` and `key.pem`; `None` means
+    /// `~/.docker`.
+    pub cert_path: Option<PathBuf>,
+}
+
+impl DockerOptions {
+    /// Reads DOCKER_HOST, DOCKER_TLS_VERIFY (any non-empty value turns TLS
+    /// on) and DOCKER_CERT_PATH as Docker's own tools do.
+    pub fn from_env() -> DockerOptions {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> DockerOptions {
+        let non_empty = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let tls_verify = non_empty("DOCKER_TLS_VERIFY").is_some();
+        DockerOptions {
+            host: non_empty("DOCKER_HOST"),
+            use_tls: tls_verify,
+            tls_verify,
+            cert_path: non_empty("DOCKER_CERT_PATH").map(PathBuf::from),
+        }
+    }
+
+    /// The address to connect to.
+    pub fn address(&self) -> &str {
+        self.host.as_deref().unwrap_or(DEFAULT_HOST)
+    }
+
+    /// The certificate directory: `cert_path`, else `~/.docker`.
+    pub fn cert_dir(&self) -> PathBuf {
+        match &self.cert_path {
+            Some(path) => path.clone(),
+            None => home_dir().unwrap_or_default().join(".docker"),
+        }
+    }
+
+    fn tls(&self) -> bool {
+        self.use_tls || self.tls_verify
+    }
+}
+
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+/// An [`Engine`] backed by a Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    address: String,
+    /// Registry credentials sent with builds (for `FROM` pulls).
+    credentials: HashMap<String, DockerCredentials>,
+}
+
+impl DockerEngine {
+    /// Connects to the daemon, checks that it answers and settles on the
+    /// highest API version both sides speak.
+    pub async fn connect(opts: &DockerOptions) -> Result<DockerEngine, EngineError> {
+        let address = opts.address().to_string();
+        let unreachable = |message: String| EngineError::Unreachable {
+            address: address.clone(),
+            message,
+        };
+        let docker = open(opts, &address)?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, docker.ping()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                if let Some(tls) = tls_failure(&err) {
+                    return Err(EngineError::Tls(format!(
+                        "handshake with `{address}` failed: {tls}"
+                    )));
+                }
+                return Err(unreachable(error_chain(&err)));
+            }
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {} seconds",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+        }
+        let docker = docker.negotiate_version().await.map_err(|err| {
+            unreachable(format!("API version negotiation: {}", error_chain(&err)))
+        })?;
+        Ok(DockerEngine {
+            docker,
+            address,
+            credentials: docker_config_credentials(),
+        })
+    }
+
+    /// The daemon address this engine talks to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The underlying bollard client.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+/// Creates the bollard client for `address` (no I/O yet, except checking the
+/// TLS files).
+fn open(opts: &DockerOptions, address: &str) -> Result<Docker, EngineError> {
+    let unreachable = |message: String| EngineError::Unreachable {
+        address: address.to_string(),
+        message,
+    };
+    let timeout = REQUEST_TIMEOUT.as_secs();
+    let docker = if let Some(path) = address.strip_prefix("unix://") {
+        if opts.tls() {
+            return Err(EngineError::Tls(format!(
+                "TLS needs a `tcp://` host, not `{address}`"
+            )));
+        }
+        Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION)
+    } else if let Some(rest) = address
+        .strip_prefix("tcp://")
+        .or_else(|| address.strip_prefix("http://"))
+        .or_else(|| address.strip_prefix("https://"))
+    {
+        if opts.tls() || address.starts_with("https://") {
+            let dir = opts.cert_dir();
+            let [ca, cert, key] = tls_files(&dir)?;
+            return Docker::connect_with_ssl(
+                &format!("tcp://{rest}"),
+                &key,
+                &cert,
+                &ca,
+                timeout,
+                API_DEFAULT_VERSION,
+            )
+            .map_err(|err| EngineError::Tls(error_chain(&err)));
+        } else {
+            Docker::connect_with_http(&format!("tcp://{rest}"), timeout, API_DEFAULT_VERSION)
+        }
+    } else {
+        return Err(unreachable(
+            "unsupported address: use `unix:///path` or `tcp://host:port`".to_string(),
+        ));
+    };
+    docker.map_err(|err| unreachable(error_chain(&err)))
+}
+
+/// Checks that `ca.pem`, `cert.pem` and `key.pem` exist in `dir` and parse,
+/// so a wrong directory is reported before any handshake.
+fn tls_files(dir: &Path) -> Result<[PathBuf; 3], EngineError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let ca = dir.join("ca.pem");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    for path in [&ca, &cert] {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| {
+                EngineError::Tls(format!(
+                    "cannot read a certificate from `{}`: {err}",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(EngineError::Tls(format!(
+                "no certificate in `{}`",
+                path.display()
+            )));
+        }
+    }
+    PrivateKeyDer::from_pem_file(&key).map_err(|err| {
+        EngineError::Tls(format!(
+            "cannot read a private key from `{}`: {err}",
+            key.display()
+        ))
+    })?;
+    Ok([ca, cert, key])
+}
+
+/// Joins an error and its sources into one line, skipping repeats.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The TLS error behind a failed request, if that is what failed it.
+fn tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn api(err: BollardError) -> EngineError {
+    EngineError::Api(error_chain(&err))
+}
+
+fn is_not_found(err: &BollardError) -> bool {
+    matches!(
+        err,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+#[async_trait::async_trait]
+impl Engine for DockerEngine {
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|err| EngineError::Unreachable {
+                address: self.address.clone(),
+                message: error_chain(&err),
+            })
+    }
+
+    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError> {
+        let options = build_options(&req)?;
+
+        // The context is written by a blocking thread into a bounded channel
+        // that feeds the request body, so memory use does not depend on the
+        // context's size. If the build future is dropped, the receiver goes
+        // away, the writer stops at its next chunk, and the daemon sees the
+        // connection close and cancels the build.
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CONTEXT_CHUNKS_IN_FLIGHT);
+        let receiver_gone = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let dir = req.context_dir.clone();
+            let extra = req.extra_files;
+            let receiver_gone = receiver_gone.clone();
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut out = ChannelWriter {
+                    tx: tx.clone(),
+                    buf: Vec::with_capacity(CONTEXT_CHUNK),
+                    receiver_gone,
+                };
+                let result = crate::context::write_tar(&dir, &extra, &mut out)
+                    .map_err(|err| err.to_string())
+                    .and_then(|()| out.flush().map_err(|err| err.to_string()));
+                if let Err(message) = &result {
+                    // Abort the request body: a truncated tar must never
+                    // reach the daemon as if it were the whole context.
+                    let _ = tx.blocking_send(Err(std::io::Error::other(message.clone())));
+                }
+                result
+            })
+        };
+        drop(tx);
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+
+        let mut progress = BuildProgress::default();
+        let mut failure = None;
+        {
+            let credentials = (!self.credentials.is_empty()).then(|| self.credentials.clone());
+            let mut stream =
+                self.docker
+                    .build_image(options, credentials, Some(body_try_stream(body)));
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Err(err) = progress.feed(&info, &*sink) {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                    Err(BollardError::DockerResponseServerError { message, .. }) => {
+                        failure = Some(EngineError::BuildFailed {
+                            instruction: progress.last_step.clone(),
+                            message,
+                        });
+                        break;
+                    }
+                    Err(err) => {
+                        failure = Some(api(err));
+                        break;
+                    }
+                }
+            }
+        }
+        progress.finish(&*sink);
+
+        let written = writer
+            .await
+            .map_err(|err| EngineError::Api(format!("build context writer: {err}")))?;
+        if let Err(message) = written {
+            // A context that could not be read is the real cause, unless
+            // the writer only stopped because the daemon stopped reading.
+            if !receiver_gone.load(Ordering::SeqCst) || failure.is_none() {
+                return Err(EngineError::Context {
+                    path: req.context_dir.clone(),
+                    message,
+                });
+            }
+        }
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        let id = match progress.image_id.clone() {
+            Some(id) => id,
+            None => match self.inspect_image(&req.tag).await? {
+                Some(info) => info.id,
+                None => {
+                    return Err(EngineError::BuildFailed {
+                        instruction: progress.last_step.clone(),
+                        message: format!("the daemon reported no image for `{}`", req.tag),
+                    })
+                }
+            },
+        };
+        Ok(BuiltImage {
+            id,
+            cached_steps: progress.cached,
+            total_steps: progress.total,
+        })
+    }
+
+    async fn run(&self, req: RunRequest, sink: LineSink) -> Result<i64, EngineError> {
+        let body = ContainerCreateBody {
+            image: Some(req.image.clone()),
+            cmd: Some(vec!["sh".into(), "-c".into(), req.command.clone()]),
+            labels: Some(req.labels.clone().into_iter().collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                network_mode: req.network_mode.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api)?;
+        let mut guard = ContainerGuard {
+            docker: self.docker.clone(),
+            id: Some(created.id.clone()),
+        };
+        let result = self.run_created(&created.id, &sink).await;
+        // Remove it now rather than from the guard, so that the container
+        // is gone when `run` returns.
+        let id = guard.id.take().unwrap_or_default();
+        let removed = self
+            .docker
+            .remove_container(&id, Some(force_remove()))
+            .await;
+        let code = result?;
+        match removed {
+            Err(err) if !is_not_found(&err) => Err(api(err)),
+            _ => Ok(code),
+        }
+    }
+
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let inspect = match self.docker.inspect_image(image).await {
+            Ok(inspect) => inspect,
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(api(err)),
+        };
+        Ok(Some(ImageInfo {
+            id: inspect.id.unwrap_or_default(),
+            size: inspect.size.unwrap_or_default(),
+            layers: inspect
+                .root_fs
+                .and_then(|fs| fs.layers)
+                .map_or(0, |layers| layers.len()),
+            labels: inspect
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        image: &str,
+        force: bool,
+        noprune: bool,
+    ) -> Result<(), EngineError> {
+        let options = RemoveImageOptions {
+            force,
+            noprune,
+            platforms: None,
+        };
+        self.docker
+            .remove_image(image, Some(options), None)
+            .await
+            .map(|_| ())
+            .map_err(api)
+    }
+
+    async fn remove_containers_with_label(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<usize, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api)?;
+        let mut removed = 0;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            match self
+                .docker
+                .remove_container(&id, Some(force_remove()))
+                .await
+            {
+                Ok(()) => removed += 1,
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(api(err)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl DockerEngine {
+    /// Attaches to, starts and waits for a created container; returns its
+    /// exit code.
+    async fn run_created(&self, id: &str, sink: &LineSink) -> Result<i64, EngineError> {
+        let attach = AttachContainerOptions {
+            stream: true,
+            logs: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut attached = self
+            .docker
+            .attach_container(id, Some(attach))
+            .await
+            .map_err(api)?;
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(api)?;
+        let mut stdout = LineBuffer::default();
+        let mut stderr = LineBuffer::default();
+        while let Some(chunk) = attached.output.next().await {
+            match chunk.map_err(api)? {
+                LogOutput::StdErr { message } => stderr.push(&message, &**sink),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.push(&message, &**sink)
+                }
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        stdout.finish(&**sink);
+        stderr.finish(&**sink);
+        let mut wait = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(err)) => Err(api(err)),
+            None => Err(EngineError::Api(format!(
+                "container `{id}` ended without an exit code"
+            ))),
+        }
+    }
+}
+
+fn force_remove() -> RemoveContainerOptions {
+    RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    }
+}
+
+/// Removes a container when dropped while still armed: if the future that
+/// runs it is dropped, the removal is spawned onto the current runtime.
+struct ContainerGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let docker = self.docker.clone();
+            handle.spawn(async move {
+                let _ = docker.remove_container(&id, Some(force_remove())).await;
+            });
+        }
+    }
+}
+
+fn build_options(req: &BuildRequest) -> Result<BuildImageOptions, EngineError> {
+    let memory = match req.memory {
+        None => None,
+        Some(bytes) => Some(i32::try_from(bytes).map_err(|_| {
+            EngineError::Api(format!(
+                "memory limit `{bytes}` bytes is above the 2 GiB this client can send"
+            ))
+        })?),
+    };
+    let cpushares = match req.cpu_shares {
+        None => None,
+        Some(shares) => Some(
+            i32::try_from(shares)
+                .map_err(|_| EngineError::Api(format!("cpu shares `{shares}` out of range")))?,
+        ),
+    };
+    let dockerfile = if req.dockerfile.is_empty() {
+        "Dockerfile".to_string()
+    } else {
+        req.dockerfile.clone()
+    };
+    let to_map = |map: &BTreeMap<String, String>| {
+        (!map.is_empty()).then(|| map.clone().into_iter().collect::<HashMap<_, _>>())
+    };
+    Ok(BuildImageOptions {
+        dockerfile,
+        t: (!req.tag.is_empty()).then(|| req.tag.clone()),
+        target: req.target.clone().unwrap_or_default(),
+        buildargs: to_map(&req.build_args),
+        labels: to_map(&req.labels),
+        nocache: req.no_cache,
+        rm: req.rm,
+        forcerm: req.force_rm,
+        networkmode: req.network_mode.clone(),
+        memory,
+        cpusetcpus: req.cpuset_cpus.clone(),
+        cpushares,
+        ..Default::default()
+    })
+}
+
+/// A `Write` that hands fixed-size chunks to the request body channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+    receiver_gone: Arc<AtomicBool>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CONTEXT_CHUNK),
+        ));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            self.receiver_gone.store(true, Ordering::SeqCst);
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the daemon stopped reading the build context",
+            )
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CONTEXT_CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CONTEXT_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Splits a byte stream into lines for a sink, keeping a partial last line
+/// until its newline arrives.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Feeds bytes; calls `sink` with each completed line (no newline, no
+    /// carriage return).
+    fn push(&mut self, data: &[u8], sink: &(dyn Fn(&str) + Send + Sync)) {
+        self.push_with(data, &mut |line| sink(line));
+    }
+
+    fn push_with(&mut self, data: &[u8], each: &mut dyn FnMut(&str)) {
+        self.partial.extend_from_slice(data);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.partial.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            each(&String::from_utf8_lossy(&line));
+        }
+    }
+
+    /// Emits what is left (a last line without a newline).
+    fn finish(&mut self, sink: &(dyn Fn(&str) + Send + Sync)) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            sink(&String::from_utf8_lossy(&line));
+        }
+    }
+}
+
+/// Follows a classic-builder output stream: lines, steps, cache hits, the
+/// resulting image id, and the error, if any.
+#[derive(Debug, Default)]
+struct BuildProgress {
+    lines: LineBuffer,
+    /// The last `Step N/M : INSTRUCTION` line.
+    last_step: Option<String>,
+    /// `M` of the last `Step N/M` line.
+    total: usize,
+    /// ` ---> Using cache` lines seen.
+    cached: usize,
+    /// From the `aux` message that closes a successful build.
+    image_id: Option<String>,
+}
+
+impl BuildProgress {
+    /// Takes one message of the build stream; an error message ends the
+    /// build with [`EngineError::BuildFailed`].
+    fn feed(
+        &mut self,
+        info: &BuildInfo,
+        sink: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), EngineError> {
+        if let Some(text) = &info.stream {
+            let Self {
+                lines,
+                last_step,
+                total,
+                cached,
+                ..
+            } = self;
+            lines.push_with(text.as_bytes(), &mut |line| {
+                if let Some((n, m)) = parse_step(line) {
+                    let _ = n;
+                    *total = m;
+                    *last_step = Some(line.trim().to_string());
+                } else if line.trim() == "---> Using cache" {
+                    *cached += 1;
+                }
+                sink(line);
+            });
+        }
+        if let Some(status) = &info.status {
+            let has_progress = info
+                .progress_detail
+                .as_ref()
+                .is_some_and(|p| p.total.is_some() || p.current.is_some());
+            if !has_progress {
+                match &info.id {
+                    Some(id) => sink(&format!("{id}: {status}")),
+                    None => sink(status),
+                }
+            }
+        }
+        if let Some(id) = info.aux.as_ref().and_then(|aux| aux.id.clone()) {
+            self.image_id = Some(id);
+        }
+        if let Some(detail) = &info.error_detail {
+            self.finish(sink);
+            return Err(EngineError::BuildFailed {
+                instruction: self.last_step.clone(),
+                message: detail
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the build failed".to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, sink: &(dyn Fn(&str) + Send + Sync)) {
+        self.lines.finish(sink);
+    }
+}
+
+/// Parses `Step N/M : …` into `(N, M)`.
+fn parse_step(line: &str) -> Option<(usize, usize)> {
+    let rest = line.trim_start().strip_prefix("Step ")?;
+    let (counts, _) = rest.split_once(" : ")?;
+    let (n, m) = counts.split_once('/')?;
+    Some((n.parse().ok()?, m.parse().ok()?))
+}
+
+/// Reads registry credentials from `$DOCKER_CONFIG/config.json` or
+/// `~/.docker/config.json`. Best effort: a missing or unreadable file means
+/// no credentials. Credential helpers (`credsStore`) are not consulted.
+fn docker_config_credentials() -> HashMap<String, DockerCredentials> {
+    let dir = match std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match home_dir() {
+            Some(home) => home.join(".docker"),
+            None => return HashMap::new(),
+        },
+    };
+    std::fs::read_to_string(dir.join("config.json"))
+        .map(|text| parse_docker_config(&text))
+        .unwrap_or_default()
+}
+
+/// The `auths` section of a Docker `config.json`: registry → credentials,
+/// with `auth` (base64 of `user:password`) split into user and password.
+fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentials> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: HashMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+        email: Option<String>,
+        identitytoken: Option<String>,
+    }
+    let Ok(config) = serde_json::from_str::<Config>(text) else {
+        return HashMap::new();
+    };
+    config
+        .auths
+        .into_iter()
+        .map(|(registry, entry)| {
+            let (mut username, mut password) = (entry.username, entry.password);
+            if let Some(decoded) = entry
+                .auth
+                .as_deref()
+                .and_then(base64_decode)
+                .and_then(|raw| String::from_utf8(raw).ok())
+            {
+                if let Some((user, pass)) = decoded.split_once(':') {
+                    username = Some(user.to_string());
+                    password = Some(pass.to_string());
+                }
+            }
+            let creds = DockerCredentials {
+                username,
+                password,
+                email: entry.email,
+                serveraddress: Some(registry.clone()),
+                identitytoken: entry.identitytoken,
+                ..Default::default()
+            };
+            (registry, creds)
+        })
+        .collect()
+}
+
+/// Decodes standard base64 (padding optional); `None` on invalid input.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.trim().trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    use bollard::models::BuildInfo;
+
+    use super::{
+        base64_decode, build_options, open, parse_docker_config, parse_step, BuildProgress,
+        DockerOptions,
+    };
+    use crate::engine::{BuildRequest, EngineError, LineSink};
+
+    fn collector() -> (Arc<Mutex<Vec<String>>>, LineSink) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink: LineSink = Arc::new(move |line: &str| {
+            sink_lines.lock().unwrap().push(line.to_string());
+        });
+        (lines, sink)
+    }
+
+    fn stream(text: &str) -> BuildInfo {
+        BuildInfo {
+            stream: Some(text.to_string()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn options_from_env_read_docker_variables() {
+        let env = HashMap::from([
+            ("DOCKER_HOST", "tcp://10.0.0.1:2376"),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", "/certs"),
+        ]);
+        let opts = DockerOptions::from_lookup(|k| env.get(k).map(|v| v.to_string()));
+        assert_eq!(
+            opts,
+            DockerOptions {
+                host: Some("tcp://10.0.0.1:2376".into()),
+                use_tls: true,
+                tls_verify: true,
+                cert_path: Some("/certs".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn empty_tls_verify_means_off_and_defaults_apply() {
+        let env = HashMap::from([("DOCKER_TLS_VERIFY", ""), ("DOCKER_HOST", "")]);
+        let opts = DockerOptions::from_lookup(|k| env.get(k).map(|v| v.to_string()));
+        assert!(!opts.tls_verify && !opts.use_tls);
+        assert_eq!(opts.address(), "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn unsupported_scheme_is_unreachable_naming_it() {
+        let opts = DockerOptions {
+            host: Some("ssh://me@box".into()),
+            ..Default::default()
+        };
+        let err = open(&opts, opts.address()).unwrap_err();
+        assert_eq!(
+            err.to_string().lines().next().unwrap(),
+            "cannot connect to the Docker daemon at `ssh://me@box`: unsupported address: use `unix:///path` or `tcp://host:port`"
+        );
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DockerOptions {
+            host: Some("tcp://127.0.0.1:2376".into()),
+            use_tls: true,
+            cert_path: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let err = open(&opts, opts.address()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "docker TLS settings: cannot read a certificate from `{}`",
+                dir.path().join("ca.pem").display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn build_stream_lines_are_split_and_partial_lines_kept() {
+        let (lines, sink) = collector();
+        let mut progress = BuildProgress::default();
+        progress
+            .feed(&stream("Step 1/2 : FROM base\n ---> ab"), &*sink)
+            .unwrap();
+        progress.feed(&stream("c123\r\n"), &*sink).unwrap();
+        progress
+            .feed(&stream("Step 2/2 : RUN make\n"), &*sink)
+            .unwrap();
+        progress
+            .feed(&stream(" ---> Using cache\n ---> def\nlast"), &*sink)
+            .unwrap();
+        progress.finish(&*sink);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "Step 1/2 : FROM base",
+                " ---> abc123",
+                "Step 2/2 : RUN make",
+                " ---> Using cache",
+                " ---> def",
+                "last"
+            ]
+        );
+        assert_eq!(progress.total, 2);
+        assert_eq!(progress.cached, 1);
+        assert_eq!(progress.last_step.as_deref(), Some("Step 2/2 : RUN make"));
+    }
+
+    #[test]
+    fn aux_id_is_the_image_id() {
+        let (_, sink) = collector();
+        let mut progress = BuildProgress::default();
+        let info: BuildInfo = serde_json::from_str(r#"{"aux":{"ID":"sha256:0123"}}"#).unwrap();
+        progress.feed(&info, &*sink).unwrap();
+        assert_eq!(progress.image_id.as_deref(), Some("sha256:0123"));
+    }
+
+    #[test]
+    fn error_detail_fails_the_build_with_the_last_step() {
+        let (_, sink) = collector();
+        let mut progress = BuildProgress::default();
+        progress
+            .feed(&stream("Step 3/5 : RUN make\n"), &*sink)
+            .unwrap();
+        let info: BuildInfo = serde_json::from_str(
+            r#"{"errorDetail":{"code":2,"message":"The command '/bin/sh -c make' returned a non-zero code: 2"},"error":"The command '/bin/sh -c make' returned a non-zero code: 2"}"#,
+        )
+        .unwrap();
+        let err = progress.feed(&info, &*sink).unwrap_err();
+        match err {
+            EngineError::BuildFailed {
+                instruction,
+                message,
+            } => {
+                assert_eq!(instruction.as_deref(), Some("Step 3/5 : RUN make"));
+                assert_eq!(
+                    message,
+                    "The command '/bin/sh -c make' returned a non-zero code: 2"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn step_lines_parse() {
+        assert_eq!(parse_step("Step 3/15 : RUN a : b"), Some((3, 15)));
+        assert_eq!(parse_step("Step x/2 : RUN"), None);
+        assert_eq!(parse_step("Steps 1/2 : RUN"), None);
+    }
+
+    #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(base64_decode("dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI").unwrap(), b"ab");
+        assert!(base64_decode("a*b").is_none());
+    }
+
+    #[test]
+    fn docker_config_auths_become_credentials() {
+        let creds = parse_docker_config(
+            r#"{"auths":{"registry.example.com":{"auth":"dXNlcjpwYTpzcw=="},"other.io":{}},"credsStore":"desktop"}"#,
+        );
+        let reg = &creds["registry.example.com"];
+        assert_eq!(reg.username.as_deref(), Some("user"));
+        assert_eq!(reg.password.as_deref(), Some("pa:ss"));
+        assert_eq!(reg.serveraddress.as_deref(), Some("registry.example.com"));
+        assert_eq!(creds["other.io"].username, None);
+        assert!(parse_docker_config("not json").is_empty());
+    }
+
+    #[test]
+    fn build_options_map_the_request() {
+        let req = BuildRequest {
+            tag: "app-uid:latest".into(),
+            dockerfile: "Dockerfile.x".into(),
+            target: Some("build".into()),
+            build_args: BTreeMap::from([("A".into(), "1".into())]),
+            labels: BTreeMap::from([("habitus.build".into(), "b".into())]),
+            no_cache: true,
+            force_rm: true,
+            memory: Some(1 << 20),
+            cpu_shares: Some(512),
+            ..Default::default()
+        };
+        let opts = build_options(&req).unwrap();
+        assert_eq!(opts.t.as_deref(), Some("app-uid:latest"));
+        assert_eq!(opts.dockerfile, "Dockerfile.x");
+        assert_eq!(opts.target, "build");
+        assert_eq!(opts.buildargs.unwrap()["A"], "1");
+        assert_eq!(opts.labels.unwrap()["habitus.build"], "b");
+        assert!(opts.nocache && opts.forcerm && !opts.rm);
+        assert_eq!(opts.memory, Some(1 << 20));
+        assert_eq!(opts.cpushares, Some(512));
+    }
+
+    #[test]
+    fn memory_above_two_gib_is_refused() {
+        let req = BuildRequest {
+            memory: Some(4 << 30),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_options(&req).unwrap_err().to_string(),
+            "docker: memory limit `4294967296` bytes is above the 2 GiB this client can send"
+        );
+    }
+}
