@@ -252,6 +252,14 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "USER", default_value = "habitus")]
     pub user_secret_server: String,
 
+    /// Label images with `habitus.build`, `habitus.step` and `habitus.uid`.
+    /// Off by default: the classic builder turns each label into an extra
+    /// commit per step. Containers are always labelled.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub image_labels: bool,
+
     /// Steps built at the same time (default: the number of CPUs).
     #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
@@ -435,6 +443,18 @@ where
                 }
                 continue;
             }
+        }
+        // Go reads `-word` as the long flag `word`; an unknown one becomes
+        // `--word` so that the error names it whole. `-j4` (a short flag
+        // with its value attached) stays as it is.
+        let attached_value = dashes == 1
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| shorts.iter().any(|&(s, takes)| s == c && takes));
+        if dashes == 1 && name.len() > 1 && !attached_value {
+            out.push(OsString::from(format!("--{body}")));
+            continue;
         }
         out.push(arg);
     }

@@ -114,11 +114,6 @@ fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
 fn check(config: &Config) -> Result<(), Error> {
     let (loaded, plan) = load(config)?;
     print_stdout(&plan::render::text(&loaded.manifest, &plan));
-    print_stdout(&format!(
-        "{}: ok ({} steps)\n",
-        config.file.display(),
-        plan.len()
-    ));
     Ok(())
 }
 
@@ -139,6 +134,9 @@ fn print_plan(config: &Config, format: PlanFormat) -> Result<(), Error> {
 fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
     let _ = out.flush();
 }
 
@@ -184,6 +182,7 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
         force_rmi: config.force_rmi,
         noprune_rmi: config.noprune_rmi,
         after_build_commands: config.after_build_commands,
+        image_labels: config.image_labels,
     };
     let runner = Runner::new(
         engine,

@@ -60,6 +60,8 @@ pub struct BuildOptions {
     pub force_rmi: bool,
     pub noprune_rmi: bool,
     pub after_build_commands: bool,
+    /// Label images too (costs one commit per label with the classic builder).
+    pub image_labels: bool,
 }
 
 impl Default for BuildOptions {
@@ -79,6 +81,7 @@ impl Default for BuildOptions {
             force_rmi: false,
             noprune_rmi: false,
             after_build_commands: false,
+            image_labels: false,
         }
     }
 }
@@ -522,12 +525,19 @@ impl StepContext {
             build_args,
             no_cache: self.options.no_cache || step.no_cache,
             rm: self.options.rm,
-            force_rm: self.options.force_rm,
+            // `--rm` (the default) also removes the container of a failed
+            // instruction, so that a failed build leaves nothing behind;
+            // `--rm=false` keeps them all for debugging.
+            force_rm: self.options.force_rm || self.options.rm,
             network_mode: self.options.network.clone(),
             memory: self.options.memory,
             cpuset_cpus: self.options.cpuset_cpus.clone(),
             cpu_shares: self.options.cpu_shares,
-            labels: self.labels(&step),
+            labels: if self.options.image_labels {
+                self.labels(&step)
+            } else {
+                BTreeMap::new()
+            },
         };
         let built = self
             .engine
@@ -940,6 +950,7 @@ mod tests {
         let mut options = opts(1);
         options.uid = Some("u1".into());
         options.build_args.insert("X".into(), "from-cli".into());
+        options.image_labels = true;
         let f = fixture(vec![a, step(d, "b", &["a"])], options);
         run(&f).await.unwrap();
         let builds = f.engine.builds();

@@ -1,1 +1,519 @@
+//! End-to-end builds of build.yml files on the real daemon. Every test runs
+//! with its own `--uid`, so its images are named `…-<uid>` and its
+//! [`Cleanup`] guard removes them even when the test fails.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{base_image, docker, image_exists, tls_proxy, Cleanup, Habitus, Output};
+
+/// A work dir with a build.yml and a guard for its uid.
+fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
+    let cleanup = Cleanup::new(prefix);
+    let h = Habitus::new()
+        .file("build.yml", build_yml)
+        .args(["--uid", cleanup.uid()]);
+    (h, cleanup)
+}
+
+fn from_base(rest: &str) -> String {
+    format!("FROM {}\n{rest}", base_image())
+}
+
+/// Runs `cat path` in a fresh container of `image` and returns the output.
+fn read_in_image(image: &str, path: &str) -> String {
+    docker(&["run", "--rm", image, "cat", path])
+}
+
+/// Entries of the work dir, to prove a build left no file behind.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Containers (any state) whose command line mentions `marker`.
+fn containers_mentioning(marker: &str) -> Vec<String> {
+    docker(&["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"])
+        .lines()
+        .filter(|l| l.contains(marker))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The elapsed-time prefix of the first stderr line containing `needle`.
+fn time_of(out: &Output, needle: &str) -> f64 {
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with `{needle}`:\n{}", out.stderr));
+    line.split_whitespace()
+        .next()
+        .and_then(|t| t.strip_suffix('s'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time prefix on `{line}`"))
+}
+
+#[test]
+fn single_step_builds_a_tagged_image() {
+    let (h, c) = project(
+        "single",
+        "build:\n  version: 2016-03-14\n  steps:\n    only:\n      name: hb/single\n      dockerfile: Dockerfile\n",
+    );
+    let h = h.file("Dockerfile", from_base("RUN echo hello > /hello\n"));
+    let out = h.run();
+    out.assert_success();
+    let image = format!("hb/single-{}", c.uid());
+    assert_eq!(read_in_image(&image, "/hello"), "hello\n");
+    assert!(out.stderr.contains("only | Step 2/2 : RUN echo hello > /hello"));
+    // No generated Dockerfile or other file left in the work dir.
+    assert_eq!(listing(h.dir()), ["Dockerfile", "build.yml"]);
+}
+
+#[test]
+fn chain_rewrites_from_to_the_unique_name_of_the_previous_step() {
+    let (h, c) = project(
+        "chain",
+        "build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: hb/chain-one
+      dockerfile: Dockerfile.one
+    two:
+      name: hb/chain-two
+      dockerfile: Dockerfile.two
+      depends_on: [one]
+    three:
+      name: hb/chain-three:v1
+      dockerfile: Dockerfile.three
+      depends_on: [two]
+",
+    );
+    let h = h
+        .file("Dockerfile.one", from_base("RUN echo 1 > /chain\n"))
+        .file("Dockerfile.two", "FROM hb/chain-one\nRUN echo 2 >> /chain\n")
+        .file("Dockerfile.three", "from hb/chain-two AS two\nRUN echo 3 >> /chain\n");
+    let out = h.run();
+    out.assert_success();
+    let uid = c.uid();
+    assert_eq!(
+        read_in_image(&format!("hb/chain-three-{uid}:v1"), "/chain"),
+        "1\n2\n3\n"
+    );
+    // Only the product stays; the intermediate steps' images are removed.
+    assert!(!image_exists(&format!("hb/chain-one-{uid}")));
+    assert!(!image_exists(&format!("hb/chain-two-{uid}")));
+    assert!(out
+        .stderr
+        .contains(&format!("two | Step 1/2 : FROM hb/chain-one-{uid}")));
+}
+
+#[test]
+fn diamond_middle_steps_overlap_in_time() {
+    let (h, c) = project(
+        "diamond",
+        "build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: hb/dia-a
+      dockerfile: Dockerfile.a
+    b:
+      name: hb/dia-b
+      dockerfile: Dockerfile.b
+      depends_on: [a]
+    c:
+      name: hb/dia-c
+      dockerfile: Dockerfile.c
+      depends_on: [a]
+    d:
+      name: hb/dia-d
+      dockerfile: Dockerfile.d
+      depends_on: [b, c]
+",
+    );
+    let h = h
+        .file("Dockerfile.a", from_base("RUN echo a > /a\n"))
+        .file(
+            "Dockerfile.b",
+            "FROM hb/dia-a\nRUN echo start-b && sleep 3 && echo end-b && echo b > /b\n",
+        )
+        .file(
+            "Dockerfile.c",
+            "FROM hb/dia-a\nRUN echo start-c && sleep 3 && echo end-c && echo c > /c\n",
+        )
+        .file(
+            "Dockerfile.d",
+            "FROM hb/dia-b\nCOPY --from=hb/dia-c /c /c\nRUN cat /a /b /c > /d\n",
+        )
+        .args(["--jobs", "2"]);
+    let out = h.run();
+    out.assert_success();
+    let (start_b, end_b) = (time_of(&out, "b | start-b"), time_of(&out, "b | end-b"));
+    let (start_c, end_c) = (time_of(&out, "c | start-c"), time_of(&out, "c | end-c"));
+    assert!(
+        start_b < end_c && start_c < end_b,
+        "b ({start_b}..{end_b}) and c ({start_c}..{end_c}) did not overlap:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        read_in_image(&format!("hb/dia-d-{}", c.uid()), "/d"),
+        "a\nb\nc\n"
+    );
+}
+
+#[test]
+fn target_context_dockerignore_and_build_arg_precedence() {
+    let (h, c) = project(
+        "ctx",
+        "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/ctx
+      context: sub
+      dockerfile: Dockerfile
+      target: final
+      args:
+        FROM_YML: yml
+        BOTH: yml
+",
+    );
+    let h = h
+        .file(
+            "sub/Dockerfile",
+            &format!(
+                "FROM {base} AS final
+ARG FROM_YML
+ARG BOTH
+ARG FROM_CLI
+COPY . /ctx/
+RUN echo \"$FROM_YML $BOTH $FROM_CLI\" > /args
+
+FROM final AS never
+RUN exit 1
+",
+                base = base_image()
+            ),
+        )
+        .file("sub/kept.txt", "kept")
+        .file("sub/secret.log", "ignored")
+        .file("sub/.dockerignore", "*.log\n")
+        .file("outside.txt", "not in the context")
+        .args(["--build", "BOTH=cli", "--build", "FROM_CLI=cli"]);
+    let out = h.run();
+    out.assert_success();
+    let image = format!("hb/ctx-{}", c.uid());
+    assert_eq!(read_in_image(&image, "/args"), "yml cli cli\n");
+    let files = docker(&["run", "--rm", &image, "ls", "-A", "/ctx"]);
+    let files: Vec<&str> = files.lines().collect();
+    assert!(files.contains(&"kept.txt"), "{files:?}");
+    assert!(!files.contains(&"secret.log"), "{files:?}");
+    assert!(!files.contains(&"outside.txt"), "{files:?}");
+}
+
+#[test]
+fn no_cache_step_rebuilds_while_others_use_the_cache() {
+    let (h, _c) = project(
+        "nocache",
+        "build:
+  version: 2016-03-14
+  steps:
+    cached:
+      name: hb/nc-cached
+      dockerfile: Dockerfile
+      keep: true
+    fresh:
+      name: hb/nc-fresh
+      dockerfile: Dockerfile
+      no_cache: true
+",
+    );
+    let h = h.file("Dockerfile", from_base("RUN echo same > /same\n"));
+    h.run().assert_success();
+    let out = h.run();
+    out.assert_success();
+    let cached: Vec<&str> = out.stderr.lines().filter(|l| l.contains("Using cache")).collect();
+    assert!(
+        cached.iter().all(|l| l.contains("cached |")) && !cached.is_empty(),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn command_success_and_failure_with_its_exit_code() {
+    let yml = |cmd: &str| {
+        format!(
+            "build:\n  version: 2016-03-14\n  steps:\n    t:\n      name: hb/cmd\n      dockerfile: Dockerfile\n      command: {cmd}\n"
+        )
+    };
+    let (h, c) = project("cmd", &yml("echo tests-passed"));
+    let h = h.file("Dockerfile", from_base(""));
+    let out = h.run();
+    out.assert_success();
+    assert!(out.stderr.contains("t | tests-passed"), "{}", out.stderr);
+
+    let h = h.file("build.yml", yml("\"echo failing; exit 7\""));
+    let out = h.run();
+    assert_eq!(out.code(), Some(7), "{}", out.stderr);
+    assert!(out
+        .stderr
+        .contains("error: step `t`: command `echo failing; exit 7` exited with code 7"));
+    assert!(containers_mentioning("echo failing; exit 7").is_empty());
+    assert!(!image_exists(&format!("hb/cmd-{}", c.uid())));
+}
+
+#[test]
+fn after_build_command_runs_on_the_host_only_with_the_flag() {
+    let (h, _c) = project(
+        "after",
+        "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/after\n      dockerfile: Dockerfile\n      after_build_command: echo done > after.txt\n",
+    );
+    let h = h.file("Dockerfile", from_base(""));
+    let out = h.run();
+    out.assert_success();
+    assert!(!h.dir().join("after.txt").exists());
+    assert!(out.stderr.contains(
+        "after_build_command `echo done > after.txt` skipped: commands on the host run only with --after-build-commands"
+    ));
+    let h = h.arg("--after-build-commands");
+    h.run().assert_success();
+    assert_eq!(
+        std::fs::read_to_string(h.dir().join("after.txt")).unwrap(),
+        "done\n"
+    );
+}
+
+#[test]
+fn two_builds_with_different_uids_run_side_by_side() {
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/tenant\n      dockerfile: Dockerfile\n";
+    let (h1, c1) = project("tenant1", yml);
+    let (h2, c2) = project("tenant2", yml);
+    let h1 = h1.file("Dockerfile", from_base("RUN sleep 1 && echo one > /who\n"));
+    let h2 = h2.file("Dockerfile", from_base("RUN sleep 1 && echo two > /who\n"));
+    let (o1, o2) = std::thread::scope(|s| {
+        let t1 = s.spawn(|| h1.run());
+        let t2 = s.spawn(|| h2.run());
+        (t1.join().unwrap(), t2.join().unwrap())
+    });
+    o1.assert_success();
+    o2.assert_success();
+    assert_eq!(read_in_image(&format!("hb/tenant-{}", c1.uid()), "/who"), "one\n");
+    assert_eq!(read_in_image(&format!("hb/tenant-{}", c2.uid()), "/who"), "two\n");
+}
+
+#[test]
+fn failing_run_names_step_instruction_and_leaves_nothing() {
+    let (h, c) = project(
+        "fail",
+        "build:
+  version: 2016-03-14
+  steps:
+    ok:
+      name: hb/fail-ok
+      dockerfile: Dockerfile.ok
+    broken:
+      name: hb/fail-broken
+      dockerfile: Dockerfile.broken
+      depends_on: [ok]
+",
+    );
+    let marker = format!("marker-{}", c.uid());
+    let h = h
+        .file("Dockerfile.ok", from_base("RUN echo ok\n"))
+        .file(
+            "Dockerfile.broken",
+            format!("FROM hb/fail-ok\nRUN echo {marker} && exit 3\n"),
+        );
+    let before = listing(h.dir());
+    let out = h.run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let expected = format!(
+        "error: step `broken` failed at `Step 2/2 : RUN echo {marker} && exit 3`: The command '/bin/sh -c echo {marker} && exit 3' returned a non-zero code: 3\n  dockerfile: {}",
+        h.dir().join("Dockerfile.broken").display()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    assert!(containers_mentioning(&marker).is_empty());
+    assert!(!image_exists(&format!("hb/fail-ok-{}", c.uid())));
+    assert_eq!(listing(h.dir()), before);
+}
+
+#[test]
+fn unreachable_daemon_is_a_clear_error_with_exit_code_2() {
+    let h = Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/unreach\n      dockerfile: Dockerfile\n",
+        )
+        .file("Dockerfile", "FROM scratch\n")
+        .args(["--host", "unix:///nonexistent/docker.sock"]);
+    let out = h.run();
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot connect to the Docker daemon at `unix:///nonexistent/docker.sock`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: start it"), "{}", out.stderr);
+}
+
+#[test]
+fn sigint_during_a_long_run_exits_130_and_leaves_nothing() {
+    let (h, c) = project(
+        "sigint",
+        "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sigint\n      dockerfile: Dockerfile\n",
+    );
+    let marker = format!("marker-{}", c.uid());
+    let h = h.file(
+        "Dockerfile",
+        from_base(&format!("RUN echo {marker} && sleep 60\n")),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .args(["--uid", c.uid()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        // The RUN has started when its echo shows up.
+        if line.contains(&format!("slow | {marker}")) {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains(&marker), "{seen}");
+    let started = Instant::now();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(rest.contains("interrupted by SIGINT"), "{rest}");
+    // The daemon removes the RUN container once it has noticed the
+    // cancelled build; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containers_mentioning(&marker).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(containers_mentioning(&marker), Vec::<String>::new());
+    assert!(!image_exists(&format!("hb/sigint-{}", c.uid())));
+    assert_eq!(listing(h.dir()), ["Dockerfile", "build.yml"]);
+}
+
+#[test]
+fn remote_daemon_over_tcp_with_client_certificates() {
+    let proxy = tls_proxy::start();
+    let (h, c) = project(
+        "tls",
+        "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/tls\n      dockerfile: Dockerfile\n",
+    );
+    let h = h.file("Dockerfile", from_base("RUN echo over-tls > /tls\n"));
+    let good = h
+        .args(["--use-tls", "--host", &proxy.host()])
+        .arg("--certs")
+        .arg(&proxy.cert_dir)
+        .env_remove("DOCKER_HOST");
+    good.run().assert_success();
+    assert_eq!(
+        read_in_image(&format!("hb/tls-{}", c.uid()), "/tls"),
+        "over-tls\n"
+    );
+
+    let (bad, _c2) = project(
+        "tlsbad",
+        "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/tls\n      dockerfile: Dockerfile\n",
+    );
+    let out = bad
+        .file("Dockerfile", from_base(""))
+        .args(["--use-tls", "--host", &proxy.host()])
+        .arg("--certs")
+        .arg(&proxy.bad_cert_dir)
+        .run();
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot connect to the Docker daemon at `{}`",
+            proxy.host()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn blog_post_flow_compile_then_two_runtimes() {
+    let (h, c) = project(
+        "blog",
+        "build:
+  version: 2016-03-14
+  steps:
+    builder:
+      name: hb/blog-builder
+      dockerfile: Dockerfile.builder
+    minimal:
+      name: hb/blog:minimal
+      dockerfile: Dockerfile.minimal
+      depends_on: [builder]
+    alpine:
+      name: hb/blog:alpine
+      dockerfile: Dockerfile.alpine
+      depends_on: [builder]
+",
+    );
+    // The \"golang\" stand-in compiles a shell script; the \"alpine\"
+    // stand-in is the base image itself.
+    let h = h
+        .file(
+            "Dockerfile.builder",
+            from_base(
+                "COPY main.sh /src/main.sh\nRUN mkdir -p /go/bin && cp /src/main.sh /go/bin/secretapp && chmod 755 /go/bin/secretapp\n",
+            ),
+        )
+        .file("main.sh", "#!/bin/sh\necho secretapp says hi\n")
+        .file(
+            "Dockerfile.minimal",
+            format!(
+                "FROM {}\nCOPY --from=hb/blog-builder /go/bin/secretapp /secretapp\nCMD [\"/secretapp\"]\n",
+                base_image()
+            ),
+        )
+        .file(
+            "Dockerfile.alpine",
+            format!(
+                "FROM {}\nCOPY --from=hb/blog-builder /go/bin/secretapp /usr/bin/secretapp\nCMD [\"secretapp\"]\n",
+                base_image()
+            ),
+        );
+    h.run().assert_success();
+    let uid = c.uid();
+    assert_eq!(
+        docker(&["run", "--rm", &format!("hb/blog-{uid}:minimal")]),
+        "secretapp says hi\n"
+    );
+    assert_eq!(
+        docker(&["run", "--rm", &format!("hb/blog-{uid}:alpine")]),
+        "secretapp says hi\n"
+    );
+    assert!(!image_exists(&format!("hb/blog-builder-{uid}")));
+}

@@ -141,7 +141,7 @@ fn bad_values_are_rejected_with_exit_code_2() {
 
     let out = habitus(&["-no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '-no-such-flag'"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--no-such-flag'"));
 
     let out = habitus(&["--sec-providers=file,vault"]);
     assert_eq!(out.status.code(), Some(2));
