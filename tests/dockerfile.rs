@@ -3,6 +3,8 @@ use std::collections::BTreeMap;
 use habitus::dockerfile::{
     from_images, rewrite, unique_name, DockerfileErrorKind, FromLine, MAX_DOCKERFILE_SIZE,
 };
+use proptest::prelude::{prop_assert_eq, prop_oneof, proptest, Just};
+use proptest::strategy::Strategy;
 
 /// The step images of a typical build.yml, with uid `ab12`.
 fn images() -> BTreeMap<String, String> {
@@ -493,4 +495,65 @@ fn errors_name_the_line() {
             MAX_DOCKERFILE_SIZE
         )
     );
+}
+
+/// Dockerfile-like text: keywords, flags, step names, continuations,
+/// comments, quotes, here-documents and line ends in any order.
+fn dockerfile_strategy() -> impl Strategy<Value = String> {
+    let pieces = prop_oneof![
+        Just("FROM "),
+        Just("from "),
+        Just("COPY "),
+        Just("RUN "),
+        Just("ONBUILD "),
+        Just("--from="),
+        Just("--mount=type=bind,from="),
+        Just("--platform=x "),
+        Just("myorg/app_compile"),
+        Just("myorg/app:1.0"),
+        Just("compile"),
+        Just(" AS "),
+        Just(" as compile"),
+        Just("0"),
+        Just("$A"),
+        Just("\\"),
+        Just("`"),
+        Just("\n"),
+        Just("\r\n"),
+        Just("# "),
+        Just("# escape=`\n"),
+        Just("\""),
+        Just("'"),
+        Just(" "),
+        Just("\t"),
+        Just("<<EOF"),
+        Just("EOF"),
+        Just("=x,"),
+        Just("é"),
+    ];
+    proptest::collection::vec(pieces, 0..40).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #[test]
+    fn rewriting_never_panics_and_keeps_the_lines(src in dockerfile_strategy()) {
+        match rewrite(&src, &images()) {
+            Ok(rewritten) => {
+                prop_assert_eq!(rewritten.text.matches('\n').count(), src.matches('\n').count());
+                let froms = from_images(&src).unwrap();
+                let again = from_images(&rewritten.text).unwrap();
+                prop_assert_eq!(froms.len(), again.len());
+                for (before, after) in froms.iter().zip(&again) {
+                    prop_assert_eq!(before.line, after.line);
+                    prop_assert_eq!(&before.stage, &after.stage);
+                }
+                // Nothing to rewrite: nothing changes.
+                let same = rewrite(&src, &BTreeMap::new()).unwrap();
+                prop_assert_eq!(same.text, src);
+            }
+            Err(error) => {
+                prop_assert_eq!(from_images(&src).unwrap_err(), error);
+            }
+        }
+    }
 }
