@@ -788,6 +788,14 @@ mod tests {
             error.to_string(),
             "cannot add `../Dockerfile` to the build context: the name must be a relative path inside it"
         );
+        let error = ContextError::TooLarge {
+            path: "ctx/.dockerignore".into(),
+            limit: 10,
+        };
+        assert_eq!(
+            error.to_string(),
+            "`ctx/.dockerignore` is larger than 10 bytes"
+        );
         let error = ContextError::Changed {
             path: "ctx/big.bin".into(),
         };
