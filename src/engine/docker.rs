@@ -129,8 +129,10 @@ impl DockerEngine {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 if let Some(tls) = tls_failure(&err) {
-                    return Err(EngineError::Tls(format!(
-                        "handshake with `{address}` failed: {tls}"
+                    return Err(EngineError::Tls(describe_tls_failure(
+                        &address,
+                        &opts.cert_dir(),
+                        &tls,
                     )));
                 }
                 return Err(unreachable(error_chain(&err)));
@@ -255,22 +257,45 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
 }
 
 /// The TLS error behind a failed request, if that is what failed it.
-fn tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
+fn tls_failure(err: &(dyn StdError + 'static)) -> Option<rustls::Error> {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return Some(tls.clone());
         }
+        // `io::Error::source` skips the error it wraps; look at it directly.
         if let Some(tls) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls.to_string());
+            return Some(tls.clone());
         }
         current = e.source();
     }
     None
+}
+
+/// Says which side of a failed handshake to look at.
+fn describe_tls_failure(address: &str, cert_dir: &Path, err: &rustls::Error) -> String {
+    use rustls::AlertDescription;
+    match err {
+        rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateRequired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::AccessDenied,
+        ) => format!(
+            "the daemon at `{address}` did not accept the client certificate `{}`: {err}",
+            cert_dir.join("cert.pem").display()
+        ),
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the certificate of the daemon at `{address}` is not trusted by `{}`: {err}",
+            cert_dir.join("ca.pem").display()
+        ),
+        _ => format!("the TLS handshake with `{address}` failed: {err}"),
+    }
 }
 
 fn api(err: BollardError) -> EngineError {
@@ -350,7 +375,10 @@ impl Engine for DockerEngine {
                             break;
                         }
                     }
-                    Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    Err(
+                        BollardError::DockerResponseServerError { message, .. }
+                        | BollardError::DockerStreamError { error: message },
+                    ) => {
                         failure = Some(EngineError::BuildFailed {
                             instruction: progress.last_step.clone(),
                             message,
@@ -875,13 +903,14 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
+    use std::path::Path;
     use std::sync::{Arc, Mutex};
 
     use bollard::models::BuildInfo;
 
     use super::{
-        base64_decode, build_options, open, parse_docker_config, parse_step, BuildProgress,
-        DockerOptions,
+        base64_decode, build_options, describe_tls_failure, open, parse_docker_config, parse_step,
+        BuildProgress, DockerOptions,
     };
     use crate::engine::{BuildRequest, EngineError, LineSink};
 
@@ -958,6 +987,27 @@ mod tests {
                 dir.path().join("ca.pem").display()
             )),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_failures_say_which_certificate_to_check() {
+        let dir = Path::new("/certs");
+        assert_eq!(
+            describe_tls_failure(
+                "tcp://h:2376",
+                dir,
+                &rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)
+            ),
+            "the daemon at `tcp://h:2376` did not accept the client certificate `/certs/cert.pem`: received fatal alert: UnknownCA"
+        );
+        assert_eq!(
+            describe_tls_failure(
+                "tcp://h:2376",
+                dir,
+                &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "the certificate of the daemon at `tcp://h:2376` is not trusted by `/certs/ca.pem`: invalid peer certificate: UnknownIssuer"
         );
     }
 
