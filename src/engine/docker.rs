@@ -107,12 +107,25 @@ fn home_dir() -> Option<PathBuf> {
 }
 
 /// An [`Engine`] backed by a Docker daemon.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     address: String,
     /// Registry credentials sent with builds (for `FROM` pulls).
     credentials: HashMap<String, DockerCredentials>,
+}
+
+/// Shows the address and the registries it holds credentials for, never
+/// the credentials.
+impl std::fmt::Debug for DockerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut registries: Vec<&String> = self.credentials.keys().collect();
+        registries.sort();
+        f.debug_struct("DockerEngine")
+            .field("address", &self.address)
+            .field("registries", &registries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DockerEngine {
@@ -157,11 +170,6 @@ impl DockerEngine {
     /// The daemon address this engine talks to.
     pub fn address(&self) -> &str {
         &self.address
-    }
-
-    /// The underlying bollard client.
-    pub fn client(&self) -> &Docker {
-        &self.docker
     }
 }
 
@@ -760,8 +768,7 @@ impl BuildProgress {
                 ..
             } = self;
             lines.push_with(text.as_bytes(), &mut |line| {
-                if let Some((n, m)) = parse_step(line) {
-                    let _ = n;
+                if let Some((_, m)) = parse_step(line) {
                     *total = m;
                     *last_step = Some(line.trim().to_string());
                 } else if line.trim() == "---> Using cache" {
@@ -907,10 +914,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use bollard::models::BuildInfo;
+    use bollard::{Docker, API_DEFAULT_VERSION};
 
     use super::{
         base64_decode, build_options, describe_tls_failure, open, parse_docker_config, parse_step,
-        BuildProgress, DockerOptions,
+        BuildProgress, DockerEngine, DockerOptions,
     };
     use crate::engine::{BuildRequest, EngineError, LineSink};
 
@@ -1104,6 +1112,19 @@ mod tests {
         assert_eq!(reg.serveraddress.as_deref(), Some("registry.example.com"));
         assert_eq!(creds["other.io"].username, None);
         assert!(parse_docker_config("not json").is_empty());
+    }
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let engine = DockerEngine {
+            docker: Docker::connect_with_http("tcp://127.0.0.1:1", 1, API_DEFAULT_VERSION).unwrap(),
+            address: "tcp://127.0.0.1:1".into(),
+            credentials: parse_docker_config(r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#),
+        };
+        assert_eq!(
+            format!("{engine:?}"),
+            r#"DockerEngine { address: "tcp://127.0.0.1:1", registries: ["reg.io"], .. }"#
+        );
     }
 
     #[test]
