@@ -107,12 +107,25 @@ fn home_dir() -> Option<PathBuf> {
 }
 
 /// An [`Engine`] backed by a Docker daemon.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     address: String,
     /// Registry credentials sent with builds (for `FROM` pulls).
     credentials: HashMap<String, DockerCredentials>,
+}
+
+/// Shows the address and the registries it holds credentials for, never
+/// the credentials.
+impl std::fmt::Debug for DockerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut registries: Vec<&String> = self.credentials.keys().collect();
+        registries.sort();
+        f.debug_struct("DockerEngine")
+            .field("address", &self.address)
+            .field("registries", &registries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DockerEngine {
@@ -129,8 +142,10 @@ impl DockerEngine {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 if let Some(tls) = tls_failure(&err) {
-                    return Err(EngineError::Tls(format!(
-                        "handshake with `{address}` failed: {tls}"
+                    return Err(EngineError::Tls(describe_tls_failure(
+                        &address,
+                        &opts.cert_dir(),
+                        &tls,
                     )));
                 }
                 return Err(unreachable(error_chain(&err)));
@@ -155,11 +170,6 @@ impl DockerEngine {
     /// The daemon address this engine talks to.
     pub fn address(&self) -> &str {
         &self.address
-    }
-
-    /// The underlying bollard client.
-    pub fn client(&self) -> &Docker {
-        &self.docker
     }
 }
 
@@ -255,22 +265,45 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
 }
 
 /// The TLS error behind a failed request, if that is what failed it.
-fn tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
+fn tls_failure(err: &(dyn StdError + 'static)) -> Option<rustls::Error> {
     let mut current = Some(err);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return Some(tls.clone());
         }
+        // `io::Error::source` skips the error it wraps; look at it directly.
         if let Some(tls) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls.to_string());
+            return Some(tls.clone());
         }
         current = e.source();
     }
     None
+}
+
+/// Says which side of a failed handshake to look at.
+fn describe_tls_failure(address: &str, cert_dir: &Path, err: &rustls::Error) -> String {
+    use rustls::AlertDescription;
+    match err {
+        rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateRequired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::AccessDenied,
+        ) => format!(
+            "the daemon at `{address}` did not accept the client certificate `{}`: {err}",
+            cert_dir.join("cert.pem").display()
+        ),
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the certificate of the daemon at `{address}` is not trusted by `{}`: {err}",
+            cert_dir.join("ca.pem").display()
+        ),
+        _ => format!("the TLS handshake with `{address}` failed: {err}"),
+    }
 }
 
 fn api(err: BollardError) -> EngineError {
@@ -350,7 +383,10 @@ impl Engine for DockerEngine {
                             break;
                         }
                     }
-                    Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    Err(
+                        BollardError::DockerResponseServerError { message, .. }
+                        | BollardError::DockerStreamError { error: message },
+                    ) => {
                         failure = Some(EngineError::BuildFailed {
                             instruction: progress.last_step.clone(),
                             message,
@@ -732,8 +768,7 @@ impl BuildProgress {
                 ..
             } = self;
             lines.push_with(text.as_bytes(), &mut |line| {
-                if let Some((n, m)) = parse_step(line) {
-                    let _ = n;
+                if let Some((_, m)) = parse_step(line) {
                     *total = m;
                     *last_step = Some(line.trim().to_string());
                 } else if line.trim() == "---> Using cache" {
@@ -875,13 +910,15 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
+    use std::path::Path;
     use std::sync::{Arc, Mutex};
 
     use bollard::models::BuildInfo;
+    use bollard::{Docker, API_DEFAULT_VERSION};
 
     use super::{
-        base64_decode, build_options, open, parse_docker_config, parse_step, BuildProgress,
-        DockerOptions,
+        base64_decode, build_options, describe_tls_failure, open, parse_docker_config, parse_step,
+        BuildProgress, DockerEngine, DockerOptions,
     };
     use crate::engine::{BuildRequest, EngineError, LineSink};
 
@@ -958,6 +995,27 @@ mod tests {
                 dir.path().join("ca.pem").display()
             )),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_failures_say_which_certificate_to_check() {
+        let dir = Path::new("/certs");
+        assert_eq!(
+            describe_tls_failure(
+                "tcp://h:2376",
+                dir,
+                &rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)
+            ),
+            "the daemon at `tcp://h:2376` did not accept the client certificate `/certs/cert.pem`: received fatal alert: UnknownCA"
+        );
+        assert_eq!(
+            describe_tls_failure(
+                "tcp://h:2376",
+                dir,
+                &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "the certificate of the daemon at `tcp://h:2376` is not trusted by `/certs/ca.pem`: invalid peer certificate: UnknownIssuer"
         );
     }
 
@@ -1054,6 +1112,19 @@ mod tests {
         assert_eq!(reg.serveraddress.as_deref(), Some("registry.example.com"));
         assert_eq!(creds["other.io"].username, None);
         assert!(parse_docker_config("not json").is_empty());
+    }
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let engine = DockerEngine {
+            docker: Docker::connect_with_http("tcp://127.0.0.1:1", 1, API_DEFAULT_VERSION).unwrap(),
+            address: "tcp://127.0.0.1:1".into(),
+            credentials: parse_docker_config(r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#),
+        };
+        assert_eq!(
+            format!("{engine:?}"),
+            r#"DockerEngine { address: "tcp://127.0.0.1:1", registries: ["reg.io"], .. }"#
+        );
     }
 
     #[test]

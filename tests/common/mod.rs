@@ -1,1 +1,519 @@
+//! The shared harness for integration tests.
+//!
+//! - [`docker_available`] fails a daemon test with one clear message when no
+//!   daemon answers.
+//! - [`base_image`] builds (once, then reuses) the image every daemon test
+//!   starts `FROM`: nothing can be pulled here, so it is made from the host's
+//!   static busybox plus curl and its libraries.
+//! - [`unique`] names objects; [`Cleanup`] removes every container, image and
+//!   network carrying `habitus.uid=<uid>` (or whose name or reference
+//!   contains the uid) when it goes out of scope, also when the test panics.
+//! - [`Habitus`] runs the binary on files written into a temporary directory.
+//! - [`tls_proxy`] puts a TLS endpoint that requires a client certificate in
+//!   front of the local daemon.
+//!
+//! Not every test module uses every helper.
+#![allow(dead_code)]
 
+pub mod tls_proxy;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use habitus::engine::docker::{DockerEngine, DockerOptions};
+
+/// The label every test object carries: `habitus.uid=<uid>`.
+pub const UID_LABEL: &str = "habitus.uid";
+
+/// Panics with instructions unless `docker info` succeeds. Call it first in
+/// every test that needs the daemon.
+#[track_caller]
+pub fn docker_available() {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = AVAILABLE.get_or_init(|| {
+        match Command::new("docker")
+            .arg("info")
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Err(err) => Err(format!("cannot run `docker`: {err}")),
+        }
+    });
+    if let Err(why) = result {
+        panic!(
+            "this test needs a Docker daemon, and `docker info` failed:\n  {why}\n\
+             start one (as root: `dockerd >/tmp/dockerd.log 2>&1 &`, or \
+             `sudo systemctl start docker`), or run `.ci/run`, which installs \
+             and starts it"
+        );
+    }
+}
+
+/// Connects a [`DockerEngine`] the way the binary does (DOCKER_HOST etc.).
+pub async fn engine() -> DockerEngine {
+    docker_available();
+    DockerEngine::connect(&DockerOptions::from_env())
+        .await
+        .expect("connect to the Docker daemon")
+}
+
+/// Runs `docker <args>` and returns its stdout; panics with stderr on failure.
+#[track_caller]
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "`docker {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `docker <args>` ignoring failure (cleanup paths).
+fn docker_quiet(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}
+
+/// A unique lowercase name: `<prefix>-<pid>-<counter>-<random>`. Usable as
+/// an image name, container name, network name and `--uid`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}-{}-{:06x}",
+        prefix.to_lowercase(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// `{habitus.uid: uid}`, for requests made by tests.
+pub fn uid_labels(uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(UID_LABEL.to_string(), uid.to_string())])
+}
+
+/// Ids of the containers (running or not) labelled `key=value`.
+pub fn containers_with_label(key: &str, value: &str) -> Vec<String> {
+    words(&docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={key}={value}"),
+    ]))
+}
+
+/// Ids of the running containers labelled `key=value`.
+pub fn running_containers_with_label(key: &str, value: &str) -> Vec<String> {
+    words(&docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label={key}={value}"),
+    ]))
+}
+
+/// Ids of the images labelled `key=value`.
+pub fn images_with_label(key: &str, value: &str) -> Vec<String> {
+    let mut ids = words(&docker(&[
+        "images",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label={key}={value}"),
+    ]));
+    ids.dedup();
+    ids
+}
+
+/// Ids of the networks labelled `key=value`.
+pub fn networks_with_label(key: &str, value: &str) -> Vec<String> {
+    words(&docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label={key}={value}"),
+    ]))
+}
+
+/// Whether an image reference or id exists.
+pub fn image_exists(reference: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", reference])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Removes, when dropped, everything of one test: containers, images and
+/// networks labelled `habitus.uid=<uid>` or whose name (image reference)
+/// contains the uid. Create it before creating anything.
+pub struct Cleanup {
+    uid: String,
+}
+
+impl Cleanup {
+    /// A guard for a fresh uid made with [`unique`].
+    pub fn new(prefix: &str) -> Cleanup {
+        Cleanup {
+            uid: unique(prefix),
+        }
+    }
+
+    /// A guard for a uid the test already has.
+    pub fn for_uid(uid: &str) -> Cleanup {
+        Cleanup {
+            uid: uid.to_string(),
+        }
+    }
+
+    /// The uid this guard sweeps.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// `{habitus.uid: uid}`.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        uid_labels(&self.uid)
+    }
+
+    /// Removes everything now (also done on drop).
+    pub fn sweep(&self) {
+        let uid = self.uid.as_str();
+        let label = format!("label={UID_LABEL}={uid}");
+        let mut containers = words(&docker_quiet(&["ps", "-aq", "--filter", &label]));
+        containers.extend(words(&docker_quiet(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name={uid}"),
+        ])));
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(containers.iter().map(String::as_str));
+            docker_quiet(&args);
+        }
+
+        let mut images: Vec<String> =
+            docker_quiet(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                .lines()
+                .filter(|reference| reference.contains(uid))
+                .map(str::to_string)
+                .collect();
+        images.extend(words(&docker_quiet(&[
+            "images",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &label,
+        ])));
+        images.dedup();
+        if !images.is_empty() {
+            let mut args = vec!["rmi", "-f"];
+            args.extend(images.iter().map(String::as_str));
+            docker_quiet(&args);
+        }
+
+        let mut networks = words(&docker_quiet(&["network", "ls", "-q", "--filter", &label]));
+        networks.extend(words(&docker_quiet(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={uid}"),
+        ])));
+        if !networks.is_empty() {
+            let mut args = vec!["network", "rm"];
+            args.extend(networks.iter().map(String::as_str));
+            docker_quiet(&args);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}
+
+/// The label on the test base image.
+pub const BASE_LABEL: (&str, &str) = ("habitus.test", "base");
+
+/// The test base image, `habitus-test-base:<content hash>`: `FROM scratch`
+/// with the host's static busybox (installed as `/bin/sh` and friends),
+/// `/usr/bin/curl` with every library `ldd` lists and the dynamic loader,
+/// and `/tmp`. Built once per test process, reused across runs (the tag
+/// changes when any of its files change) and never removed by tests.
+pub fn base_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    static BUILDING: Mutex<()> = Mutex::new(());
+    docker_available();
+    if let Some(image) = IMAGE.get() {
+        return image.clone();
+    }
+    let _lock = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    IMAGE.get_or_init(build_base_image).clone()
+}
+
+const BASE_DOCKERFILE: &str = "FROM scratch
+COPY rootfs/ /
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && mkdir -p -m 1777 /tmp && mkdir -p /root /etc\"]
+LABEL habitus.test=base
+";
+
+fn build_base_image() -> String {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "the test base image needs a static busybox at /bin/busybox: \
+         `apt-get install busybox-static` (or run `.ci/run`)"
+    );
+    let mut files: Vec<PathBuf> = vec![busybox.into(), "/usr/bin/curl".into()];
+    files.extend(ldd("/usr/bin/curl"));
+
+    let mut hash = Fnv::default();
+    hash.write(BASE_DOCKERFILE.as_bytes());
+    for file in &files {
+        hash.write(file.as_os_str().as_encoded_bytes());
+        hash.write(&std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display())));
+    }
+    let tag = format!("habitus-test-base:{:012x}", hash.0 >> 16);
+    if image_exists(&tag) {
+        return tag;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), BASE_DOCKERFILE).unwrap();
+    for file in &files {
+        let dest = dir
+            .path()
+            .join("rootfs")
+            .join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        // `copy` follows symlinks: the image gets the file under the name
+        // the loader looks for.
+        std::fs::copy(file, &dest).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker build");
+    assert!(
+        out.status.success(),
+        "building the test base image `{tag}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag
+}
+
+/// The absolute paths `ldd` lists for `binary`, including the loader.
+fn ldd(binary: &str) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
+    assert!(out.status.success(), "ldd {binary} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bits: a content hash that is stable across toolchains.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Runs the habitus binary on files in a temporary work directory:
+///
+/// ```ignore
+/// let out = Habitus::new()
+///     .file("build.yml", "build: …")
+///     .file("Dockerfile", &format!("FROM {}\n", base_image()))
+///     .arg("--uid").arg(cleanup.uid())
+///     .run();
+/// out.assert_success();
+/// ```
+///
+/// `-d <dir>` is passed first unless [`Habitus::no_workdir`] is called.
+pub struct Habitus {
+    dir: tempfile::TempDir,
+    args: Vec<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    workdir_flag: bool,
+}
+
+/// What a run of the binary produced.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The exit code (`None` if killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics, showing both streams, unless the run succeeded.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "habitus failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics, showing both streams, unless the run failed.
+    #[track_caller]
+    pub fn assert_failure(&self) -> &Self {
+        assert!(
+            !self.status.success(),
+            "habitus unexpectedly succeeded\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl Default for Habitus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Habitus {
+    /// A fresh, empty work directory.
+    pub fn new() -> Habitus {
+        Habitus {
+            dir: tempfile::tempdir().expect("tempdir"),
+            args: Vec::new(),
+            env: Vec::new(),
+            workdir_flag: true,
+        }
+    }
+
+    /// The work directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `path` (relative, parents created) in the work
+    /// directory.
+    pub fn file(self, path: &str, contents: impl AsRef<[u8]>) -> Habitus {
+        let dest = self.dir.path().join(path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).expect("create parent directory");
+        }
+        std::fs::write(&dest, contents).expect("write test file");
+        self
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Habitus {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Habitus
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the run.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Habitus {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable for the run.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Habitus {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Do not pass `-d <dir>` (for subcommands that take no work directory).
+    pub fn no_workdir(mut self) -> Habitus {
+        self.workdir_flag = false;
+        self
+    }
+
+    /// Runs the binary in the work directory and collects its output.
+    pub fn run(&self) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        if self.workdir_flag {
+            cmd.arg("-d").arg(self.dir.path());
+        }
+        cmd.args(&self.args);
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        let out = cmd.output().expect("run habitus");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}

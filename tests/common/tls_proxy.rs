@@ -1,0 +1,186 @@
+//! A TLS endpoint for the local daemon, for tests of `--use-tls`: it listens
+//! on `127.0.0.1:<any port>`, requires a client certificate signed by its own
+//! CA, and forwards each connection to `/var/run/docker.sock`.
+//!
+//! [`start`] writes two certificate directories in Docker's layout
+//! (`ca.pem`, `cert.pem`, `key.pem`): `cert_dir` holds a client certificate
+//! the proxy accepts, `bad_cert_dir` one from another CA (with the right
+//! `ca.pem`, so only the client certificate is wrong). The proxy runs on its
+//! own thread, so blocking tests (running the binary) can use it too, and
+//! stops when the [`TlsProxy`] is dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
+
+/// The daemon socket the proxy forwards to.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// A running proxy; stops when dropped.
+pub struct TlsProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `ca.pem`, `cert.pem`, `key.pem` the proxy accepts.
+    pub cert_dir: PathBuf,
+    /// The right `ca.pem` with a client certificate from another CA.
+    pub bad_cert_dir: PathBuf,
+    _dirs: [tempfile::TempDir; 2],
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsProxy {
+    /// `tcp://127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("tcp://{}", self.addr)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A CA certificate and its issuer.
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A leaf certificate signed by `issuer`; returns (cert PEM, key).
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "habitus test");
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert, key)
+}
+
+fn write_dir(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) {
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), key_pem).unwrap();
+}
+
+/// Starts a proxy in front of [`DOCKER_SOCKET`].
+pub fn start() -> TlsProxy {
+    let ca = ca("habitus test proxy CA");
+    let other_ca = ca_other();
+    let (server_cert, server_key) = leaf(
+        &ca,
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(&ca, &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let (bad_cert, bad_key) = leaf(&other_ca, &[], ExtendedKeyUsagePurpose::ClientAuth);
+
+    let good = tempfile::tempdir().unwrap();
+    let bad = tempfile::tempdir().unwrap();
+    write_dir(
+        good.path(),
+        &ca.pem(),
+        &client_cert.pem(),
+        &client_key.serialize_pem(),
+    );
+    write_dir(
+        bad.path(),
+        &ca.pem(),
+        &bad_cert.pem(),
+        &bad_key.serialize_pem(),
+    );
+
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .unwrap();
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(server_cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(serve(listener, acceptor, stopped));
+    });
+    TlsProxy {
+        addr,
+        cert_dir: good.path().to_path_buf(),
+        bad_cert_dir: bad.path().to_path_buf(),
+        _dirs: [good, bad],
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
+    ca("another CA")
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    acceptor: TlsAcceptor,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let listener = TcpListener::from_std(listener).unwrap();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client without an acceptable certificate fails here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut daemon) = UnixStream::connect(DOCKER_SOCKET).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut daemon).await;
+                });
+            }
+        }
+    }
+}
