@@ -85,7 +85,12 @@ pub enum OsType {
 #[derive(Debug, Clone, Args)]
 pub struct Flags {
     /// Build file path; `build.yml` means build.yml in the work directory.
-    #[arg(short = 'f', global = true, value_name = "FILE", default_value = "build.yml")]
+    #[arg(
+        short = 'f',
+        global = true,
+        value_name = "FILE",
+        default_value = "build.yml"
+    )]
     pub file: PathBuf,
 
     /// Work directory for this build (default: the current directory).
@@ -122,7 +127,13 @@ pub struct Flags {
     pub uid: Option<String>,
 
     /// Log level: trace, debug, info, notice, warning, error, critical.
-    #[arg(long, global = true, value_enum, ignore_case = true, default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        default_value = "info"
+    )]
     pub level: Level,
 
     /// Colours and formatting in the output.
@@ -198,7 +209,13 @@ pub struct Flags {
     pub noprune_rmi: bool,
 
     /// The OS of the build images (accepted for compatibility).
-    #[arg(long, global = true, value_enum, ignore_case = true, default_value = "debian")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        default_value = "debian"
+    )]
     pub os: OsType,
 
     /// Port of the secrets server (0 = any free port).
@@ -245,7 +262,13 @@ pub struct Flags {
     pub authentication_secret_server: bool,
 
     /// Password for the secrets server's basic authentication.
-    #[arg(long, global = true, value_name = "PASSWORD", default_value = "admin", hide_default_value = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PASSWORD",
+        default_value = "admin",
+        hide_default_value = true
+    )]
     pub password_secret_server: String,
 
     /// User for the secrets server's basic authentication.
@@ -324,9 +347,8 @@ fn parse_uid(value: &str) -> Result<String, String> {
 /// allowed) and an optional binary unit `b`, `k`, `m`, `g`, `t`, `p`, with an
 /// optional `b`/`ib` suffix, case-insensitive: `512m`, `2GB`, `1.5g`, `1024`.
 pub fn parse_memory(value: &str) -> Result<i64, String> {
-    let bad = || {
-        format!("`{value}` is not a memory size (examples: `512m`, `2g`, `2GB`, `1048576`)")
-    };
+    let bad =
+        || format!("`{value}` is not a memory size (examples: `512m`, `2g`, `2GB`, `1048576`)");
     let s = value.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -484,8 +506,23 @@ mod tests {
     #[test]
     fn go_flags_become_long_flags() {
         assert_eq!(
-            norm(&["habitus", "-host=unix:///x.sock", "-keep-all", "-f=b.yml", "-d", "-x"]),
-            ["habitus", "--host=unix:///x.sock", "--keep-all", "-f", "b.yml", "-d", "-x"]
+            norm(&[
+                "habitus",
+                "-host=unix:///x.sock",
+                "-keep-all",
+                "-f=b.yml",
+                "-d",
+                "-x"
+            ]),
+            [
+                "habitus",
+                "--host=unix:///x.sock",
+                "--keep-all",
+                "-f",
+                "b.yml",
+                "-d",
+                "-x"
+            ]
         );
     }
 
@@ -526,7 +563,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.flags.use_tls, Some(false));
-        assert_eq!(cli.flags.host.as_deref(), Some("unix:///var/run/docker.sock"));
+        assert_eq!(
+            cli.flags.host.as_deref(),
+            Some("unix:///var/run/docker.sock")
+        );
         assert_eq!(cli.flags.secrets, Some(false));
         assert!(cli.flags.keep_all);
         assert!(cli.command.is_none());

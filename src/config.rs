@@ -89,11 +89,7 @@ pub struct Config {
 
 impl Config {
     /// Resolves `flags` against the current directory and the environment.
-    pub fn from_flags(
-        flags: &Flags,
-        cwd: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Config {
+    pub fn from_flags(flags: &Flags, cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let workdir = match &flags.workdir {
             Some(d) if d.is_absolute() => d.clone(),
             Some(d) => cwd.join(d),

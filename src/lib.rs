@@ -28,7 +28,7 @@ use crate::cli::{Command, PlanFormat};
 use crate::config::Config;
 use crate::engine::docker::{DockerEngine, DockerOptions};
 use crate::engine::Engine;
-use crate::manifest::{Loaded, LoadOptions};
+use crate::manifest::{LoadOptions, Loaded};
 use crate::plan::Plan;
 use crate::progress::{Reporter, Severity};
 use crate::runner::{BuildOptions, Runner, Signal, Summary};

@@ -761,11 +761,7 @@ mod tests {
             steps,
         };
         let engine = Arc::new(FakeEngine::default());
-        let reporter = Arc::new(Reporter::new(
-            Box::new(std::io::sink()),
-            Level::Info,
-            false,
-        ));
+        let reporter = Arc::new(Reporter::new(Box::new(std::io::sink()), Level::Info, false));
         let runner = Runner::new(
             engine.clone(),
             manifest,

@@ -70,7 +70,9 @@ fn single_step_builds_a_tagged_image() {
     out.assert_success();
     let image = format!("hb/single-{}", c.uid());
     assert_eq!(read_in_image(&image, "/hello"), "hello\n");
-    assert!(out.stderr.contains("only | Step 2/2 : RUN echo hello > /hello"));
+    assert!(out
+        .stderr
+        .contains("only | Step 2/2 : RUN echo hello > /hello"));
     // No generated Dockerfile or other file left in the work dir.
     assert_eq!(listing(h.dir()), ["Dockerfile", "build.yml"]);
 }
@@ -97,8 +99,14 @@ fn chain_rewrites_from_to_the_unique_name_of_the_previous_step() {
     );
     let h = h
         .file("Dockerfile.one", from_base("RUN echo 1 > /chain\n"))
-        .file("Dockerfile.two", "FROM hb/chain-one\nRUN echo 2 >> /chain\n")
-        .file("Dockerfile.three", "from hb/chain-two AS two\nRUN echo 3 >> /chain\n");
+        .file(
+            "Dockerfile.two",
+            "FROM hb/chain-one\nRUN echo 2 >> /chain\n",
+        )
+        .file(
+            "Dockerfile.three",
+            "from hb/chain-two AS two\nRUN echo 3 >> /chain\n",
+        );
     let out = h.run();
     out.assert_success();
     let uid = c.uid();
@@ -239,7 +247,11 @@ fn no_cache_step_rebuilds_while_others_use_the_cache() {
     h.run().assert_success();
     let out = h.run();
     out.assert_success();
-    let cached: Vec<&str> = out.stderr.lines().filter(|l| l.contains("Using cache")).collect();
+    let cached: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Using cache"))
+        .collect();
     assert!(
         cached.iter().all(|l| l.contains("cached |")) && !cached.is_empty(),
         "{}",
@@ -305,8 +317,14 @@ fn two_builds_with_different_uids_run_side_by_side() {
     });
     o1.assert_success();
     o2.assert_success();
-    assert_eq!(read_in_image(&format!("hb/tenant-{}", c1.uid()), "/who"), "one\n");
-    assert_eq!(read_in_image(&format!("hb/tenant-{}", c2.uid()), "/who"), "two\n");
+    assert_eq!(
+        read_in_image(&format!("hb/tenant-{}", c1.uid()), "/who"),
+        "one\n"
+    );
+    assert_eq!(
+        read_in_image(&format!("hb/tenant-{}", c2.uid()), "/who"),
+        "two\n"
+    );
 }
 
 #[test]
@@ -326,12 +344,10 @@ fn failing_run_names_step_instruction_and_leaves_nothing() {
 ",
     );
     let marker = format!("marker-{}", c.uid());
-    let h = h
-        .file("Dockerfile.ok", from_base("RUN echo ok\n"))
-        .file(
-            "Dockerfile.broken",
-            format!("FROM hb/fail-ok\nRUN echo {marker} && exit 3\n"),
-        );
+    let h = h.file("Dockerfile.ok", from_base("RUN echo ok\n")).file(
+        "Dockerfile.broken",
+        format!("FROM hb/fail-ok\nRUN echo {marker} && exit 3\n"),
+    );
     let before = listing(h.dir());
     let out = h.run();
     assert_eq!(out.code(), Some(1), "{}", out.stderr);

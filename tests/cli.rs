@@ -158,13 +158,41 @@ fn help_lists_every_go_habitus_flag() {
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "-f ", "-d ", "--no-cache", "--suppress", "--rm", "--force-rm", "--uid", "--level",
-        "--pretty", "--host", "--certs", "--env", "--build", "--network", "--keep-all",
-        "--keep-artifacts", "--use-tls", "--use-stat", "--no-cleanup", "--force-rmi",
-        "--noprune-rmi", "--os", "--port", "--binding", "--secrets", "--after-build-commands",
-        "--sec-providers", "--docker-memory", "--docker-cpuset-cpus", "--docker-cpu-shares",
-        "--authentication-secret-server", "--password-secret-server", "--user-secret-server",
-        "--help", "--version",
+        "-f ",
+        "-d ",
+        "--no-cache",
+        "--suppress",
+        "--rm",
+        "--force-rm",
+        "--uid",
+        "--level",
+        "--pretty",
+        "--host",
+        "--certs",
+        "--env",
+        "--build",
+        "--network",
+        "--keep-all",
+        "--keep-artifacts",
+        "--use-tls",
+        "--use-stat",
+        "--no-cleanup",
+        "--force-rmi",
+        "--noprune-rmi",
+        "--os",
+        "--port",
+        "--binding",
+        "--secrets",
+        "--after-build-commands",
+        "--sec-providers",
+        "--docker-memory",
+        "--docker-cpuset-cpus",
+        "--docker-cpu-shares",
+        "--authentication-secret-server",
+        "--password-secret-server",
+        "--user-secret-server",
+        "--help",
+        "--version",
     ] {
         assert!(help.contains(flag), "--help lacks `{flag}`:\n{help}");
     }
@@ -177,7 +205,8 @@ fn version_in_every_form() {
         let out = habitus(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with(&format!("habitus {}", env!("CARGO_PKG_VERSION"))),
+            String::from_utf8_lossy(&out.stdout)
+                .starts_with(&format!("habitus {}", env!("CARGO_PKG_VERSION"))),
             "{args:?}"
         );
     }

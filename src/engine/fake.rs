@@ -111,10 +111,7 @@ impl Engine for FakeEngine {
 
     async fn run(&self, req: RunRequest, sink: LineSink) -> Result<i64, EngineError> {
         sink(&format!("running {}", req.command));
-        let code = lock(&self.exit_codes)
-            .get(&req.image)
-            .copied()
-            .unwrap_or(0);
+        let code = lock(&self.exit_codes).get(&req.image).copied().unwrap_or(0);
         lock(&self.runs).push(req);
         Ok(code)
     }
@@ -128,7 +125,12 @@ impl Engine for FakeEngine {
         }))
     }
 
-    async fn remove_image(&self, image: &str, _force: bool, _noprune: bool) -> Result<(), EngineError> {
+    async fn remove_image(
+        &self,
+        image: &str,
+        _force: bool,
+        _noprune: bool,
+    ) -> Result<(), EngineError> {
         if lock(&self.images).remove(image) {
             lock(&self.removed).push(image.to_string());
             Ok(())
@@ -137,7 +139,11 @@ impl Engine for FakeEngine {
         }
     }
 
-    async fn remove_containers_with_label(&self, label: &str, value: &str) -> Result<usize, EngineError> {
+    async fn remove_containers_with_label(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<usize, EngineError> {
         lock(&self.label_sweeps).push((label.to_string(), value.to_string()));
         Ok(0)
     }

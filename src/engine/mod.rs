@@ -127,9 +127,18 @@ pub trait Engine: Send + Sync {
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError>;
 
     /// Removes an image by reference or id.
-    async fn remove_image(&self, image: &str, force: bool, noprune: bool) -> Result<(), EngineError>;
+    async fn remove_image(
+        &self,
+        image: &str,
+        force: bool,
+        noprune: bool,
+    ) -> Result<(), EngineError>;
 
     /// Removes (forcibly) every container that carries `label=value`;
     /// returns how many were removed.
-    async fn remove_containers_with_label(&self, label: &str, value: &str) -> Result<usize, EngineError>;
+    async fn remove_containers_with_label(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<usize, EngineError>;
 }

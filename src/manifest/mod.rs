@@ -215,4 +215,3 @@ pub struct SecretSpec {
     /// A host path for `file`; a variable NAME (read from `HABITUS_NAME`) for `env`.
     pub value: String,
 }
-
