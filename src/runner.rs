@@ -11,9 +11,9 @@
 //! those of non-leaf steps without `keep`; on failure every image of this
 //! build, unless `--keep-all`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -215,6 +215,8 @@ pub struct Runner {
     build_id: String,
     /// Step image name as written → unique name, for rewriting Dockerfiles.
     images: Arc<BTreeMap<String, String>>,
+    /// Labels of the steps whose image this build has tagged.
+    tagged: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Runner {
@@ -246,6 +248,7 @@ impl Runner {
             reporter,
             build_id,
             images: Arc::new(images),
+            tagged: Arc::default(),
         }
     }
 
@@ -281,8 +284,8 @@ impl Runner {
             Ok(summary) => summary.clone(),
             Err((summary, _)) => summary.clone(),
         };
-        let built: Vec<String> = summary.steps.iter().map(|s| s.label.clone()).collect();
-        summary.removed_images = self.teardown(&built, result.is_ok()).await;
+        let tagged = lock(&self.tagged).clone();
+        summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
         match result {
             Ok(_) => Ok(summary),
             Err((_, error)) => Err(error),
@@ -389,13 +392,14 @@ impl Runner {
             reporter: Arc::clone(&self.reporter),
             build_id: self.build_id.clone(),
             images: Arc::clone(&self.images),
+            tagged: Arc::clone(&self.tagged),
         }
     }
 
     /// Sweeps this build's containers and removes the images it no longer
     /// needs. Errors are reported, never raised: they must not hide the
     /// build's own result.
-    async fn teardown(&self, built: &[String], success: bool) -> Vec<String> {
+    async fn teardown(&self, tagged: &BTreeSet<String>, success: bool) -> Vec<String> {
         match self
             .engine
             .remove_containers_with_label(LABEL_BUILD, &self.build_id)
@@ -418,7 +422,7 @@ impl Runner {
         // Remove dependents before their bases: reverse topological order.
         for &i in self.plan.order().iter().rev() {
             let step = &self.manifest.steps[i];
-            if !built.contains(&step.label) || step.keep {
+            if !tagged.contains(&step.label) || step.keep {
                 continue;
             }
             let is_leaf = self.plan.dependents(i).is_empty();
@@ -450,6 +454,10 @@ impl Runner {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
@@ -466,6 +474,7 @@ struct StepContext {
     reporter: Arc<Reporter>,
     build_id: String,
     images: Arc<BTreeMap<String, String>>,
+    tagged: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl StepContext {
@@ -558,6 +567,9 @@ impl StepContext {
                     source: other,
                 },
             })?;
+        // From here on the tag points at this build's image: teardown
+        // removes it if the build fails.
+        lock(&self.tagged).insert(label.clone());
 
         if let Some(command) = &step.command {
             self.reporter.step(

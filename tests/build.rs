@@ -467,14 +467,12 @@ fn remote_daemon_over_tcp_with_client_certificates() {
         .arg(&proxy.bad_cert_dir)
         .run();
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&format!(
-            "cannot connect to the Docker daemon at `{}`",
-            proxy.host()
-        )),
-        "{}",
-        out.stderr
+    let expected = format!(
+        "error: docker TLS settings: the daemon at `{}` did not accept the client certificate `{}`",
+        proxy.host(),
+        proxy.bad_cert_dir.join("cert.pem").display()
     );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
 }
 
 #[test]
