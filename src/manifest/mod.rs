@@ -1,9 +1,151 @@
-//! The `build.yml` model: raw YAML → `_env()` substitution → validated
-//! [`Manifest`]. Nothing here talks to Docker; paths are resolved against
-//! the work directory and checked on disk.
+//! The `build.yml` model: raw text → `_env()` substitution → YAML →
+//! validated [`Manifest`]. Nothing here talks to Docker; paths are resolved
+//! against the work directory and checked on disk. A rejected file yields
+//! [`Diagnostics`]: every problem at once, each with file, line, column,
+//! step and a fix.
+//!
+//! Compatible with Go Habitus' build.yml: `context` is relative to the work
+//! directory, `dockerfile` relative to the context, an artifact `/src:dest`
+//! lands in `<workdir>/<dest>/`. Stricter than it: unknown keys, missing
+//! files and bad paths are errors before anything is built.
+
+mod diagnostic;
+mod env;
+mod locate;
+mod validate;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use env::EnvSource;
+
+use locate::Index;
+
+/// The largest build.yml habitus reads, in bytes.
+pub const MAX_FILE_SIZE: usize = 1024 * 1024;
+/// The largest the text may grow to through `_env()` substitution.
+const MAX_SUBSTITUTED_SIZE: usize = 4 * MAX_FILE_SIZE;
+
+/// What [`load`] and [`parse`] need besides the text.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The build.yml as the user gave it (`-f`); used in every message.
+    pub file: &'a Path,
+    /// The work directory (`-d`); contexts are resolved against it.
+    pub workdir: &'a Path,
+    /// Where `_env(NAME)` values come from.
+    pub env: &'a EnvSource,
+    /// The enabled secret types (`--sec-providers`), e.g. `["file", "env"]`.
+    pub sec_providers: &'a [String],
+}
+
+/// A validated build.yml and what the user should know about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    /// Non-fatal findings, one line each, e.g.
+    /// `build.yml:7: _env(FOO) is not set; using an empty value`.
+    pub warnings: Vec<String>,
+}
+
+/// Reads, substitutes, parses and validates the build.yml at `opts.file`.
+pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> {
+    let fail = |message: String| Diagnostics(vec![file_diagnostic(opts.file, None, message, None)]);
+    let file = File::open(opts.file).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    if bytes.len() > MAX_FILE_SIZE {
+        return Err(too_large(opts.file));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        Diagnostics(vec![file_diagnostic(
+            opts.file,
+            Some(line),
+            "the file is not valid UTF-8".into(),
+            None,
+        )])
+    })?;
+    parse(&text, opts)
+}
+
+/// As [`load`], with the text already read (`opts.file` names it in
+/// messages).
+pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> {
+    if text.len() > MAX_FILE_SIZE {
+        return Err(too_large(opts.file));
+    }
+    let (text, unset) =
+        env::substitute(text, opts.env, MAX_SUBSTITUTED_SIZE).map_err(|env::TooLarge| {
+            Diagnostics(vec![file_diagnostic(
+                opts.file,
+                None,
+                "the file is larger than 4 MiB after `_env()` substitution".into(),
+                None,
+            )])
+        })?;
+    let warnings = unset
+        .iter()
+        .map(|u| {
+            format!(
+                "{}:{}: _env({}) is not set; using an empty value",
+                opts.file.display(),
+                u.line,
+                u.name
+            )
+        })
+        .collect();
+    let yaml_error = |e: serde_yaml::Error| {
+        let location = e.location();
+        let mut message = e.to_string();
+        if let Some(l) = &location {
+            message = message.replace(&format!(" at line {} column {}", l.line(), l.column()), "");
+        }
+        Diagnostics(vec![Diagnostic {
+            file: opts.file.to_path_buf(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            step: None,
+            message: format!("invalid YAML: {message}"),
+            help: None,
+        }])
+    };
+    let mut root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(yaml_error)?;
+    root.apply_merge().map_err(yaml_error)?;
+    let index = Index::scan(&text);
+    validate::validate(&root, &index, opts, warnings)
+}
+
+fn file_diagnostic(
+    file: &Path,
+    line: Option<usize>,
+    message: String,
+    help: Option<String>,
+) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        column: None,
+        step: None,
+        message,
+        help,
+    }
+}
+
+fn too_large(file: &Path) -> Diagnostics {
+    Diagnostics(vec![file_diagnostic(
+        file,
+        None,
+        "the file is larger than 1 MiB".into(),
+        Some("a build.yml describes steps; keep data in the build context".into()),
+    )])
+}
 
 /// A schema version of `build.yml` that habitus understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,501 @@
+//! Where keys and values sit in build.yml. `serde_yaml::Value` carries no
+//! positions, so one linear pass over the lines records, for every key and
+//! sequence item of the block-style structure, its line and column (and the
+//! raw text of an inline scalar value). Nodes inside flow collections
+//! (`{ a: b }`, `[a, b]`) are not indexed; a lookup then falls back to the
+//! nearest indexed ancestor, so every position reported is real, at worst
+//! less precise.
+//!
+//! A path is a string: each mapping key is preceded by [`KEY_SEP`], each
+//! sequence index by [`ITEM_SEP`] (neither can appear in a block key).
+
+use std::collections::HashMap;
+
+const KEY_SEP: char = '\u{1f}';
+const ITEM_SEP: char = '\u{1e}';
+
+/// The path of `key` in the mapping at `parent`.
+pub(crate) fn key_path(parent: &str, key: &str) -> String {
+    let mut path = String::with_capacity(parent.len() + key.len() + 1);
+    path.push_str(parent);
+    path.push(KEY_SEP);
+    path.push_str(key);
+    path
+}
+
+/// The path of item `index` of the sequence at `parent`.
+pub(crate) fn item_path(parent: &str, index: usize) -> String {
+    format!("{parent}{ITEM_SEP}{index}")
+}
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[derive(Debug)]
+struct Entry<'t> {
+    /// The key (or, for a sequence item, the item's content).
+    key: Pos,
+    /// An inline scalar value and its raw text (comment stripped).
+    value: Option<(Pos, &'t str)>,
+}
+
+/// Positions of the keys and items of one build.yml text.
+#[derive(Debug, Default)]
+pub(crate) struct Index<'t> {
+    entries: HashMap<String, Entry<'t>>,
+}
+
+struct Frame {
+    /// Column of the key, or of the `-` of a sequence item.
+    indent: usize,
+    item: bool,
+    path: String,
+    next_item: usize,
+}
+
+enum Skip {
+    No,
+    /// Lines indented more than this column (and blank lines) belong to a
+    /// scalar already seen.
+    Deeper(usize),
+    /// Inside a multi-line flow collection; the open bracket count.
+    Flow(i64),
+}
+
+impl<'t> Index<'t> {
+    /// Indexes `text`. Never fails: what it does not understand it skips.
+    pub(crate) fn scan(text: &'t str) -> Index<'t> {
+        let mut entries = HashMap::new();
+        let mut stack = vec![Frame {
+            indent: 0,
+            item: false,
+            path: String::new(),
+            next_item: 0,
+        }];
+        let mut skip = Skip::No;
+        for (number, line) in text.split('\n').enumerate() {
+            let line_no = number + 1;
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let trimmed = line.trim_start_matches(' ');
+            let indent = line.len() - trimmed.len();
+            match skip {
+                Skip::No => {}
+                Skip::Deeper(column) => {
+                    if trimmed.is_empty() || indent > column {
+                        continue;
+                    }
+                    skip = Skip::No;
+                }
+                Skip::Flow(depth) => {
+                    let depth = depth + bracket_delta(line);
+                    skip = if depth > 0 {
+                        Skip::Flow(depth)
+                    } else {
+                        Skip::No
+                    };
+                    continue;
+                }
+            }
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('%') {
+                continue;
+            }
+            if indent == 0 && (is_marker(trimmed, "---") || is_marker(trimmed, "...")) {
+                stack.truncate(1);
+                stack[0].next_item = 0;
+                continue;
+            }
+            let mut column = indent;
+            let mut rest = trimmed;
+            let mut in_item = false;
+            // The column whose deeper lines continue a scalar found here.
+            let mut owner = indent;
+            loop {
+                if rest == "-" || rest.starts_with("- ") {
+                    while stack.len() > 1 {
+                        let top = &stack[stack.len() - 1];
+                        if top.indent > column || (top.indent == column && top.item) {
+                            stack.pop();
+                        } else {
+                            break;
+                        }
+                    }
+                    let parent = stack.last_mut().expect("root frame");
+                    let path = item_path(&parent.path, parent.next_item);
+                    parent.next_item += 1;
+                    let after = &rest[1..];
+                    let content = after.trim_start_matches(' ');
+                    let content_column = column + 1 + (after.len() - content.len());
+                    entries.insert(
+                        path.clone(),
+                        Entry {
+                            key: Pos {
+                                line: line_no,
+                                column: content_column + 1,
+                            },
+                            value: None,
+                        },
+                    );
+                    stack.push(Frame {
+                        indent: column,
+                        item: true,
+                        path,
+                        next_item: 0,
+                    });
+                    if content.is_empty() || content.starts_with('#') {
+                        break;
+                    }
+                    owner = column;
+                    column = content_column;
+                    rest = content;
+                    in_item = true;
+                    continue;
+                }
+                if let Some((key, after_colon)) = parse_key(rest) {
+                    while stack.len() > 1 && stack[stack.len() - 1].indent >= column {
+                        stack.pop();
+                    }
+                    let path = key_path(&stack[stack.len() - 1].path, &key);
+                    let after = &rest[after_colon..];
+                    let value_text = after.trim_start_matches([' ', '\t']);
+                    let value_column = column + after_colon + (after.len() - value_text.len());
+                    let (value, next_skip) = inline_value(value_text, column);
+                    skip = next_skip;
+                    entries.insert(
+                        path.clone(),
+                        Entry {
+                            key: Pos {
+                                line: line_no,
+                                column: column + 1,
+                            },
+                            value: value.map(|raw| {
+                                (
+                                    Pos {
+                                        line: line_no,
+                                        column: value_column + 1,
+                                    },
+                                    raw,
+                                )
+                            }),
+                        },
+                    );
+                    stack.push(Frame {
+                        indent: column,
+                        item: false,
+                        path,
+                        next_item: 0,
+                    });
+                    break;
+                }
+                // A scalar (or flow collection) that is not a key.
+                let (value, next_skip) = inline_value(rest, owner);
+                skip = next_skip;
+                if in_item {
+                    if let (Some(raw), Some(top)) = (value, stack.last()) {
+                        if let Some(entry) = entries.get_mut(&top.path) {
+                            entry.value = Some((entry.key, raw));
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        Index { entries }
+    }
+
+    /// The position of the key (or item) at `path`, or of its nearest
+    /// indexed ancestor.
+    pub(crate) fn locate(&self, path: &str) -> Option<Pos> {
+        let mut path = path;
+        loop {
+            if let Some(entry) = self.entries.get(path) {
+                return Some(entry.key);
+            }
+            path = &path[..path.rfind([KEY_SEP, ITEM_SEP])?];
+        }
+    }
+
+    /// The position of the inline value at `path`, else [`Index::locate`].
+    pub(crate) fn locate_value(&self, path: &str) -> Option<Pos> {
+        match self.entries.get(path) {
+            Some(Entry {
+                value: Some((pos, _)),
+                ..
+            }) => Some(*pos),
+            _ => self.locate(path),
+        }
+    }
+
+    /// The raw text of the inline scalar at `path`.
+    pub(crate) fn raw(&self, path: &str) -> Option<&'t str> {
+        self.entries.get(path)?.value.map(|(_, raw)| raw)
+    }
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// Classifies the text after `key:` (or `- `) for a node whose parent
+/// mapping sits at `column`: the raw scalar, if any, and what to skip.
+fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
+    match text.chars().next() {
+        None | Some('#') => (None, Skip::No),
+        Some('|' | '>') => (None, Skip::Deeper(column)),
+        Some('{' | '[') => {
+            let depth = bracket_delta(text);
+            (
+                None,
+                if depth > 0 {
+                    Skip::Flow(depth)
+                } else {
+                    Skip::No
+                },
+            )
+        }
+        Some('*') => (None, Skip::No),
+        Some('&' | '!') => {
+            // An anchor or tag, maybe followed by the value itself.
+            let after = text
+                .find([' ', '\t'])
+                .map_or("", |i| text[i..].trim_start());
+            if after.is_empty() || after.starts_with('#') {
+                (None, Skip::No)
+            } else {
+                inline_value(after, column)
+            }
+        }
+        Some(quote @ ('"' | '\'')) => {
+            let end = closing_quote(text, quote);
+            let raw = end.map_or(text, |end| &text[..=end]);
+            (Some(raw), Skip::Deeper(column))
+        }
+        Some(_) => (Some(strip_comment(text)), Skip::Deeper(column)),
+    }
+}
+
+/// The text before a ` #` comment, trailing blanks removed.
+fn strip_comment(text: &str) -> &str {
+    let end = text
+        .char_indices()
+        .find(|&(i, c)| c == '#' && i > 0 && text[..i].ends_with([' ', '\t']))
+        .map_or(text.len(), |(i, _)| i);
+    text[..end].trim_end()
+}
+
+/// Byte index of the quote closing the one at index 0.
+fn closing_quote(text: &str, quote: char) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let q = quote as u8;
+    let mut i = 1;
+    while i < bytes.len() {
+        if quote == '"' && bytes[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if bytes[i] == q {
+            if quote == '\'' && bytes.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A block mapping key at the start of `text`: the key and the byte offset
+/// just after its `:`.
+fn parse_key(text: &str) -> Option<(String, usize)> {
+    let (key, after_key) = match text.chars().next()? {
+        quote @ ('"' | '\'') => {
+            let end = closing_quote(text, quote)?;
+            let inner = &text[1..end];
+            let key = if quote == '"' {
+                inner.replace("\\\"", "\"").replace("\\\\", "\\")
+            } else {
+                inner.replace("''", "'")
+            };
+            let rest = &text[end + 1..];
+            let blanks = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+            (key, end + 1 + blanks)
+        }
+        '[' | '{' | '&' | '*' | '!' | '|' | '>' | '%' | '@' | '`' | '#' | '?' | ',' => return None,
+        _ => {
+            let bytes = text.as_bytes();
+            let mut found = None;
+            for (i, &b) in bytes.iter().enumerate() {
+                if b == b'#' && i > 0 && matches!(bytes[i - 1], b' ' | b'\t') {
+                    return None;
+                }
+                if b == b':' && matches!(bytes.get(i + 1), None | Some(b' ' | b'\t')) {
+                    found = Some(i);
+                    break;
+                }
+            }
+            let colon = found?;
+            (text[..colon].trim_end().to_owned(), colon)
+        }
+    };
+    let rest = &text[after_key..];
+    if rest.starts_with(':') && matches!(rest.as_bytes().get(1), None | Some(b' ' | b'\t')) {
+        Some((key, after_key + 1))
+    } else {
+        None
+    }
+}
+
+/// Open minus closed brackets on a line, outside quotes and comments.
+fn bracket_delta(line: &str) -> i64 {
+    let mut depth = 0;
+    let mut quote: Option<char> = None;
+    let mut previous = ' ';
+    for c in line.chars() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '#' if previous == ' ' || previous == '\t' => break,
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth -= 1,
+                _ => {}
+            },
+        }
+        previous = c;
+    }
+    depth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{item_path, key_path, Index, Pos};
+
+    fn path(parts: &[&str]) -> String {
+        parts
+            .iter()
+            .fold(String::new(), |p, k| match k.parse::<usize>() {
+                Ok(i) => item_path(&p, i),
+                Err(_) => key_path(&p, k),
+            })
+    }
+
+    fn at(line: usize, column: usize) -> Option<Pos> {
+        Some(Pos { line, column })
+    }
+
+    const TEXT: &str = "\
+# a comment
+build:
+  version: 2016-03-14   # trailing
+  steps:
+    compile:
+      name: app
+      args: { A: 1 }
+      depends_on:
+      - base
+      -   'other'
+      artifacts:
+        - /src:dest # why
+        - /two
+      cleanup:
+        commands:
+          - |
+            rm -rf x
+            key: not a key
+          - echo
+      \"quoted key\": 1.10
+    second:
+      - name: a
+        dockerfile: D
+";
+
+    #[test]
+    fn keys_items_and_values_are_located() {
+        let index = Index::scan(TEXT);
+        assert_eq!(index.locate(&path(&["build"])), at(2, 1));
+        assert_eq!(index.locate(&path(&["build", "version"])), at(3, 3));
+        assert_eq!(index.locate_value(&path(&["build", "version"])), at(3, 12));
+        assert_eq!(index.raw(&path(&["build", "version"])), Some("2016-03-14"));
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile"])),
+            at(5, 5)
+        );
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile", "name"])),
+            at(6, 7)
+        );
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile", "depends_on", "0"])),
+            at(9, 9)
+        );
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile", "depends_on", "1"])),
+            at(10, 11)
+        );
+        assert_eq!(
+            index.raw(&path(&["build", "steps", "compile", "depends_on", "1"])),
+            Some("'other'")
+        );
+        assert_eq!(
+            index.raw(&path(&["build", "steps", "compile", "artifacts", "0"])),
+            Some("/src:dest")
+        );
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile", "artifacts", "1"])),
+            at(13, 11)
+        );
+        assert_eq!(
+            index.locate(&path(&[
+                "build", "steps", "compile", "cleanup", "commands", "1"
+            ])),
+            at(19, 13)
+        );
+        assert_eq!(
+            index.raw(&path(&["build", "steps", "compile", "quoted key"])),
+            Some("1.10")
+        );
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "second", "0", "dockerfile"])),
+            at(23, 9)
+        );
+    }
+
+    #[test]
+    fn flow_and_block_scalar_contents_fall_back_to_the_parent() {
+        let index = Index::scan(TEXT);
+        assert_eq!(
+            index.locate(&path(&["build", "steps", "compile", "args", "A"])),
+            at(7, 7)
+        );
+        assert_eq!(
+            index.locate(&path(&[
+                "build", "steps", "compile", "cleanup", "commands", "0", "key"
+            ])),
+            at(16, 13)
+        );
+        assert_eq!(index.locate(&path(&["nothing"])), None);
+    }
+
+    #[test]
+    fn multi_line_flow_collections_are_skipped() {
+        let index = Index::scan("a: [\n  b: c,\n  d]\ne: 1\n");
+        assert_eq!(index.locate(&path(&["a", "b"])), at(1, 1));
+        assert_eq!(index.locate(&path(&["e"])), at(4, 1));
+    }
+
+    #[test]
+    fn urls_and_colons_without_space_are_not_keys() {
+        let index = Index::scan("- http://x:80/y\n- a:b: c\n");
+        assert_eq!(index.raw(&path(&["0"])), Some("http://x:80/y"));
+        assert_eq!(index.locate(&path(&["1", "a:b"])), at(2, 3));
+    }
+}

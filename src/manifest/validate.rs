@@ -1,0 +1,1050 @@
+//! Checks a parsed build.yml against the schema, the work directory and the
+//! dependency graph, and builds the validated [`Manifest`]. Every problem is
+//! collected (not just the first) with the best position [`Index`] knows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
+use super::locate::{item_path, key_path, Index, Pos};
+use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
+use crate::plan::{Plan, PlanError};
+
+/// The schema versions habitus reads.
+pub(crate) const VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
+const TOP_KEYS: &[&str] = &["build"];
+const BUILD_KEYS: &[&str] = &["version", "steps", "work_dir"];
+const STEP_KEYS: &[&str] = &[
+    "name",
+    "dockerfile",
+    "context",
+    "target",
+    "args",
+    "no_cache",
+    "artifacts",
+    "cleanup",
+    "secrets",
+    "command",
+    "after_build_command",
+    "depends_on",
+    "keep",
+];
+const CLEANUP_KEYS: &[&str] = &["commands"];
+const SECRET_KEYS: &[&str] = &["type", "value"];
+/// The secret types habitus knows.
+pub(crate) const SECRET_TYPES: &[&str] = &["file", "env"];
+/// Beyond this many unknown `depends_on` entries, no closest label is
+/// searched for (each search compares against every label).
+const MAX_SUGGESTED_DEPENDENCIES: usize = 50;
+
+/// A step being checked, with the paths of what later checks point at.
+struct Draft {
+    step: Step,
+    path: String,
+    context: Option<String>,
+    /// `depends_on` entries and their paths.
+    deps: Vec<(String, String)>,
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    index: &'a Index<'a>,
+    diagnostics: Vec<Diagnostic>,
+    warnings: Vec<String>,
+}
+
+/// Validates `root` (the YAML after `_env()` substitution and merge keys).
+pub(crate) fn validate(
+    root: &Value,
+    index: &Index<'_>,
+    opts: &LoadOptions<'_>,
+    warnings: Vec<String>,
+) -> Result<Loaded, Diagnostics> {
+    let mut checker = Checker {
+        file: opts.file,
+        index,
+        diagnostics: Vec::new(),
+        warnings,
+    };
+    let manifest = checker.manifest(root, opts);
+    let Checker {
+        mut diagnostics,
+        warnings,
+        ..
+    } = checker;
+    match manifest {
+        Some(manifest) if diagnostics.is_empty() => Ok(Loaded { manifest, warnings }),
+        _ => {
+            diagnostics.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
+            Err(Diagnostics(diagnostics))
+        }
+    }
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        pos: Option<Pos>,
+        step: Option<&str>,
+        message: String,
+        help: Option<String>,
+    ) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+            step: step.map(str::to_owned),
+            message,
+            help,
+        });
+    }
+
+    /// Reports at the key (or item) at `path`.
+    fn at_key(&mut self, path: &str, step: Option<&str>, message: String, help: Option<String>) {
+        let pos = self.index.locate(path);
+        self.report(pos, step, message, help);
+    }
+
+    /// Reports at the value of the key at `path`.
+    fn at_value(&mut self, path: &str, step: Option<&str>, message: String, help: Option<String>) {
+        let pos = self.index.locate_value(path);
+        self.report(pos, step, message, help);
+    }
+
+    fn warn(&mut self, path: &str, message: String) {
+        let warning = match self.index.locate(path) {
+            Some(pos) => format!("{}:{}: {message}", self.file.display(), pos.line),
+            None => format!("{}: {message}", self.file.display()),
+        };
+        self.warnings.push(warning);
+    }
+
+    fn unknown_key(
+        &mut self,
+        path: &str,
+        step: Option<&str>,
+        key: &str,
+        valid: &[&str],
+        within: &str,
+    ) {
+        let help = match suggest(key, valid.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("valid keys: {}", list(valid)),
+        };
+        self.at_key(
+            path,
+            step,
+            format!("unknown key `{key}`{within}"),
+            Some(help),
+        );
+    }
+
+    /// A scalar as the text the user wrote (`1.10` stays `1.10`).
+    fn scalar(&self, value: &Value, path: &str) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => {
+                if let Some(raw) = self.index.raw(path) {
+                    if serde_yaml::from_str::<Value>(raw).ok().as_ref() == Some(value) {
+                        return Some(raw.to_owned());
+                    }
+                }
+                Some(match value {
+                    Value::Number(n) => n.to_string(),
+                    _ => value.as_bool().unwrap_or_default().to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The entries of a mapping whose keys are scalars; reports other keys.
+    fn entries<'v>(
+        &mut self,
+        map: &'v Mapping,
+        path: &str,
+        step: Option<&str>,
+    ) -> Vec<(String, String, &'v Value)> {
+        let mut out = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            match self.scalar(key, "") {
+                Some(key) => {
+                    let child = key_path(path, &key);
+                    out.push((key, child, value));
+                }
+                None => self.at_key(
+                    path,
+                    step,
+                    format!("a key must be a string, found {}", kind(key)),
+                    None,
+                ),
+            }
+        }
+        out
+    }
+
+    fn string(
+        &mut self,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+        what: &str,
+    ) -> Option<String> {
+        if value.is_null() {
+            return None;
+        }
+        let found = self.scalar(value, path);
+        if found.is_none() {
+            self.at_value(
+                path,
+                step,
+                format!("{what} must be a string, found {}", kind(value)),
+                None,
+            );
+        }
+        found
+    }
+
+    fn boolean(&mut self, value: &Value, path: &str, step: Option<&str>, key: &str) -> bool {
+        // YAML 1.1 spellings, as Go Habitus' YAML parser reads them.
+        match value {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::String(s) if ["y", "yes", "on"].contains(&s.to_ascii_lowercase().as_str()) => {
+                true
+            }
+            Value::String(s) if ["n", "no", "off"].contains(&s.to_ascii_lowercase().as_str()) => {
+                false
+            }
+            _ => {
+                self.at_value(
+                    path,
+                    step,
+                    format!("`{key}` must be `true` or `false`, found {}", kind(value)),
+                    None,
+                );
+                false
+            }
+        }
+    }
+
+    /// A list of strings with their paths; a null value is an empty list.
+    fn strings(
+        &mut self,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+        key: &str,
+        example: &str,
+    ) -> Vec<(String, String)> {
+        let items = match value {
+            Value::Null => return Vec::new(),
+            Value::Sequence(items) => items,
+            _ => {
+                self.at_value(
+                    path,
+                    step,
+                    format!("`{key}` must be a list, found {}", kind(value)),
+                    Some(format!("write it as a list, e.g. `{key}: [{example}]`")),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = item_path(path, i);
+            match self.scalar(item, &item_path) {
+                Some(s) => out.push((s, item_path)),
+                None => self.at_key(
+                    &item_path,
+                    step,
+                    format!(
+                        "each entry of `{key}` must be a string, found {}",
+                        kind(item)
+                    ),
+                    None,
+                ),
+            }
+        }
+        out
+    }
+
+    fn manifest(&mut self, root: &Value, opts: &LoadOptions<'_>) -> Option<Manifest> {
+        let build_help =
+            || Some("a build.yml starts with `build:`, holding `version:` and `steps:`".to_owned());
+        let root_map = match root {
+            Value::Mapping(map) => map,
+            Value::Null => {
+                self.report(None, None, "the file is empty".into(), build_help());
+                return None;
+            }
+            other => {
+                self.report(
+                    Some(Pos { line: 1, column: 1 }),
+                    None,
+                    format!("the top level must be a mapping, found {}", kind(other)),
+                    build_help(),
+                );
+                return None;
+            }
+        };
+        let mut build = None;
+        for (key, path, value) in self.entries(root_map, "", None) {
+            if key == "build" {
+                build = Some((path, value));
+            } else if !key.starts_with("x-") {
+                self.unknown_key(&path, None, &key, TOP_KEYS, "");
+            }
+        }
+        let Some((build_path, build)) = build else {
+            self.report(None, None, "missing key `build`".into(), build_help());
+            return None;
+        };
+        let build = match build {
+            Value::Mapping(map) => map,
+            other => {
+                self.at_key(
+                    &build_path,
+                    None,
+                    format!("`build` must be a mapping, found {}", kind(other)),
+                    build_help(),
+                );
+                return None;
+            }
+        };
+
+        let workdir = workdir(opts.workdir);
+        let workdir_ok = workdir.is_dir();
+        if !workdir_ok {
+            self.report(
+                None,
+                None,
+                format!("work directory `{}` not found", workdir.display()),
+                Some("set the work directory with `-d`".into()),
+            );
+        }
+
+        let mut version = None;
+        let mut steps = None;
+        for (key, path, value) in self.entries(build, &build_path, None) {
+            match key.as_str() {
+                "version" => version = Some(self.version(value, &path)),
+                "steps" => steps = Some((path, value)),
+                "work_dir" => self.warn(
+                    &path,
+                    "`work_dir` is ignored; the work directory is set with `-d`".into(),
+                ),
+                _ => self.unknown_key(&path, None, &key, BUILD_KEYS, ""),
+            }
+        }
+        let version = match version {
+            Some(version) => version,
+            None => {
+                self.at_key(
+                    &build_path,
+                    None,
+                    "missing `version`".into(),
+                    Some(format!("valid versions: {}", list(VERSIONS))),
+                );
+                None
+            }
+        };
+
+        let Some((steps_path, steps)) = steps else {
+            self.at_key(
+                &build_path,
+                None,
+                "missing `steps`".into(),
+                Some(
+                    "`steps` maps each step's label to its `name`, `dockerfile` and other keys"
+                        .into(),
+                ),
+            );
+            return None;
+        };
+        let steps = match steps {
+            Value::Mapping(map) if !map.is_empty() => map,
+            Value::Mapping(_) | Value::Null => {
+                self.at_key(
+                    &steps_path,
+                    None,
+                    "`steps` is empty".into(),
+                    Some("add at least one step with a `name` and a `dockerfile`".into()),
+                );
+                return None;
+            }
+            other => {
+                self.at_key(
+                    &steps_path,
+                    None,
+                    format!(
+                        "`steps` must be a mapping of step labels to steps, found {}",
+                        kind(other)
+                    ),
+                    None,
+                );
+                return None;
+            }
+        };
+
+        let sec_providers: Vec<&str> = opts.sec_providers.iter().map(|p| p.trim()).collect();
+        let mut drafts = Vec::with_capacity(steps.len());
+        for (label, path, value) in self.entries(steps, &steps_path, None) {
+            let draft = self.step(label, path, value, version, &workdir, &sec_providers);
+            drafts.push(draft);
+        }
+        self.unique_names(&drafts);
+        self.dependencies(&drafts);
+        if workdir_ok {
+            for draft in &mut drafts {
+                self.paths(draft, &workdir);
+            }
+        }
+
+        Some(Manifest {
+            file: opts.file.to_path_buf(),
+            workdir,
+            version: version?,
+            steps: drafts.into_iter().map(|d| d.step).collect(),
+        })
+    }
+
+    fn version(&mut self, value: &Value, path: &str) -> Option<SchemaVersion> {
+        let help = Some(format!("valid versions: {}", list(VERSIONS)));
+        match self.scalar(value, path).as_deref() {
+            Some("2016-02-13") => Some(SchemaVersion::V20160213),
+            Some("2016-03-14") => Some(SchemaVersion::V20160314),
+            Some(other) => {
+                self.at_value(
+                    path,
+                    None,
+                    format!("unknown schema version `{other}`"),
+                    help,
+                );
+                None
+            }
+            None => {
+                self.at_value(
+                    path,
+                    None,
+                    format!("`version` must be a date, found {}", kind(value)),
+                    help,
+                );
+                None
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        label: String,
+        path: String,
+        value: &Value,
+        version: Option<SchemaVersion>,
+        workdir: &Path,
+        sec_providers: &[&str],
+    ) -> Draft {
+        let line = self.index.locate(&path).map_or(0, |p| p.line);
+        let mut draft = Draft {
+            step: Step {
+                label,
+                name: String::new(),
+                dockerfile: String::new(),
+                dockerfile_path: PathBuf::new(),
+                context: workdir.to_path_buf(),
+                target: None,
+                args: BTreeMap::new(),
+                no_cache: false,
+                artifacts: Vec::new(),
+                cleanup: Vec::new(),
+                secrets: BTreeMap::new(),
+                command: None,
+                after_build_command: None,
+                depends_on: Vec::new(),
+                keep: false,
+                line,
+            },
+            path,
+            context: None,
+            deps: Vec::new(),
+        };
+        let empty = Mapping::new();
+        let map = match value {
+            Value::Mapping(map) => map,
+            Value::Null => &empty,
+            other => {
+                let label = draft.step.label.clone();
+                self.at_key(
+                    &draft.path,
+                    Some(&label),
+                    format!("a step must be a mapping, found {}", kind(other)),
+                    Some("give the step at least a `name` and a `dockerfile`".into()),
+                );
+                return draft;
+            }
+        };
+        let label = draft.step.label.clone();
+        let step = Some(label.as_str());
+        for (key, path, value) in self.entries(map, &draft.path, step) {
+            let what = format!("`{key}`");
+            match key.as_str() {
+                "name" => {
+                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default()
+                }
+                "dockerfile" => {
+                    draft.step.dockerfile =
+                        self.string(value, &path, step, &what).unwrap_or_default()
+                }
+                "context" => {
+                    draft.context = self
+                        .string(value, &path, step, &what)
+                        .filter(|c| !c.is_empty())
+                }
+                "target" => {
+                    draft.step.target = self
+                        .string(value, &path, step, &what)
+                        .filter(|t| !t.is_empty())
+                }
+                "command" => draft.step.command = self.string(value, &path, step, &what),
+                "after_build_command" => {
+                    draft.step.after_build_command = self.string(value, &path, step, &what);
+                }
+                "no_cache" => draft.step.no_cache = self.boolean(value, &path, step, &key),
+                "keep" => draft.step.keep = self.boolean(value, &path, step, &key),
+                "args" => draft.step.args = self.args(value, &path, step),
+                "depends_on" => draft.deps = self.strings(value, &path, step, &key, "compile"),
+                "artifacts" => {
+                    for (artifact, item) in self.strings(value, &path, step, &key, "/usr/bin/app") {
+                        if let Some(artifact) = self.artifact(&artifact, &item, step, workdir) {
+                            draft.step.artifacts.push(artifact);
+                        }
+                    }
+                }
+                "cleanup" => draft.step.cleanup = self.cleanup(value, &path, step),
+                "secrets" => {
+                    if version == Some(SchemaVersion::V20160213) {
+                        self.at_key(
+                            &path,
+                            step,
+                            "`secrets` needs schema version `2016-03-14`".into(),
+                            Some("set `version: 2016-03-14` under `build`".into()),
+                        );
+                    } else {
+                        draft.step.secrets = self.secrets(value, &path, step, sec_providers);
+                    }
+                }
+                _ => self.unknown_key(&path, step, &key, STEP_KEYS, ""),
+            }
+        }
+        draft.step.depends_on = draft.deps.iter().map(|(d, _)| d.clone()).collect();
+        if draft.step.name.is_empty() {
+            self.at_key(
+                &draft.path,
+                step,
+                "missing `name`".into(),
+                Some("`name` is the image name to build, e.g. `name: myorg/app`".into()),
+            );
+        }
+        if draft.step.dockerfile.is_empty() {
+            self.at_key(
+                &draft.path,
+                step,
+                "missing `dockerfile`".into(),
+                Some("`dockerfile` is a path relative to the build context, e.g. `dockerfile: Dockerfile`".into()),
+            );
+        }
+        draft
+    }
+
+    fn args(&mut self, value: &Value, path: &str, step: Option<&str>) -> BTreeMap<String, String> {
+        let mut args = BTreeMap::new();
+        let map = match value {
+            Value::Null => return args,
+            Value::Mapping(map) => map,
+            other => {
+                self.at_value(
+                    path,
+                    step,
+                    format!(
+                        "`args` must be a mapping of build arguments, found {}",
+                        kind(other)
+                    ),
+                    Some("write it as `args: { NAME: value }`".into()),
+                );
+                return args;
+            }
+        };
+        for (name, arg_path, value) in self.entries(map, path, step) {
+            let value = if value.is_null() {
+                Some(String::new())
+            } else {
+                self.string(value, &arg_path, step, &format!("build argument `{name}`"))
+            };
+            if let Some(value) = value {
+                args.insert(name, value);
+            }
+        }
+        args
+    }
+
+    fn cleanup(&mut self, value: &Value, path: &str, step: Option<&str>) -> Vec<String> {
+        let map = match value {
+            Value::Null => return Vec::new(),
+            Value::Mapping(map) => map,
+            other => {
+                self.at_value(
+                    path,
+                    step,
+                    format!("`cleanup` must be a mapping, found {}", kind(other)),
+                    Some("write it as `cleanup: { commands: [ \"rm -rf /tmp/build\" ] }`".into()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut commands = Vec::new();
+        for (key, key_path, value) in self.entries(map, path, step) {
+            if key == "commands" {
+                commands = self
+                    .strings(value, &key_path, step, "commands", "\"rm -rf /tmp/build\"")
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect();
+            } else {
+                self.unknown_key(&key_path, step, &key, CLEANUP_KEYS, " in `cleanup`");
+            }
+        }
+        commands
+    }
+
+    fn secrets(
+        &mut self,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+        sec_providers: &[&str],
+    ) -> BTreeMap<String, SecretSpec> {
+        let mut secrets = BTreeMap::new();
+        let map = match value {
+            Value::Null => return secrets,
+            Value::Mapping(map) => map,
+            other => {
+                self.at_value(
+                    path,
+                    step,
+                    format!(
+                        "`secrets` must be a mapping of secret names, found {}",
+                        kind(other)
+                    ),
+                    Some(
+                        "write it as `secrets: { id_rsa: { type: file, value: /path/to/key } }`"
+                            .into(),
+                    ),
+                );
+                return secrets;
+            }
+        };
+        for (name, secret_path, value) in self.entries(map, path, step) {
+            let empty = Mapping::new();
+            let fields = match value {
+                Value::Mapping(map) => map,
+                Value::Null => &empty,
+                other => {
+                    self.at_value(
+                        &secret_path,
+                        step,
+                        format!(
+                            "secret `{name}` must be a mapping with `type` and `value`, found {}",
+                            kind(other)
+                        ),
+                        None,
+                    );
+                    continue;
+                }
+            };
+            let mut kind_ = None;
+            let mut value = None;
+            for (key, key_path, field) in self.entries(fields, &secret_path, step) {
+                match key.as_str() {
+                    "type" => {
+                        kind_ = self
+                            .string(field, &key_path, step, "`type`")
+                            .map(|t| (t, key_path))
+                    }
+                    "value" => value = self.string(field, &key_path, step, "`value`"),
+                    _ => self.unknown_key(
+                        &key_path,
+                        step,
+                        &key,
+                        SECRET_KEYS,
+                        &format!(" in secret `{name}`"),
+                    ),
+                }
+            }
+            let mut ok = true;
+            match &kind_ {
+                None => {
+                    ok = false;
+                    self.at_key(
+                        &secret_path,
+                        step,
+                        format!("secret `{name}` is missing `type`"),
+                        Some(format!("valid types: {}", list(SECRET_TYPES))),
+                    );
+                }
+                Some((kind, key_path)) if !SECRET_TYPES.contains(&kind.as_str()) => {
+                    ok = false;
+                    let help = match suggest(kind, SECRET_TYPES.iter().copied()) {
+                        Some(close) => format!(
+                            "did you mean `{close}`? valid types: {}",
+                            list(SECRET_TYPES)
+                        ),
+                        None => format!("valid types: {}", list(SECRET_TYPES)),
+                    };
+                    self.at_value(
+                        key_path,
+                        step,
+                        format!("unknown secret type `{kind}`"),
+                        Some(help),
+                    );
+                }
+                Some((kind, key_path)) if !sec_providers.contains(&kind.as_str()) => {
+                    ok = false;
+                    let mut enabled: Vec<&str> = sec_providers
+                        .iter()
+                        .copied()
+                        .filter(|p| !p.is_empty())
+                        .collect();
+                    enabled.push(kind);
+                    self.at_value(
+                        key_path,
+                        step,
+                        format!("secret type `{kind}` is not enabled"),
+                        Some(format!(
+                            "enable it with `--sec-providers={}`",
+                            enabled.join(",")
+                        )),
+                    );
+                }
+                Some(_) => {}
+            }
+            let value = value.filter(|v| !v.is_empty());
+            if value.is_none() {
+                ok = false;
+                self.at_key(
+                    &secret_path,
+                    step,
+                    format!("secret `{name}` is missing `value`"),
+                    Some("for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`".into()),
+                );
+            }
+            if let (true, Some((kind, _)), Some(value)) = (ok, kind_, value) {
+                secrets.insert(name, SecretSpec { kind, value });
+            }
+        }
+        secrets
+    }
+
+    fn artifact(
+        &mut self,
+        text: &str,
+        path: &str,
+        step: Option<&str>,
+        workdir: &Path,
+    ) -> Option<Artifact> {
+        let (source, dest) = match text.split_once(':') {
+            Some((source, dest)) => (source, dest),
+            None => (text, ""),
+        };
+        if dest.contains(':') {
+            self.at_value(
+                path,
+                step,
+                format!("artifact `{text}` has more than one `:`"),
+                Some("write `/path/in/image` or `/path/in/image:folder`".into()),
+            );
+            return None;
+        }
+        if !source.starts_with('/') {
+            self.at_value(
+                path,
+                step,
+                format!("artifact source `{source}` is not an absolute path"),
+                Some(format!(
+                    "write the full path inside the image, e.g. `/{}`",
+                    source.trim_start_matches("./")
+                )),
+            );
+            return None;
+        }
+        if Path::new(source).file_name().is_none() {
+            self.at_value(
+                path,
+                step,
+                format!("artifact source `{source}` does not name a file or folder"),
+                None,
+            );
+            return None;
+        }
+        let relative = match dest.strip_prefix('/') {
+            Some(relative) => {
+                self.warn(
+                    path,
+                    format!(
+                        "artifact destination `{dest}` is taken relative to the work directory"
+                    ),
+                );
+                relative
+            }
+            None => dest,
+        };
+        let mut normalized = PathBuf::new();
+        for component in Path::new(relative).components() {
+            match component {
+                Component::Normal(part) => normalized.push(part),
+                Component::ParentDir if normalized.pop() => {}
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+                Component::ParentDir => {
+                    self.at_value(
+                        path,
+                        step,
+                        format!("artifact destination `{dest}` is outside the work directory"),
+                        Some(format!(
+                            "write a folder relative to the work directory `{}`",
+                            workdir.display()
+                        )),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Artifact {
+            source: source.to_owned(),
+            dest: normalized,
+        })
+    }
+
+    fn unique_names(&mut self, drafts: &[Draft]) {
+        let mut seen: HashMap<&str, &str> = HashMap::with_capacity(drafts.len());
+        for draft in drafts {
+            let name = draft.step.name.as_str();
+            if name.is_empty() {
+                continue;
+            }
+            if let Some(first) = seen.get(name) {
+                let first = first.to_string();
+                self.at_value(
+                    &key_path(&draft.path, "name"),
+                    Some(&draft.step.label),
+                    format!("image name `{name}` is already used by step `{first}`"),
+                    Some("give every step its own `name`".into()),
+                );
+            } else {
+                seen.insert(name, &draft.step.label);
+            }
+        }
+    }
+
+    fn dependencies(&mut self, drafts: &[Draft]) {
+        let labels: HashMap<&str, usize> = drafts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.step.label.as_str(), i))
+            .collect();
+        let mut unknown = 0;
+        let mut nodes = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let mut deps = Vec::with_capacity(draft.deps.len());
+            for (dep, path) in &draft.deps {
+                if labels.contains_key(dep.as_str()) {
+                    deps.push(dep.clone());
+                    continue;
+                }
+                unknown += 1;
+                let close = if unknown <= MAX_SUGGESTED_DEPENDENCIES {
+                    suggest(dep, drafts.iter().map(|d| d.step.label.as_str()))
+                } else {
+                    None
+                };
+                let help = match close {
+                    Some(close) => Some(format!("did you mean `{close}`?")),
+                    None if drafts.len() <= 10 => Some(format!(
+                        "known steps: {}",
+                        list(
+                            &drafts
+                                .iter()
+                                .map(|d| d.step.label.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    )),
+                    None => None,
+                };
+                self.at_value(
+                    path,
+                    Some(&draft.step.label),
+                    format!("`depends_on` names unknown step `{dep}`"),
+                    help,
+                );
+            }
+            nodes.push((draft.step.label.clone(), deps));
+        }
+        let Err(errors) = Plan::new(&nodes) else {
+            return;
+        };
+        for error in errors {
+            let PlanError::Cycle { path } = error else {
+                // Unknown dependencies were left out above and reported.
+                continue;
+            };
+            let Some(draft) = path
+                .first()
+                .and_then(|first| labels.get(first.as_str()))
+                .map(|&i| &drafts[i])
+            else {
+                continue;
+            };
+            // Point at the entry that closes the loop's first edge.
+            let at = path
+                .get(1)
+                .and_then(|next| draft.deps.iter().find(|(dep, _)| dep == next))
+                .map_or(draft.path.as_str(), |(_, p)| p.as_str());
+            let at = at.to_owned();
+            self.at_value(
+                &at,
+                Some(&draft.step.label),
+                format!("circular dependency `{}`", path.join(" -> ")),
+                Some("remove one of these `depends_on` entries".into()),
+            );
+        }
+    }
+
+    /// Resolves and checks the context and the Dockerfile on disk.
+    fn paths(&mut self, draft: &mut Draft, workdir: &Path) {
+        let label = draft.step.label.clone();
+        let step = Some(label.as_str());
+        if let Some(context) = &draft.context {
+            let path = key_path(&draft.path, "context");
+            // As Go Habitus (filepath.Join): always inside the work dir's tree.
+            let resolved = normalize(&workdir.join(context.trim_start_matches('/')));
+            if !resolved.starts_with(workdir) {
+                self.at_value(
+                    &path,
+                    step,
+                    format!(
+                        "context `{context}` is outside the work directory `{}`",
+                        workdir.display()
+                    ),
+                    Some("the context must be the work directory or a folder inside it".into()),
+                );
+                return;
+            }
+            if !resolved.is_dir() {
+                let message = if resolved.exists() {
+                    format!(
+                        "context `{context}` is not a directory: `{}`",
+                        resolved.display()
+                    )
+                } else {
+                    format!("context `{context}` not found at `{}`", resolved.display())
+                };
+                self.at_value(
+                    &path,
+                    step,
+                    message,
+                    Some(format!(
+                        "`context` is relative to the work directory `{}`",
+                        workdir.display()
+                    )),
+                );
+                return;
+            }
+            draft.step.context = resolved;
+        }
+        if draft.step.dockerfile.is_empty() {
+            return;
+        }
+        let dockerfile = &draft.step.dockerfile;
+        let resolved = normalize(&draft.step.context.join(dockerfile.trim_start_matches('/')));
+        if !resolved.is_file() {
+            let message = if resolved.exists() {
+                format!(
+                    "dockerfile `{dockerfile}` is not a file: `{}`",
+                    resolved.display()
+                )
+            } else {
+                format!(
+                    "dockerfile `{dockerfile}` not found at `{}`",
+                    resolved.display()
+                )
+            };
+            let help = format!(
+                "`dockerfile` is relative to the build context `{}`",
+                draft.step.context.display()
+            );
+            self.at_value(
+                &key_path(&draft.path, "dockerfile"),
+                step,
+                message,
+                Some(help),
+            );
+            return;
+        }
+        draft.step.dockerfile_path = resolved;
+    }
+}
+
+/// The work directory, absolute and without `.`/`..`.
+fn workdir(dir: &Path) -> PathBuf {
+    normalize(&std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// Removes `.` and `..` without touching the disk (`..` at the root stays
+/// at the root).
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if out.file_name().is_some() {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// How a value is described in a type error.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(
+            normalize(Path::new("/w/a/../b/./c")),
+            PathBuf::from("/w/b/c")
+        );
+        assert_eq!(normalize(Path::new("/w/../../x")), PathBuf::from("/x"));
+        assert_eq!(normalize(Path::new("a/../../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("../../x")), PathBuf::from("../../x"));
+    }
+}
