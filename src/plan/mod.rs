@@ -7,6 +7,8 @@ pub mod render;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Why a set of steps does not form a DAG.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,10 +38,10 @@ pub enum PlanError {
 /// A validated DAG of steps, indexed in input order.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    labels: Vec<String>,
-    index: HashMap<String, usize>,
-    deps: Vec<Vec<usize>>,
-    dependents: Vec<Vec<usize>>,
+    labels: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, usize, BuildHasherDefault<Fnv>>,
+    deps: Adjacency,
+    dependents: Adjacency,
     order: Vec<usize>,
     /// `level[i]` is the level of step `i`; `levels[level[i]]` holds `i`.
     level: Vec<usize>,
@@ -47,28 +49,22 @@ pub struct Plan {
     leaves: Vec<usize>,
 }
 
-/// Where a step is in the depth-first search for cycles.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mark {
-    /// Not reached yet.
-    New,
-    /// On the stack at this position: reaching it again closes a cycle.
-    OnStack(usize),
-    /// Finished: every path from it has been explored.
-    Done,
-}
-
 impl Plan {
     /// Builds the plan from `(label, depends_on)` pairs in file order.
     /// Reports every unknown dependency and every distinct cycle.
     pub fn new(nodes: &[(String, Vec<String>)]) -> Result<Plan, Vec<PlanError>> {
+        let n = nodes.len();
         let mut errors = Vec::new();
 
-        let mut index = HashMap::with_capacity(nodes.len());
-        for (i, (label, _)) in nodes.iter().enumerate() {
-            if index.insert(label.clone(), i).is_some() {
+        let labels: Vec<Arc<str>> = nodes
+            .iter()
+            .map(|(label, _)| Arc::from(label.as_str()))
+            .collect();
+        let mut index = HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default());
+        for (i, label) in labels.iter().enumerate() {
+            if index.insert(Arc::clone(label), i).is_some() {
                 errors.push(PlanError::DuplicateStep {
-                    step: label.clone(),
+                    step: label.to_string(),
                 });
             }
         }
@@ -78,15 +74,14 @@ impl Plan {
 
         // Resolve names to indices, dropping repeats. `seen[d] == i + 1`
         // means step `i` already lists `d`, so no set is allocated per step.
-        let mut seen = vec![0usize; nodes.len()];
-        let mut deps = Vec::with_capacity(nodes.len());
+        let mut seen = vec![0usize; n];
+        let mut deps = Adjacency::with_capacity(n, nodes.iter().map(|(_, d)| d.len()).sum());
         for (i, (label, names)) in nodes.iter().enumerate() {
-            let mut resolved = Vec::with_capacity(names.len());
             for name in names {
                 match index.get(name.as_str()) {
                     Some(&d) if seen[d] != i + 1 => {
                         seen[d] = i + 1;
-                        resolved.push(d);
+                        deps.edges.push(d);
                     }
                     Some(_) => {}
                     None => errors.push(PlanError::UnknownDependency {
@@ -95,32 +90,25 @@ impl Plan {
                     }),
                 }
             }
-            deps.push(resolved);
+            deps.start.push(deps.edges.len());
         }
 
-        let labels: Vec<String> = nodes.iter().map(|(label, _)| label.clone()).collect();
         for cycle in find_cycles(&deps) {
             errors.push(PlanError::Cycle {
-                path: cycle.into_iter().map(|i| labels[i].clone()).collect(),
+                path: cycle.into_iter().map(|i| labels[i].to_string()).collect(),
             });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
 
-        let mut dependents = vec![Vec::new(); nodes.len()];
-        for (i, ds) in deps.iter().enumerate() {
-            for &d in ds {
-                dependents[d].push(i);
-            }
-        }
-
+        let dependents = deps.reversed();
         let order = topological_order(&deps, &dependents);
-        debug_assert_eq!(order.len(), nodes.len(), "a cycle escaped detection");
+        debug_assert_eq!(order.len(), n, "a cycle escaped detection");
 
-        let mut level = vec![0usize; nodes.len()];
+        let mut level = vec![0usize; n];
         for &i in &order {
-            level[i] = deps[i].iter().map(|&d| level[d] + 1).max().unwrap_or(0);
+            level[i] = deps.of(i).iter().map(|&d| level[d] + 1).max().unwrap_or(0);
         }
         let depth = level.iter().map(|&l| l + 1).max().unwrap_or(0);
         let mut levels = vec![Vec::new(); depth];
@@ -128,9 +116,7 @@ impl Plan {
             levels[l].push(i);
         }
 
-        let leaves = (0..nodes.len())
-            .filter(|&i| dependents[i].is_empty())
-            .collect();
+        let leaves = (0..n).filter(|&i| dependents.of(i).is_empty()).collect();
 
         Ok(Plan {
             labels,
@@ -161,11 +147,11 @@ impl Plan {
     }
     /// Direct dependencies of step `i` (deduplicated, input order).
     pub fn deps(&self, i: usize) -> &[usize] {
-        &self.deps[i]
+        self.deps.of(i)
     }
-    /// Steps that depend directly on step `i`.
+    /// Steps that depend directly on step `i`, in input order.
     pub fn dependents(&self, i: usize) -> &[usize] {
-        &self.dependents[i]
+        self.dependents.of(i)
     }
     /// A deterministic topological order: every step after all its
     /// dependencies; ties broken by input order.
@@ -186,8 +172,92 @@ impl Plan {
     }
     /// True if nothing depends on step `i`.
     pub fn is_leaf(&self, i: usize) -> bool {
-        self.dependents[i].is_empty()
+        self.dependents.of(i).is_empty()
     }
+}
+
+/// Edge lists of all steps in one allocation: the edges of step `i` are
+/// `edges[start[i]..start[i + 1]]`.
+#[derive(Debug, Clone)]
+struct Adjacency {
+    /// Invariant: `start[0] == 0`, non-decreasing, last == `edges.len()`.
+    start: Vec<usize>,
+    edges: Vec<usize>,
+}
+
+impl Adjacency {
+    fn with_capacity(nodes: usize, edges: usize) -> Adjacency {
+        let mut start = Vec::with_capacity(nodes + 1);
+        start.push(0);
+        Adjacency {
+            start,
+            edges: Vec::with_capacity(edges),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.start.len() - 1
+    }
+
+    fn of(&self, i: usize) -> &[usize] {
+        &self.edges[self.start[i]..self.start[i + 1]]
+    }
+
+    /// The same edges pointing the other way, each list in input order.
+    fn reversed(&self) -> Adjacency {
+        let n = self.len();
+        let mut start = vec![0usize; n + 1];
+        for &d in &self.edges {
+            start[d + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut next = start.clone();
+        let mut edges = vec![0usize; self.edges.len()];
+        for i in 0..n {
+            for &d in self.of(i) {
+                edges[next[d]] = i;
+                next[d] += 1;
+            }
+        }
+        Adjacency { start, edges }
+    }
+}
+
+/// FNV-1a: step labels are short and come from the user's own file, so a
+/// hash that resists flooding buys nothing and SipHash costs more than the
+/// rest of planning.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Where a step is in the depth-first search for cycles.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Not reached yet.
+    New,
+    /// On the stack at this position: reaching it again closes a cycle.
+    OnStack(usize),
+    /// Finished: every path from it has been explored.
+    Done,
 }
 
 /// Every cycle closed by a back edge of a depth-first search that starts
@@ -203,7 +273,7 @@ impl Plan {
 /// Each cycle found this way contains exactly one back edge (the path down
 /// the stack uses only tree edges), and each edge is examined once, so the
 /// cycles reported are distinct.
-fn find_cycles(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
+fn find_cycles(deps: &Adjacency) -> Vec<Vec<usize>> {
     let mut cycles = Vec::new();
     let mut marks = vec![Mark::New; deps.len()];
     // (step, how many of its deps have been looked at)
@@ -217,7 +287,7 @@ fn find_cycles(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
         stack.push((root, 0));
         while let Some(top) = stack.last_mut() {
             let (node, next) = *top;
-            let Some(&dep) = deps[node].get(next) else {
+            let Some(&dep) = deps.of(node).get(next) else {
                 marks[node] = Mark::Done;
                 stack.pop();
                 continue;
@@ -243,8 +313,8 @@ fn find_cycles(deps: &[Vec<usize>]) -> Vec<Vec<usize>> {
 /// Kahn's algorithm with the ready steps in a min-heap of input positions,
 /// so that among the steps whose dependencies are all done the one written
 /// first in build.yml comes first.
-fn topological_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usize> {
-    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+fn topological_order(deps: &Adjacency, dependents: &Adjacency) -> Vec<usize> {
+    let mut waiting: Vec<usize> = (0..deps.len()).map(|i| deps.of(i).len()).collect();
     let mut ready: BinaryHeap<Reverse<usize>> = waiting
         .iter()
         .enumerate()
@@ -254,7 +324,7 @@ fn topological_order(deps: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<usiz
     let mut order = Vec::with_capacity(deps.len());
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
-        for &j in &dependents[i] {
+        for &j in dependents.of(i) {
             waiting[j] -= 1;
             if waiting[j] == 0 {
                 ready.push(Reverse(j));

@@ -5,6 +5,7 @@
 //! Step indices of the plan are positions in `Manifest::steps`: the plan is
 //! built from the steps in file order.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
@@ -28,17 +29,16 @@ use crate::plan::Plan;
 /// directory itself).
 pub fn text(m: &Manifest, p: &Plan) -> String {
     check(m, p);
-    let rows: Vec<[String; 4]> = m
+    let contexts: Vec<String> = m
         .steps
         .iter()
-        .map(|s| {
-            [
-                s.label.clone(),
-                s.name.clone(),
-                s.dockerfile.clone(),
-                relative(&s.context, &m.workdir),
-            ]
-        })
+        .map(|s| relative(&s.context, &m.workdir))
+        .collect();
+    let rows: Vec<[&str; 4]> = m
+        .steps
+        .iter()
+        .zip(&contexts)
+        .map(|(s, context)| [&s.label, &s.name, &s.dockerfile, context.as_str()])
         .collect();
     let mut widths = [0usize; 4];
     for row in &rows {
@@ -47,28 +47,35 @@ pub fn text(m: &Manifest, p: &Plan) -> String {
         }
     }
 
-    let mut out = format!(
-        "{}: {}, {}\n",
+    // Writing into a String cannot fail.
+    let mut out = String::with_capacity(64 + rows.len() * (widths.iter().sum::<usize>() + 32));
+    let _ = writeln!(
+        out,
+        "{}: {}, {}",
         m.file.display(),
         plural(p.len(), "step"),
         plural(p.levels().len(), "level")
     );
     for (n, level) in p.levels().iter().enumerate() {
-        out.push_str(&format!("level {n}\n"));
+        let _ = writeln!(out, "level {n}");
         for &i in level {
-            let mut line = String::from(" ");
+            out.push(' ');
             for (cell, w) in rows[i].iter().zip(widths) {
-                line.push_str(&format!(" {cell:<w$} "));
+                let _ = write!(out, " {cell:<w$} ");
             }
             if !p.deps(i).is_empty() {
-                line.push_str(&format!(" <- {}", labels(p, p.deps(i)).join(", ")));
+                out.push_str(" <-");
+                for (k, &d) in p.deps(i).iter().enumerate() {
+                    out.push_str(if k == 0 { " " } else { ", " });
+                    out.push_str(p.label(d));
+                }
             }
-            out.push_str(line.trim_end());
+            out.truncate(out.trim_end().len());
             out.push('\n');
         }
     }
     if !p.is_empty() {
-        out.push_str(&format!("leaves: {}\n", labels(p, p.leaves()).join(", ")));
+        let _ = writeln!(out, "leaves: {}", labels(p, p.leaves()).join(", "));
     }
     out
 }
