@@ -196,7 +196,7 @@ fn target_context_dockerignore_and_build_arg_precedence() {
     let h = h
         .file(
             "sub/Dockerfile",
-            &format!(
+            format!(
                 "FROM {base} AS final
 ARG FROM_YML
 ARG BOTH

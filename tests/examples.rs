@@ -63,7 +63,6 @@ fn every_example_loads_and_plans() {
 /// `habitus check -f examples/X/build.yml -d examples/X` succeeds and lists
 /// every step.
 #[test]
-#[ignore = "needs the `check` subcommand in the habitus binary"]
 fn every_example_passes_habitus_check() {
     for dir in examples() {
         let (manifest, _) = load_and_plan(&dir);
