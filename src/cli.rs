@@ -109,13 +109,15 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub suppress: bool,
 
-    /// Remove intermediate containers.
+    /// Remove intermediate containers, also that of a failed instruction
+    /// (`--rm=false` keeps them all, for debugging).
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
           action = ArgAction::Set)]
     pub rm: bool,
 
-    /// Always remove intermediate containers, even after a failed build.
+    /// Remove intermediate containers even after a failed instruction
+    /// (what `--rm` already does; kept for compatibility).
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
           action = ArgAction::Set)]

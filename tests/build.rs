@@ -21,6 +21,21 @@ fn from_base(rest: &str) -> String {
     format!("FROM {}\n{rest}", base_image())
 }
 
+/// Removes images by id when dropped.
+struct RemoveImagesOnDrop(Vec<String>);
+
+impl Drop for RemoveImagesOnDrop {
+    fn drop(&mut self) {
+        for id in self.0.iter().filter(|id| !id.is_empty()) {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// Runs `cat path` in a fresh container of `image` and returns the output.
 fn read_in_image(image: &str, path: &str) -> String {
     docker(&["run", "--rm", image, "cat", path])
@@ -228,7 +243,7 @@ RUN exit 1
 
 #[test]
 fn no_cache_step_rebuilds_while_others_use_the_cache() {
-    let (h, _c) = project(
+    let (h, c) = project(
         "nocache",
         "build:
   version: 2016-03-14
@@ -245,6 +260,15 @@ fn no_cache_step_rebuilds_while_others_use_the_cache() {
     );
     let h = h.file("Dockerfile", from_base("RUN echo same > /same\n"));
     h.run().assert_success();
+    // The second build moves the `fresh` tag; its first image is removed
+    // when the test ends, whatever happens.
+    let _first = RemoveImagesOnDrop(vec![docker(&[
+        "images",
+        "-q",
+        &format!("hb/nc-fresh-{}", c.uid()),
+    ])
+    .trim()
+    .to_string()]);
     let out = h.run();
     out.assert_success();
     let cached: Vec<&str> = out

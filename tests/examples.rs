@@ -123,3 +123,28 @@ fn diamond_forks_and_joins() {
     let order: Vec<&str> = plan.order().iter().map(|&i| plan.label(i)).collect();
     assert_eq!(order, ["a", "b", "c", "d"]);
 }
+
+/// The diamond example builds end to end on the test base image, and
+/// writes nothing into the example's folder.
+#[test]
+fn diamond_example_builds() {
+    use crate::common::{base_image, docker, Cleanup};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/diamond");
+    let before = std::fs::read_dir(&dir).unwrap().count();
+    let cleanup = Cleanup::new("exdiamond");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(&dir)
+        .args(["--uid", cleanup.uid(), "--build"])
+        .arg(format!("BASE_IMAGE={}", base_image()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = format!("habitus-examples/diamond-d-{}", cleanup.uid());
+    assert_eq!(docker(&["run", "--rm", &image]), "step a\nstep b\nstep c\n");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before);
+}

@@ -1,3 +1,2 @@
-ARG BASE_IMAGE=busybox
-FROM ${BASE_IMAGE}
-RUN echo "step b" > /b.txt && cat /b.txt
+FROM habitus-examples/diamond-a
+RUN echo "step b" > /b.txt && cat /a.txt /b.txt

@@ -1,3 +1,2 @@
-ARG BASE_IMAGE=busybox
-FROM ${BASE_IMAGE}
-RUN echo "step c" > /c.txt && cat /c.txt
+FROM habitus-examples/diamond-a
+RUN echo "step c" > /c.txt && cat /a.txt /c.txt

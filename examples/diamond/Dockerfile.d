@@ -1,3 +1,4 @@
-ARG BASE_IMAGE=busybox
-FROM ${BASE_IMAGE}
-RUN echo "step d" > /d.txt && cat /d.txt
+FROM habitus-examples/diamond-b
+COPY --from=habitus-examples/diamond-c /c.txt /c.txt
+RUN cat /a.txt /b.txt /c.txt > /d.txt && cat /d.txt
+CMD ["cat", "/d.txt"]

@@ -1,0 +1,282 @@
+//! Wall time of habitus builds against the same `docker build` calls run
+//! one after another by the docker CLI, side by side in one run, on the
+//! classic builder:
+//!
+//! - a chain of 3 trivial steps with `--no-cache`, and fully cached;
+//! - a diamond of 4 trivial steps whose middle steps each take ~2 s.
+//!
+//! Run with `cargo bench --bench runner` (needs a Docker daemon and
+//! `/bin/busybox`, from Debian's busybox-static). `RUNS=N` sets the number
+//! of measured runs (default 5). Everything it creates is named
+//! `habitus-bench-*` and removed at the end.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BASE: &str = "habitus-bench-base:latest";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docker_quiet(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A busybox-only base image, built from scratch (nothing can be pulled).
+fn build_base() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("bin/busybox"))
+        .expect("/bin/busybox (apt-get install busybox-static)");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    docker(&["build", "-q", "-t", BASE, dir.path().to_str().unwrap()]);
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    /// `(tag, dockerfile)` in an order the docker CLI can build them.
+    steps: Vec<(String, String)>,
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn chain() -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "build.yml",
+        "build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: habitus-bench-chain-one
+      dockerfile: Dockerfile.one
+    two:
+      name: habitus-bench-chain-two
+      dockerfile: Dockerfile.two
+      depends_on: [one]
+    three:
+      name: habitus-bench-chain-three
+      dockerfile: Dockerfile.three
+      depends_on: [two]
+",
+    );
+    write(
+        d,
+        "Dockerfile.one",
+        &format!("FROM {BASE}\nRUN echo 1 > /one\n"),
+    );
+    write(
+        d,
+        "Dockerfile.two",
+        "FROM habitus-bench-chain-one\nRUN echo 2 > /two\n",
+    );
+    write(
+        d,
+        "Dockerfile.three",
+        "FROM habitus-bench-chain-two\nRUN echo 3 > /three\n",
+    );
+    Project {
+        dir,
+        steps: vec![
+            ("habitus-bench-chain-one".into(), "Dockerfile.one".into()),
+            ("habitus-bench-chain-two".into(), "Dockerfile.two".into()),
+            (
+                "habitus-bench-chain-three".into(),
+                "Dockerfile.three".into(),
+            ),
+        ],
+    }
+}
+
+fn diamond() -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "build.yml",
+        "build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: habitus-bench-dia-a
+      dockerfile: Dockerfile.a
+    b:
+      name: habitus-bench-dia-b
+      dockerfile: Dockerfile.b
+      depends_on: [a]
+    c:
+      name: habitus-bench-dia-c
+      dockerfile: Dockerfile.c
+      depends_on: [a]
+    d:
+      name: habitus-bench-dia-d
+      dockerfile: Dockerfile.d
+      depends_on: [b, c]
+",
+    );
+    write(
+        d,
+        "Dockerfile.a",
+        &format!("FROM {BASE}\nRUN echo a > /a\n"),
+    );
+    write(
+        d,
+        "Dockerfile.b",
+        "FROM habitus-bench-dia-a\nRUN sleep 2 && echo b > /b\n",
+    );
+    write(
+        d,
+        "Dockerfile.c",
+        "FROM habitus-bench-dia-a\nRUN sleep 2 && echo c > /c\n",
+    );
+    write(
+        d,
+        "Dockerfile.d",
+        "FROM habitus-bench-dia-b\nCOPY --from=habitus-bench-dia-c /c /c\n",
+    );
+    Project {
+        dir,
+        steps: vec![
+            ("habitus-bench-dia-a".into(), "Dockerfile.a".into()),
+            ("habitus-bench-dia-b".into(), "Dockerfile.b".into()),
+            ("habitus-bench-dia-c".into(), "Dockerfile.c".into()),
+            ("habitus-bench-dia-d".into(), "Dockerfile.d".into()),
+        ],
+    }
+}
+
+fn time_docker_cli(p: &Project, no_cache: bool) -> Duration {
+    let start = Instant::now();
+    for (tag, dockerfile) in &p.steps {
+        let mut args = vec!["build", "-q", "-t", tag, "-f", dockerfile];
+        if no_cache {
+            args.push("--no-cache");
+        }
+        args.push(".");
+        let status = Command::new("docker")
+            .args(&args)
+            .current_dir(p.dir.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "docker build {tag} failed");
+    }
+    start.elapsed()
+}
+
+fn time_habitus(p: &Project, no_cache: bool) -> Duration {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
+    cmd.arg("-d")
+        .arg(p.dir.path())
+        .args(["--keep-all", "--suppress", "--level", "warning"]);
+    if no_cache {
+        cmd.arg("--no-cache");
+    }
+    let start = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        out.status.success(),
+        "habitus failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+fn remove_images(p: &Project) {
+    let mut args = vec!["rmi", "-f"];
+    args.extend(p.steps.iter().rev().map(|(t, _)| t.as_str()));
+    docker_quiet(&args);
+    // Untagged images left by rebuilds of the same tags.
+    let dangling = docker(&[
+        "images",
+        "-q",
+        "--filter",
+        "dangling=true",
+        "--filter",
+        &format!("since={BASE}"),
+    ]);
+    for id in dangling.split_whitespace() {
+        docker_quiet(&["rmi", "-f", id]);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Alternates docker CLI and habitus runs so that both see the same
+/// machine state; returns the medians.
+fn compare(name: &str, p: &Project, no_cache: bool, runs: usize, target: f64) {
+    let (mut cli, mut hab) = (Vec::new(), Vec::new());
+    // One warm-up of each, not measured (and it fills the cache for the
+    // cached scenario).
+    time_docker_cli(p, no_cache);
+    time_habitus(p, no_cache);
+    for _ in 0..runs {
+        if no_cache {
+            remove_images(p);
+        }
+        cli.push(time_docker_cli(p, no_cache));
+        if no_cache {
+            remove_images(p);
+        }
+        hab.push(time_habitus(p, no_cache));
+    }
+    let (c, h) = (median(cli), median(hab));
+    let ratio = h.as_secs_f64() / c.as_secs_f64();
+    println!(
+        "{name:<34} docker CLI {:>6.2}s  habitus {:>6.2}s  ratio {ratio:.2}x  (target <= {target:.2}x) {}",
+        c.as_secs_f64(),
+        h.as_secs_f64(),
+        if ratio <= target { "ok" } else { "MISSED" }
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    build_base();
+    println!("medians of {runs} runs each, classic builder, same daemon, alternating");
+    let c = chain();
+    compare("chain of 3, --no-cache", &c, true, runs, 1.0);
+    compare("chain of 3, fully cached", &c, false, runs, 0.9);
+    remove_images(&c);
+    let d = diamond();
+    compare("diamond of 4 (2 s middles), no cache", &d, true, runs, 0.75);
+    remove_images(&d);
+    docker_quiet(&["rmi", BASE]);
+}
