@@ -39,8 +39,17 @@ pub(crate) struct Pos {
 struct Entry<'t> {
     /// The key (or, for a sequence item, the item's content).
     key: Pos,
-    /// An inline scalar value and its raw text (comment stripped).
-    value: Option<(Pos, &'t str)>,
+    /// Where an inline value (scalar or flow collection) starts.
+    value: Option<Pos>,
+    /// The raw text of an inline scalar (comment stripped).
+    raw: Option<&'t str>,
+}
+
+/// What follows a key or `- ` on its line.
+enum Inline<'t> {
+    Nothing,
+    Flow,
+    Scalar(&'t str),
 }
 
 /// Positions of the keys and items of one build.yml text.
@@ -137,6 +146,7 @@ impl<'t> Index<'t> {
                                 column: content_column + 1,
                             },
                             value: None,
+                            raw: None,
                         },
                     );
                     stack.push(Frame {
@@ -171,15 +181,17 @@ impl<'t> Index<'t> {
                                 line: line_no,
                                 column: column + 1,
                             },
-                            value: value.map(|raw| {
-                                (
-                                    Pos {
-                                        line: line_no,
-                                        column: value_column + 1,
-                                    },
-                                    raw,
-                                )
-                            }),
+                            value: match value {
+                                Inline::Nothing => None,
+                                _ => Some(Pos {
+                                    line: line_no,
+                                    column: value_column + 1,
+                                }),
+                            },
+                            raw: match value {
+                                Inline::Scalar(raw) => Some(raw),
+                                _ => None,
+                            },
                         },
                     );
                     stack.push(Frame {
@@ -193,10 +205,15 @@ impl<'t> Index<'t> {
                 // A scalar (or flow collection) that is not a key.
                 let (value, next_skip) = inline_value(rest, owner);
                 skip = next_skip;
-                if in_item {
-                    if let (Some(raw), Some(top)) = (value, stack.last()) {
-                        if let Some(entry) = entries.get_mut(&top.path) {
-                            entry.value = Some((entry.key, raw));
+                if let (true, Some(top)) = (in_item, stack.last()) {
+                    if let Some(entry) = entries.get_mut(&top.path) {
+                        match value {
+                            Inline::Nothing => {}
+                            Inline::Flow => entry.value = Some(entry.key),
+                            Inline::Scalar(raw) => {
+                                entry.value = Some(entry.key);
+                                entry.raw = Some(raw);
+                            }
                         }
                     }
                 }
@@ -206,32 +223,37 @@ impl<'t> Index<'t> {
         Index { entries }
     }
 
-    /// The position of the key (or item) at `path`, or of its nearest
-    /// indexed ancestor.
+    /// The position of the key (or item) at `path`; if it is not indexed,
+    /// where the value of its nearest indexed ancestor starts (the opening
+    /// bracket of a flow collection) or that ancestor's key.
     pub(crate) fn locate(&self, path: &str) -> Option<Pos> {
-        let mut path = path;
-        loop {
-            if let Some(entry) = self.entries.get(path) {
-                return Some(entry.key);
-            }
-            path = &path[..path.rfind([KEY_SEP, ITEM_SEP])?];
+        if let Some(entry) = self.entries.get(path) {
+            return Some(entry.key);
         }
+        self.ancestor(path)
     }
 
     /// The position of the inline value at `path`, else [`Index::locate`].
     pub(crate) fn locate_value(&self, path: &str) -> Option<Pos> {
         match self.entries.get(path) {
-            Some(Entry {
-                value: Some((pos, _)),
-                ..
-            }) => Some(*pos),
-            _ => self.locate(path),
+            Some(entry) => Some(entry.value.unwrap_or(entry.key)),
+            None => self.ancestor(path),
+        }
+    }
+
+    fn ancestor(&self, path: &str) -> Option<Pos> {
+        let mut path = path;
+        loop {
+            path = &path[..path.rfind([KEY_SEP, ITEM_SEP])?];
+            if let Some(entry) = self.entries.get(path) {
+                return Some(entry.value.unwrap_or(entry.key));
+            }
         }
     }
 
     /// The raw text of the inline scalar at `path`.
     pub(crate) fn raw(&self, path: &str) -> Option<&'t str> {
-        self.entries.get(path)?.value.map(|(_, raw)| raw)
+        self.entries.get(path)?.raw
     }
 }
 
@@ -241,15 +263,15 @@ fn is_marker(line: &str, marker: &str) -> bool {
 }
 
 /// Classifies the text after `key:` (or `- `) for a node whose parent
-/// mapping sits at `column`: the raw scalar, if any, and what to skip.
-fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
+/// mapping sits at `column`: what it is, and what to skip.
+fn inline_value(text: &str, column: usize) -> (Inline<'_>, Skip) {
     match text.chars().next() {
-        None | Some('#') => (None, Skip::No),
-        Some('|' | '>') => (None, Skip::Deeper(column)),
+        None | Some('#') => (Inline::Nothing, Skip::No),
+        Some('|' | '>') => (Inline::Nothing, Skip::Deeper(column)),
         Some('{' | '[') => {
             let depth = bracket_delta(text);
             (
-                None,
+                Inline::Flow,
                 if depth > 0 {
                     Skip::Flow(depth)
                 } else {
@@ -257,14 +279,14 @@ fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
                 },
             )
         }
-        Some('*') => (None, Skip::No),
+        Some('*') => (Inline::Nothing, Skip::No),
         Some('&' | '!') => {
             // An anchor or tag, maybe followed by the value itself.
             let after = text
                 .find([' ', '\t'])
                 .map_or("", |i| text[i..].trim_start());
             if after.is_empty() || after.starts_with('#') {
-                (None, Skip::No)
+                (Inline::Nothing, Skip::No)
             } else {
                 inline_value(after, column)
             }
@@ -272,9 +294,9 @@ fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
         Some(quote @ ('"' | '\'')) => {
             let end = closing_quote(text, quote);
             let raw = end.map_or(text, |end| &text[..=end]);
-            (Some(raw), Skip::Deeper(column))
+            (Inline::Scalar(raw), Skip::Deeper(column))
         }
-        Some(_) => (Some(strip_comment(text)), Skip::Deeper(column)),
+        Some(_) => (Inline::Scalar(strip_comment(text)), Skip::Deeper(column)),
     }
 }
 
@@ -474,7 +496,7 @@ build:
         let index = Index::scan(TEXT);
         assert_eq!(
             index.locate(&path(&["build", "steps", "compile", "args", "A"])),
-            at(7, 7)
+            at(7, 13)
         );
         assert_eq!(
             index.locate(&path(&[
@@ -488,7 +510,7 @@ build:
     #[test]
     fn multi_line_flow_collections_are_skipped() {
         let index = Index::scan("a: [\n  b: c,\n  d]\ne: 1\n");
-        assert_eq!(index.locate(&path(&["a", "b"])), at(1, 1));
+        assert_eq!(index.locate(&path(&["a", "b"])), at(1, 4));
         assert_eq!(index.locate(&path(&["e"])), at(4, 1));
     }
 

@@ -487,15 +487,19 @@ impl Checker<'_> {
         };
         let label = draft.step.label.clone();
         let step = Some(label.as_str());
+        let (mut bad_name, mut bad_dockerfile) = (false, false);
         for (key, path, value) in self.entries(map, &draft.path, step) {
             let what = format!("`{key}`");
             match key.as_str() {
                 "name" => {
-                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default()
+                    // A value of the wrong type is reported as such, not as missing.
+                    bad_name = !value.is_null() && self.scalar(value, &path).is_none();
+                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default();
                 }
                 "dockerfile" => {
+                    bad_dockerfile = !value.is_null() && self.scalar(value, &path).is_none();
                     draft.step.dockerfile =
-                        self.string(value, &path, step, &what).unwrap_or_default()
+                        self.string(value, &path, step, &what).unwrap_or_default();
                 }
                 "context" => {
                     draft.context = self
@@ -539,7 +543,7 @@ impl Checker<'_> {
             }
         }
         draft.step.depends_on = draft.deps.iter().map(|(d, _)| d.clone()).collect();
-        if draft.step.name.is_empty() {
+        if draft.step.name.is_empty() && !bad_name {
             self.at_key(
                 &draft.path,
                 step,
@@ -547,7 +551,7 @@ impl Checker<'_> {
                 Some("`name` is the image name to build, e.g. `name: myorg/app`".into()),
             );
         }
-        if draft.step.dockerfile.is_empty() {
+        if draft.step.dockerfile.is_empty() && !bad_dockerfile {
             self.at_key(
                 &draft.path,
                 step,
