@@ -414,7 +414,7 @@ build:
 ";
     assert_eq!(
         errors(dir.path(), yml),
-        "error: build.yml:7:19: step `a`: circular dependency `a -> b -> c -> a`\n  \
+        "error: build.yml:7:20: step `a`: circular dependency `a -> b -> c -> a`\n  \
          help: remove one of these `depends_on` entries"
     );
 }
@@ -681,7 +681,7 @@ build:
             .as_str(),
             "error: build.yml:7:7: step `a`: unknown key `no-cache`",
             "error: build.yml:9:13: step `b`: image name `dup` is already used by step `a`",
-            "error: build.yml:11:19: step `b`: `depends_on` names unknown step `zzz`",
+            "error: build.yml:11:20: step `b`: `depends_on` names unknown step `zzz`",
             "error: build.yml:13:11: step `b`: artifact source `relative` is not an absolute path",
         ]
     );
@@ -850,4 +850,70 @@ fn two_thousand_steps_load_fast() {
     // About 35 ms in release on a shared 2-core VM; generous here for
     // unoptimised test builds.
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn scalars_keep_the_text_as_written_in_block_and_flow_style() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: myorg/app
+      dockerfile: Dockerfile
+      args: { GO: 1.10, HEX: 0x1F, ON: True, QUOTED: '007' }
+      command: 1.50
+";
+    let step = &check(dir.path(), yml).expect("valid").manifest.steps[0];
+    let args: Vec<(&str, &str)> = step
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        args,
+        [
+            ("GO", "1.10"),
+            ("HEX", "0x1F"),
+            ("ON", "True"),
+            ("QUOTED", "007")
+        ]
+    );
+    assert_eq!(step.command.as_deref(), Some("1.50"));
+}
+
+#[test]
+fn labels_that_differ_only_in_yaml_type_are_duplicates() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    1:
+      name: a
+      dockerfile: Dockerfile
+    \"1\":
+      name: b
+      dockerfile: Dockerfile
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:7:5: step `1`: this step label is used more than once\n  \
+         help: every label under `steps` must be unique"
+    );
+}
+
+#[test]
+fn sec_providers_may_be_given_comma_separated() {
+    let dir = workdir(&["Dockerfile"]);
+    let joined = vec!["file,env".to_owned()];
+    let loaded = check_with(
+        dir.path(),
+        &SECRET.replace("TYPE", "env"),
+        &no_env(),
+        &joined,
+    )
+    .expect("valid");
+    assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
 }

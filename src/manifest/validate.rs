@@ -389,7 +389,13 @@ impl Checker<'_> {
             }
         };
 
-        let sec_providers: Vec<&str> = opts.sec_providers.iter().map(|p| p.trim()).collect();
+        // Accept `["file,env"]` as well as `["file", "env"]`.
+        let sec_providers: Vec<&str> = opts
+            .sec_providers
+            .iter()
+            .flat_map(|p| p.split(','))
+            .map(str::trim)
+            .collect();
         let mut drafts = Vec::with_capacity(steps.len());
         for (label, path, value) in self.entries(steps, &steps_path, None) {
             let draft = self.step(label, path, value, version, &workdir, &sec_providers);
@@ -851,11 +857,20 @@ impl Checker<'_> {
     }
 
     fn dependencies(&mut self, drafts: &[Draft]) {
-        let labels: HashMap<&str, usize> = drafts
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.step.label.as_str(), i))
-            .collect();
+        let mut labels: HashMap<&str, usize> = HashMap::with_capacity(drafts.len());
+        let mut duplicates = false;
+        for (i, draft) in drafts.iter().enumerate() {
+            // YAML rejects repeated keys, but `1:` and `"1":` differ there.
+            if labels.insert(draft.step.label.as_str(), i).is_some() {
+                duplicates = true;
+                self.at_key(
+                    &draft.path,
+                    Some(&draft.step.label),
+                    "this step label is used more than once".into(),
+                    Some("every label under `steps` must be unique".into()),
+                );
+            }
+        }
         let mut unknown = 0;
         let mut nodes = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -893,12 +908,15 @@ impl Checker<'_> {
             }
             nodes.push((draft.step.label.clone(), deps));
         }
+        if duplicates {
+            return;
+        }
         let Err(errors) = Plan::new(&nodes) else {
             return;
         };
         for error in errors {
             let PlanError::Cycle { path } = error else {
-                // Unknown dependencies were left out above and reported.
+                // Unknown dependencies and duplicate labels were reported above.
                 continue;
             };
             let Some(draft) = path
