@@ -13,7 +13,7 @@ use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, 
 use crate::plan::{Plan, PlanError};
 
 /// The schema versions habitus reads.
-pub(crate) const VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
+pub const SCHEMA_VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
 const TOP_KEYS: &[&str] = &["build"];
 const BUILD_KEYS: &[&str] = &["version", "steps", "work_dir"];
 const STEP_KEYS: &[&str] = &[
@@ -34,7 +34,7 @@ const STEP_KEYS: &[&str] = &[
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
 /// The secret types habitus knows.
-pub(crate) const SECRET_TYPES: &[&str] = &["file", "env"];
+pub const SECRET_TYPES: &[&str] = &["file", "env"];
 /// Beyond this many unknown `depends_on` entries, no closest label is
 /// searched for (each search compares against every label).
 const MAX_SUGGESTED_DEPENDENCIES: usize = 50;
@@ -346,7 +346,7 @@ impl Checker<'_> {
                     &build_path,
                     None,
                     "missing `version`".into(),
-                    Some(format!("valid versions: {}", list(VERSIONS))),
+                    Some(format!("valid versions: {}", list(SCHEMA_VERSIONS))),
                 );
                 None
             }
@@ -418,7 +418,7 @@ impl Checker<'_> {
     }
 
     fn version(&mut self, value: &Value, path: &str) -> Option<SchemaVersion> {
-        let help = Some(format!("valid versions: {}", list(VERSIONS)));
+        let help = Some(format!("valid versions: {}", list(SCHEMA_VERSIONS)));
         match self.scalar(value, path).as_deref() {
             Some("2016-02-13") => Some(SchemaVersion::V20160213),
             Some("2016-03-14") => Some(SchemaVersion::V20160314),
