@@ -1,1 +1,919 @@
+//! Loading build.yml: the validated model, `_env()` substitution, and the
+//! exact text of every validation error (file, line, column, step, fix).
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use habitus::manifest::{
+    load, parse, Artifact, Diagnostics, EnvSource, LoadOptions, Loaded, SchemaVersion, SecretSpec,
+};
+use tempfile::TempDir;
+
+/// A work directory holding the given files (each a one-line Dockerfile).
+fn workdir(files: &[&str]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for file in files {
+        let path = dir.path().join(file);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, "FROM scratch\n").expect("write");
+    }
+    dir
+}
+
+fn providers() -> Vec<String> {
+    vec!["file".into(), "env".into()]
+}
+
+fn no_env() -> EnvSource {
+    EnvSource::Given(BTreeMap::new())
+}
+
+/// Parses `yml` as `build.yml` in `dir` with both secret providers enabled.
+fn check(dir: &Path, yml: &str) -> Result<Loaded, Diagnostics> {
+    check_with(dir, yml, &no_env(), &providers())
+}
+
+fn check_with(
+    dir: &Path,
+    yml: &str,
+    env: &EnvSource,
+    sec_providers: &[String],
+) -> Result<Loaded, Diagnostics> {
+    parse(
+        yml,
+        &LoadOptions {
+            file: Path::new("build.yml"),
+            workdir: dir,
+            env,
+            sec_providers,
+        },
+    )
+}
+
+/// The printed diagnostics of a build.yml that must be rejected.
+fn errors(dir: &Path, yml: &str) -> String {
+    match check(dir, yml) {
+        Ok(loaded) => panic!("expected errors, got {:#?}", loaded.manifest),
+        Err(diagnostics) => diagnostics.to_string(),
+    }
+}
+
+const FULL: &str = "\
+build:
+  version: 2016-03-14
+  steps:
+    compile:
+      name: myorg/app_compile
+      dockerfile: Dockerfile.compile
+      context: sub/dir
+      target: build
+      args:
+        GOOS: linux
+        GO_VERSION: 1.10
+        EMPTY:
+      no_cache: true
+      artifacts:
+        - /usr/bin/secretapp
+        - /etc/app/conf:config
+        - /srv/out:.
+        - /srv/deep:a/./b/../c
+      cleanup:
+        commands: [ \"rm -rf /root/.ssh\" ]
+      secrets:
+        id_rsa:  { type: file, value: /home/me/.ssh/id_rsa }
+        npm_tok: { type: env,  value: NPM_TOKEN }
+      command: ./run-tests
+      after_build_command: make upload
+    runtime:
+      name: myorg/app:minimal
+      dockerfile: Dockerfile.minimal
+      depends_on: [ compile ]
+      keep: true
+    aardvark:
+      name: myorg/first-in-the-alphabet
+      dockerfile: Dockerfile.minimal
+      depends_on:
+        - runtime
+        - compile
+";
+
+#[test]
+fn a_full_build_yml_loads_into_the_model() {
+    let dir = workdir(&["sub/dir/Dockerfile.compile", "Dockerfile.minimal"]);
+    let loaded = check(dir.path(), FULL).expect("valid");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let m = loaded.manifest;
+    assert_eq!(m.version, SchemaVersion::V20160314);
+    assert_eq!(m.file, PathBuf::from("build.yml"));
+    assert_eq!(m.workdir, dir.path());
+    let labels: Vec<&str> = m.steps.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["compile", "runtime", "aardvark"], "file order");
+
+    let compile = &m.steps[0];
+    assert_eq!(compile.name, "myorg/app_compile");
+    assert_eq!(compile.line, 4);
+    assert_eq!(compile.dockerfile, "Dockerfile.compile");
+    assert_eq!(compile.context, dir.path().join("sub/dir"));
+    assert_eq!(
+        compile.dockerfile_path,
+        dir.path().join("sub/dir/Dockerfile.compile")
+    );
+    assert_eq!(compile.target.as_deref(), Some("build"));
+    let args: Vec<(&str, &str)> = compile
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        args,
+        [("EMPTY", ""), ("GOOS", "linux"), ("GO_VERSION", "1.10")],
+        "values as written"
+    );
+    assert!(compile.no_cache);
+    assert!(!compile.keep);
+    let artifact = |source: &str, dest: &str| Artifact {
+        source: source.into(),
+        dest: PathBuf::from(dest),
+    };
+    assert_eq!(
+        compile.artifacts,
+        [
+            artifact("/usr/bin/secretapp", ""),
+            artifact("/etc/app/conf", "config"),
+            artifact("/srv/out", ""),
+            artifact("/srv/deep", "a/c"),
+        ]
+    );
+    assert_eq!(compile.cleanup, ["rm -rf /root/.ssh"]);
+    assert_eq!(
+        compile.secrets.get("id_rsa"),
+        Some(&SecretSpec {
+            kind: "file".into(),
+            value: "/home/me/.ssh/id_rsa".into()
+        })
+    );
+    assert_eq!(compile.secrets["npm_tok"].kind, "env");
+    assert_eq!(compile.secrets["npm_tok"].value, "NPM_TOKEN");
+    assert_eq!(compile.command.as_deref(), Some("./run-tests"));
+    assert_eq!(compile.after_build_command.as_deref(), Some("make upload"));
+    assert!(compile.depends_on.is_empty());
+
+    let runtime = &m.steps[1];
+    assert_eq!(runtime.context, dir.path());
+    assert_eq!(
+        runtime.dockerfile_path,
+        dir.path().join("Dockerfile.minimal")
+    );
+    assert_eq!(runtime.depends_on, ["compile"]);
+    assert!(runtime.keep);
+    assert!(!runtime.no_cache);
+    assert!(runtime.command.is_none() && runtime.target.is_none());
+    assert_eq!(m.steps[2].depends_on, ["runtime", "compile"]);
+}
+
+#[test]
+fn schema_2016_02_13_loads_without_secrets() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-02-13\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n";
+    let m = check(dir.path(), yml).expect("valid").manifest;
+    assert_eq!(m.version, SchemaVersion::V20160213);
+    // Quoted, as some files write it.
+    let yml = yml.replace("2016-02-13", "'2016-03-14'");
+    let m = check(dir.path(), &yml).expect("valid").manifest;
+    assert_eq!(m.version, SchemaVersion::V20160314);
+}
+
+#[test]
+fn secrets_under_2016_02_13_are_an_error() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-02-13
+  steps:
+    one:
+      name: one
+      dockerfile: Dockerfile
+      secrets:
+        key: { type: file, value: /k }
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:7:7: step `one`: `secrets` needs schema version `2016-03-14`\n  \
+         help: set `version: 2016-03-14` under `build`"
+    );
+}
+
+#[test]
+fn keep_is_read_and_checked() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n      keep: true\n";
+    assert!(check(dir.path(), yml).expect("valid").manifest.steps[0].keep);
+    let yml = yml.replace("keep: true", "keep: sometimes");
+    assert_eq!(
+        errors(dir.path(), &yml),
+        "error: build.yml:7:13: step `one`: `keep` must be `true` or `false`, found a string"
+    );
+}
+
+#[test]
+fn invalid_yaml_names_line_and_column() {
+    let dir = workdir(&[]);
+    let yml = "build:\n  version: 2016-03-14\n  steps: [\n    a: b\n";
+    let text = errors(dir.path(), yml);
+    assert!(
+        text.starts_with("error: build.yml:5:1: invalid YAML: "),
+        "{text}"
+    );
+    let yml = "build:\n  steps:\n    a:\n      name: x\n     dockerfile: y\n";
+    let text = errors(dir.path(), yml);
+    assert!(text.starts_with("error: build.yml:5:"), "{text}");
+    assert!(text.contains("invalid YAML"), "{text}");
+}
+
+#[test]
+fn duplicate_step_labels_are_invalid_yaml() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml =
+        "build:\n  version: 2016-03-14\n  steps:\n    a:\n      name: a\n    a:\n      name: b\n";
+    let text = errors(dir.path(), yml);
+    assert!(text.contains("duplicate entry with key \"a\""), "{text}");
+}
+
+#[test]
+fn missing_version_lists_the_valid_ones() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:1:1: missing `version`\n  help: valid versions: `2016-02-13`, `2016-03-14`"
+    );
+}
+
+#[test]
+fn unknown_version_lists_the_valid_ones() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2017-01-01\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:2:12: unknown schema version `2017-01-01`\n  help: valid versions: `2016-02-13`, `2016-03-14`"
+    );
+}
+
+#[test]
+fn unknown_step_key_suggests_the_closest() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    base:
+      name: base
+      dockerfile: Dockerfile
+    compile:
+      name: compile
+      dockerfile: Dockerfile
+      depend_on:
+        - base
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:10:7: step `compile`: unknown key `depend_on`\n  help: did you mean `depends_on`?"
+    );
+}
+
+#[test]
+fn unknown_keys_are_found_at_every_level() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+bulid: {}
+build:
+  verison: 2016-03-14
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      dockerfile: Dockerfile
+      image: nope
+      cleanup:
+        comands: [ls]
+      secrets:
+        key:
+          type: file
+          vaule: /k
+x-anchors: &defaults
+  anything: goes
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "\
+error: build.yml:1:1: unknown key `bulid`
+  help: did you mean `build`?
+error: build.yml:3:3: unknown key `verison`
+  help: did you mean `version`?
+error: build.yml:9:7: step `one`: unknown key `image`
+  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`
+error: build.yml:11:9: step `one`: unknown key `comands` in `cleanup`
+  help: did you mean `commands`?
+error: build.yml:13:9: step `one`: secret `key` is missing `value`
+  help: for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`
+error: build.yml:15:11: step `one`: unknown key `vaule` in secret `key`
+  help: did you mean `value`?"
+    );
+}
+
+#[test]
+fn missing_name_and_dockerfile() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    nameless:
+      dockerfile: Dockerfile
+    fileless:
+      name: fileless
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "\
+error: build.yml:4:5: step `nameless`: missing `name`
+  help: `name` is the image name to build, e.g. `name: myorg/app`
+error: build.yml:6:5: step `fileless`: missing `dockerfile`
+  help: `dockerfile` is a path relative to the build context, e.g. `dockerfile: Dockerfile`"
+    );
+}
+
+#[test]
+fn duplicate_image_names_across_steps() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: myorg/app
+      dockerfile: Dockerfile
+    second:
+      name: myorg/app
+      dockerfile: Dockerfile
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:8:13: step `second`: image name `myorg/app` is already used by step `first`\n  \
+         help: give every step its own `name`"
+    );
+}
+
+#[test]
+fn depends_on_an_unknown_step_suggests_the_closest_label() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    compile:
+      name: compile
+      dockerfile: Dockerfile
+    runtime:
+      name: runtime
+      dockerfile: Dockerfile
+      depends_on:
+        - complie
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:11:11: step `runtime`: `depends_on` names unknown step `complie`\n  \
+         help: did you mean `compile`?"
+    );
+}
+
+#[test]
+fn a_dependency_cycle_prints_its_whole_path() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: a
+      dockerfile: Dockerfile
+      depends_on: [b]
+    b:
+      name: b
+      dockerfile: Dockerfile
+      depends_on:
+        - c
+    c:
+      name: c
+      dockerfile: Dockerfile
+      depends_on:
+        - a
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:7:20: step `a`: circular dependency `a -> b -> c -> a`\n  \
+         help: remove one of these `depends_on` entries"
+    );
+}
+
+#[test]
+fn a_step_depending_on_itself_is_a_cycle() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    a:\n      name: a\n      dockerfile: Dockerfile\n      depends_on:\n        - a\n";
+    let text = errors(dir.path(), yml);
+    assert!(
+        text.starts_with("error: build.yml:8:11: step `a`: circular dependency `a -> a`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_dockerfile_prints_the_resolved_path() {
+    let dir = workdir(&["sub/Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      context: sub
+      dockerfile: Dockerfile.nope
+";
+    let sub = dir.path().join("sub");
+    assert_eq!(
+        errors(dir.path(), yml),
+        format!(
+            "error: build.yml:7:19: step `one`: dockerfile `Dockerfile.nope` not found at `{}`\n  \
+             help: `dockerfile` is relative to the build context `{}`",
+            sub.join("Dockerfile.nope").display(),
+            sub.display()
+        )
+    );
+}
+
+#[test]
+fn a_missing_context_prints_the_resolved_path() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      context: nowhere/../missing
+      dockerfile: Dockerfile
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        format!(
+            "error: build.yml:6:16: step `one`: context `nowhere/../missing` not found at `{}`\n  \
+             help: `context` is relative to the work directory `{}`",
+            dir.path().join("missing").display(),
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn a_context_outside_the_work_dir_is_rejected() {
+    let outer = workdir(&["Dockerfile", "work/Dockerfile"]);
+    let dir = outer.path().join("work");
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      context: sub/../..
+      dockerfile: Dockerfile
+";
+    assert_eq!(
+        errors(&dir, yml),
+        format!(
+            "error: build.yml:6:16: step `one`: context `sub/../..` is outside the work directory `{}`\n  \
+             help: the context must be the work directory or a folder inside it",
+            dir.display()
+        )
+    );
+}
+
+#[test]
+fn artifact_sources_must_be_absolute() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      dockerfile: Dockerfile
+      artifacts:
+        - /ok
+        - usr/bin/app:bin
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:9:11: step `one`: artifact source `usr/bin/app` is not an absolute path\n  \
+         help: write the full path inside the image, e.g. `/usr/bin/app`"
+    );
+}
+
+#[test]
+fn artifact_destinations_must_stay_in_the_work_dir() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      dockerfile: Dockerfile
+      artifacts:
+        - /app:out/../../elsewhere
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        format!(
+            "error: build.yml:8:11: step `one`: artifact destination `out/../../elsewhere` is outside the work directory\n  \
+             help: write a folder relative to the work directory `{}`",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn an_absolute_artifact_destination_is_relative_to_the_work_dir_as_in_go_habitus() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n      artifacts: [\"/app:/out\"]\n";
+    let loaded = check(dir.path(), yml).expect("valid");
+    assert_eq!(
+        loaded.manifest.steps[0].artifacts[0].dest,
+        PathBuf::from("out")
+    );
+    assert_eq!(
+        loaded.warnings,
+        ["build.yml:7: artifact destination `/out` is taken relative to the work directory"]
+    );
+}
+
+const SECRET: &str = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: one
+      dockerfile: Dockerfile
+      secrets:
+        token:
+          type: TYPE
+          value: NPM_TOKEN
+";
+
+#[test]
+fn an_unknown_secret_type_suggests_the_closest() {
+    let dir = workdir(&["Dockerfile"]);
+    assert_eq!(
+        errors(dir.path(), &SECRET.replace("TYPE", "fiel")),
+        "error: build.yml:9:17: step `one`: unknown secret type `fiel`\n  \
+         help: did you mean `file`? valid types: `file`, `env`"
+    );
+    assert_eq!(
+        errors(dir.path(), &SECRET.replace("TYPE", "vault")),
+        "error: build.yml:9:17: step `one`: unknown secret type `vault`\n  \
+         help: valid types: `file`, `env`"
+    );
+}
+
+#[test]
+fn a_secret_type_must_be_enabled_by_sec_providers() {
+    let dir = workdir(&["Dockerfile"]);
+    let only_file = vec!["file".to_owned()];
+    let err = check_with(
+        dir.path(),
+        &SECRET.replace("TYPE", "env"),
+        &no_env(),
+        &only_file,
+    )
+    .expect_err("env is not enabled");
+    assert_eq!(
+        err.to_string(),
+        "error: build.yml:9:17: step `one`: secret type `env` is not enabled\n  \
+         help: enable it with `--sec-providers=file,env`"
+    );
+    let loaded = check(dir.path(), &SECRET.replace("TYPE", "env")).expect("valid");
+    assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
+}
+
+#[test]
+fn env_values_come_from_given_pairs_and_unset_names_warn() {
+    let dir = workdir(&["Dockerfile.prod"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: myorg/_env(APP):_env(TAG)
+      dockerfile: Dockerfile._env(FLAVOUR)
+      args:
+        HOME: _env(HOME)
+";
+    let env = EnvSource::Given(BTreeMap::from([
+        ("APP".to_owned(), "web".to_owned()),
+        ("FLAVOUR".to_owned(), "prod".to_owned()),
+        ("TAG".to_owned(), "1.2".to_owned()),
+    ]));
+    let loaded = check_with(dir.path(), yml, &env, &providers()).expect("valid");
+    let step = &loaded.manifest.steps[0];
+    assert_eq!(step.name, "myorg/web:1.2");
+    assert_eq!(step.dockerfile, "Dockerfile.prod");
+    // HOME is set in the process, but once `--env` is given it is not read.
+    assert_eq!(step.args["HOME"], "");
+    assert_eq!(
+        loaded.warnings,
+        ["build.yml:8: _env(HOME) is not set; using an empty value"]
+    );
+}
+
+#[test]
+fn env_values_come_from_the_process_environment() {
+    let dir = workdir(&["Dockerfile"]);
+    let name = format!("HABITUS_MANIFEST_TEST_{}", std::process::id());
+    std::env::set_var(&name, "from-process");
+    let yml = format!(
+        "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: _env({name})\n      dockerfile: Dockerfile\n"
+    );
+    let loaded = check_with(dir.path(), &yml, &EnvSource::Process, &providers()).expect("valid");
+    std::env::remove_var(&name);
+    assert_eq!(loaded.manifest.steps[0].name, "from-process");
+    assert!(loaded.warnings.is_empty());
+}
+
+#[test]
+fn every_error_is_reported_together_in_file_order() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: dup
+      dockerfile: Dockerfile.missing
+      no-cache: true
+    b:
+      name: dup
+      dockerfile: Dockerfile
+      depends_on: [zzz]
+      artifacts:
+        - relative
+";
+    let text = errors(dir.path(), yml);
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(
+        heads,
+        [
+            format!(
+                "error: build.yml:6:19: step `a`: dockerfile `Dockerfile.missing` not found at `{}`",
+                dir.path().join("Dockerfile.missing").display()
+            )
+            .as_str(),
+            "error: build.yml:7:7: step `a`: unknown key `no-cache`",
+            "error: build.yml:9:13: step `b`: image name `dup` is already used by step `a`",
+            "error: build.yml:11:20: step `b`: `depends_on` names unknown step `zzz`",
+            "error: build.yml:13:11: step `b`: artifact source `relative` is not an absolute path",
+        ]
+    );
+    assert!(
+        text.contains("\n  help: did you mean `no_cache`?\n"),
+        "{text}"
+    );
+    assert!(text.contains("\n  help: known steps: `a`, `b`\n"), "{text}");
+}
+
+#[test]
+fn type_errors_name_the_key_and_what_was_found() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: [not, a, string]
+      dockerfile: Dockerfile
+      depends_on: other
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "\
+error: build.yml:5:13: step `one`: `name` must be a string, found a list
+error: build.yml:7:19: step `one`: `depends_on` must be a list, found a string
+  help: write it as a list, e.g. `depends_on: [compile]`"
+    );
+}
+
+#[test]
+fn merge_keys_and_x_extension_keys_work() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+x-common: &common
+  dockerfile: Dockerfile
+  no_cache: true
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      <<: *common
+      name: one
+";
+    let step = &check(dir.path(), yml).expect("valid").manifest.steps[0];
+    assert_eq!(step.dockerfile, "Dockerfile");
+    assert!(step.no_cache);
+}
+
+#[test]
+fn an_empty_or_shapeless_file_says_what_a_build_yml_looks_like() {
+    let dir = workdir(&[]);
+    assert_eq!(
+        errors(dir.path(), "# nothing\n"),
+        "error: build.yml: the file is empty\n  \
+         help: a build.yml starts with `build:`, holding `version:` and `steps:`"
+    );
+    assert_eq!(
+        errors(dir.path(), "steps: {}\n"),
+        "\
+error: build.yml: missing key `build`
+  help: a build.yml starts with `build:`, holding `version:` and `steps:`
+error: build.yml:1:1: unknown key `steps`
+  help: valid keys: `build`"
+    );
+}
+
+#[test]
+fn load_reads_the_file_and_names_it_as_given() {
+    let dir = workdir(&["Dockerfile"]);
+    let file = dir.path().join("habitus.yml");
+    fs::write(
+        &file,
+        "build:\n  version: 2016-03-14\n  steps:\n    one:\n      nme: one\n      dockerfile: Dockerfile\n",
+    )
+    .unwrap();
+    let env = no_env();
+    let providers = providers();
+    let opts = LoadOptions {
+        file: &file,
+        workdir: dir.path(),
+        env: &env,
+        sec_providers: &providers,
+    };
+    let err = load(&opts).expect_err("unknown key");
+    assert!(err.to_string().starts_with(&format!(
+        "error: {}:4:5: step `one`: missing `name`",
+        file.display()
+    )));
+
+    let missing = dir.path().join("nope.yml");
+    let err = load(&LoadOptions {
+        file: &missing,
+        ..opts
+    })
+    .expect_err("no file");
+    assert!(err.to_string().starts_with(&format!(
+        "error: {}: cannot read the file: ",
+        missing.display()
+    )));
+}
+
+#[test]
+fn oversized_and_non_utf8_files_are_rejected() {
+    let dir = workdir(&[]);
+    let env = no_env();
+    let providers = providers();
+    let big = dir.path().join("big.yml");
+    let mut text = String::from("# padding\n");
+    while text.len() <= habitus::manifest::MAX_FILE_SIZE {
+        text.push_str(&"#".repeat(1000));
+        text.push('\n');
+    }
+    fs::write(&big, &text).unwrap();
+    let opts = LoadOptions {
+        file: Path::new("big.yml"),
+        workdir: dir.path(),
+        env: &env,
+        sec_providers: &providers,
+    };
+    let err = load(&LoadOptions { file: &big, ..opts }).expect_err("too large");
+    assert!(err.to_string().ends_with("the file is larger than 1 MiB\n  help: a build.yml describes steps; keep data in the build context"));
+    let err = parse(&text, &opts).expect_err("too large");
+    assert!(err
+        .to_string()
+        .starts_with("error: big.yml: the file is larger than 1 MiB"));
+
+    let bad = dir.path().join("bad.yml");
+    fs::write(&bad, b"build:\n  version: \xff\n").unwrap();
+    let err = load(&LoadOptions { file: &bad, ..opts }).expect_err("not utf-8");
+    assert_eq!(
+        err.to_string(),
+        format!("error: {}:2: the file is not valid UTF-8", bad.display())
+    );
+}
+
+/// `steps` labelled `s0000`…; step `i` depends on up to 4 earlier steps.
+fn generated(steps: usize) -> String {
+    let mut yml = String::from("build:\n  version: 2016-03-14\n  steps:\n");
+    for i in 0..steps {
+        write!(
+            yml,
+            "    s{i:04}:\n      name: myorg/image-{i}\n      dockerfile: Dockerfile\n      args:\n        N: {i}\n"
+        )
+        .unwrap();
+        if i > 0 {
+            yml.push_str("      depends_on:\n");
+            for d in [i / 2, i.saturating_sub(1), i / 3, i * 3 / 4] {
+                writeln!(yml, "        - s{d:04}").unwrap();
+            }
+        }
+    }
+    yml
+}
+
+#[test]
+fn two_thousand_steps_load_fast() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = generated(2000);
+    let started = Instant::now();
+    let m = check(dir.path(), &yml).expect("valid").manifest;
+    let took = started.elapsed();
+    assert_eq!(m.steps.len(), 2000);
+    assert_eq!(m.steps[1999].depends_on.len(), 4);
+    // About 35 ms in release on a shared 2-core VM; generous here for
+    // unoptimised test builds.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn scalars_keep_the_text_as_written_in_block_and_flow_style() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: myorg/app
+      dockerfile: Dockerfile
+      args: { GO: 1.10, HEX: 0x1F, ON: True, QUOTED: '007' }
+      command: 1.50
+";
+    let step = &check(dir.path(), yml).expect("valid").manifest.steps[0];
+    let args: Vec<(&str, &str)> = step
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        args,
+        [
+            ("GO", "1.10"),
+            ("HEX", "0x1F"),
+            ("ON", "True"),
+            ("QUOTED", "007")
+        ]
+    );
+    assert_eq!(step.command.as_deref(), Some("1.50"));
+}
+
+#[test]
+fn labels_that_differ_only_in_yaml_type_are_duplicates() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    1:
+      name: a
+      dockerfile: Dockerfile
+    \"1\":
+      name: b
+      dockerfile: Dockerfile
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:7:5: step `1`: this step label is used more than once\n  \
+         help: every label under `steps` must be unique"
+    );
+}
+
+#[test]
+fn sec_providers_may_be_given_comma_separated() {
+    let dir = workdir(&["Dockerfile"]);
+    let joined = vec!["file,env".to_owned()];
+    let loaded = check_with(
+        dir.path(),
+        &SECRET.replace("TYPE", "env"),
+        &no_env(),
+        &joined,
+    )
+    .expect("valid");
+    assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
+}

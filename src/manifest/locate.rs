@@ -39,8 +39,19 @@ pub(crate) struct Pos {
 struct Entry<'t> {
     /// The key (or, for a sequence item, the item's content).
     key: Pos,
-    /// An inline scalar value and its raw text (comment stripped).
-    value: Option<(Pos, &'t str)>,
+    /// Where an inline value (scalar or flow collection) starts.
+    value: Option<Pos>,
+    /// The raw text of an inline scalar (comment stripped).
+    raw: Option<&'t str>,
+}
+
+/// What follows a key or `- ` on its line.
+enum Inline<'t> {
+    Nothing,
+    /// A flow collection: the text from its opening bracket, and whether
+    /// it closes on the same line.
+    Flow(&'t str, bool),
+    Scalar(&'t str),
 }
 
 /// Positions of the keys and items of one build.yml text.
@@ -134,9 +145,10 @@ impl<'t> Index<'t> {
                         Entry {
                             key: Pos {
                                 line: line_no,
-                                column: content_column + 1,
+                                column: char_column(line, content_column),
                             },
                             value: None,
+                            raw: None,
                         },
                     );
                     stack.push(Frame {
@@ -169,19 +181,24 @@ impl<'t> Index<'t> {
                         Entry {
                             key: Pos {
                                 line: line_no,
-                                column: column + 1,
+                                column: char_column(line, column),
                             },
-                            value: value.map(|raw| {
-                                (
-                                    Pos {
-                                        line: line_no,
-                                        column: value_column + 1,
-                                    },
-                                    raw,
-                                )
-                            }),
+                            value: match value {
+                                Inline::Nothing => None,
+                                _ => Some(Pos {
+                                    line: line_no,
+                                    column: char_column(line, value_column),
+                                }),
+                            },
+                            raw: match value {
+                                Inline::Scalar(raw) => Some(raw),
+                                _ => None,
+                            },
                         },
                     );
+                    if let Inline::Flow(flow, true) = value {
+                        scan_flow(&mut entries, &path, line, line_no, line.len() - flow.len());
+                    }
                     stack.push(Frame {
                         indent: column,
                         item: false,
@@ -193,10 +210,21 @@ impl<'t> Index<'t> {
                 // A scalar (or flow collection) that is not a key.
                 let (value, next_skip) = inline_value(rest, owner);
                 skip = next_skip;
-                if in_item {
-                    if let (Some(raw), Some(top)) = (value, stack.last()) {
-                        if let Some(entry) = entries.get_mut(&top.path) {
-                            entry.value = Some((entry.key, raw));
+                if let (true, Some(top)) = (in_item, stack.last()) {
+                    if let Some(entry) = entries.get_mut(&top.path) {
+                        match value {
+                            Inline::Nothing => {}
+                            Inline::Flow(flow, single_line) => {
+                                entry.value = Some(entry.key);
+                                if single_line {
+                                    let start = line.len() - flow.len();
+                                    scan_flow(&mut entries, &top.path, line, line_no, start);
+                                }
+                            }
+                            Inline::Scalar(raw) => {
+                                entry.value = Some(entry.key);
+                                entry.raw = Some(raw);
+                            }
                         }
                     }
                 }
@@ -206,32 +234,37 @@ impl<'t> Index<'t> {
         Index { entries }
     }
 
-    /// The position of the key (or item) at `path`, or of its nearest
-    /// indexed ancestor.
+    /// The position of the key (or item) at `path`; if it is not indexed,
+    /// where the value of its nearest indexed ancestor starts (the opening
+    /// bracket of a flow collection) or that ancestor's key.
     pub(crate) fn locate(&self, path: &str) -> Option<Pos> {
-        let mut path = path;
-        loop {
-            if let Some(entry) = self.entries.get(path) {
-                return Some(entry.key);
-            }
-            path = &path[..path.rfind([KEY_SEP, ITEM_SEP])?];
+        if let Some(entry) = self.entries.get(path) {
+            return Some(entry.key);
         }
+        self.ancestor(path)
     }
 
     /// The position of the inline value at `path`, else [`Index::locate`].
     pub(crate) fn locate_value(&self, path: &str) -> Option<Pos> {
         match self.entries.get(path) {
-            Some(Entry {
-                value: Some((pos, _)),
-                ..
-            }) => Some(*pos),
-            _ => self.locate(path),
+            Some(entry) => Some(entry.value.unwrap_or(entry.key)),
+            None => self.ancestor(path),
+        }
+    }
+
+    fn ancestor(&self, path: &str) -> Option<Pos> {
+        let mut path = path;
+        loop {
+            path = &path[..path.rfind([KEY_SEP, ITEM_SEP])?];
+            if let Some(entry) = self.entries.get(path) {
+                return Some(entry.value.unwrap_or(entry.key));
+            }
         }
     }
 
     /// The raw text of the inline scalar at `path`.
     pub(crate) fn raw(&self, path: &str) -> Option<&'t str> {
-        self.entries.get(path)?.value.map(|(_, raw)| raw)
+        self.entries.get(path)?.raw
     }
 }
 
@@ -241,15 +274,15 @@ fn is_marker(line: &str, marker: &str) -> bool {
 }
 
 /// Classifies the text after `key:` (or `- `) for a node whose parent
-/// mapping sits at `column`: the raw scalar, if any, and what to skip.
-fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
+/// mapping sits at `column`: what it is, and what to skip.
+fn inline_value(text: &str, column: usize) -> (Inline<'_>, Skip) {
     match text.chars().next() {
-        None | Some('#') => (None, Skip::No),
-        Some('|' | '>') => (None, Skip::Deeper(column)),
+        None | Some('#') => (Inline::Nothing, Skip::No),
+        Some('|' | '>') => (Inline::Nothing, Skip::Deeper(column)),
         Some('{' | '[') => {
             let depth = bracket_delta(text);
             (
-                None,
+                Inline::Flow(text, depth <= 0),
                 if depth > 0 {
                     Skip::Flow(depth)
                 } else {
@@ -257,14 +290,14 @@ fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
                 },
             )
         }
-        Some('*') => (None, Skip::No),
+        Some('*') => (Inline::Nothing, Skip::No),
         Some('&' | '!') => {
             // An anchor or tag, maybe followed by the value itself.
             let after = text
                 .find([' ', '\t'])
                 .map_or("", |i| text[i..].trim_start());
             if after.is_empty() || after.starts_with('#') {
-                (None, Skip::No)
+                (Inline::Nothing, Skip::No)
             } else {
                 inline_value(after, column)
             }
@@ -272,9 +305,142 @@ fn inline_value(text: &str, column: usize) -> (Option<&str>, Skip) {
         Some(quote @ ('"' | '\'')) => {
             let end = closing_quote(text, quote);
             let raw = end.map_or(text, |end| &text[..=end]);
-            (Some(raw), Skip::Deeper(column))
+            (Inline::Scalar(raw), Skip::Deeper(column))
         }
-        Some(_) => (Some(strip_comment(text)), Skip::Deeper(column)),
+        Some(_) => (Inline::Scalar(strip_comment(text)), Skip::Deeper(column)),
+    }
+}
+
+/// The 1-based column of byte `offset` of `line`.
+fn char_column(line: &str, offset: usize) -> usize {
+    if line.is_ascii() {
+        offset + 1
+    } else {
+        line[..offset].chars().count() + 1
+    }
+}
+
+/// Indexes the flow collection opening at byte `start` of `line` and
+/// closing on it: keys, items and raw scalars, nested collections too.
+/// Returns the byte after its closing bracket, or `None` where it stops
+/// understanding (what was indexed until then stays).
+fn scan_flow<'t>(
+    entries: &mut HashMap<String, Entry<'t>>,
+    path: &str,
+    line: &'t str,
+    line_no: usize,
+    start: usize,
+) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let (close, mapping) = match bytes.get(start)? {
+        b'{' => (b'}', true),
+        b'[' => (b']', false),
+        _ => return None,
+    };
+    let pos = |offset: usize| Pos {
+        line: line_no,
+        column: char_column(line, offset),
+    };
+    let blanks = |mut i: usize| {
+        while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = start + 1;
+    let mut index = 0;
+    loop {
+        i = blanks(i);
+        if bytes.get(i) == Some(&close) {
+            return Some(i + 1);
+        }
+        let key = pos(i);
+        let child = if mapping {
+            let (text, end) = flow_scalar(line, i)?;
+            let name = match text.as_bytes()[0] {
+                b'"' => text[1..text.len() - 1]
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\"),
+                b'\'' => text[1..text.len() - 1].replace("''", "'"),
+                _ => text.to_owned(),
+            };
+            i = blanks(end);
+            if bytes.get(i) != Some(&b':') {
+                return None;
+            }
+            i = blanks(i + 1);
+            key_path(path, &name)
+        } else {
+            index += 1;
+            item_path(path, index - 1)
+        };
+        let value = pos(i);
+        match bytes.get(i)? {
+            b'{' | b'[' => {
+                let entry = Entry {
+                    key,
+                    value: Some(value),
+                    raw: None,
+                };
+                entries.insert(child.clone(), entry);
+                i = scan_flow(entries, &child, line, line_no, i)?;
+            }
+            b',' | b'}' | b']' => {
+                let entry = Entry {
+                    key,
+                    value: None,
+                    raw: None,
+                };
+                entries.insert(child, entry);
+            }
+            _ => {
+                let (raw, end) = flow_scalar(line, i)?;
+                let entry = Entry {
+                    key,
+                    value: Some(value),
+                    raw: Some(raw),
+                };
+                entries.insert(child, entry);
+                i = end;
+            }
+        }
+        i = blanks(i);
+        match bytes.get(i)? {
+            b',' => i += 1,
+            c if *c == close => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// A scalar in a flow collection starting at byte `i`: its text (quotes
+/// kept) and the byte after it. A plain one ends before `,`, a bracket, a
+/// `:` that introduces a value, or a comment.
+fn flow_scalar(line: &str, i: usize) -> Option<(&str, usize)> {
+    let bytes = line.as_bytes();
+    match bytes[i] {
+        quote @ (b'"' | b'\'') => {
+            let end = i + closing_quote(&line[i..], quote as char)?;
+            Some((&line[i..=end], end + 1))
+        }
+        _ => {
+            let mut j = i;
+            while let Some(&b) = bytes.get(j) {
+                let next = bytes.get(j + 1);
+                let ends = match b {
+                    b',' | b'[' | b']' | b'{' | b'}' => true,
+                    b':' => matches!(next, None | Some(b' ' | b'\t' | b',' | b']' | b'}')),
+                    b' ' | b'\t' => next == Some(&b'#'),
+                    _ => false,
+                };
+                if ends {
+                    break;
+                }
+                j += 1;
+            }
+            let text = line[i..j].trim_end();
+            (!text.is_empty()).then_some((text, i + text.len()))
+        }
     }
 }
 
@@ -473,8 +639,8 @@ build:
     fn flow_and_block_scalar_contents_fall_back_to_the_parent() {
         let index = Index::scan(TEXT);
         assert_eq!(
-            index.locate(&path(&["build", "steps", "compile", "args", "A"])),
-            at(7, 7)
+            index.locate(&path(&["build", "steps", "compile", "args", "B"])),
+            at(7, 13)
         );
         assert_eq!(
             index.locate(&path(&[
@@ -486,9 +652,32 @@ build:
     }
 
     #[test]
+    fn single_line_flow_collections_are_indexed() {
+        let text = "a: { k: 1.10, 'q''k': [x, \"y, z\", /s:d], n: , e: {} }  # c\nb:\n- [ 1, {t: file} ]\n";
+        let index = Index::scan(text);
+        assert_eq!(index.raw(&path(&["a", "k"])), Some("1.10"));
+        assert_eq!(index.locate(&path(&["a", "k"])), at(1, 6));
+        assert_eq!(index.locate_value(&path(&["a", "k"])), at(1, 9));
+        assert_eq!(index.locate(&path(&["a", "q'k", "1"])), at(1, 27));
+        assert_eq!(index.raw(&path(&["a", "q'k", "1"])), Some("\"y, z\""));
+        assert_eq!(index.raw(&path(&["a", "q'k", "2"])), Some("/s:d"));
+        assert_eq!(index.locate(&path(&["a", "n"])), at(1, 42));
+        assert_eq!(index.raw(&path(&["a", "n"])), None);
+        assert_eq!(index.locate_value(&path(&["a", "e"])), at(1, 50));
+        assert_eq!(index.raw(&path(&["b", "0", "1", "t"])), Some("file"));
+        assert_eq!(index.locate(&path(&["b", "0", "1", "t"])), at(3, 9));
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let index = Index::scan("é: { ü: x }\n");
+        assert_eq!(index.locate(&path(&["é", "ü"])), at(1, 6));
+    }
+
+    #[test]
     fn multi_line_flow_collections_are_skipped() {
         let index = Index::scan("a: [\n  b: c,\n  d]\ne: 1\n");
-        assert_eq!(index.locate(&path(&["a", "b"])), at(1, 1));
+        assert_eq!(index.locate(&path(&["a", "b"])), at(1, 4));
         assert_eq!(index.locate(&path(&["e"])), at(4, 1));
     }
 

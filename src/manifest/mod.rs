@@ -7,7 +7,9 @@
 //! Compatible with Go Habitus' build.yml: `context` is relative to the work
 //! directory, `dockerfile` relative to the context, an artifact `/src:dest`
 //! lands in `<workdir>/<dest>/`. Stricter than it: unknown keys, missing
-//! files and bad paths are errors before anything is built.
+//! files and bad paths are errors before anything is built. Top-level keys
+//! starting with `x-` are ignored, as in Compose files, so that YAML anchors
+//! for merge keys (`<<: *defaults`) have a place to live.
 
 mod diagnostic;
 mod env;
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use env::EnvSource;
+pub use validate::{SCHEMA_VERSIONS, SECRET_TYPES};
 
 use locate::Index;
 

@@ -13,7 +13,7 @@ use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, 
 use crate::plan::{Plan, PlanError};
 
 /// The schema versions habitus reads.
-pub(crate) const VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
+pub const SCHEMA_VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
 const TOP_KEYS: &[&str] = &["build"];
 const BUILD_KEYS: &[&str] = &["version", "steps", "work_dir"];
 const STEP_KEYS: &[&str] = &[
@@ -34,7 +34,7 @@ const STEP_KEYS: &[&str] = &[
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
 /// The secret types habitus knows.
-pub(crate) const SECRET_TYPES: &[&str] = &["file", "env"];
+pub const SECRET_TYPES: &[&str] = &["file", "env"];
 /// Beyond this many unknown `depends_on` entries, no closest label is
 /// searched for (each search compares against every label).
 const MAX_SUGGESTED_DEPENDENCIES: usize = 50;
@@ -346,7 +346,7 @@ impl Checker<'_> {
                     &build_path,
                     None,
                     "missing `version`".into(),
-                    Some(format!("valid versions: {}", list(VERSIONS))),
+                    Some(format!("valid versions: {}", list(SCHEMA_VERSIONS))),
                 );
                 None
             }
@@ -389,7 +389,13 @@ impl Checker<'_> {
             }
         };
 
-        let sec_providers: Vec<&str> = opts.sec_providers.iter().map(|p| p.trim()).collect();
+        // Accept `["file,env"]` as well as `["file", "env"]`.
+        let sec_providers: Vec<&str> = opts
+            .sec_providers
+            .iter()
+            .flat_map(|p| p.split(','))
+            .map(str::trim)
+            .collect();
         let mut drafts = Vec::with_capacity(steps.len());
         for (label, path, value) in self.entries(steps, &steps_path, None) {
             let draft = self.step(label, path, value, version, &workdir, &sec_providers);
@@ -412,7 +418,7 @@ impl Checker<'_> {
     }
 
     fn version(&mut self, value: &Value, path: &str) -> Option<SchemaVersion> {
-        let help = Some(format!("valid versions: {}", list(VERSIONS)));
+        let help = Some(format!("valid versions: {}", list(SCHEMA_VERSIONS)));
         match self.scalar(value, path).as_deref() {
             Some("2016-02-13") => Some(SchemaVersion::V20160213),
             Some("2016-03-14") => Some(SchemaVersion::V20160314),
@@ -487,15 +493,19 @@ impl Checker<'_> {
         };
         let label = draft.step.label.clone();
         let step = Some(label.as_str());
+        let (mut bad_name, mut bad_dockerfile) = (false, false);
         for (key, path, value) in self.entries(map, &draft.path, step) {
             let what = format!("`{key}`");
             match key.as_str() {
                 "name" => {
-                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default()
+                    // A value of the wrong type is reported as such, not as missing.
+                    bad_name = !value.is_null() && self.scalar(value, &path).is_none();
+                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default();
                 }
                 "dockerfile" => {
+                    bad_dockerfile = !value.is_null() && self.scalar(value, &path).is_none();
                     draft.step.dockerfile =
-                        self.string(value, &path, step, &what).unwrap_or_default()
+                        self.string(value, &path, step, &what).unwrap_or_default();
                 }
                 "context" => {
                     draft.context = self
@@ -539,7 +549,7 @@ impl Checker<'_> {
             }
         }
         draft.step.depends_on = draft.deps.iter().map(|(d, _)| d.clone()).collect();
-        if draft.step.name.is_empty() {
+        if draft.step.name.is_empty() && !bad_name {
             self.at_key(
                 &draft.path,
                 step,
@@ -547,7 +557,7 @@ impl Checker<'_> {
                 Some("`name` is the image name to build, e.g. `name: myorg/app`".into()),
             );
         }
-        if draft.step.dockerfile.is_empty() {
+        if draft.step.dockerfile.is_empty() && !bad_dockerfile {
             self.at_key(
                 &draft.path,
                 step,
@@ -847,11 +857,20 @@ impl Checker<'_> {
     }
 
     fn dependencies(&mut self, drafts: &[Draft]) {
-        let labels: HashMap<&str, usize> = drafts
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.step.label.as_str(), i))
-            .collect();
+        let mut labels: HashMap<&str, usize> = HashMap::with_capacity(drafts.len());
+        let mut duplicates = false;
+        for (i, draft) in drafts.iter().enumerate() {
+            // YAML rejects repeated keys, but `1:` and `"1":` differ there.
+            if labels.insert(draft.step.label.as_str(), i).is_some() {
+                duplicates = true;
+                self.at_key(
+                    &draft.path,
+                    Some(&draft.step.label),
+                    "this step label is used more than once".into(),
+                    Some("every label under `steps` must be unique".into()),
+                );
+            }
+        }
         let mut unknown = 0;
         let mut nodes = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -889,12 +908,15 @@ impl Checker<'_> {
             }
             nodes.push((draft.step.label.clone(), deps));
         }
+        if duplicates {
+            return;
+        }
         let Err(errors) = Plan::new(&nodes) else {
             return;
         };
         for error in errors {
             let PlanError::Cycle { path } = error else {
-                // Unknown dependencies were left out above and reported.
+                // Unknown dependencies and duplicate labels were reported above.
                 continue;
             };
             let Some(draft) = path
