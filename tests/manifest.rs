@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use habitus::manifest::{
     load, parse, Artifact, Diagnostics, EnvSource, LoadOptions, Loaded, SchemaVersion, SecretSpec,
@@ -839,17 +838,13 @@ fn generated(steps: usize) -> String {
 }
 
 #[test]
-fn two_thousand_steps_load_fast() {
+fn two_thousand_steps_load() {
+    // Speed is measured by `cargo bench --bench check`, not here.
     let dir = workdir(&["Dockerfile"]);
     let yml = generated(2000);
-    let started = Instant::now();
     let m = check(dir.path(), &yml).expect("valid").manifest;
-    let took = started.elapsed();
     assert_eq!(m.steps.len(), 2000);
     assert_eq!(m.steps[1999].depends_on.len(), 4);
-    // About 35 ms in release on a shared 2-core VM; generous here for
-    // unoptimised test builds.
-    assert!(took < Duration::from_secs(2), "took {took:?}");
 }
 
 #[test]
