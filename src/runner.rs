@@ -284,6 +284,18 @@ impl Runner {
             Ok(summary) => summary.clone(),
             Err((summary, _)) => summary.clone(),
         };
+        if result.is_ok() {
+            let sizes = futures_util::future::join_all(
+                summary
+                    .steps
+                    .iter()
+                    .map(|s| self.engine.inspect_image(&s.image)),
+            )
+            .await;
+            for (step, info) in summary.steps.iter_mut().zip(sizes) {
+                step.size = info.ok().flatten().map(|i| i.size);
+            }
+        }
         let tagged = lock(&self.tagged).clone();
         summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
         match result {
@@ -616,19 +628,15 @@ impl StepContext {
             }
         }
 
-        let size = match self.engine.inspect_image(&image).await {
-            Ok(info) => info.map(|i| i.size),
-            Err(_) => None,
-        };
+        // The image size is looked up after the build, off the path of the
+        // steps that wait for this one.
         let duration = started.elapsed();
         self.reporter.step(
             Severity::Info,
             &label,
             &format!(
-                "built `{image}` in {:.1}s ({}{}/{} instructions cached)",
+                "built `{image}` in {:.1}s ({}/{} instructions cached)",
                 duration.as_secs_f64(),
-                size.map(|s| format!("{}, ", human_size(s)))
-                    .unwrap_or_default(),
                 built.cached_steps,
                 built.total_steps
             ),
@@ -637,7 +645,7 @@ impl StepContext {
             label,
             image,
             image_id: built.id,
-            size,
+            size: None,
             duration,
             cached_steps: built.cached_steps,
             total_steps: built.total_steps,
