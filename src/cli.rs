@@ -9,6 +9,11 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+/// The clap command, for completions and the man page.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// habitus: a build-flow runner for Docker with a short-lived TLS secrets
 /// server. With no subcommand it builds, as Go Habitus does.
 #[derive(Debug, Parser)]
@@ -41,6 +46,14 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script: `habitus completions bash > /etc/bash_completion.d/habitus`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `habitus man | man -l -`.
+    Man,
 }
 
 /// Formats for `habitus plan`.

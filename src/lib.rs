@@ -67,6 +67,22 @@ where
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
         Command::Build => build(&config),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cli::command(), "habitus", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cli::command())
+                .render(&mut out)
+                .map(|()| print_stdout(&String::from_utf8_lossy(&out)))
+                .map_err(|source| Error::Io {
+                    what: "cannot render the man page".into(),
+                    source,
+                })
+        }
     };
     match result {
         Ok(()) => 0,
