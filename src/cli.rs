@@ -298,6 +298,12 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub image_labels: bool,
 
+    /// Also write every build event to stdout as one JSON object per line.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub json: bool,
+
     /// Steps built at the same time (default: the number of CPUs).
     #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,

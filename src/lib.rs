@@ -157,19 +157,45 @@ fn print_stdout(text: &str) {
 }
 
 fn build(config: &Config) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
-    runtime.block_on(build_async(config, loaded, plan))
+    let mut reporter = Reporter::stderr(config.level, config.suppress);
+    if config.json {
+        reporter = reporter.with_json(Box::new(std::io::stdout()));
+    }
+    let reporter = Arc::new(reporter);
+    let result = load(config).and_then(|(loaded, plan)| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "cannot start the async runtime".into(),
+                source,
+            })?;
+        runtime.block_on(build_async(config, loaded, plan, Arc::clone(&reporter)))
+    });
+    let (status, code) = match &result {
+        Ok(()) => ("success", 0),
+        Err(Error::Build(runner::BuildError::Interrupted { .. })) => {
+            ("interrupted", result.as_ref().err().map_or(1, Error::code))
+        }
+        Err(e) => ("failure", e.code()),
+    };
+    reporter.event(
+        "build_finished",
+        serde_json::json!({
+            "status": status,
+            "exit_code": code,
+            "error": result.as_ref().err().map(ToString::to_string),
+        }),
+    );
+    result
 }
 
-async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), Error> {
-    let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+async fn build_async(
+    config: &Config,
+    loaded: Loaded,
+    plan: Plan,
+    reporter: Arc<Reporter>,
+) -> Result<(), Error> {
     let engine = DockerEngine::connect(&DockerOptions {
         host: Some(config.docker.host.clone()),
         use_tls: config.docker.use_tls,
@@ -208,12 +234,20 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
         Arc::clone(&reporter),
         Runner::new_build_id(),
     );
+    reporter.event(
+        "build_started",
+        serde_json::json!({
+            "build_id": runner.build_id(),
+            "file": config.file,
+            "steps": runner.step_labels(),
+        }),
+    );
     reporter.message(
         Severity::Info,
         &format!(
             "build {}: {} step(s) from {}",
             runner.build_id(),
-            runner_steps(&runner),
+            runner.step_count(),
             config.file.display()
         ),
     );
@@ -228,11 +262,22 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
     }
 }
 
-fn runner_steps(runner: &Runner) -> usize {
-    runner.step_count()
-}
-
 fn print_summary(reporter: &Reporter, summary: &Summary) {
+    reporter.event(
+        "summary",
+        serde_json::json!({
+            "steps": summary.steps.iter().map(|s| serde_json::json!({
+                "step": s.label,
+                "image": s.image,
+                "image_id": s.image_id,
+                "size": s.size,
+                "duration_ms": s.duration.as_millis() as u64,
+                "cached": s.cached_steps,
+                "total": s.total_steps,
+            })).collect::<Vec<_>>(),
+            "removed_images": summary.removed_images,
+        }),
+    );
     let mut text = String::from("summary:");
     for step in &summary.steps {
         text.push_str(&format!(

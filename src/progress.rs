@@ -3,6 +3,10 @@
 //! Every line is prefixed with the time since the build started and, for
 //! step output, the step's label. Nothing from `secrets` ever reaches here
 //! unredacted.
+//!
+//! With `--json`, every event is also written to stdout as one JSON object
+//! per line (`{"event":"step_started","time":0.1,…}`), for CI systems; the
+//! human lines stay on stderr.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -25,6 +29,7 @@ pub struct Reporter {
     suppress: bool,
     min: Severity,
     out: Mutex<Box<dyn Write + Send>>,
+    json: Option<Mutex<Box<dyn Write + Send>>>,
 }
 
 impl Reporter {
@@ -46,7 +51,32 @@ impl Reporter {
             suppress,
             min,
             out: Mutex::new(out),
+            json: None,
         }
+    }
+
+    /// Also writes every event as a JSON line to `out`.
+    pub fn with_json(mut self, out: Box<dyn Write + Send>) -> Reporter {
+        self.json = Some(Mutex::new(out));
+        self
+    }
+
+    /// Writes one event to the JSON stream, if there is one. `fields` is a
+    /// JSON object; `event` and `time` are added to it.
+    pub fn event(&self, event: &str, fields: serde_json::Value) {
+        let Some(json) = &self.json else { return };
+        let mut object = serde_json::Map::new();
+        object.insert("event".into(), event.into());
+        object.insert(
+            "time".into(),
+            serde_json::json!((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+        if let serde_json::Value::Object(fields) = fields {
+            object.extend(fields);
+        }
+        let mut out = json.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{}", serde_json::Value::Object(object));
+        let _ = out.flush();
     }
 
     fn write_line(&self, prefix: &str, text: &str) {
@@ -62,6 +92,10 @@ impl Reporter {
 
     /// A line of daemon output for step `label` (hidden by `--suppress`).
     pub fn step_output(&self, label: &str, line: &str) {
+        self.event(
+            "step_output",
+            serde_json::json!({ "step": label, "line": sanitize(line) }),
+        );
         if !self.suppress {
             self.write_line(&format!("{label} | "), line);
         }
@@ -70,6 +104,10 @@ impl Reporter {
     /// One of habitus's own messages about step `label`.
     pub fn step(&self, severity: Severity, label: &str, message: &str) {
         if severity >= self.min {
+            self.event(
+                "log",
+                serde_json::json!({ "level": severity.name(), "step": label, "message": message }),
+            );
             self.write_line(&format!("{label} {}", tag(severity)), message);
         }
     }
@@ -77,7 +115,23 @@ impl Reporter {
     /// One of habitus's own messages.
     pub fn message(&self, severity: Severity, message: &str) {
         if severity >= self.min {
+            self.event(
+                "log",
+                serde_json::json!({ "level": severity.name(), "message": message }),
+            );
             self.write_line(tag(severity), message);
+        }
+    }
+}
+
+impl Severity {
+    /// `debug`, `info`, `warning`, `error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Debug => "debug",
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
         }
     }
 }

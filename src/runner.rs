@@ -262,6 +262,15 @@ impl Runner {
         self.plan.len()
     }
 
+    /// Step labels in file order.
+    pub fn step_labels(&self) -> Vec<&str> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect()
+    }
+
     /// The id that labels this build's objects.
     pub fn build_id(&self) -> &str {
         &self.build_id
@@ -519,6 +528,10 @@ impl StepContext {
                 step.context.display()
             ),
         );
+        self.reporter.event(
+            "step_started",
+            serde_json::json!({ "step": label, "image": image, "dockerfile": step.dockerfile }),
+        );
 
         let source = tokio::fs::read_to_string(&step.dockerfile_path)
             .await
@@ -631,6 +644,17 @@ impl StepContext {
         // The image size is looked up after the build, off the path of the
         // steps that wait for this one.
         let duration = started.elapsed();
+        self.reporter.event(
+            "step_finished",
+            serde_json::json!({
+                "step": label,
+                "image": image,
+                "image_id": built.id,
+                "duration_ms": duration.as_millis() as u64,
+                "cached": built.cached_steps,
+                "total": built.total_steps,
+            }),
+        );
         self.reporter.step(
             Severity::Info,
             &label,
