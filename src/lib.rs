@@ -157,7 +157,7 @@ fn print_stdout(text: &str) {
 }
 
 fn build(config: &Config) -> Result<(), Error> {
-    let mut reporter = Reporter::stderr(config.level, config.suppress);
+    let mut reporter = Reporter::for_terminal(config.level, config.suppress, config.pretty);
     if config.json {
         reporter = reporter.with_json(Box::new(std::io::stdout()));
     }
@@ -179,14 +179,7 @@ fn build(config: &Config) -> Result<(), Error> {
         }
         Err(e) => ("failure", e.code()),
     };
-    reporter.event(
-        "build_finished",
-        serde_json::json!({
-            "status": status,
-            "exit_code": code,
-            "error": result.as_ref().err().map(ToString::to_string),
-        }),
-    );
+    reporter.build_finished(status, code, result.as_ref().err().map(ToString::to_string));
     result
 }
 
@@ -234,14 +227,7 @@ async fn build_async(
         Arc::clone(&reporter),
         Runner::new_build_id(),
     );
-    reporter.event(
-        "build_started",
-        serde_json::json!({
-            "build_id": runner.build_id(),
-            "file": config.file,
-            "steps": runner.step_labels(),
-        }),
-    );
+    reporter.build_started(runner.build_id(), &config.file, &runner.steps());
     reporter.message(
         Severity::Info,
         &format!(
@@ -278,6 +264,19 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
             "removed_images": summary.removed_images,
         }),
     );
+    for step in &summary.steps {
+        reporter.step_summary(
+            &progress::StepFinished {
+                label: &step.label,
+                image: &step.image,
+                image_id: &step.image_id,
+                duration: step.duration,
+                cached: step.cached_steps,
+                total: step.total_steps,
+            },
+            step.size.map(runner::human_size).as_deref(),
+        );
+    }
     let mut text = String::from("summary:");
     for step in &summary.steps {
         text.push_str(&format!(

@@ -24,7 +24,7 @@ use crate::dockerfile;
 use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 use crate::manifest::{Manifest, Step};
 use crate::plan::Plan;
-use crate::progress::{Reporter, Severity};
+use crate::progress::{Reporter, Severity, StepFinished};
 
 /// Label carrying the build id on every image and container habitus makes.
 pub const LABEL_BUILD: &str = "habitus.build";
@@ -268,6 +268,15 @@ impl Runner {
             .steps
             .iter()
             .map(|s| s.label.as_str())
+            .collect()
+    }
+
+    /// `(label, depends_on)` of every step, in file order.
+    pub fn steps(&self) -> Vec<(String, Vec<String>)> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| (s.label.clone(), s.depends_on.clone()))
             .collect()
     }
 
@@ -528,10 +537,7 @@ impl StepContext {
                 step.context.display()
             ),
         );
-        self.reporter.event(
-            "step_started",
-            serde_json::json!({ "step": label, "image": image, "dockerfile": step.dockerfile }),
-        );
+        self.reporter.step_started(&label, &image, &step.dockerfile);
 
         let source = tokio::fs::read_to_string(&step.dockerfile_path)
             .await
@@ -644,17 +650,14 @@ impl StepContext {
         // The image size is looked up after the build, off the path of the
         // steps that wait for this one.
         let duration = started.elapsed();
-        self.reporter.event(
-            "step_finished",
-            serde_json::json!({
-                "step": label,
-                "image": image,
-                "image_id": built.id,
-                "duration_ms": duration.as_millis() as u64,
-                "cached": built.cached_steps,
-                "total": built.total_steps,
-            }),
-        );
+        self.reporter.step_finished(&StepFinished {
+            label: &label,
+            image: &image,
+            image_id: &built.id,
+            duration,
+            cached: built.cached_steps,
+            total: built.total_steps,
+        });
         self.reporter.step(
             Severity::Info,
             &label,

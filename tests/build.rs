@@ -622,3 +622,52 @@ fn json_events_on_stdout_and_prefixed_plain_lines_on_stderr() {
     }
     assert!(out.stderr.contains("one | red"), "{}", out.stderr);
 }
+
+#[test]
+fn terminal_view_shows_a_line_per_step() {
+    let (h, c) = project(
+        "tty",
+        "build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: hb/tty-first
+      dockerfile: Dockerfile.first
+    second:
+      name: hb/tty-second
+      dockerfile: Dockerfile.second
+      depends_on: [first]
+",
+    );
+    let h = h
+        .file("Dockerfile.first", from_base("RUN sleep 1\n"))
+        .file("Dockerfile.second", "FROM hb/tty-first\nRUN true\n");
+    // `script` runs habitus on a pseudo-terminal and copies what it draws.
+    let command = format!(
+        "{} -d {} --uid {}",
+        env!("CARGO_BIN_EXE_habitus"),
+        h.dir().display(),
+        c.uid()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run `script` (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("waiting on first"), "{screen}");
+    assert!(screen.contains("[2/2] RUN sleep 1"), "{screen}");
+    assert!(
+        screen.contains(&format!("✓ first  hb/tty-first-{}", c.uid())),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("✓ second hb/tty-second-{}", c.uid())),
+        "{screen}"
+    );
+    // No colour with NO_COLOR.
+    assert!(!screen.contains("\u{1b}[32m"), "{screen}");
+}

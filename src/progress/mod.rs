@@ -4,15 +4,21 @@
 //! step output, the step's label. Nothing from `secrets` ever reaches here
 //! unredacted.
 //!
+//! On a terminal, [`live::Live`] shows one live line per step instead of
+//! the daemon's stream (which `--level debug` brings back).
+//!
 //! With `--json`, every event is also written to stdout as one JSON object
 //! per line (`{"event":"step_started","time":0.1,…}`), for CI systems; the
 //! human lines stay on stderr.
 
-use std::io::Write;
+pub mod live;
+
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cli::Level;
+use crate::progress::live::Live;
 
 /// Severity of one of habitus's own messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,6 +36,7 @@ pub struct Reporter {
     min: Severity,
     out: Mutex<Box<dyn Write + Send>>,
     json: Option<Mutex<Box<dyn Write + Send>>>,
+    live: Option<Live>,
 }
 
 impl Reporter {
@@ -52,7 +59,22 @@ impl Reporter {
             min,
             out: Mutex::new(out),
             json: None,
+            live: None,
         }
+    }
+
+    /// A reporter on stderr that shows the live view when stderr is a
+    /// terminal (`TERM` not `dumb`); colours unless `pretty` is false or
+    /// NO_COLOR is set.
+    pub fn for_terminal(level: Level, suppress: bool, pretty: bool) -> Reporter {
+        let mut reporter = Reporter::stderr(level, suppress);
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        if terminal {
+            let colour = pretty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            reporter.live = Some(Live::stderr(colour));
+        }
+        reporter
     }
 
     /// Also writes every event as a JSON line to `out`.
@@ -81,6 +103,12 @@ impl Reporter {
 
     fn write_line(&self, prefix: &str, text: &str) {
         let elapsed = self.start.elapsed().as_secs_f64();
+        if let Some(live) = &self.live {
+            for line in text.split('\n') {
+                live.println(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line)));
+            }
+            return;
+        }
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         for line in text.split('\n') {
             let line = sanitize(line);
@@ -96,14 +124,94 @@ impl Reporter {
             "step_output",
             serde_json::json!({ "step": label, "line": sanitize(line) }),
         );
+        if let Some(live) = &self.live {
+            live.step_output(label, line);
+            // On a terminal the stream shows only with --level debug.
+            if self.min > Severity::Debug {
+                return;
+            }
+        }
         if !self.suppress {
             self.write_line(&format!("{label} | "), line);
         }
     }
 
+    /// The build starts: `steps` are `(label, depends_on)` in file order.
+    pub fn build_started(
+        &self,
+        build_id: &str,
+        file: &std::path::Path,
+        steps: &[(String, Vec<String>)],
+    ) {
+        self.event(
+            "build_started",
+            serde_json::json!({
+                "build_id": build_id,
+                "file": file,
+                "steps": steps.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            }),
+        );
+        if let Some(live) = &self.live {
+            live.build_started(steps);
+        }
+    }
+
+    /// Step `label` starts building `image`.
+    pub fn step_started(&self, label: &str, image: &str, dockerfile: &str) {
+        self.event(
+            "step_started",
+            serde_json::json!({ "step": label, "image": image, "dockerfile": dockerfile }),
+        );
+        if let Some(live) = &self.live {
+            live.step_started(label, image);
+        }
+    }
+
+    /// Step `label` built `image`.
+    pub fn step_finished(&self, finished: &StepFinished<'_>) {
+        self.event(
+            "step_finished",
+            serde_json::json!({
+                "step": finished.label,
+                "image": finished.image,
+                "image_id": finished.image_id,
+                "duration_ms": finished.duration.as_millis() as u64,
+                "cached": finished.cached,
+                "total": finished.total,
+            }),
+        );
+        if let Some(live) = &self.live {
+            live.step_finished(finished.label, &finished.line(None));
+        }
+    }
+
+    /// The final line of a finished step, now with its image size.
+    pub fn step_summary(&self, finished: &StepFinished<'_>, size: Option<&str>) {
+        if let Some(live) = &self.live {
+            live.step_summary(finished.label, &finished.line(size));
+        }
+    }
+
+    /// The build ended with `status` (`success`, `failure`, `interrupted`).
+    pub fn build_finished(&self, status: &str, exit_code: i32, error: Option<String>) {
+        if let Some(live) = &self.live {
+            live.build_finished();
+        }
+        self.event(
+            "build_finished",
+            serde_json::json!({ "status": status, "exit_code": exit_code, "error": error }),
+        );
+    }
+
     /// One of habitus's own messages about step `label`.
     pub fn step(&self, severity: Severity, label: &str, message: &str) {
-        if severity >= self.min {
+        // On a terminal the step lines already say what the step is doing.
+        let shown = if self.live.is_some() && self.min > Severity::Debug {
+            severity >= Severity::Warning
+        } else {
+            severity >= self.min
+        };
+        if shown {
             self.event(
                 "log",
                 serde_json::json!({ "level": severity.name(), "step": label, "message": message }),
@@ -121,6 +229,29 @@ impl Reporter {
             );
             self.write_line(tag(severity), message);
         }
+    }
+}
+
+/// What a finished step reports.
+pub struct StepFinished<'a> {
+    pub label: &'a str,
+    pub image: &'a str,
+    pub image_id: &'a str,
+    pub duration: Duration,
+    pub cached: usize,
+    pub total: usize,
+}
+
+impl StepFinished<'_> {
+    fn line(&self, size: Option<&str>) -> String {
+        format!(
+            "{} in {:.1}s{}, {}/{} cached",
+            self.image,
+            self.duration.as_secs_f64(),
+            size.map(|s| format!(", {s}")).unwrap_or_default(),
+            self.cached,
+            self.total
+        )
     }
 }
 
