@@ -7,6 +7,7 @@
 //! in-process too.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod context;
