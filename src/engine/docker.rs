@@ -550,7 +550,9 @@ impl Engine for DockerEngine {
     // Image transfer, used by `squash`.
 
     async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
-        Ok(Box::pin(self.docker.export_image(image).map(|r| r.map_err(api))))
+        Ok(Box::pin(
+            self.docker.export_image(image).map(|r| r.map_err(api)),
+        ))
     }
 
     async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError> {
@@ -622,15 +624,38 @@ impl Engine for DockerEngine {
             .create_container(None::<CreateContainerOptions>, body)
             .await
             .map_err(api)?;
+        // The container goes away when the export ends (before the stream
+        // does) or, if the stream is dropped early, through the guard.
         let guard = ContainerGuard {
             docker: self.docker.clone(),
             id: Some(created.id.clone()),
         };
-        let stream = self.docker.export_container(&created.id).map(move |r| {
-            // The guard lives as long as the stream.
-            let _ = &guard;
-            r.map_err(api)
-        });
+        let export = Box::pin(self.docker.export_container(&created.id));
+        let stream = futures_util::stream::unfold(
+            (export, guard, false),
+            |(mut export, mut guard, done)| async move {
+                if done {
+                    return None;
+                }
+                match export.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), (export, guard, false))),
+                    Some(Err(err)) => Some((Err(api(err)), (export, guard, true))),
+                    None => {
+                        let id = guard.id.take().unwrap_or_default();
+                        match guard
+                            .docker
+                            .remove_container(&id, Some(force_remove()))
+                            .await
+                        {
+                            Err(err) if !is_not_found(&err) => {
+                                Some((Err(api(err)), (export, guard, true)))
+                            }
+                            _ => None,
+                        }
+                    }
+                }
+            },
+        );
         Ok(Box::pin(stream))
     }
 

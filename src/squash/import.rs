@@ -59,13 +59,20 @@ pub fn changes(config: &Value, author: &str) -> Option<Vec<String>> {
     for (field, instruction) in [("Entrypoint", "ENTRYPOINT"), ("Cmd", "CMD")] {
         if let Some(list) = config[field].as_array().filter(|l| !l.is_empty()) {
             let strings = strings(list)?;
-            out.push(format!("{instruction} {}", serde_json::to_string(&strings).ok()?));
+            out.push(format!(
+                "{instruction} {}",
+                serde_json::to_string(&strings).ok()?
+            ));
         }
     }
     if let Some(env) = config["Env"].as_array() {
         for pair in strings(env)? {
             let (key, value) = pair.split_once('=')?;
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
                 return None;
             }
             out.push(format!("ENV {key}={}", quote(value)?));
@@ -78,7 +85,10 @@ pub fn changes(config: &Value, author: &str) -> Option<Vec<String>> {
     }
     let ports = names(&config["ExposedPorts"])?;
     if !ports.is_empty() {
-        if ports.iter().any(|p| !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-".contains(&b))) {
+        if ports.iter().any(|p| {
+            !p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-".contains(&b))
+        }) {
             return None;
         }
         out.push(format!("EXPOSE {}", ports.join(" ")));
@@ -92,7 +102,10 @@ pub fn changes(config: &Value, author: &str) -> Option<Vec<String>> {
     }
     for (field, instruction) in [("User", "USER"), ("WorkingDir", "WORKDIR")] {
         if let Some(value) = config[field].as_str().filter(|v| !v.is_empty()) {
-            if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.:-@+".contains(&b)) {
+            if !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.:-@+".contains(&b))
+            {
                 return None;
             }
             out.push(format!("{instruction} {value}"));
@@ -133,7 +146,11 @@ fn present(value: &Value) -> bool {
 
 fn strings(list: &[Value]) -> Option<Vec<String>> {
     list.iter()
-        .map(|v| v.as_str().filter(|s| !s.contains(['\n', '\r'])).map(str::to_string))
+        .map(|v| {
+            v.as_str()
+                .filter(|s| !s.contains(['\n', '\r']))
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -287,6 +304,9 @@ mod tests {
             &json!({"Cmd": ["sh"], "Env": [], "Labels": null}),
             &json!({"Cmd": ["sh"], "Volumes": {}})
         ));
-        assert!(!same_config(&json!({"Cmd": ["sh"]}), &json!({"Cmd": ["bash"]})));
+        assert!(!same_config(
+            &json!({"Cmd": ["sh"]}),
+            &json!({"Cmd": ["bash"]})
+        ));
     }
 }

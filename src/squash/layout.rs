@@ -184,9 +184,9 @@ fn legacy(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> 
         .ok_or_else(|| SquashError::Layout("`manifest.json` has no `Layers`".into()))?
         .iter()
         .map(|layer| {
-            let name = layer
-                .as_str()
-                .ok_or_else(|| SquashError::Layout("a layer in `manifest.json` is not a path".into()))?;
+            let name = layer.as_str().ok_or_else(|| {
+                SquashError::Layout("a layer in `manifest.json` is not a path".into())
+            })?;
             file_of(members, name).map(Path::to_path_buf)
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -218,8 +218,7 @@ fn oci(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> {
     // An index may point at another index (one per platform); follow the
     // first manifest until an image manifest is reached.
     for _ in 0..8 {
-        let is_index =
-            document.get("manifests").is_some() && document.get("layers").is_none();
+        let is_index = document.get("manifests").is_some() && document.get("layers").is_none();
         if !is_index {
             break;
         }
@@ -264,9 +263,7 @@ fn oci(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> {
 }
 
 fn checked(config: Value, layers: Vec<PathBuf>, layout: Layout) -> Result<SavedImage, SquashError> {
-    let diff_ids = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
     if diff_ids != layers.len() {
         return Err(SquashError::Layout(format!(
             "the config lists {diff_ids} layer(s) but the manifest {}",
@@ -288,7 +285,10 @@ mod tests {
     fn paths_normalize_and_links_resolve() {
         assert_eq!(normalize("./a//b/"), "a/b");
         assert_eq!(normalize("/blobs/sha256/x"), "blobs/sha256/x");
-        assert_eq!(resolve("abc/layer.tar", "../def/layer.tar"), "def/layer.tar");
+        assert_eq!(
+            resolve("abc/layer.tar", "../def/layer.tar"),
+            "def/layer.tar"
+        );
         assert_eq!(resolve("top", "x/y"), "x/y");
     }
 }

@@ -85,7 +85,9 @@ pub enum SquashError {
         image: String,
     },
     /// The base image's layers are not the bottom layers of the image.
-    #[error("`{base}` is not a base of `{image}`: its layers are not the bottom layers of `{image}`")]
+    #[error(
+        "`{base}` is not a base of `{image}`: its layers are not the bottom layers of `{image}`"
+    )]
     NotABase {
         /// The base image given.
         base: String,
@@ -352,7 +354,9 @@ async fn squash_by_merge(
             }
             // The daemon did not have the kept layers after all: send them.
             Err(e) if !full_kept && kept > 0 => {
-                sink(&format!("loading without the kept layers failed ({e}); sending them"));
+                sink(&format!(
+                    "loading without the kept layers failed ({e}); sending them"
+                ));
             }
             Err(e) => return Err(e),
         }
@@ -373,9 +377,8 @@ fn merge_layers(layers: &[PathBuf], kept: usize) -> Result<(Vec<Emit>, u64), Squ
     let mut merger = Merger::new(kept);
     for (i, path) in layers.iter().enumerate() {
         let file = File::open(path).map_err(io_error("cannot open a spooled layer"))?;
-        let items = merge::index_layer(BufReader::new(file)).map_err(|e| {
-            SquashError::Layout(format!("layer {} is not a valid tar: {e}", i + 1))
-        })?;
+        let items = merge::index_layer(BufReader::new(file))
+            .map_err(|e| SquashError::Layout(format!("layer {} is not a valid tar: {e}", i + 1)))?;
         merger.apply(&items);
     }
     let emits = merger.finish();
@@ -427,9 +430,7 @@ async fn load(
     });
     let body: ByteStream = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     let loaded = engine.load_image(body, sink.clone()).await;
-    let written = writer
-        .await
-        .map_err(|e| EngineError::Api(e.to_string()))?;
+    let written = writer.await.map_err(|e| EngineError::Api(e.to_string()))?;
     loaded?;
     let written = written.map_err(io_error("cannot write the squashed image"))?;
     let new = details_of(engine, tag).await?;

@@ -169,7 +169,11 @@ impl<W: Write> Hashing<W> {
 
     /// `sha256:<hex>` of everything written, the byte count, the writer.
     pub fn finish(self) -> (String, u64, W) {
-        (digest_name(self.digest.finish().as_ref()), self.len, self.inner)
+        (
+            digest_name(self.digest.finish().as_ref()),
+            self.len,
+            self.inner,
+        )
     }
 }
 
@@ -314,9 +318,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading")
-        })
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading"))
     }
 
     /// Aborts the request body with `message`, so a truncated archive is
