@@ -194,6 +194,9 @@ const CONTAINER_FILES: [&str; 5] = [
 /// nothing of the image is inside them.
 const CONTAINER_DIRS: [&str; 6] = ["dev", "dev/pts", "dev/shm", "etc", "proc", "sys"];
 
+/// A directory held back: path, header, PAX records.
+type Pending = (Vec<u8>, tar::Header, Vec<(String, Vec<u8>)>);
+
 /// Copies a container export from `reader` to `out` without what the
 /// daemon adds to every container; see the module docs.
 pub fn filter_export<R: Read, W: Write>(reader: R, out: W) -> io::Result<W> {
@@ -201,7 +204,7 @@ pub fn filter_export<R: Read, W: Write>(reader: R, out: W) -> io::Result<W> {
     let mut builder = tar::Builder::new(out);
     // Directories held back until something of the image shows up inside:
     // (path, header, PAX records). An export lists parents first.
-    let mut pending: Vec<(Vec<u8>, tar::Header, Vec<(String, Vec<u8>)>)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let Some(path) = normalize(&entry.path_bytes()) else {
