@@ -130,6 +130,7 @@ fn main() {
         println!("  base kept:  habitus is {r:.2}x faster than docker-squash");
     }
     println!("  every result has the original's filesystem and config");
+    quiet(&["rmi", &source, BASE]);
 }
 
 /// The base (busybox, 2 layers) and the image (5 more layers, ~600 MB).
