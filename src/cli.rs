@@ -54,6 +54,22 @@ pub enum Command {
     },
     /// Print the man page (roff): `habitus man | man -l -`.
     Man,
+    /// Squash an image's layers into one, applying deletions, keeping the
+    /// config. Without `--all` or `--from`, the layers of the newest tagged
+    /// image in IMAGE's history (its `FROM`) are kept.
+    Squash {
+        /// The image to squash.
+        image: String,
+        /// Tag for the squashed image (default: IMAGE itself).
+        #[arg(short = 't', long = "tag", value_name = "TAG")]
+        tag: Option<String>,
+        /// Squash every layer, base layers included, into one.
+        #[arg(long, conflicts_with = "from")]
+        all: bool,
+        /// Keep the layers of this base image as they are.
+        #[arg(long, value_name = "BASE")]
+        from: Option<String>,
+    },
 }
 
 /// Formats for `habitus plan`.

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod runner;
+pub mod squash;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -84,6 +85,12 @@ where
                     source,
                 })
         }
+        Command::Squash {
+            image,
+            tag,
+            all,
+            from,
+        } => squash_command(&config, &image, tag.as_deref(), all, from),
     };
     match result {
         Ok(()) => 0,
@@ -247,6 +254,55 @@ async fn build_async(
         }
         Err(e) => Err(Error::Build(e)),
     }
+}
+
+/// `habitus squash IMAGE [-t TAG] [--all | --from BASE]`.
+fn squash_command(
+    config: &Config,
+    image: &str,
+    tag: Option<&str>,
+    all: bool,
+    from: Option<String>,
+) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+        let engine = DockerEngine::connect(&DockerOptions {
+            host: Some(config.docker.host.clone()),
+            use_tls: config.docker.use_tls,
+            tls_verify: config.docker.use_tls,
+            cert_path: config.docker.cert_path.clone(),
+        })
+        .await?;
+        let keep = match (all, from) {
+            (true, _) => squash::Keep::Nothing,
+            (false, Some(base)) => squash::Keep::BaseImage(base),
+            (false, None) => {
+                let base = squash::detect_base(&engine, image).await?;
+                reporter.message(Severity::Info, &format!("keeping the layers of `{base}`"));
+                squash::Keep::BaseImage(base)
+            }
+        };
+        let tag = tag.unwrap_or(image);
+        let sink_reporter = Arc::clone(&reporter);
+        let sink: engine::LineSink =
+            Arc::new(move |line: &str| sink_reporter.step_output("squash", line));
+        let report = squash::squash(&engine, image, tag, keep, sink).await?;
+        reporter.message(
+            Severity::Info,
+            &format!(
+                "squashed `{image}` into `{tag}` ({}): {} layer(s) → {}",
+                report.image_id, report.layers_before, report.layers_after
+            ),
+        );
+        Ok(())
+    })
 }
 
 fn print_summary(reporter: &Reporter, summary: &Summary) {
