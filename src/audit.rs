@@ -767,3 +767,76 @@ mod tests {
         assert_eq!(shadowed[1].how, "overwritten");
     }
 }
+
+/// Audits `image` on the daemon: streams `docker save` through the scanner
+/// on a blocking thread.
+pub async fn audit_image(
+    engine: &dyn crate::engine::Engine,
+    image: &str,
+    scanner: std::sync::Arc<Scanner>,
+) -> Result<ImageAudit, ImageAuditError> {
+    use futures_util::TryStreamExt;
+    let stream = engine
+        .save_image(image)
+        .await
+        .map_err(|source| ImageAuditError::Engine {
+            image: image.to_string(),
+            source,
+        })?;
+    let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+    let reader = tokio_util::io::SyncIoBridge::new(reader);
+    let name = image.to_string();
+    tokio::task::spawn_blocking(move || audit_archive(&scanner, reader))
+        .await
+        .map_err(|e| ImageAuditError::Audit {
+            image: name.clone(),
+            source: AuditError::Format(format!("audit task failed: {e}")),
+        })?
+        .map_err(|source| ImageAuditError::Audit {
+            image: name,
+            source,
+        })
+}
+
+/// Errors of [`audit_image`].
+#[derive(Debug, thiserror::Error)]
+pub enum ImageAuditError {
+    /// The daemon could not save the image.
+    #[error("audit of `{image}`: {source}")]
+    Engine {
+        /// The image.
+        image: String,
+        /// The engine's error.
+        source: crate::engine::EngineError,
+    },
+    /// The saved image could not be read.
+    #[error("audit of `{image}`: {source}")]
+    Audit {
+        /// The image.
+        image: String,
+        /// What went wrong.
+        source: AuditError,
+    },
+}
+
+impl Hit {
+    /// One line for humans: where, which secret, which encoding.
+    pub fn describe(&self, image: &str) -> String {
+        match &self.location {
+            Location::Layer {
+                index,
+                digest,
+                path,
+            } => format!(
+                "{image}: secret `{}` ({}) in layer {} ({digest}) at `/{path}`",
+                self.secret,
+                self.encoding,
+                index.map_or("?".to_string(), |i| i.to_string()),
+            ),
+            Location::Config { field } => format!(
+                "{image}: secret `{}` ({}) in the image config at `{field}`",
+                self.secret, self.encoding
+            ),
+        }
+    }
+}

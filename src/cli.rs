@@ -54,6 +54,27 @@ pub enum Command {
     },
     /// Print the man page (roff): `habitus man | man -l -`.
     Man,
+    /// Search images for secrets: every layer (also files a later layer
+    /// deletes) and the config, raw, base64, hex and URL-encoded. Exits 1
+    /// on any hit; never prints a secret.
+    Audit {
+        /// Images to audit.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Secrets declared in this build.yml (resolved by their providers).
+        #[arg(long, value_name = "BUILD_YML")]
+        secrets_from: Option<PathBuf>,
+        /// A file whose content is a secret (repeatable).
+        #[arg(long, value_name = "PATH")]
+        secret_file: Vec<PathBuf>,
+        /// An environment variable whose value is a secret (repeatable).
+        #[arg(long, value_name = "NAME")]
+        secret_env: Vec<String>,
+        /// Also list files that a layer adds and a later layer deletes or
+        /// overwrites: they still ship with the image.
+        #[arg(long)]
+        shadowed: bool,
+    },
     /// Squash an image's layers into one, applying deletions, keeping the
     /// config. Without `--all` or `--from`, the layers of the newest tagged
     /// image in IMAGE's history (its `FROM`) are kept.

@@ -25,6 +25,15 @@ pub enum Error {
     /// A squash failed.
     #[error(transparent)]
     Squash(#[from] crate::squash::SquashError),
+    /// `habitus audit` could not read an image.
+    #[error("{0}")]
+    Audit(String),
+    /// `habitus audit` found secrets (each hit has been printed).
+    #[error("{hits} secret occurrence(s) found")]
+    Leak {
+        /// How many hits.
+        hits: usize,
+    },
     /// A local I/O error outside any step.
     #[error("{what}: {source}")]
     Io {
@@ -45,7 +54,12 @@ impl Error {
             Error::Squash(crate::squash::SquashError::Engine(
                 EngineError::Unreachable { .. } | EngineError::Tls(_),
             )) => 2,
-            Error::Manifest(_) | Error::Engine(_) | Error::Squash(_) | Error::Io { .. } => 1,
+            Error::Manifest(_)
+            | Error::Engine(_)
+            | Error::Squash(_)
+            | Error::Audit(_)
+            | Error::Leak { .. }
+            | Error::Io { .. } => 1,
         }
     }
 }

@@ -85,6 +85,22 @@ where
                     source,
                 })
         }
+        Command::Audit {
+            images,
+            secrets_from,
+            secret_file,
+            secret_env,
+            shadowed,
+        } => audit_command(
+            &config,
+            &images,
+            &AuditSecrets {
+                from_build: secrets_from,
+                files: secret_file,
+                env: secret_env,
+            },
+            shadowed,
+        ),
         Command::Squash {
             image,
             tag,
@@ -364,4 +380,172 @@ async fn watch_signals(cancel: CancellationToken, signal: Arc<Mutex<Option<Signa
     };
     *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(which);
     cancel.cancel();
+}
+
+/// A secret's name and value, zeroized on drop.
+type NamedSecret = (String, zeroize::Zeroizing<Vec<u8>>);
+
+/// Where `habitus audit` takes the secrets to look for.
+struct AuditSecrets {
+    from_build: Option<std::path::PathBuf>,
+    files: Vec<std::path::PathBuf>,
+    env: Vec<String>,
+}
+
+/// Reads the secrets named on the command line into zeroized buffers.
+fn audit_secret_values(config: &Config, sources: &AuditSecrets) -> Result<Vec<NamedSecret>, Error> {
+    let mut out = Vec::new();
+    for path in &sources.files {
+        let value = std::fs::read(path).map_err(|source| Error::Io {
+            what: format!("cannot read secret file `{}`", path.display()),
+            source,
+        })?;
+        out.push((path.display().to_string(), zeroize::Zeroizing::new(value)));
+    }
+    for name in &sources.env {
+        let value = std::env::var_os(name).ok_or_else(|| {
+            Error::Usage(format!("--secret-env `{name}`: the variable is not set"))
+        })?;
+        out.push((
+            name.clone(),
+            zeroize::Zeroizing::new(value.into_encoded_bytes()),
+        ));
+    }
+    if let Some(file) = &sources.from_build {
+        out.extend(audit_secrets_from_build(config, file)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "nothing to look for: give --secrets-from, --secret-file or --secret-env".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `habitus audit IMAGE…`.
+fn audit_command(
+    config: &Config,
+    images: &[String],
+    sources: &AuditSecrets,
+    shadowed: bool,
+) -> Result<(), Error> {
+    let secrets = if shadowed
+        && sources.from_build.is_none()
+        && sources.files.is_empty()
+        && sources.env.is_empty()
+    {
+        Vec::new()
+    } else {
+        audit_secret_values(config, sources)?
+    };
+    let (scanner, skipped) = audit::Scanner::new(
+        secrets
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice())),
+    );
+    for name in skipped {
+        eprintln!(
+            "warning: secret `{name}` is shorter than {} bytes: not searched for",
+            audit::MIN_SECRET_LEN
+        );
+    }
+    let scanner = Arc::new(scanner);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let mut hits = 0;
+    runtime.block_on(async {
+        let engine = DockerEngine::connect(&DockerOptions {
+            host: Some(config.docker.host.clone()),
+            use_tls: config.docker.use_tls,
+            tls_verify: config.docker.use_tls,
+            cert_path: config.docker.cert_path.clone(),
+        })
+        .await?;
+        for image in images {
+            let result = audit::audit_image(&engine, image, Arc::clone(&scanner))
+                .await
+                .map_err(|e| Error::Audit(e.to_string()))?;
+            hits += result.hits.len();
+            if config.json {
+                let value = serde_json::json!({
+                    "image": image,
+                    "layers": result.layers,
+                    "hits": result.hits,
+                    "shadowed": if shadowed { serde_json::to_value(result.shadowed()).unwrap_or_default() } else { serde_json::Value::Null },
+                });
+                print_stdout(&value.to_string());
+                continue;
+            }
+            for hit in &result.hits {
+                print_stdout(&hit.describe(image));
+            }
+            if shadowed {
+                for s in result.shadowed() {
+                    print_stdout(&format!(
+                        "{image}: `/{}` ({} bytes) added in layer {}, {} in layer {}: it still ships",
+                        s.path, s.size, s.added_in, s.how, s.hidden_in
+                    ));
+                }
+            }
+            if result.hits.is_empty() && !scanner.is_empty() {
+                eprintln!(
+                    "{image}: no secret in {} layers and the config",
+                    result.layers
+                );
+            }
+        }
+        Ok::<(), Error>(())
+    })?;
+    if hits > 0 {
+        Err(Error::Leak { hits })
+    } else {
+        Ok(())
+    }
+}
+
+/// The secrets a build.yml declares, resolved by their providers.
+fn audit_secrets_from_build(
+    config: &Config,
+    file: &std::path::Path,
+) -> Result<Vec<NamedSecret>, Error> {
+    let workdir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let loaded = manifest::load(&LoadOptions {
+        file,
+        workdir,
+        env: &config.env,
+        sec_providers: &config.sec_providers,
+    })
+    .map_err(Error::Manifest)?;
+    let mut out = Vec::new();
+    for step in &loaded.manifest.steps {
+        for (name, spec) in &step.secrets {
+            let value = match spec.kind.as_str() {
+                "file" => std::fs::read(&spec.value).map_err(|source| Error::Io {
+                    what: format!(
+                        "secret `{name}` of step `{}`: cannot read `{}`",
+                        step.label, spec.value
+                    ),
+                    source,
+                })?,
+                _ => std::env::var_os(format!("HABITUS_{}", spec.value))
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "secret `{name}` of step `{}`: `HABITUS_{}` is not set",
+                            step.label, spec.value
+                        ))
+                    })?
+                    .into_encoded_bytes(),
+            };
+            out.push((name.clone(), zeroize::Zeroizing::new(value)));
+        }
+    }
+    Ok(out)
 }
