@@ -7,6 +7,8 @@
 //! in-process too.
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -17,6 +19,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod runner;
+pub mod squash;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -183,6 +186,8 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
         noprune_rmi: config.noprune_rmi,
         after_build_commands: config.after_build_commands,
         image_labels: config.image_labels,
+        keep_artifacts: config.keep_artifacts,
+        no_cleanup: config.no_cleanup,
     };
     let runner = Runner::new(
         engine,
