@@ -25,7 +25,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -235,7 +235,7 @@ impl Extractor<'_> {
                 self.dirs.push((target, mode, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let file = self.create_file(&target, &rel, &name)?;
+                let file = self.create_file(&target, &rel, &name, mode)?;
                 // A sparse entry expands to more than it holds in the archive.
                 let expected = (kind != tar::EntryType::GNUSparse).then(|| entry.size());
                 let written = copy_into(entry, file, &mut self.buf, mode, mtime, expected);
@@ -369,12 +369,18 @@ impl Extractor<'_> {
 
     /// Creates a new file at `target`, replacing a file or symlink there
     /// (a symlink is replaced, never written through).
-    fn create_file(&self, target: &Path, rel: &Path, entry: &str) -> Result<File, ExtractError> {
+    fn create_file(
+        &self,
+        target: &Path,
+        rel: &Path,
+        entry: &str,
+        mode: u32,
+    ) -> Result<File, ExtractError> {
         let open = || {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(mode & 0o777)
                 .open(target)
         };
         let file = match open() {
@@ -439,10 +445,27 @@ fn copy_into<R: Read>(
             "the archive ends inside a file",
         )));
     }
-    file.set_permissions(Permissions::from_mode(mode))
-        .map_err(CopyError::Write)?;
+    // The file was created with `mode`; the umask may have taken bits away.
+    if mode & !0o777 != 0 || mode & umask() != 0 {
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(CopyError::Write)?;
+    }
     file.set_modified(time(mtime)).map_err(CopyError::Write)?;
     Ok(total)
+}
+
+/// The process's umask, found once by creating a file with mode 0777 (no
+/// safe way to read it otherwise); `0o777` (always chmod) if that fails.
+fn umask() -> u32 {
+    static UMASK: OnceLock<u32> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix(".habitus-umask")
+            .permissions(Permissions::from_mode(0o777))
+            .tempfile()
+            .and_then(|f| f.as_file().metadata())
+            .map_or(0o777, |meta| 0o777 & !meta.mode())
+    })
 }
 
 fn time(mtime: u64) -> SystemTime {
