@@ -80,6 +80,17 @@ pub fn keep_for(dockerfile_text: &str, target: Option<&str>) -> Keep {
     }
 }
 
+/// `name` with `:latest` added when it has neither tag nor digest (an
+/// image archive must name its tags in full).
+fn with_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
 /// Removes a container when dropped while still armed.
 struct ContainerGuard {
     engine: Arc<dyn Engine>,
@@ -127,7 +138,14 @@ pub async fn run(
     let committed = committed?;
     removed?;
 
-    let squashed = squash::squash(&*engine, &committed, image, keep, Arc::clone(&sink)).await;
+    let squashed = squash::squash(
+        &*engine,
+        &committed,
+        &with_tag(image),
+        keep,
+        Arc::clone(&sink),
+    )
+    .await;
     // The committed image is an intermediate either way. Removing it also
     // prunes its untagged parents: once the squashed image holds the tag,
     // that is the unsquashed image, whose layers still hold what the
@@ -137,10 +155,14 @@ pub async fn run(
             "could not remove the intermediate image `{committed}`: {e}"
         ));
     }
-    squashed.map_err(|error| CleanupError::Squash {
+    let report = squashed.map_err(|error| CleanupError::Squash {
         image: image.to_string(),
         error,
     })?;
+    sink(&format!(
+        "cleanup: squashed {} layer(s) into {} ({} kept)",
+        report.layers_before, report.layers_after, report.kept
+    ));
     if let Some(original) = original {
         if engine.inspect_image(&original).await?.is_some() {
             if let Err(e) = engine.remove_image(&original, false, false).await {
@@ -186,7 +208,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use super::{keep_for, run};
+    use super::{keep_for, run, with_tag};
     use crate::engine::fake::{FakeBuild, FakeEngine};
     use crate::engine::{BuildRequest, Engine, LineSink};
     use crate::squash::Keep;
@@ -213,6 +235,14 @@ mod tests {
             Keep::Nothing
         );
         assert_eq!(keep_for("FROM a AS x\n", Some("missing")), Keep::Nothing);
+    }
+
+    #[test]
+    fn tags_are_spelled_out() {
+        assert_eq!(with_tag("hb/app"), "hb/app:latest");
+        assert_eq!(with_tag("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(with_tag("app:v1"), "app:v1");
+        assert_eq!(with_tag("app@sha256:00"), "app@sha256:00");
     }
 
     async fn fake_with_image(image: &str) -> Arc<FakeEngine> {
@@ -282,10 +312,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        // The squash placeholder fails; everything before it ran.
+        // The fake engine cannot squash; everything before it ran.
         assert_eq!(
             err.to_string(),
-            "cleanup: squashing `img/app`: squash not available"
+            "cleanup: squashing `img/app`: docker: this engine cannot inspect `sha256:commit-1`"
         );
         assert_eq!(engine.execs().len(), 2);
         assert_eq!(

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
+pub mod audit;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
@@ -70,6 +71,28 @@ where
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
         Command::Build => build(&config),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cli::command(), "habitus", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cli::command())
+                .render(&mut out)
+                .map(|()| print_stdout(&String::from_utf8_lossy(&out)))
+                .map_err(|source| Error::Io {
+                    what: "cannot render the man page".into(),
+                    source,
+                })
+        }
+        Command::Squash {
+            image,
+            tag,
+            all,
+            from,
+        } => squash_command(&config, &image, tag.as_deref(), all, from),
     };
     match result {
         Ok(()) => 0,
@@ -144,19 +167,38 @@ fn print_stdout(text: &str) {
 }
 
 fn build(config: &Config) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
-    runtime.block_on(build_async(config, loaded, plan))
+    let mut reporter = Reporter::for_terminal(config.level, config.suppress, config.pretty);
+    if config.json {
+        reporter = reporter.with_json(Box::new(std::io::stdout()));
+    }
+    let reporter = Arc::new(reporter);
+    let result = load(config).and_then(|(loaded, plan)| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "cannot start the async runtime".into(),
+                source,
+            })?;
+        runtime.block_on(build_async(config, loaded, plan, Arc::clone(&reporter)))
+    });
+    let (status, code) = match &result {
+        Ok(()) => ("success", 0),
+        Err(Error::Build(runner::BuildError::Interrupted { .. })) => {
+            ("interrupted", result.as_ref().err().map_or(1, Error::code))
+        }
+        Err(e) => ("failure", e.code()),
+    };
+    reporter.build_finished(status, code, result.as_ref().err().map(ToString::to_string));
+    result
 }
 
-async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), Error> {
-    let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+async fn build_async(
+    config: &Config,
+    loaded: Loaded,
+    plan: Plan,
+    reporter: Arc<Reporter>,
+) -> Result<(), Error> {
     let engine = DockerEngine::connect(&DockerOptions {
         host: Some(config.docker.host.clone()),
         use_tls: config.docker.use_tls,
@@ -197,12 +239,13 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
         Arc::clone(&reporter),
         Runner::new_build_id(),
     );
+    reporter.build_started(runner.build_id(), &config.file, &runner.steps());
     reporter.message(
         Severity::Info,
         &format!(
             "build {}: {} step(s) from {}",
             runner.build_id(),
-            runner_steps(&runner),
+            runner.step_count(),
             config.file.display()
         ),
     );
@@ -217,11 +260,84 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
     }
 }
 
-fn runner_steps(runner: &Runner) -> usize {
-    runner.step_count()
+/// `habitus squash IMAGE [-t TAG] [--all | --from BASE]`.
+fn squash_command(
+    config: &Config,
+    image: &str,
+    tag: Option<&str>,
+    all: bool,
+    from: Option<String>,
+) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+        let engine = DockerEngine::connect(&DockerOptions {
+            host: Some(config.docker.host.clone()),
+            use_tls: config.docker.use_tls,
+            tls_verify: config.docker.use_tls,
+            cert_path: config.docker.cert_path.clone(),
+        })
+        .await?;
+        let keep = match (all, from) {
+            (true, _) => squash::Keep::Nothing,
+            (false, Some(base)) => squash::Keep::BaseImage(base),
+            (false, None) => {
+                let base = squash::detect_base(&engine, image).await?;
+                reporter.message(Severity::Info, &format!("keeping the layers of `{base}`"));
+                squash::Keep::BaseImage(base)
+            }
+        };
+        let tag = tag.unwrap_or(image);
+        let sink_reporter = Arc::clone(&reporter);
+        let sink: engine::LineSink =
+            Arc::new(move |line: &str| sink_reporter.step_output("squash", line));
+        let report = squash::squash(&engine, image, tag, keep, sink).await?;
+        reporter.message(
+            Severity::Info,
+            &format!(
+                "squashed `{image}` into `{tag}` ({}): {} layer(s) → {}",
+                report.image_id, report.layers_before, report.layers_after
+            ),
+        );
+        Ok(())
+    })
 }
 
 fn print_summary(reporter: &Reporter, summary: &Summary) {
+    reporter.event(
+        "summary",
+        serde_json::json!({
+            "steps": summary.steps.iter().map(|s| serde_json::json!({
+                "step": s.label,
+                "image": s.image,
+                "image_id": s.image_id,
+                "size": s.size,
+                "duration_ms": s.duration.as_millis() as u64,
+                "cached": s.cached_steps,
+                "total": s.total_steps,
+            })).collect::<Vec<_>>(),
+            "removed_images": summary.removed_images,
+        }),
+    );
+    for step in &summary.steps {
+        reporter.step_summary(
+            &progress::StepFinished {
+                label: &step.label,
+                image: &step.image,
+                image_id: &step.image_id,
+                duration: step.duration,
+                cached: step.cached_steps,
+                total: step.total_steps,
+            },
+            step.size.map(runner::human_size).as_deref(),
+        );
+    }
     let mut text = String::from("summary:");
     for step in &summary.steps {
         text.push_str(&format!(

@@ -24,7 +24,7 @@ use crate::dockerfile;
 use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 use crate::manifest::{Manifest, Step};
 use crate::plan::Plan;
-use crate::progress::{Reporter, Severity};
+use crate::progress::{Reporter, Severity, StepFinished};
 
 /// Label carrying the build id on every image and container habitus makes.
 pub const LABEL_BUILD: &str = "habitus.build";
@@ -282,6 +282,24 @@ impl Runner {
     /// Number of steps in the build.
     pub fn step_count(&self) -> usize {
         self.plan.len()
+    }
+
+    /// Step labels in file order.
+    pub fn step_labels(&self) -> Vec<&str> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect()
+    }
+
+    /// `(label, depends_on)` of every step, in file order.
+    pub fn steps(&self) -> Vec<(String, Vec<String>)> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| (s.label.clone(), s.depends_on.clone()))
+            .collect()
     }
 
     /// The id that labels this build's objects.
@@ -566,6 +584,7 @@ impl StepContext {
                 step.context.display()
             ),
         );
+        self.reporter.step_started(&label, &image, &step.dockerfile);
 
         let source = tokio::fs::read_to_string(&step.dockerfile_path)
             .await
@@ -723,6 +742,14 @@ impl StepContext {
         // The image size is looked up after the build, off the path of the
         // steps that wait for this one.
         let duration = started.elapsed();
+        self.reporter.step_finished(&StepFinished {
+            label: &label,
+            image: &image,
+            image_id: &built.id,
+            duration,
+            cached: built.cached_steps,
+            total: built.total_steps,
+        });
         self.reporter.step(
             Severity::Info,
             &label,

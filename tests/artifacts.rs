@@ -372,7 +372,6 @@ fn saved_layers(image: &str, needle: &[u8]) -> (Vec<Vec<String>>, bool) {
 }
 
 #[test]
-#[ignore = "needs squash"]
 fn cleanup_removes_a_secret_from_every_layer_and_keeps_the_config() {
     let (h, c) = cleanup_project("cleanup-secret", "rm /secret.txt");
     h.run().assert_success();

@@ -21,3 +21,5 @@ mod examples;
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).
 mod plan;
+/// `habitus squash` on the real daemon: filesystem, shared layers, config, secrets.
+mod squash;

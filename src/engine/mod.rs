@@ -7,11 +7,7 @@ pub mod fake;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use futures_util::Stream;
 
 /// Receives daemon output, one line at a time (without the newline).
 pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -111,9 +107,6 @@ pub struct RunRequest {
     pub network_mode: Option<String>,
 }
 
-/// A stream of bytes from the daemon (a tar archive).
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
-
 /// A container to create from an image.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerRequest {
@@ -161,26 +154,129 @@ pub trait Engine: Send + Sync {
         value: &str,
     ) -> Result<usize, EngineError>;
 
+    // Containers for artifacts and cleanup. The defaults fail, so engines
+    // that never copy artifacts or run cleanups need not implement them.
+
     /// Creates a container (see [`ContainerRequest::keep_alive`]) and, when
     /// it is to stay alive, starts it; returns its id.
-    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError>;
+    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError> {
+        Err(unsupported("create a container of", &req.image))
+    }
 
     /// Streams a tar archive of `path` inside container `id` (the archive
     /// API, as `docker cp` reads it): a file gives one entry named after it,
     /// a directory its tree under its own name. A symlink at `path` is
     /// archived as the symlink.
-    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError>;
+    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError> {
+        let _ = id;
+        Err(unsupported("read", path))
+    }
 
     /// Runs `cmd` as root in the running container `id`, streams its output
     /// to `sink` and returns its exit code.
-    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError>;
+    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError> {
+        let _ = (cmd, sink);
+        Err(unsupported("exec in", id))
+    }
 
     /// Commits container `id` as a new untagged image whose config (Env,
     /// Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes…)
     /// is that of image `config_of`, not the container's; returns its id.
-    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError>;
+    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError> {
+        let _ = config_of;
+        Err(unsupported("commit", id))
+    }
 
     /// Removes (forcibly) one container; a container that is already gone
     /// is not an error.
-    async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        Err(unsupported("remove", id))
+    }
+
+    // Image transfer, used by `squash`. The defaults fail, so engines
+    // that never squash need not implement them.
+
+    /// Streams `docker save IMAGE` (`GET /images/{name}/get`).
+    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
+        Err(unsupported("save", image))
+    }
+
+    /// Loads an image archive (`POST /images/load`), streaming `archive`
+    /// and the daemon's messages to `sink`.
+    async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError> {
+        let _ = (archive, sink);
+        Err(EngineError::Api("this engine cannot load images".into()))
+    }
+
+    /// Layers, config and platform of an image; `Ok(None)` if it does not
+    /// exist.
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError> {
+        Err(unsupported("inspect", image))
+    }
+
+    /// The image's history, newest first.
+    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        Err(unsupported("read the history of", image))
+    }
+
+    /// Streams the merged filesystem of `image`: the export of a created,
+    /// never started container labelled with `labels`. The caller removes
+    /// the container afterwards with `remove_containers_with_label`; it is
+    /// also removed when the stream is dropped.
+    async fn export_filesystem(
+        &self,
+        image: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<ByteStream, EngineError> {
+        let _ = labels;
+        Err(unsupported("export", image))
+    }
+
+    /// Creates a one-layer image tagged `reference` from a filesystem tar
+    /// (`POST /images/create?fromSrc=-`), applying Dockerfile-style
+    /// `changes` (`CMD […]`, `ENV k=v`, …); returns the image id.
+    async fn import_image(
+        &self,
+        rootfs: ByteStream,
+        reference: &str,
+        changes: Vec<String>,
+        message: &str,
+    ) -> Result<String, EngineError> {
+        let _ = (rootfs, changes, message);
+        Err(unsupported("import", reference))
+    }
+}
+
+/// A stream of bytes to or from the daemon (an image archive, a filesystem
+/// tar).
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, EngineError>> + Send>>;
+
+/// What `squash` needs to know about an image beyond [`ImageInfo`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageDetails {
+    /// `sha256:…`.
+    pub id: String,
+    /// `rootfs.diff_ids`, bottom layer first.
+    pub diff_ids: Vec<String>,
+    /// The runtime config (Env, Cmd, Entrypoint, …) as the daemon reports
+    /// it, in the Engine API's JSON shape.
+    pub config: serde_json::Value,
+    pub author: String,
+    pub architecture: String,
+    pub os: String,
+}
+
+/// One entry of an image's history, newest first as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The id of the image this instruction produced, or `<missing>`.
+    pub id: String,
+    /// Tags pointing at that image.
+    pub tags: Vec<String>,
+    pub created_by: String,
+}
+
+fn unsupported(what: &str, image: &str) -> EngineError {
+    EngineError::Api(format!("this engine cannot {what} `{image}`"))
 }
