@@ -7,7 +7,9 @@
 //! in-process too.
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 pub mod audit;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -242,6 +244,8 @@ async fn build_async(
         noprune_rmi: config.noprune_rmi,
         after_build_commands: config.after_build_commands,
         image_labels: config.image_labels,
+        keep_artifacts: config.keep_artifacts,
+        no_cleanup: config.no_cleanup,
     };
     let runner = Runner::new(
         engine,

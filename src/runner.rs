@@ -62,6 +62,10 @@ pub struct BuildOptions {
     pub after_build_commands: bool,
     /// Label images too (costs one commit per label with the classic builder).
     pub image_labels: bool,
+    /// Leave the artifacts on the host after the build (`--keep-artifacts`).
+    pub keep_artifacts: bool,
+    /// Skip `cleanup.commands` (`--no-cleanup`).
+    pub no_cleanup: bool,
 }
 
 impl Default for BuildOptions {
@@ -82,6 +86,8 @@ impl Default for BuildOptions {
             noprune_rmi: false,
             after_build_commands: false,
             image_labels: false,
+            keep_artifacts: false,
+            no_cleanup: false,
         }
     }
 }
@@ -148,6 +154,22 @@ pub enum BuildError {
         step: String,
         /// The panic message.
         message: String,
+    },
+    /// A step's artifacts could not be copied to the host.
+    #[error("step `{step}`: {source}")]
+    Artifact {
+        /// The step label.
+        step: String,
+        /// What went wrong.
+        source: crate::artifacts::ArtifactError,
+    },
+    /// A step's cleanup failed.
+    #[error("step `{step}`: {source}")]
+    Cleanup {
+        /// The step label.
+        step: String,
+        /// What went wrong.
+        source: crate::cleanup::CleanupError,
     },
     /// Ctrl-C or SIGTERM.
     #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" })]
@@ -297,6 +319,10 @@ impl Runner {
         cancel: CancellationToken,
         signal: Arc<std::sync::Mutex<Option<Signal>>>,
     ) -> Result<Summary, BuildError> {
+        let host_artifacts = crate::artifacts::HostArtifacts::before_build(
+            &self.manifest.workdir,
+            &self.manifest.steps,
+        );
         let result = self.schedule(&cancel, &signal).await;
         let mut summary = match &result {
             Ok(summary) => summary.clone(),
@@ -316,6 +342,9 @@ impl Runner {
         }
         let tagged = lock(&self.tagged).clone();
         summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
+        if !self.options.keep_artifacts {
+            self.remove_artifacts(&host_artifacts);
+        }
         match result {
             Ok(_) => Ok(summary),
             Err((_, error)) => Err(error),
@@ -411,6 +440,24 @@ impl Runner {
         match failure {
             None => Ok(summary),
             Some(error) => Err((summary, error)),
+        }
+    }
+
+    /// Removes the artifacts this build created on the host (never what
+    /// was there before it). Errors are reported, never raised.
+    fn remove_artifacts(&self, host: &crate::artifacts::HostArtifacts) {
+        let (removed, errors) = host.remove();
+        for path in removed {
+            self.reporter.message(
+                Severity::Debug,
+                &format!("removed artifact `{}`", path.display()),
+            );
+        }
+        for (path, e) in errors {
+            self.reporter.message(
+                Severity::Warning,
+                &format!("could not remove artifact `{}`: {e}", path.display()),
+            );
         }
     }
 
@@ -553,6 +600,8 @@ impl StepContext {
                 message: e.to_string(),
             })?;
 
+        let keep = (!step.cleanup.is_empty())
+            .then(|| crate::cleanup::keep_for(&rewritten.text, step.target.as_deref()));
         let mut build_args = step.args.clone();
         build_args.extend(self.options.build_args.clone());
         let dockerfile_name = format!(".habitus-{}-{}.Dockerfile", self.build_id, label);
@@ -601,6 +650,49 @@ impl StepContext {
         // From here on the tag points at this build's image: teardown
         // removes it if the build fails.
         lock(&self.tagged).insert(label.clone());
+        let mut image_id = built.id.clone();
+
+        if !step.artifacts.is_empty() {
+            let reporter = Arc::clone(&self.reporter);
+            let step_label = label.clone();
+            crate::artifacts::copy(
+                Arc::clone(&self.engine),
+                &image,
+                self.labels(&step),
+                &self.manifest.workdir,
+                &step.artifacts,
+                Arc::new(move |line: &str| reporter.step(Severity::Info, &step_label, line)),
+            )
+            .await
+            .map_err(|e| BuildError::Artifact {
+                step: label.clone(),
+                source: e,
+            })?;
+        }
+
+        if let Some(keep) = keep {
+            if self.options.no_cleanup {
+                self.reporter
+                    .step(Severity::Info, &label, "cleanup skipped (--no-cleanup)");
+            } else {
+                crate::cleanup::run(
+                    Arc::clone(&self.engine),
+                    &image,
+                    self.labels(&step),
+                    &step.cleanup,
+                    keep,
+                    self.sink(&label),
+                )
+                .await
+                .map_err(|e| BuildError::Cleanup {
+                    step: label.clone(),
+                    source: e,
+                })?;
+                if let Ok(Some(info)) = self.engine.inspect_image(&image).await {
+                    image_id = info.id;
+                }
+            }
+        }
 
         if let Some(command) = &step.command {
             self.reporter.step(
@@ -671,7 +763,7 @@ impl StepContext {
         Ok(StepReport {
             label,
             image,
-            image_id: built.id,
+            image_id,
             size: None,
             duration,
             cached_steps: built.cached_steps,
@@ -1028,5 +1120,85 @@ mod tests {
             err.to_string(),
             "step `a`: after_build_command `exit 4` exited with code 4"
         );
+    }
+
+    fn one_file_tar(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn artifacts_reach_later_steps_and_are_removed_after_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("config")).unwrap();
+        std::fs::write(d.join("config/mine"), "keep").unwrap();
+        let mut a = step(d, "a", &[]);
+        a.artifacts = vec![
+            crate::manifest::Artifact {
+                source: "/usr/bin/app".into(),
+                dest: "".into(),
+            },
+            crate::manifest::Artifact {
+                source: "/etc/app/conf".into(),
+                dest: "config".into(),
+            },
+        ];
+        let mut b = step(d, "b", &["a"]);
+        b.after_build_command = Some("cat app config/conf > seen".into());
+        let mut options = opts(1);
+        options.after_build_commands = true;
+        for keep_artifacts in [false, true] {
+            options.keep_artifacts = keep_artifacts;
+            let f = fixture(vec![a.clone(), b.clone()], options.clone());
+            f.engine
+                .on_archive("img/a", "/usr/bin/app", one_file_tar("app", b"bin;"));
+            f.engine
+                .on_archive("img/a", "/etc/app/conf", one_file_tar("conf", b"conf"));
+            run(&f).await.unwrap();
+            assert_eq!(std::fs::read_to_string(d.join("seen")).unwrap(), "bin;conf");
+            assert_eq!(d.join("app").exists(), keep_artifacts);
+            assert_eq!(d.join("config/conf").exists(), keep_artifacts);
+            assert_eq!(
+                std::fs::read_to_string(d.join("config/mine")).unwrap(),
+                "keep"
+            );
+            // The container that served the archives is gone.
+            assert!(f.engine.containers().is_empty());
+            assert_eq!(f.engine.created_containers(), 1);
+            let _ = std::fs::remove_file(d.join("app"));
+            let _ = std::fs::remove_file(d.join("config/conf"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_artifact_fails_the_step_and_no_cleanup_skips_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = step(dir.path(), "a", &[]);
+        a.artifacts = vec![crate::manifest::Artifact {
+            source: "/nope".into(),
+            dest: "".into(),
+        }];
+        let f = fixture(vec![a.clone()], opts(1));
+        let err = run(&f).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step `a`: artifact `/nope`: docker: Could not find the file /nope in container container-1"
+        );
+        assert!(f.engine.containers().is_empty());
+
+        a.artifacts.clear();
+        a.cleanup = vec!["rm -rf /root/.ssh".into()];
+        let mut options = opts(1);
+        options.no_cleanup = true;
+        let f = fixture(vec![a], options);
+        run(&f).await.unwrap();
+        assert!(f.engine.execs().is_empty());
+        assert_eq!(f.engine.created_containers(), 0);
     }
 }

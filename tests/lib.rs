@@ -3,6 +3,8 @@
 /// Shared harness: the test base image, unique names, cleanup, running habitus.
 mod common;
 
+/// Artifacts copied to the host and cleanup commands, on the real daemon.
+mod artifacts;
 /// `habitus audit` on real images.
 mod audit;
 /// End-to-end builds against the real daemon.

@@ -16,10 +16,12 @@ use std::time::Duration;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{BuildInfo, ContainerCreateBody, HostConfig};
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{BuildInfo, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, BuildImageOptions, CreateContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
+    AttachContainerOptions, BuildImageOptions, CommitContainerOptions, CreateContainerOptions,
+    DownloadFromContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    RemoveImageOptions, WaitContainerOptions,
 };
 use bollard::query_parameters::{CreateImageOptions, ImportImageOptions};
 use bollard::{body_try_stream, Docker, API_DEFAULT_VERSION};
@@ -27,7 +29,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{BuildRequest, BuiltImage, Engine, EngineError, ImageInfo, LineSink, RunRequest};
+use super::{
+    BuildRequest, BuiltImage, ContainerRequest, Engine, EngineError, ImageInfo, LineSink,
+    RunRequest,
+};
 use super::{ByteStream, HistoryEntry, ImageDetails};
 
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
@@ -690,6 +695,174 @@ impl Engine for DockerEngine {
             None => Err(EngineError::Api(format!(
                 "the daemon reported no image for `{reference}`"
             ))),
+        }
+    }
+
+    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError> {
+        let mut body = ContainerCreateBody {
+            image: Some(req.image.clone()),
+            labels: Some(req.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        if req.keep_alive {
+            // `/bin/sh` reading an open stdin that nobody writes to waits
+            // forever and needs nothing else in the image. The image's own
+            // entrypoint is replaced only when it has one: `commit` then
+            // restores exactly what the image had.
+            let has_entrypoint = self
+                .docker
+                .inspect_image(&req.image)
+                .await
+                .map_err(api)?
+                .config
+                .and_then(|c| c.entrypoint)
+                .is_some_and(|e| !e.is_empty());
+            if has_entrypoint {
+                body.entrypoint = Some(vec!["/bin/sh".into()]);
+                body.cmd = Some(Vec::new());
+            } else {
+                body.cmd = Some(vec!["/bin/sh".into()]);
+            }
+            body.open_stdin = Some(true);
+        } else {
+            // Never started: the command only lets the daemon create a
+            // container of an image that has neither CMD nor ENTRYPOINT.
+            body.cmd = Some(vec!["habitus-never-started".into()]);
+        }
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api)?;
+        if req.keep_alive {
+            if let Err(err) = self
+                .docker
+                .start_container(
+                    &created.id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+            {
+                let _ = self
+                    .docker
+                    .remove_container(&created.id, Some(force_remove()))
+                    .await;
+                return Err(api(err));
+            }
+        }
+        Ok(created.id)
+    }
+
+    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError> {
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let stream = self.docker.download_from_container(id, Some(options));
+        Ok(Box::pin(stream.map(|item| {
+            item.map_err(|err| match err {
+                BollardError::DockerResponseServerError { message, .. } => {
+                    EngineError::Api(message)
+                }
+                other => api(other),
+            })
+        })))
+    }
+
+    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError> {
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            user: Some("0".into()),
+            cmd: Some(cmd),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(id, config).await.map_err(api)?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(api)?;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            let mut stdout = LineBuffer::default();
+            let mut stderr = LineBuffer::default();
+            while let Some(chunk) = output.next().await {
+                match chunk.map_err(api)? {
+                    LogOutput::StdErr { message } => stderr.push(&message, &*sink),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        stdout.push(&message, &*sink)
+                    }
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+            stdout.finish(&*sink);
+            stderr.finish(&*sink);
+        }
+        // The output ends when the process does; the daemon may record the
+        // exit code a moment later.
+        for _ in 0..100 {
+            let inspect = self.docker.inspect_exec(&created.id).await.map_err(api)?;
+            if inspect.running != Some(true) {
+                if let Some(code) = inspect.exit_code {
+                    return Ok(code);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(EngineError::Api(format!(
+            "exec in container `{id}` ended without an exit code"
+        )))
+    }
+
+    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError> {
+        let image_config = self
+            .docker
+            .inspect_image(config_of)
+            .await
+            .map_err(api)?
+            .config
+            .unwrap_or_default();
+        let mut config: ContainerConfig = serde_json::to_value(image_config)
+            .and_then(serde_json::from_value)
+            .map_err(|err| EngineError::Api(format!("image config of `{config_of}`: {err}")))?;
+        // The daemon fills what the given config leaves empty from the
+        // container's own config (the keep-alive shell, habitus' labels).
+        // Nothing may be empty, then: labels become `{}`, and an image with
+        // neither ENTRYPOINT nor CMD gets the entrypoint `[""]`, which
+        // Docker treats as no entrypoint at all.
+        if config.labels.is_none() {
+            config.labels = Some(HashMap::new());
+        }
+        let no_entrypoint = config.entrypoint.as_ref().is_none_or(|e| e.is_empty());
+        let no_cmd = config.cmd.as_ref().is_none_or(|c| c.is_empty());
+        if no_entrypoint && no_cmd {
+            config.entrypoint = Some(vec![String::new()]);
+        }
+        let options = CommitContainerOptions {
+            container: Some(id.to_string()),
+            pause: true,
+            comment: Some("habitus cleanup".into()),
+            ..Default::default()
+        };
+        let committed = self
+            .docker
+            .commit_container(options, config)
+            .await
+            .map_err(api)?;
+        Ok(committed.id)
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        match self.docker.remove_container(id, Some(force_remove())).await {
+            Err(err) if !is_not_found(&err) => Err(api(err)),
+            _ => Ok(()),
         }
     }
 }

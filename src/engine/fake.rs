@@ -6,7 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{BuildRequest, BuiltImage, Engine, EngineError, ImageInfo, LineSink, RunRequest};
+use bytes::Bytes;
+
+use super::{
+    BuildRequest, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError, ImageInfo,
+    LineSink, RunRequest,
+};
 
 /// One recorded build: which tag, and when it ran.
 #[derive(Debug, Clone)]
@@ -35,6 +40,16 @@ pub struct FakeEngine {
     images: Mutex<BTreeSet<String>>,
     removed: Mutex<Vec<String>>,
     label_sweeps: Mutex<Vec<(String, String)>>,
+    /// `(image, path)` → tar bytes served by `archive`.
+    archives: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    /// Live containers: id → request.
+    containers: Mutex<BTreeMap<String, ContainerRequest>>,
+    created_containers: Mutex<usize>,
+    /// Exit codes of exec'd commands, by the command's last argument.
+    exec_codes: Mutex<BTreeMap<String, i64>>,
+    execs: Mutex<Vec<(String, Vec<String>)>>,
+    /// `(container image, config_of)` of every commit.
+    commits: Mutex<Vec<(String, String)>>,
 }
 
 impl FakeEngine {
@@ -65,6 +80,38 @@ impl FakeEngine {
     /// `(label, value)` pairs swept with `remove_containers_with_label`.
     pub fn label_sweeps(&self) -> Vec<(String, String)> {
         lock(&self.label_sweeps).clone()
+    }
+    /// Makes `archive` of `path` in a container of `image` return `tar`.
+    pub fn on_archive(&self, image: &str, path: &str, tar: Vec<u8>) {
+        lock(&self.archives).insert((image.to_string(), path.to_string()), tar);
+    }
+    /// Makes `exec` of a command whose last argument is `command` exit with
+    /// `code`.
+    pub fn on_exec(&self, command: &str, code: i64) {
+        lock(&self.exec_codes).insert(command.to_string(), code);
+    }
+    /// Containers that exist now (created and not removed).
+    pub fn containers(&self) -> Vec<ContainerRequest> {
+        lock(&self.containers).values().cloned().collect()
+    }
+    /// How many containers were created in total.
+    pub fn created_containers(&self) -> usize {
+        *lock(&self.created_containers)
+    }
+    /// `(image of the container, command)` of every exec, in order.
+    pub fn execs(&self) -> Vec<(String, Vec<String>)> {
+        lock(&self.execs).clone()
+    }
+    /// `(image of the container, config_of)` of every commit, in order.
+    pub fn commits(&self) -> Vec<(String, String)> {
+        lock(&self.commits).clone()
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerRequest, EngineError> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::Api(format!("no such container: {id}")))
     }
 }
 
@@ -146,5 +193,60 @@ impl Engine for FakeEngine {
     ) -> Result<usize, EngineError> {
         lock(&self.label_sweeps).push((label.to_string(), value.to_string()));
         Ok(0)
+    }
+
+    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError> {
+        if !lock(&self.images).contains(&req.image) {
+            return Err(EngineError::Api(format!("no such image: {}", req.image)));
+        }
+        let id = {
+            let mut n = lock(&self.created_containers);
+            *n += 1;
+            format!("container-{n}")
+        };
+        lock(&self.containers).insert(id.clone(), req);
+        Ok(id)
+    }
+
+    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError> {
+        let container = self.container(id)?;
+        let tar = lock(&self.archives)
+            .get(&(container.image.clone(), path.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Api(format!("Could not find the file {path} in container {id}"))
+            })?;
+        // Serve it in small chunks, as the daemon does.
+        let chunks: Vec<Result<Bytes, EngineError>> = tar
+            .chunks(1000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Ok(Box::pin(futures_util::stream::iter(chunks)))
+    }
+
+    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError> {
+        let container = self.container(id)?;
+        if !container.keep_alive {
+            return Err(EngineError::Api(format!("container {id} is not running")));
+        }
+        let last = cmd.last().cloned().unwrap_or_default();
+        sink(&format!("exec {last}"));
+        let code = lock(&self.exec_codes).get(&last).copied().unwrap_or(0);
+        lock(&self.execs).push((container.image, cmd));
+        Ok(code)
+    }
+
+    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError> {
+        let container = self.container(id)?;
+        let mut commits = lock(&self.commits);
+        commits.push((container.image, config_of.to_string()));
+        let image = format!("sha256:commit-{}", commits.len());
+        lock(&self.images).insert(image.clone());
+        Ok(image)
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        lock(&self.containers).remove(id);
+        Ok(())
     }
 }

@@ -107,7 +107,19 @@ pub struct RunRequest {
     pub network_mode: Option<String>,
 }
 
-/// The operations habitus needs from a container engine.
+/// A container to create from an image.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerRequest {
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// `false`: the container is only created (never started), for reading
+    /// files with [`Engine::archive`]; the image needs no shell.
+    /// `true`: its process is `/bin/sh` waiting on an open stdin, so that it
+    /// stays up for [`Engine::exec`] until removed; the image needs only
+    /// `/bin/sh`.
+    pub keep_alive: bool,
+}
+
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync {
     /// Checks that the daemon answers.
@@ -141,6 +153,45 @@ pub trait Engine: Send + Sync {
         label: &str,
         value: &str,
     ) -> Result<usize, EngineError>;
+
+    // Containers for artifacts and cleanup. The defaults fail, so engines
+    // that never copy artifacts or run cleanups need not implement them.
+
+    /// Creates a container (see [`ContainerRequest::keep_alive`]) and, when
+    /// it is to stay alive, starts it; returns its id.
+    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError> {
+        Err(unsupported("create a container of", &req.image))
+    }
+
+    /// Streams a tar archive of `path` inside container `id` (the archive
+    /// API, as `docker cp` reads it): a file gives one entry named after it,
+    /// a directory its tree under its own name. A symlink at `path` is
+    /// archived as the symlink.
+    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError> {
+        let _ = id;
+        Err(unsupported("read", path))
+    }
+
+    /// Runs `cmd` as root in the running container `id`, streams its output
+    /// to `sink` and returns its exit code.
+    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError> {
+        let _ = (cmd, sink);
+        Err(unsupported("exec in", id))
+    }
+
+    /// Commits container `id` as a new untagged image whose config (Env,
+    /// Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes…)
+    /// is that of image `config_of`, not the container's; returns its id.
+    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError> {
+        let _ = config_of;
+        Err(unsupported("commit", id))
+    }
+
+    /// Removes (forcibly) one container; a container that is already gone
+    /// is not an error.
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        Err(unsupported("remove", id))
+    }
 
     // Image transfer, used by `squash`. The defaults fail, so engines
     // that never squash need not implement them.

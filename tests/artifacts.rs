@@ -1,0 +1,416 @@
+//! Artifacts and cleanup on the real daemon: files copied out of a step's
+//! image onto the host (modes, trees, `/src:dest`, `FROM scratch`, 200 MB),
+//! used by the next step and removed afterwards; cleanup commands.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::common::{base_image, containers_with_label, docker, Cleanup, Habitus, UID_LABEL};
+
+/// A work dir with a build.yml and a guard for its uid.
+fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
+    let cleanup = Cleanup::new(prefix);
+    let h = Habitus::new()
+        .file("build.yml", build_yml)
+        .args(["--uid", cleanup.uid()]);
+    (h, cleanup)
+}
+
+fn from_base(rest: &str) -> String {
+    format!("FROM {}\n{rest}", base_image())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn assert_no_container_left(c: &Cleanup) {
+    assert_eq!(
+        containers_with_label(UID_LABEL, c.uid()),
+        Vec::<String>::new(),
+        "containers of this build are left"
+    );
+}
+
+const COMPILE_AND_RUNTIME: &str = "build:
+  version: 2016-03-14
+  steps:
+    compile:
+      name: hb/art-compile
+      dockerfile: Dockerfile.compile
+      artifacts:
+        - /usr/bin/app
+        - /out/tree
+        - /secret.key
+        - /etc/app/conf:config
+        - /bin/busybox:bin
+    runtime:
+      name: hb/art-runtime
+      dockerfile: Dockerfile.runtime
+      depends_on: [compile]
+";
+
+const COMPILE_DOCKERFILE: &str = "RUN mkdir -p /out/tree/a/b /etc/app \\
+ && echo deep > /out/tree/a/b/c && echo top > /out/tree/top && chmod 0640 /out/tree/top \\
+ && printf '#!/bin/sh\\necho app ran\\n' > /usr/bin/app && chmod 0755 /usr/bin/app \\
+ && echo key > /secret.key && chmod 0600 /secret.key \\
+ && echo conf > /etc/app/conf
+";
+
+/// The runtime image starts `FROM scratch` and holds only the artifacts.
+const RUNTIME_DOCKERFILE: &str = "FROM scratch
+ADD bin/busybox /bin/sh
+ADD app /app
+ADD tree /tree
+ADD config/conf /conf
+CMD [\"/bin/sh\", \"-c\", \"/app && read a < /tree/a/b/c && read b < /conf && echo $a $b\"]
+";
+
+#[test]
+fn files_trees_modes_and_destinations_reach_the_next_step() {
+    let (h, c) = project("art-forms", COMPILE_AND_RUNTIME);
+    let h = h
+        .file("Dockerfile.compile", from_base(COMPILE_DOCKERFILE))
+        .file("Dockerfile.runtime", RUNTIME_DOCKERFILE)
+        .arg("--keep-artifacts");
+    let out = h.run();
+    out.assert_success();
+    let d = h.dir();
+    // Go Habitus's layout: the base name under the work dir, or under
+    // `dest` for `/src:dest`.
+    assert_eq!(mode(&d.join("app")), 0o755);
+    assert_eq!(mode(&d.join("secret.key")), 0o600);
+    assert_eq!(mode(&d.join("tree/top")), 0o640);
+    assert_eq!(
+        std::fs::read_to_string(d.join("secret.key")).unwrap(),
+        "key\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("tree/a/b/c")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("config/conf")).unwrap(),
+        "conf\n"
+    );
+    assert_eq!(
+        std::fs::read(d.join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    assert!(out
+        .stderr
+        .contains("copied artifact `/out/tree` to `tree` in "));
+    assert!(out
+        .stderr
+        .contains("copied artifact `/etc/app/conf` to `config/conf` in "));
+    // The `FROM scratch` image made of artifacts runs.
+    let image = format!("hb/art-runtime-{}", c.uid());
+    assert_eq!(docker(&["run", "--rm", &image]), "app ran\ndeep conf\n");
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn artifacts_are_removed_after_the_build_but_files_that_were_there_stay() {
+    let (h, c) = project("art-remove", COMPILE_AND_RUNTIME);
+    let h = h
+        .file("Dockerfile.compile", from_base(COMPILE_DOCKERFILE))
+        .file("Dockerfile.runtime", RUNTIME_DOCKERFILE)
+        .file("config/mine.txt", "mine")
+        .file("tree/notes.txt", "notes");
+    let out = h.run();
+    out.assert_success();
+    let d = h.dir();
+    for gone in ["app", "secret.key", "config/conf", "bin"] {
+        assert!(!d.join(gone).exists(), "`{gone}` is still there");
+    }
+    // `tree` existed before the build: it stays, with what the build added
+    // inside it (habitus never removes a path that existed before).
+    assert_eq!(
+        std::fs::read_to_string(d.join("config/mine.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("tree/notes.txt")).unwrap(),
+        "notes"
+    );
+    assert!(d.join("Dockerfile.compile").exists() && d.join("build.yml").exists());
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn artifacts_are_removed_when_a_later_step_fails() {
+    let (h, c) = project("art-fail", COMPILE_AND_RUNTIME);
+    let h = h
+        .file("Dockerfile.compile", from_base(COMPILE_DOCKERFILE))
+        .file(
+            "Dockerfile.runtime",
+            "FROM scratch\nADD app /app\nADD missing /m\n",
+        );
+    let out = h.run();
+    out.assert_failure();
+    assert!(
+        out.stderr.contains("step `runtime` failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(!h.dir().join("app").exists());
+    assert!(!h.dir().join("tree").exists());
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn an_artifact_comes_out_of_a_scratch_image_without_a_shell() {
+    let (h, c) = project(
+        "art-scratch",
+        "build:
+  version: 2016-03-14
+  steps:
+    data:
+      name: hb/art-scratch
+      dockerfile: Dockerfile
+      artifacts:
+        - /data/hello.txt:out
+",
+    );
+    let h = h
+        .file(
+            "Dockerfile",
+            "FROM scratch\nADD hello.txt /data/hello.txt\n",
+        )
+        .file("hello.txt", "hello from scratch\n")
+        .arg("--keep-artifacts");
+    h.run().assert_success();
+    assert_eq!(
+        std::fs::read_to_string(h.dir().join("out/hello.txt")).unwrap(),
+        "hello from scratch\n"
+    );
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn a_missing_artifact_fails_the_step_naming_it() {
+    let (h, c) = project(
+        "art-missing",
+        "build:
+  version: 2016-03-14
+  steps:
+    data:
+      name: hb/art-missing
+      dockerfile: Dockerfile
+      artifacts:
+        - /not/there
+",
+    );
+    let h = h.file("Dockerfile", from_base("RUN true\n"));
+    let out = h.run();
+    out.assert_failure();
+    assert!(
+        out.stderr
+            .contains("step `data`: artifact `/not/there`: docker: "),
+        "{}",
+        out.stderr
+    );
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn a_200_mb_artifact_is_carried_into_the_next_image() {
+    let (h, c) = project(
+        "art-big",
+        "build:
+  version: 2016-03-14
+  steps:
+    make:
+      name: hb/art-big-make
+      dockerfile: Dockerfile.make
+      artifacts:
+        - /big
+        - /big.sum
+    use:
+      name: hb/art-big-use
+      dockerfile: Dockerfile.use
+      depends_on: [make]
+",
+    );
+    let h = h
+        .file(
+            "Dockerfile.make",
+            from_base(
+                "RUN head -c 200000000 /dev/urandom > /big && sha256sum /big > /big.sum && chmod 0751 /big\n",
+            ),
+        )
+        .file(
+            "Dockerfile.use",
+            from_base("ADD big /big\nADD big.sum /big.sum\nRUN sha256sum -c /big.sum\n"),
+        );
+    let out = h.run();
+    out.assert_success();
+    assert!(
+        out.stderr
+            .contains("(1 file(s), 0 dir(s), 0 symlink(s), 200000000 bytes)"),
+        "{}",
+        out.stderr
+    );
+    let image = format!("hb/art-big-use-{}", c.uid());
+    assert_eq!(
+        docker(&[
+            "run",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "sha256sum -c /big.sum && stat -c %a /big"
+        ]),
+        "/big: OK\n751\n"
+    );
+    assert!(!h.dir().join("big").exists());
+    assert_no_container_left(&c);
+}
+
+const CLEANUP_YML: &str = "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/cleanup-app
+      dockerfile: Dockerfile
+      cleanup:
+        commands:
+          - CMD_ONE
+";
+
+fn cleanup_project(prefix: &str, command: &str) -> (Habitus, Cleanup) {
+    let (h, c) = project(prefix, &CLEANUP_YML.replace("CMD_ONE", command));
+    let h = h.file("secret.txt", "s3cr3t-value-for-cleanup\n").file(
+        "Dockerfile",
+        from_base(
+            "COPY secret.txt /secret.txt
+RUN mkdir -p /work && echo data > /work/data && chmod 0644 /secret.txt
+ENV HABITUS_TEST=kept
+WORKDIR /work
+USER 65534
+CMD [\"cat\", \"/work/data\"]
+",
+        ),
+    );
+    (h, c)
+}
+
+#[test]
+fn a_failing_cleanup_command_fails_the_build_with_its_code() {
+    let (h, c) = cleanup_project("cleanup-fail", "echo cleaning && exit 3");
+    let out = h.run();
+    out.assert_failure();
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("step `app`: cleanup command `echo cleaning && exit 3` exited with code 3"),
+        "{}",
+        out.stderr
+    );
+    // Its output was streamed on the step's lines.
+    assert!(out.stderr.contains("app | cleaning"), "{}", out.stderr);
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn no_cleanup_skips_the_commands() {
+    let (h, c) = cleanup_project("cleanup-skip", "exit 9");
+    let out = h.arg("--no-cleanup").run();
+    out.assert_success();
+    let image = format!("hb/cleanup-app-{}", c.uid());
+    assert_eq!(
+        docker(&["run", "--rm", &image, "cat", "/secret.txt"]),
+        "s3cr3t-value-for-cleanup\n"
+    );
+    assert_no_container_left(&c);
+}
+
+#[test]
+fn cleanup_commands_run_as_root_in_an_image_with_only_sh() {
+    // The image's user is 65534, the secret belongs to root: the command
+    // runs as root all the same. Whatever the squash does next, the
+    // command's output shows it ran, and no container is left.
+    let (h, c) = cleanup_project("cleanup-root", "rm /secret.txt && echo removed-it");
+    let out = h.run();
+    assert!(out.stderr.contains("app | removed-it"), "{}", out.stderr);
+    assert_no_container_left(&c);
+}
+
+/// The names of the files in every layer of `docker save image`, and
+/// whether any layer holds `needle`.
+fn saved_layers(image: &str, needle: &[u8]) -> (Vec<Vec<String>>, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("save.tar");
+    docker(&["save", "-o", file.to_str().unwrap(), image]);
+    let mut layers = Vec::new();
+    let mut found = false;
+    let mut outer = tar::Archive::new(std::fs::File::open(&file).unwrap());
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let is_layer = name.ends_with("layer.tar") || name.starts_with("blobs/sha256/");
+        if !is_layer || entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        found |= bytes.windows(needle.len()).any(|w| w == needle);
+        let mut names = Vec::new();
+        if let Ok(entries) = tar::Archive::new(&bytes[..]).entries() {
+            for inner in entries.flatten() {
+                names.push(inner.path().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        layers.push(names);
+    }
+    (layers, found)
+}
+
+#[test]
+fn cleanup_removes_a_secret_from_every_layer_and_keeps_the_config() {
+    let (h, c) = cleanup_project("cleanup-secret", "rm /secret.txt");
+    h.run().assert_success();
+    let image = format!("hb/cleanup-app-{}", c.uid());
+    let (layers, found) = saved_layers(&image, b"s3cr3t-value-for-cleanup");
+    assert!(!found, "a layer still holds the secret");
+    for layer in &layers {
+        assert!(
+            !layer
+                .iter()
+                .any(|n| n.trim_start_matches("./") == "secret.txt"),
+            "a layer still lists secret.txt: {layer:?}"
+        );
+    }
+    // No image in the history other than the squashed one and the base's
+    // can give the old layers back.
+    let base: Vec<String> = docker(&["history", "-q", &base_image()])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let own = docker(&["image", "inspect", "-f", "{{.Id}}", &image]);
+    for id in docker(&["history", "-q", &image]).lines() {
+        assert!(
+            id == "<missing>" || base.iter().any(|b| b == id) || own.contains(id),
+            "history entry `{id}` is another image"
+        );
+    }
+    let config = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Env}} {{json .Config.Cmd}} {{.Config.WorkingDir}} {{.Config.User}}",
+        &image,
+    ]);
+    assert!(config.contains("\"HABITUS_TEST=kept\""), "{config}");
+    assert!(
+        config.contains("[\"cat\",\"/work/data\"] /work 65534"),
+        "{config}"
+    );
+    assert_eq!(docker(&["run", "--rm", &image]), "data\n");
+    assert_no_container_left(&c);
+}
