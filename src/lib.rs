@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod runner;
+pub mod secrets;
 
 use std::ffi::OsString;
 use std::io::Write;

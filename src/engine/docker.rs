@@ -16,7 +16,7 @@ use std::time::Duration;
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{BuildInfo, ContainerCreateBody, HostConfig};
+use bollard::models::{BuildInfo, ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, ListContainersOptions,
     RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
@@ -543,6 +543,50 @@ impl Engine for DockerEngine {
             }
         }
         Ok(removed)
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker.create_network(request).await.map_err(api)?;
+        let inspected = self.docker.inspect_network(name, None).await;
+        let gateway = inspected.as_ref().ok().and_then(|n| {
+            n.ipam
+                .as_ref()?
+                .config
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.gateway.clone().filter(|g| !g.is_empty()))
+        });
+        match (inspected, gateway) {
+            (_, Some(gateway)) => Ok(gateway),
+            (Err(err), None) => {
+                let _ = self.docker.remove_network(name).await;
+                Err(api(err))
+            }
+            (Ok(_), None) => {
+                let _ = self.docker.remove_network(name).await;
+                Err(EngineError::Api(format!(
+                    "network `{name}` has no gateway in its IPAM config"
+                )))
+            }
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(api(err)),
+        }
     }
 }
 

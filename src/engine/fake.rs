@@ -35,6 +35,8 @@ pub struct FakeEngine {
     images: Mutex<BTreeSet<String>>,
     removed: Mutex<Vec<String>>,
     label_sweeps: Mutex<Vec<(String, String)>>,
+    networks: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    removed_networks: Mutex<Vec<String>>,
 }
 
 impl FakeEngine {
@@ -65,6 +67,14 @@ impl FakeEngine {
     /// `(label, value)` pairs swept with `remove_containers_with_label`.
     pub fn label_sweeps(&self) -> Vec<(String, String)> {
         lock(&self.label_sweeps).clone()
+    }
+    /// Networks that exist now, with their labels.
+    pub fn networks(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        lock(&self.networks).clone()
+    }
+    /// Networks removed, in order.
+    pub fn removed_networks(&self) -> Vec<String> {
+        lock(&self.removed_networks).clone()
     }
 }
 
@@ -146,5 +156,21 @@ impl Engine for FakeEngine {
     ) -> Result<usize, EngineError> {
         lock(&self.label_sweeps).push((label.to_string(), value.to_string()));
         Ok(0)
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        lock(&self.networks).insert(name.to_string(), labels.clone());
+        Ok("127.0.0.1".to_string())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        if lock(&self.networks).remove(name).is_some() {
+            lock(&self.removed_networks).push(name.to_string());
+        }
+        Ok(())
     }
 }

@@ -141,4 +141,15 @@ pub trait Engine: Send + Sync {
         label: &str,
         value: &str,
     ) -> Result<usize, EngineError>;
+
+    /// Creates a bridge network `name` with `labels` and returns its
+    /// gateway address (from its IPAM config), e.g. `172.18.0.1`.
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError>;
+
+    /// Removes network `name`; a network that does not exist is not an error.
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
 }
