@@ -67,7 +67,7 @@ where
         }
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
-        Command::Build => build(&config),
+        Command::Build => build(&config, &cli.flags),
     };
     match result {
         Ok(()) => 0,
@@ -141,8 +141,18 @@ fn print_stdout(text: &str) {
     let _ = out.flush();
 }
 
-fn build(config: &Config) -> Result<(), Error> {
+fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
     let (loaded, plan) = load(config)?;
+    // Secrets are resolved before anything else happens: a missing one
+    // stops the build before the daemon is even contacted.
+    let settings = secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+    let prepared = secrets::session::prepare(
+        &loaded.manifest,
+        &settings,
+        config.network.as_deref(),
+        &|name| std::env::var_os(name),
+    )
+    .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,11 +160,19 @@ fn build(config: &Config) -> Result<(), Error> {
             what: "cannot start the async runtime".into(),
             source,
         })?;
-    runtime.block_on(build_async(config, loaded, plan))
+    runtime.block_on(build_async(config, loaded, plan, (settings, prepared)))
 }
 
-async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), Error> {
+async fn build_async(
+    config: &Config,
+    loaded: Loaded,
+    plan: Plan,
+    (settings, prepared): (secrets::Settings, secrets::session::Prepared),
+) -> Result<(), Error> {
     let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+    for (severity, notice) in &prepared.notices {
+        reporter.message(*severity, notice);
+    }
     let engine = DockerEngine::connect(&DockerOptions {
         host: Some(config.docker.host.clone()),
         use_tls: config.docker.use_tls,
@@ -193,6 +211,10 @@ async fn build_async(config: &Config, loaded: Loaded, plan: Plan) -> Result<(), 
         Arc::clone(&reporter),
         Runner::new_build_id(),
     );
+    let runner = match prepared.store {
+        Some(store) => runner.with_secrets(settings, store),
+        None => runner,
+    };
     reporter.message(
         Severity::Info,
         &format!(

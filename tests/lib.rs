@@ -19,3 +19,5 @@ mod examples;
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).
 mod plan;
+/// The secrets server in-process and in real builds; nothing leaks.
+mod secrets;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::cli::Flags;
 use crate::engine::{Engine, EngineError};
 use crate::manifest::Manifest;
+use crate::progress::Severity;
 
 use super::provider::{self, ProviderError, SecretStore};
 use super::redact::Redactor;
@@ -108,7 +109,7 @@ pub enum SecretsError {
 pub struct Prepared {
     pub store: Option<SecretStore>,
     /// Warnings and notices, one line each.
-    pub notices: Vec<String>,
+    pub notices: Vec<(Severity, String)>,
 }
 
 /// Decides whether the secrets server runs for `manifest` and, if it does,
@@ -140,9 +141,10 @@ pub fn prepare(
     let mut notices = Vec::new();
     if declaring.is_empty() {
         if settings.enabled == Some(true) {
-            notices.push(
+            notices.push((
+                Severity::Info,
                 "--secrets: no step declares secrets; the secrets server is not started".into(),
-            );
+            ));
         }
         return Ok(Prepared {
             store: None,
@@ -151,17 +153,17 @@ pub fn prepare(
     }
     match settings.enabled {
         Some(false) => {
-            notices.push(format!(
-                "warning: step(s) {list} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
-            ));
+            notices.push((Severity::Warning, format!(
+                "step(s) {list} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
+            )));
             return Ok(Prepared {
                 store: None,
                 notices,
             });
         }
-        None => notices.push(format!(
+        None => notices.push((Severity::Info, format!(
             "step(s) {list} declare secrets: starting the secrets server (--secrets=false turns it off)"
-        )),
+        ))),
         Some(true) => {}
     }
     if let (Some(network), None) = (network, settings.binding) {
