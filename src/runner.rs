@@ -1096,4 +1096,63 @@ mod tests {
             "step `a`: after_build_command `exit 4` exited with code 4"
         );
     }
+
+    #[tokio::test]
+    async fn steps_with_secrets_get_connection_args_on_the_build_network() {
+        use crate::manifest::SecretSpec;
+        use crate::secrets::provider::SecretKey;
+        use crate::secrets::{Secret, SecretStore, Settings};
+
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut a = step(d, "a", &[]);
+        a.secrets.insert(
+            "k".into(),
+            SecretSpec {
+                kind: "env".into(),
+                value: "K".into(),
+            },
+        );
+        let f = fixture(vec![a, step(d, "b", &["a"])], opts(1));
+        let mut store = SecretStore::default();
+        store.insert(
+            "a",
+            SecretKey {
+                kind: "env".into(),
+                name: "k".into(),
+            },
+            Arc::new(Secret::new(b"v".to_vec())),
+        );
+        let settings = Settings {
+            enabled: None,
+            binding: None,
+            port: 0,
+            basic_auth: None,
+            providers: vec!["env".into()],
+        };
+        let Fixture { engine, runner } = f;
+        let runner = runner.with_secrets(settings, store);
+        runner
+            .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
+            .await
+            .unwrap();
+        let builds = engine.builds();
+        let (a, b) = (&builds[0].request, &builds[1].request);
+        assert_eq!(a.network_mode.as_deref(), Some("habitus-b1"));
+        assert_eq!(b.network_mode.as_deref(), Some("habitus-b1"));
+        assert_eq!(a.build_args["HABITUS_HOST"], "127.0.0.1");
+        let port = &a.build_args["HABITUS_PORT"];
+        assert_eq!(
+            a.build_args["HABITUS_URL"],
+            format!("https://127.0.0.1:{port}")
+        );
+        assert!(a.build_args["HABITUS_CA"].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(a.build_args["HABITUS_TOKEN"].len(), 64);
+        assert!(!b.build_args.keys().any(|k| k.starts_with("HABITUS_")));
+        // Torn down: network removed, port closed.
+        assert!(engine.networks().is_empty());
+        assert_eq!(engine.removed_networks(), ["habitus-b1"]);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
 }

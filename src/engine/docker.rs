@@ -1095,6 +1095,31 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_split_across_stream_chunks_is_redacted() {
+        use crate::secrets::{Redactor, Secret};
+        let secrets = [Arc::new(Secret::new(b"tok-5ecr3t-value".to_vec()))];
+        let redactor = Redactor::new(&secrets);
+        let (lines, sink) = collector();
+        let redacting: LineSink = Arc::new(move |line: &str| sink(&redactor.redact(line)));
+        let mut progress = BuildProgress::default();
+        for chunk in [
+            "Step 1/1 : RUN x
+printed: tok-5e",
+            "cr3t",
+            "-value
+after
+",
+        ] {
+            progress.feed(&stream(chunk), &*redacting).unwrap();
+        }
+        progress.finish(&*redacting);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["Step 1/1 : RUN x", "printed: ***", "after"]
+        );
+    }
+
+    #[test]
     fn aux_id_is_the_image_id() {
         let (_, sink) = collector();
         let mut progress = BuildProgress::default();
