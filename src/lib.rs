@@ -68,6 +68,10 @@ where
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
         Command::Build => build(&config, &cli.flags),
+        Command::Serve {
+            secret_file,
+            secret_env,
+        } => serve(&config, &cli.flags, &secret_file, &secret_env),
     };
     match result {
         Ok(()) => 0,
@@ -161,6 +165,41 @@ fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
             source,
         })?;
     runtime.block_on(build_async(config, loaded, plan, (settings, prepared)))
+}
+
+/// `habitus serve`: see [`secrets::serve`].
+fn serve(
+    config: &Config,
+    flags: &cli::Flags,
+    files: &[(String, String)],
+    envs: &[String],
+) -> Result<(), Error> {
+    let settings = secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+    let env = |name: &str| std::env::var_os(name);
+    let store = if files.is_empty() && envs.is_empty() {
+        let (loaded, _) = load(config)?;
+        secrets::serve::store_from_manifest(&loaded.manifest, &settings.providers, &env)
+    } else {
+        secrets::serve::store_from_flags(files, envs, &settings.providers, &config.workdir, &env)
+    }
+    .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let reporter = Arc::new(Reporter::stderr(config.level, false));
+    runtime.block_on(async {
+        let stop = async {
+            let cancel = CancellationToken::new();
+            watch_signals(cancel.clone(), Arc::new(Mutex::new(None))).await;
+        };
+        secrets::serve::run(&settings, store, reporter, print_stdout, stop)
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))
+    })
 }
 
 async fn build_async(

@@ -689,3 +689,89 @@ fn assert_private(path: &Path) {
     let mode = std::fs::metadata(path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{}", path.display());
 }
+
+#[test]
+fn serve_runs_standalone_until_sigterm_and_removes_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key.txt"), "served-file-value").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--secret-file",
+            "key=key.txt",
+            "--secret-env",
+            "tok=SERVE_TOK",
+        ])
+        .env("HABITUS_SERVE_TOK", "served-env-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut settings = std::collections::BTreeMap::new();
+    let mut line = String::new();
+    while !settings.contains_key("HABITUS_CA_FILE") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve ended early"
+        );
+        if let Some((k, v)) = line.trim_end().split_once('=') {
+            settings.insert(k.to_string(), v.to_string());
+        }
+    }
+    let ca = PathBuf::from(&settings["HABITUS_CA_FILE"]);
+    assert_private(&ca);
+    let url = &settings["HABITUS_URL"];
+    let auth = format!("Authorization: Bearer {}", settings["HABITUS_TOKEN"]);
+    for (path, value) in [
+        ("/v1/secrets/file/key", "served-file-value"),
+        ("/v1/secrets/env/tok", "served-env-value"),
+    ] {
+        let out = Command::new("curl")
+            .args(["-fsS", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &auth, &format!("{url}{path}")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), value, "{out:?}");
+    }
+    let addr: SocketAddr = format!("{}:{}", settings["HABITUS_HOST"], settings["HABITUS_PORT"])
+        .parse()
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("GET /v1/secrets/file/key from 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("served-file-value"), "{stderr}");
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+    assert!(!ca.exists());
+    assert!(!ca.parent().unwrap().exists());
+}
+
+#[test]
+fn serve_without_secrets_explains_itself() {
+    let out = Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/none\n      dockerfile: Dockerfile\n",
+        )
+        .file("Dockerfile", "FROM scratch\n")
+        .arg("serve")
+        .run();
+    out.assert_failure();
+    assert!(out.stderr.contains(
+        "error: nothing to serve: build.yml declares no secrets and no --secret-file or --secret-env was given"
+    ), "{}", out.stderr);
+}

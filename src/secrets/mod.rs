@@ -15,6 +15,7 @@
 pub mod provider;
 pub mod redact;
 pub mod secret;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -144,6 +144,22 @@ impl SecretStore {
         out
     }
 
+    /// Every secret of every step under the single step `step` (the first
+    /// declaration of a `kind/name` wins): what `habitus serve` grants its
+    /// one token.
+    pub fn merged(&self, step: &str) -> SecretStore {
+        let mut out = SecretStore::default();
+        for secrets in self.steps.values() {
+            for (key, secret) in secrets {
+                let target = out.steps.entry(step.to_string()).or_default();
+                target
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::clone(secret));
+            }
+        }
+        out
+    }
+
     /// Whether no step declares a secret.
     pub fn is_empty(&self) -> bool {
         self.steps.values().all(BTreeMap::is_empty)
@@ -216,7 +232,7 @@ pub fn resolve_one(
             kind: spec.kind.clone(),
         });
     }
-    if !providers.iter().any(|p| *p == spec.kind) {
+    if !providers.contains(&spec.kind) {
         return Err(ProviderError::Disabled {
             secret: name.into(),
             step: step.into(),
