@@ -9,6 +9,11 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+/// The clap command, for completions and the man page.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// habitus: a build-flow runner for Docker with a short-lived TLS secrets
 /// server. With no subcommand it builds, as Go Habitus does.
 #[derive(Debug, Parser)]
@@ -54,6 +59,51 @@ pub enum Command {
         /// as `/v1/secrets/env/NAME` (repeatable).
         #[arg(long = "secret-env", value_name = "NAME[=VAR]", action = ArgAction::Append)]
         secret_env: Vec<String>,
+    },
+    /// Print a shell completion script: `habitus completions bash > /etc/bash_completion.d/habitus`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `habitus man | man -l -`.
+    Man,
+    /// Search images for secrets: every layer (also files a later layer
+    /// deletes) and the config, raw, base64, hex and URL-encoded. Exits 1
+    /// on any hit; never prints a secret.
+    Audit {
+        /// Images to audit.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Secrets declared in this build.yml (resolved by their providers).
+        #[arg(long, value_name = "BUILD_YML")]
+        secrets_from: Option<PathBuf>,
+        /// A file whose content is a secret (repeatable).
+        #[arg(long, value_name = "PATH")]
+        secret_file: Vec<PathBuf>,
+        /// An environment variable whose value is a secret (repeatable).
+        #[arg(long, value_name = "NAME")]
+        secret_env: Vec<String>,
+        /// Also list files that a layer adds and a later layer deletes or
+        /// overwrites: they still ship with the image.
+        #[arg(long)]
+        shadowed: bool,
+    },
+    /// Squash an image's layers into one, applying deletions, keeping the
+    /// config. Without `--all` or `--from`, the layers of the newest tagged
+    /// image in IMAGE's history (its `FROM`) are kept.
+    Squash {
+        /// The image to squash.
+        image: String,
+        /// Tag for the squashed image (default: IMAGE itself).
+        #[arg(short = 't', long = "tag", value_name = "TAG")]
+        tag: Option<String>,
+        /// Squash every layer, base layers included, into one.
+        #[arg(long, conflicts_with = "from")]
+        all: bool,
+        /// Keep the layers of this base image as they are.
+        #[arg(long, value_name = "BASE")]
+        from: Option<String>,
     },
 }
 
@@ -298,6 +348,12 @@ pub struct Flags {
           default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
           action = ArgAction::Set)]
     pub image_labels: bool,
+
+    /// Also write every build event to stdout as one JSON object per line.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub json: bool,
 
     /// Steps built at the same time (default: the number of CPUs).
     #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]

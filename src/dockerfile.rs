@@ -609,7 +609,8 @@ struct Command<'a> {
 /// Docker's `splitCommand` and `extractBuilderFlags` do.
 fn split_command(text: &str, escape: u8) -> Command<'_> {
     let start = text.len() - text.trim_start().len();
-    let end = text.trim_end().len();
+    // All whitespace: `start` is the end of the text, past `trim_end`.
+    let end = text.trim_end().len().max(start);
     let bytes = text.as_bytes();
     let name_end = (start..end)
         .find(|&index| is_separator(bytes[index]))

@@ -22,6 +22,18 @@ pub enum Error {
     /// The build failed.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A squash failed.
+    #[error(transparent)]
+    Squash(#[from] crate::squash::SquashError),
+    /// `habitus audit` could not read an image.
+    #[error("{0}")]
+    Audit(String),
+    /// `habitus audit` found secrets (each hit has been printed).
+    #[error("{hits} secret occurrence(s) found")]
+    Leak {
+        /// How many hits.
+        hits: usize,
+    },
     /// A local I/O error outside any step.
     #[error("{what}: {source}")]
     Io {
@@ -39,7 +51,15 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Engine(EngineError::Unreachable { .. } | EngineError::Tls(_)) => 2,
             Error::Build(e) => e.code(),
-            Error::Manifest(_) | Error::Engine(_) | Error::Io { .. } => 1,
+            Error::Squash(crate::squash::SquashError::Engine(
+                EngineError::Unreachable { .. } | EngineError::Tls(_),
+            )) => 2,
+            Error::Manifest(_)
+            | Error::Engine(_)
+            | Error::Squash(_)
+            | Error::Audit(_)
+            | Error::Leak { .. }
+            | Error::Io { .. } => 1,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! in-process too.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -18,6 +19,7 @@ pub mod plan;
 pub mod progress;
 pub mod runner;
 pub mod secrets;
+pub mod squash;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -72,6 +74,44 @@ where
             secret_file,
             secret_env,
         } => serve(&config, &cli.flags, &secret_file, &secret_env),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cli::command(), "habitus", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cli::command())
+                .render(&mut out)
+                .map(|()| print_stdout(&String::from_utf8_lossy(&out)))
+                .map_err(|source| Error::Io {
+                    what: "cannot render the man page".into(),
+                    source,
+                })
+        }
+        Command::Audit {
+            images,
+            secrets_from,
+            secret_file,
+            secret_env,
+            shadowed,
+        } => audit_command(
+            &config,
+            &images,
+            &AuditSecrets {
+                from_build: secrets_from,
+                files: secret_file,
+                env: secret_env,
+            },
+            shadowed,
+        ),
+        Command::Squash {
+            image,
+            tag,
+            all,
+            from,
+        } => squash_command(&config, &image, tag.as_deref(), all, from),
     };
     match result {
         Ok(()) => 0,
@@ -146,25 +186,47 @@ fn print_stdout(text: &str) {
 }
 
 fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
-    // Secrets are resolved before anything else happens: a missing one
-    // stops the build before the daemon is even contacted.
-    let settings = secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
-    let prepared = secrets::session::prepare(
-        &loaded.manifest,
-        &settings,
-        config.network.as_deref(),
-        &|name| std::env::var_os(name),
-    )
-    .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
-    runtime.block_on(build_async(config, loaded, plan, (settings, prepared)))
+    let mut reporter = Reporter::for_terminal(config.level, config.suppress, config.pretty);
+    if config.json {
+        reporter = reporter.with_json(Box::new(std::io::stdout()));
+    }
+    let reporter = Arc::new(reporter);
+    let result = load(config).and_then(|(loaded, plan)| {
+        // Secrets are resolved before anything else happens: a missing one
+        // stops the build before the daemon is even contacted.
+        let settings =
+            secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+        let prepared = secrets::session::prepare(
+            &loaded.manifest,
+            &settings,
+            config.network.as_deref(),
+            &|name| std::env::var_os(name),
+        )
+        .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "cannot start the async runtime".into(),
+                source,
+            })?;
+        runtime.block_on(build_async(
+            config,
+            loaded,
+            plan,
+            Arc::clone(&reporter),
+            (settings, prepared),
+        ))
+    });
+    let (status, code) = match &result {
+        Ok(()) => ("success", 0),
+        Err(Error::Build(runner::BuildError::Interrupted { .. })) => {
+            ("interrupted", result.as_ref().err().map_or(1, Error::code))
+        }
+        Err(e) => ("failure", e.code()),
+    };
+    reporter.build_finished(status, code, result.as_ref().err().map(ToString::to_string));
+    result
 }
 
 /// `habitus serve`: see [`secrets::serve`].
@@ -206,9 +268,9 @@ async fn build_async(
     config: &Config,
     loaded: Loaded,
     plan: Plan,
+    reporter: Arc<Reporter>,
     (settings, prepared): (secrets::Settings, secrets::session::Prepared),
 ) -> Result<(), Error> {
-    let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
     for (severity, notice) in &prepared.notices {
         reporter.message(*severity, notice);
     }
@@ -254,12 +316,13 @@ async fn build_async(
         Some(store) => runner.with_secrets(settings, store),
         None => runner,
     };
+    reporter.build_started(runner.build_id(), &config.file, &runner.steps());
     reporter.message(
         Severity::Info,
         &format!(
             "build {}: {} step(s) from {}",
             runner.build_id(),
-            runner_steps(&runner),
+            runner.step_count(),
             config.file.display()
         ),
     );
@@ -274,11 +337,84 @@ async fn build_async(
     }
 }
 
-fn runner_steps(runner: &Runner) -> usize {
-    runner.step_count()
+/// `habitus squash IMAGE [-t TAG] [--all | --from BASE]`.
+fn squash_command(
+    config: &Config,
+    image: &str,
+    tag: Option<&str>,
+    all: bool,
+    from: Option<String>,
+) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
+        let engine = DockerEngine::connect(&DockerOptions {
+            host: Some(config.docker.host.clone()),
+            use_tls: config.docker.use_tls,
+            tls_verify: config.docker.use_tls,
+            cert_path: config.docker.cert_path.clone(),
+        })
+        .await?;
+        let keep = match (all, from) {
+            (true, _) => squash::Keep::Nothing,
+            (false, Some(base)) => squash::Keep::BaseImage(base),
+            (false, None) => {
+                let base = squash::detect_base(&engine, image).await?;
+                reporter.message(Severity::Info, &format!("keeping the layers of `{base}`"));
+                squash::Keep::BaseImage(base)
+            }
+        };
+        let tag = tag.unwrap_or(image);
+        let sink_reporter = Arc::clone(&reporter);
+        let sink: engine::LineSink =
+            Arc::new(move |line: &str| sink_reporter.step_output("squash", line));
+        let report = squash::squash(&engine, image, tag, keep, sink).await?;
+        reporter.message(
+            Severity::Info,
+            &format!(
+                "squashed `{image}` into `{tag}` ({}): {} layer(s) → {}",
+                report.image_id, report.layers_before, report.layers_after
+            ),
+        );
+        Ok(())
+    })
 }
 
 fn print_summary(reporter: &Reporter, summary: &Summary) {
+    reporter.event(
+        "summary",
+        serde_json::json!({
+            "steps": summary.steps.iter().map(|s| serde_json::json!({
+                "step": s.label,
+                "image": s.image,
+                "image_id": s.image_id,
+                "size": s.size,
+                "duration_ms": s.duration.as_millis() as u64,
+                "cached": s.cached_steps,
+                "total": s.total_steps,
+            })).collect::<Vec<_>>(),
+            "removed_images": summary.removed_images,
+        }),
+    );
+    for step in &summary.steps {
+        reporter.step_summary(
+            &progress::StepFinished {
+                label: &step.label,
+                image: &step.image,
+                image_id: &step.image_id,
+                duration: step.duration,
+                cached: step.cached_steps,
+                total: step.total_steps,
+            },
+            step.size.map(runner::human_size).as_deref(),
+        );
+    }
     let mut text = String::from("summary:");
     for step in &summary.steps {
         text.push_str(&format!(
@@ -309,4 +445,172 @@ async fn watch_signals(cancel: CancellationToken, signal: Arc<Mutex<Option<Signa
     };
     *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(which);
     cancel.cancel();
+}
+
+/// A secret's name and value, zeroized on drop.
+type NamedSecret = (String, zeroize::Zeroizing<Vec<u8>>);
+
+/// Where `habitus audit` takes the secrets to look for.
+struct AuditSecrets {
+    from_build: Option<std::path::PathBuf>,
+    files: Vec<std::path::PathBuf>,
+    env: Vec<String>,
+}
+
+/// Reads the secrets named on the command line into zeroized buffers.
+fn audit_secret_values(config: &Config, sources: &AuditSecrets) -> Result<Vec<NamedSecret>, Error> {
+    let mut out = Vec::new();
+    for path in &sources.files {
+        let value = std::fs::read(path).map_err(|source| Error::Io {
+            what: format!("cannot read secret file `{}`", path.display()),
+            source,
+        })?;
+        out.push((path.display().to_string(), zeroize::Zeroizing::new(value)));
+    }
+    for name in &sources.env {
+        let value = std::env::var_os(name).ok_or_else(|| {
+            Error::Usage(format!("--secret-env `{name}`: the variable is not set"))
+        })?;
+        out.push((
+            name.clone(),
+            zeroize::Zeroizing::new(value.into_encoded_bytes()),
+        ));
+    }
+    if let Some(file) = &sources.from_build {
+        out.extend(audit_secrets_from_build(config, file)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "nothing to look for: give --secrets-from, --secret-file or --secret-env".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `habitus audit IMAGE…`.
+fn audit_command(
+    config: &Config,
+    images: &[String],
+    sources: &AuditSecrets,
+    shadowed: bool,
+) -> Result<(), Error> {
+    let secrets = if shadowed
+        && sources.from_build.is_none()
+        && sources.files.is_empty()
+        && sources.env.is_empty()
+    {
+        Vec::new()
+    } else {
+        audit_secret_values(config, sources)?
+    };
+    let (scanner, skipped) = audit::Scanner::new(
+        secrets
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice())),
+    );
+    for name in skipped {
+        eprintln!(
+            "warning: secret `{name}` is shorter than {} bytes: not searched for",
+            audit::MIN_SECRET_LEN
+        );
+    }
+    let scanner = Arc::new(scanner);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let mut hits = 0;
+    runtime.block_on(async {
+        let engine = DockerEngine::connect(&DockerOptions {
+            host: Some(config.docker.host.clone()),
+            use_tls: config.docker.use_tls,
+            tls_verify: config.docker.use_tls,
+            cert_path: config.docker.cert_path.clone(),
+        })
+        .await?;
+        for image in images {
+            let result = audit::audit_image(&engine, image, Arc::clone(&scanner))
+                .await
+                .map_err(|e| Error::Audit(e.to_string()))?;
+            hits += result.hits.len();
+            if config.json {
+                let value = serde_json::json!({
+                    "image": image,
+                    "layers": result.layers,
+                    "hits": result.hits,
+                    "shadowed": if shadowed { serde_json::to_value(result.shadowed()).unwrap_or_default() } else { serde_json::Value::Null },
+                });
+                print_stdout(&value.to_string());
+                continue;
+            }
+            for hit in &result.hits {
+                print_stdout(&hit.describe(image));
+            }
+            if shadowed {
+                for s in result.shadowed() {
+                    print_stdout(&format!(
+                        "{image}: `/{}` ({} bytes) added in layer {}, {} in layer {}: it still ships",
+                        s.path, s.size, s.added_in, s.how, s.hidden_in
+                    ));
+                }
+            }
+            if result.hits.is_empty() && !scanner.is_empty() {
+                eprintln!(
+                    "{image}: no secret in {} layers and the config",
+                    result.layers
+                );
+            }
+        }
+        Ok::<(), Error>(())
+    })?;
+    if hits > 0 {
+        Err(Error::Leak { hits })
+    } else {
+        Ok(())
+    }
+}
+
+/// The secrets a build.yml declares, resolved by their providers.
+fn audit_secrets_from_build(
+    config: &Config,
+    file: &std::path::Path,
+) -> Result<Vec<NamedSecret>, Error> {
+    let workdir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let loaded = manifest::load(&LoadOptions {
+        file,
+        workdir,
+        env: &config.env,
+        sec_providers: &config.sec_providers,
+    })
+    .map_err(Error::Manifest)?;
+    let mut out = Vec::new();
+    for step in &loaded.manifest.steps {
+        for (name, spec) in &step.secrets {
+            let value = match spec.kind.as_str() {
+                "file" => std::fs::read(&spec.value).map_err(|source| Error::Io {
+                    what: format!(
+                        "secret `{name}` of step `{}`: cannot read `{}`",
+                        step.label, spec.value
+                    ),
+                    source,
+                })?,
+                _ => std::env::var_os(format!("HABITUS_{}", spec.value))
+                    .ok_or_else(|| {
+                        Error::Usage(format!(
+                            "secret `{name}` of step `{}`: `HABITUS_{}` is not set",
+                            step.label, spec.value
+                        ))
+                    })?
+                    .into_encoded_bytes(),
+            };
+            out.push((name.clone(), zeroize::Zeroizing::new(value)));
+        }
+    }
+    Ok(out)
 }

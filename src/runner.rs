@@ -24,7 +24,7 @@ use crate::dockerfile;
 use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 use crate::manifest::{Manifest, Step};
 use crate::plan::Plan;
-use crate::progress::{Reporter, Severity};
+use crate::progress::{Reporter, Severity, StepFinished};
 use crate::secrets::session::{BuildSession, SecretsError, SessionOptions, Settings};
 use crate::secrets::SecretStore;
 
@@ -282,6 +282,24 @@ impl Runner {
         self.plan.len()
     }
 
+    /// Step labels in file order.
+    pub fn step_labels(&self) -> Vec<&str> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect()
+    }
+
+    /// `(label, depends_on)` of every step, in file order.
+    pub fn steps(&self) -> Vec<(String, Vec<String>)> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|s| (s.label.clone(), s.depends_on.clone()))
+            .collect()
+    }
+
     /// The id that labels this build's objects.
     pub fn build_id(&self) -> &str {
         &self.build_id
@@ -307,6 +325,18 @@ impl Runner {
             Ok(summary) => summary.clone(),
             Err((summary, _)) => summary.clone(),
         };
+        if result.is_ok() {
+            let sizes = futures_util::future::join_all(
+                summary
+                    .steps
+                    .iter()
+                    .map(|s| self.engine.inspect_image(&s.image)),
+            )
+            .await;
+            for (step, info) in summary.steps.iter_mut().zip(sizes) {
+                step.size = info.ok().flatten().map(|i| i.size);
+            }
+        }
         let tagged = lock(&self.tagged).clone();
         summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
         self.stop_secrets().await;
@@ -595,6 +625,7 @@ impl StepContext {
                 step.context.display()
             ),
         );
+        self.reporter.step_started(&label, &image, &step.dockerfile);
 
         let source = tokio::fs::read_to_string(&step.dockerfile_path)
             .await
@@ -718,19 +749,23 @@ impl StepContext {
             }
         }
 
-        let size = match self.engine.inspect_image(&image).await {
-            Ok(info) => info.map(|i| i.size),
-            Err(_) => None,
-        };
+        // The image size is looked up after the build, off the path of the
+        // steps that wait for this one.
         let duration = started.elapsed();
+        self.reporter.step_finished(&StepFinished {
+            label: &label,
+            image: &image,
+            image_id: &built.id,
+            duration,
+            cached: built.cached_steps,
+            total: built.total_steps,
+        });
         self.reporter.step(
             Severity::Info,
             &label,
             &format!(
-                "built `{image}` in {:.1}s ({}{}/{} instructions cached)",
+                "built `{image}` in {:.1}s ({}/{} instructions cached)",
                 duration.as_secs_f64(),
-                size.map(|s| format!("{}, ", human_size(s)))
-                    .unwrap_or_default(),
                 built.cached_steps,
                 built.total_steps
             ),
@@ -739,7 +774,7 @@ impl StepContext {
             label,
             image,
             image_id: built.id,
-            size,
+            size: None,
             duration,
             cached_steps: built.cached_steps,
             total_steps: built.total_steps,

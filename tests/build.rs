@@ -555,3 +555,119 @@ fn blog_post_flow_compile_then_two_runtimes() {
     );
     assert!(!image_exists(&format!("hb/blog-builder-{uid}")));
 }
+
+#[test]
+fn json_events_on_stdout_and_prefixed_plain_lines_on_stderr() {
+    let (h, _c) = project(
+        "json",
+        "build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: hb/json-one
+      dockerfile: Dockerfile.one
+    two:
+      name: hb/json-two
+      dockerfile: Dockerfile.two
+      depends_on: [one]
+    three:
+      name: hb/json-three
+      dockerfile: Dockerfile.two
+      depends_on: [one]
+",
+    );
+    let h = h
+        .file(
+            "Dockerfile.one",
+            from_base("RUN printf '\\033[31mred\\033[0m\\n'\n"),
+        )
+        .file("Dockerfile.two", "FROM hb/json-one\nRUN echo two\n")
+        .arg("--json");
+    let out = h.run();
+    out.assert_success();
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"build_started"));
+    assert_eq!(kinds.last(), Some(&"build_finished"));
+    assert_eq!(events.last().unwrap()["exit_code"], 0);
+    assert_eq!(events.last().unwrap()["status"], "success");
+    for step in ["one", "two", "three"] {
+        let at = |kind: &str| {
+            events
+                .iter()
+                .position(|e| e["event"] == kind && e["step"] == step)
+                .unwrap_or_else(|| panic!("no {kind} for {step}"))
+        };
+        assert!(at("step_started") < at("step_output"));
+        assert!(at("step_output") < at("step_finished"));
+    }
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 3);
+    // Not a terminal: every stderr line starts with the elapsed time, and no
+    // escape code from the build output gets through.
+    for line in out.stderr.lines() {
+        let time = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            time.ends_with('s') && time.trim_end_matches('s').parse::<f64>().is_ok(),
+            "unprefixed line `{line}`"
+        );
+        assert!(!line.contains('\u{1b}'), "escape code in `{line}`");
+    }
+    assert!(out.stderr.contains("one | red"), "{}", out.stderr);
+}
+
+#[test]
+fn terminal_view_shows_a_line_per_step() {
+    let (h, c) = project(
+        "tty",
+        "build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: hb/tty-first
+      dockerfile: Dockerfile.first
+    second:
+      name: hb/tty-second
+      dockerfile: Dockerfile.second
+      depends_on: [first]
+",
+    );
+    let h = h
+        .file("Dockerfile.first", from_base("RUN sleep 1\n"))
+        .file("Dockerfile.second", "FROM hb/tty-first\nRUN true\n");
+    // `script` runs habitus on a pseudo-terminal and copies what it draws.
+    let command = format!(
+        "{} -d {} --uid {}",
+        env!("CARGO_BIN_EXE_habitus"),
+        h.dir().display(),
+        c.uid()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run `script` (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("waiting on first"), "{screen}");
+    assert!(screen.contains("[2/2] RUN sleep 1"), "{screen}");
+    assert!(
+        screen.contains(&format!("✓ first  hb/tty-first-{}", c.uid())),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("✓ second hb/tty-second-{}", c.uid())),
+        "{screen}"
+    );
+    // No colour with NO_COLOR.
+    assert!(!screen.contains("\u{1b}[32m"), "{screen}");
+}

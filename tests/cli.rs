@@ -223,3 +223,20 @@ fn missing_build_file_is_exit_code_1_naming_the_path() {
         "{stderr}"
     );
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_flag_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = habitus(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("keep-all"), "{shell}: {script}");
+        assert!(script.contains("after-build-commands"), "{shell}");
+    }
+    let out = habitus(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".ie"), "{page}");
+    assert!(page.contains(".TH habitus 1"), "{page}");
+    assert!(page.contains("sec\\-providers"), "{page}");
+}

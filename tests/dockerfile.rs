@@ -557,3 +557,17 @@ proptest! {
         }
     }
 }
+
+/// Found by the `dockerfile` fuzz target: an instruction of whitespace
+/// only (NUL and tabs inside a continuation) made the splitter slice
+/// backwards.
+#[test]
+fn fuzz_regression_whitespace_only_instruction() {
+    let input = "\n\t\n\n\u{0}\t\u{0}`\n\n\n\n\n\n\\\n\t\\";
+    let mut images = BTreeMap::new();
+    images.insert("app".to_string(), "app-uid".to_string());
+    if let Ok(out) = habitus::dockerfile::rewrite(input, &images) {
+        assert_eq!(out.text.lines().count(), input.lines().count());
+    }
+    let _ = habitus::dockerfile::from_images(input);
+}

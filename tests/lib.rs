@@ -3,6 +3,8 @@
 /// Shared harness: the test base image, unique names, cleanup, running habitus.
 mod common;
 
+/// `habitus audit` on real images.
+mod audit;
 /// End-to-end builds against the real daemon.
 mod build;
 /// Command-line parsing, Go-style flags, exit codes.
@@ -21,3 +23,5 @@ mod manifest;
 mod plan;
 /// The secrets server in-process and in real builds; nothing leaks.
 mod secrets;
+/// `habitus squash` on the real daemon: filesystem, shared layers, config, secrets.
+mod squash;

@@ -21,12 +21,14 @@ use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateContainerOptions, ListContainersOptions,
     RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
 };
+use bollard::query_parameters::{CreateImageOptions, ImportImageOptions};
 use bollard::{body_try_stream, Docker, API_DEFAULT_VERSION};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{BuildRequest, BuiltImage, Engine, EngineError, ImageInfo, LineSink, RunRequest};
+use super::{ByteStream, HistoryEntry, ImageDetails};
 
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -586,6 +588,152 @@ impl Engine for DockerEngine {
             Ok(()) => Ok(()),
             Err(err) if is_not_found(&err) => Ok(()),
             Err(err) => Err(api(err)),
+        }
+    }
+
+    // Image transfer, used by `squash`.
+
+    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
+        Ok(Box::pin(
+            self.docker.export_image(image).map(|r| r.map_err(api)),
+        ))
+    }
+
+    async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError> {
+        let options = ImportImageOptions {
+            quiet: false,
+            platform: None,
+        };
+        let mut stream = self.docker.import_image_stream(options, archive, None);
+        let mut lines = LineBuffer::default();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|err| match err {
+                BollardError::DockerStreamError { error } => EngineError::Api(error),
+                other => api(other),
+            })?;
+            if let Some(text) = &info.stream {
+                lines.push(text.as_bytes(), &*sink);
+            }
+        }
+        lines.finish(&*sink);
+        Ok(())
+    }
+
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError> {
+        let inspect = match self.docker.inspect_image(image).await {
+            Ok(inspect) => inspect,
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => return Err(api(err)),
+        };
+        let config = serde_json::to_value(inspect.config.unwrap_or_default())
+            .map_err(|err| EngineError::Api(format!("image config of `{image}`: {err}")))?;
+        Ok(Some(ImageDetails {
+            id: inspect.id.unwrap_or_default(),
+            diff_ids: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
+            config,
+            author: inspect.author.unwrap_or_default(),
+            architecture: inspect.architecture.unwrap_or_default(),
+            os: inspect.os.unwrap_or_default(),
+        }))
+    }
+
+    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        let items = self.docker.image_history(image).await.map_err(api)?;
+        Ok(items
+            .into_iter()
+            .map(|item| HistoryEntry {
+                id: item.id,
+                tags: item.tags,
+                created_by: item.created_by,
+            })
+            .collect())
+    }
+
+    async fn export_filesystem(
+        &self,
+        image: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<ByteStream, EngineError> {
+        // The container is never started; the command only satisfies
+        // images that have neither CMD nor ENTRYPOINT.
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["/habitus-export".into()]),
+            labels: Some(labels.into_iter().collect()),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(api)?;
+        // The container goes away when the export ends (before the stream
+        // does) or, if the stream is dropped early, through the guard.
+        let guard = ContainerGuard {
+            docker: self.docker.clone(),
+            id: Some(created.id.clone()),
+        };
+        let export = Box::pin(self.docker.export_container(&created.id));
+        let stream = futures_util::stream::unfold(
+            (export, guard, false),
+            |(mut export, mut guard, done)| async move {
+                if done {
+                    return None;
+                }
+                match export.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), (export, guard, false))),
+                    Some(Err(err)) => Some((Err(api(err)), (export, guard, true))),
+                    None => {
+                        let id = guard.id.take().unwrap_or_default();
+                        match guard
+                            .docker
+                            .remove_container(&id, Some(force_remove()))
+                            .await
+                        {
+                            Err(err) if !is_not_found(&err) => {
+                                Some((Err(api(err)), (export, guard, true)))
+                            }
+                            _ => None,
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    async fn import_image(
+        &self,
+        rootfs: ByteStream,
+        reference: &str,
+        changes: Vec<String>,
+        message: &str,
+    ) -> Result<String, EngineError> {
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(reference.to_string()),
+            message: Some(message.to_string()),
+            changes,
+            ..Default::default()
+        };
+        let body = body_try_stream(rootfs.map(|r| r.map_err(std::io::Error::other)));
+        let mut stream = self.docker.create_image(Some(options), Some(body), None);
+        let mut id = None;
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|err| match err {
+                BollardError::DockerStreamError { error } => EngineError::Api(error),
+                other => api(other),
+            })?;
+            if let Some(status) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(status);
+            }
+        }
+        match id {
+            Some(id) => Ok(id),
+            None => Err(EngineError::Api(format!(
+                "the daemon reported no image for `{reference}`"
+            ))),
         }
     }
 }

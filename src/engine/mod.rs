@@ -144,12 +144,110 @@ pub trait Engine: Send + Sync {
 
     /// Creates a bridge network `name` with `labels` and returns its
     /// gateway address (from its IPAM config), e.g. `172.18.0.1`.
+    /// The default fails, so engines that never serve secrets need not
+    /// implement it.
     async fn create_network(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Result<String, EngineError>;
+    ) -> Result<String, EngineError> {
+        let _ = labels;
+        Err(EngineError::Api(format!(
+            "this engine cannot create network `{name}`"
+        )))
+    }
 
     /// Removes network `name`; a network that does not exist is not an error.
-    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        Err(EngineError::Api(format!(
+            "this engine cannot remove network `{name}`"
+        )))
+    }
+
+    // Image transfer, used by `squash`. The defaults fail, so engines
+    // that never squash need not implement them.
+
+    /// Streams `docker save IMAGE` (`GET /images/{name}/get`).
+    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
+        Err(unsupported("save", image))
+    }
+
+    /// Loads an image archive (`POST /images/load`), streaming `archive`
+    /// and the daemon's messages to `sink`.
+    async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError> {
+        let _ = (archive, sink);
+        Err(EngineError::Api("this engine cannot load images".into()))
+    }
+
+    /// Layers, config and platform of an image; `Ok(None)` if it does not
+    /// exist.
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError> {
+        Err(unsupported("inspect", image))
+    }
+
+    /// The image's history, newest first.
+    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        Err(unsupported("read the history of", image))
+    }
+
+    /// Streams the merged filesystem of `image`: the export of a created,
+    /// never started container labelled with `labels`. The caller removes
+    /// the container afterwards with `remove_containers_with_label`; it is
+    /// also removed when the stream is dropped.
+    async fn export_filesystem(
+        &self,
+        image: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<ByteStream, EngineError> {
+        let _ = labels;
+        Err(unsupported("export", image))
+    }
+
+    /// Creates a one-layer image tagged `reference` from a filesystem tar
+    /// (`POST /images/create?fromSrc=-`), applying Dockerfile-style
+    /// `changes` (`CMD […]`, `ENV k=v`, …); returns the image id.
+    async fn import_image(
+        &self,
+        rootfs: ByteStream,
+        reference: &str,
+        changes: Vec<String>,
+        message: &str,
+    ) -> Result<String, EngineError> {
+        let _ = (rootfs, changes, message);
+        Err(unsupported("import", reference))
+    }
+}
+
+/// A stream of bytes to or from the daemon (an image archive, a filesystem
+/// tar).
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, EngineError>> + Send>>;
+
+/// What `squash` needs to know about an image beyond [`ImageInfo`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageDetails {
+    /// `sha256:…`.
+    pub id: String,
+    /// `rootfs.diff_ids`, bottom layer first.
+    pub diff_ids: Vec<String>,
+    /// The runtime config (Env, Cmd, Entrypoint, …) as the daemon reports
+    /// it, in the Engine API's JSON shape.
+    pub config: serde_json::Value,
+    pub author: String,
+    pub architecture: String,
+    pub os: String,
+}
+
+/// One entry of an image's history, newest first as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The id of the image this instruction produced, or `<missing>`.
+    pub id: String,
+    /// Tags pointing at that image.
+    pub tags: Vec<String>,
+    pub created_by: String,
+}
+
+fn unsupported(what: &str, image: &str) -> EngineError {
+    EngineError::Api(format!("this engine cannot {what} `{image}`"))
 }

@@ -1,0 +1,313 @@
+//! What the user sees: build output and habitus's own messages, on stderr,
+//! one whole line at a time so parallel steps never interleave mid-line.
+//! Every line is prefixed with the time since the build started and, for
+//! step output, the step's label. Nothing from `secrets` ever reaches here
+//! unredacted.
+//!
+//! On a terminal, [`live::Live`] shows one live line per step instead of
+//! the daemon's stream (which `--level debug` brings back).
+//!
+//! With `--json`, every event is also written to stdout as one JSON object
+//! per line (`{"event":"step_started","time":0.1,…}`), for CI systems; the
+//! human lines stay on stderr.
+
+pub mod live;
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::cli::Level;
+use crate::progress::live::Live;
+
+/// Severity of one of habitus's own messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+/// The single place that writes to the terminal.
+pub struct Reporter {
+    start: Instant,
+    suppress: bool,
+    min: Severity,
+    out: Mutex<Box<dyn Write + Send>>,
+    json: Option<Mutex<Box<dyn Write + Send>>>,
+    live: Option<Live>,
+}
+
+impl Reporter {
+    /// A reporter on stderr.
+    pub fn stderr(level: Level, suppress: bool) -> Reporter {
+        Reporter::new(Box::new(std::io::stderr()), level, suppress)
+    }
+
+    /// A reporter writing to `out`.
+    pub fn new(out: Box<dyn Write + Send>, level: Level, suppress: bool) -> Reporter {
+        let min = match level {
+            Level::Trace | Level::Debug => Severity::Debug,
+            Level::Info | Level::Notice => Severity::Info,
+            Level::Warning => Severity::Warning,
+            Level::Error | Level::Critical => Severity::Error,
+        };
+        Reporter {
+            start: Instant::now(),
+            suppress,
+            min,
+            out: Mutex::new(out),
+            json: None,
+            live: None,
+        }
+    }
+
+    /// A reporter on stderr that shows the live view when stderr is a
+    /// terminal (`TERM` not `dumb`); colours unless `pretty` is false or
+    /// NO_COLOR is set.
+    pub fn for_terminal(level: Level, suppress: bool, pretty: bool) -> Reporter {
+        let mut reporter = Reporter::stderr(level, suppress);
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        if terminal {
+            let colour = pretty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            reporter.live = Some(Live::stderr(colour));
+        }
+        reporter
+    }
+
+    /// Also writes every event as a JSON line to `out`.
+    pub fn with_json(mut self, out: Box<dyn Write + Send>) -> Reporter {
+        self.json = Some(Mutex::new(out));
+        self
+    }
+
+    /// Writes one event to the JSON stream, if there is one. `fields` is a
+    /// JSON object; `event` and `time` are added to it.
+    pub fn event(&self, event: &str, fields: serde_json::Value) {
+        let Some(json) = &self.json else { return };
+        let mut object = serde_json::Map::new();
+        object.insert("event".into(), event.into());
+        object.insert(
+            "time".into(),
+            serde_json::json!((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+        if let serde_json::Value::Object(fields) = fields {
+            object.extend(fields);
+        }
+        let mut out = json.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{}", serde_json::Value::Object(object));
+        let _ = out.flush();
+    }
+
+    fn write_line(&self, prefix: &str, text: &str) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        if let Some(live) = &self.live {
+            for line in text.split('\n') {
+                live.println(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line)));
+            }
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        for line in text.split('\n') {
+            let line = sanitize(line);
+            // A broken pipe on stderr is not worth failing a build for.
+            let _ = writeln!(out, "{elapsed:7.1}s {prefix}{line}");
+        }
+        let _ = out.flush();
+    }
+
+    /// A line of daemon output for step `label` (hidden by `--suppress`).
+    pub fn step_output(&self, label: &str, line: &str) {
+        self.event(
+            "step_output",
+            serde_json::json!({ "step": label, "line": sanitize(line) }),
+        );
+        if let Some(live) = &self.live {
+            live.step_output(label, line);
+            // On a terminal the stream shows only with --level debug.
+            if self.min > Severity::Debug {
+                return;
+            }
+        }
+        if !self.suppress {
+            self.write_line(&format!("{label} | "), line);
+        }
+    }
+
+    /// The build starts: `steps` are `(label, depends_on)` in file order.
+    pub fn build_started(
+        &self,
+        build_id: &str,
+        file: &std::path::Path,
+        steps: &[(String, Vec<String>)],
+    ) {
+        self.event(
+            "build_started",
+            serde_json::json!({
+                "build_id": build_id,
+                "file": file,
+                "steps": steps.iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            }),
+        );
+        if let Some(live) = &self.live {
+            live.build_started(steps);
+        }
+    }
+
+    /// Step `label` starts building `image`.
+    pub fn step_started(&self, label: &str, image: &str, dockerfile: &str) {
+        self.event(
+            "step_started",
+            serde_json::json!({ "step": label, "image": image, "dockerfile": dockerfile }),
+        );
+        if let Some(live) = &self.live {
+            live.step_started(label, image);
+        }
+    }
+
+    /// Step `label` built `image`.
+    pub fn step_finished(&self, finished: &StepFinished<'_>) {
+        self.event(
+            "step_finished",
+            serde_json::json!({
+                "step": finished.label,
+                "image": finished.image,
+                "image_id": finished.image_id,
+                "duration_ms": finished.duration.as_millis() as u64,
+                "cached": finished.cached,
+                "total": finished.total,
+            }),
+        );
+        if let Some(live) = &self.live {
+            live.step_finished(finished.label, &finished.line(None));
+        }
+    }
+
+    /// The final line of a finished step, now with its image size.
+    pub fn step_summary(&self, finished: &StepFinished<'_>, size: Option<&str>) {
+        if let Some(live) = &self.live {
+            live.step_summary(finished.label, &finished.line(size));
+        }
+    }
+
+    /// The build ended with `status` (`success`, `failure`, `interrupted`).
+    pub fn build_finished(&self, status: &str, exit_code: i32, error: Option<String>) {
+        if let Some(live) = &self.live {
+            live.build_finished();
+        }
+        self.event(
+            "build_finished",
+            serde_json::json!({ "status": status, "exit_code": exit_code, "error": error }),
+        );
+    }
+
+    /// One of habitus's own messages about step `label`.
+    pub fn step(&self, severity: Severity, label: &str, message: &str) {
+        // On a terminal the step lines already say what the step is doing.
+        let shown = if self.live.is_some() && self.min > Severity::Debug {
+            severity >= Severity::Warning
+        } else {
+            severity >= self.min
+        };
+        if shown {
+            self.event(
+                "log",
+                serde_json::json!({ "level": severity.name(), "step": label, "message": message }),
+            );
+            self.write_line(&format!("{label} {}", tag(severity)), message);
+        }
+    }
+
+    /// One of habitus's own messages.
+    pub fn message(&self, severity: Severity, message: &str) {
+        if severity >= self.min {
+            self.event(
+                "log",
+                serde_json::json!({ "level": severity.name(), "message": message }),
+            );
+            self.write_line(tag(severity), message);
+        }
+    }
+}
+
+/// What a finished step reports.
+pub struct StepFinished<'a> {
+    pub label: &'a str,
+    pub image: &'a str,
+    pub image_id: &'a str,
+    pub duration: Duration,
+    pub cached: usize,
+    pub total: usize,
+}
+
+impl StepFinished<'_> {
+    fn line(&self, size: Option<&str>) -> String {
+        format!(
+            "{} in {:.1}s{}, {}/{} cached",
+            self.image,
+            self.duration.as_secs_f64(),
+            size.map(|s| format!(", {s}")).unwrap_or_default(),
+            self.cached,
+            self.total
+        )
+    }
+}
+
+impl Severity {
+    /// `debug`, `info`, `warning`, `error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Debug => "debug",
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+fn tag(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Debug => "debug: ",
+        Severity::Info => "",
+        Severity::Warning => "warning: ",
+        Severity::Error => "error: ",
+    }
+}
+
+/// Drops carriage returns and other control characters (progress bars,
+/// colour codes from the build) so that each output line is plain text.
+fn sanitize(line: &str) -> String {
+    let line = line.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip an ANSI CSI sequence: ESC [ params final-byte.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+        } else if c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn control_characters_are_dropped() {
+        assert_eq!(sanitize("\u{1b}[31mred\u{1b}[0m ok"), "red ok");
+        assert_eq!(sanitize("10%\r50%\r100%"), "100%");
+        assert_eq!(sanitize("a\u{7}b\tc"), "ab\tc");
+    }
+}

@@ -1,0 +1,529 @@
+//! Squash: flattening an image's layers into one, so that files deleted by
+//! a later layer are gone from every layer. By default the layers of the
+//! image's base stay as they are (same diff ids, so the daemon shares them
+//! between images) and only the layers above are merged; [`Keep::Nothing`]
+//! merges everything.
+//!
+//! The general path is save → merge → load: the image is read from the
+//! daemon as a `docker save` stream ([`layout`], both archive layouts),
+//! spooled to a temporary directory, merged with whiteouts applied
+//! ([`merge`]), and streamed back with `POST /images/load` ([`write`]),
+//! with the config kept and `rootfs.diff_ids` and `history` rewritten.
+//! Squashing everything goes through the daemon's merged view instead
+//! ([`import`]) when the config allows, which is about twice as fast.
+//! Memory use does not depend on layer sizes: contents only pass through
+//! temporary files and fixed-size buffers.
+
+pub mod import;
+pub mod layout;
+pub mod merge;
+pub mod write;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::TryStreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::engine::{ByteStream, Engine, EngineError, ImageDetails, LineSink};
+
+use self::merge::{Emit, Merger};
+use self::write::{ChannelWriter, Counter, LoadPlan};
+
+/// The label on the throw-away container of an import squash.
+pub const CONTAINER_LABEL: &str = "habitus.squash";
+
+/// Which bottom layers stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// Squash everything into one layer.
+    Nothing,
+    /// Keep this many bottom layers.
+    Layers(usize),
+    /// Keep the layers of this image, after checking (by diff id) that
+    /// they are the bottom layers of the squashed image.
+    BaseImage(String),
+}
+
+/// How the squashed image was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `docker save` → merge → `docker load`.
+    Merge,
+    /// Container export → image import.
+    Import,
+}
+
+/// What a squash did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SquashReport {
+    /// The new image's id (`sha256:…`).
+    pub image_id: String,
+    /// Layers of the original image.
+    pub layers_before: usize,
+    /// Layers of the squashed image: the kept ones plus one.
+    pub layers_after: usize,
+    /// How many bottom layers were kept.
+    pub kept: usize,
+    pub method: Method,
+}
+
+/// Errors of a squash.
+#[derive(Debug, thiserror::Error)]
+pub enum SquashError {
+    /// The daemon failed a request.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The image (or the base image) does not exist.
+    #[error("no such image: `{image}`")]
+    NotFound {
+        /// The reference given.
+        image: String,
+    },
+    /// The base image's layers are not the bottom layers of the image.
+    #[error(
+        "`{base}` is not a base of `{image}`: its layers are not the bottom layers of `{image}`"
+    )]
+    NotABase {
+        /// The base image given.
+        base: String,
+        /// The image to squash.
+        image: String,
+    },
+    /// Every layer would be kept.
+    #[error("nothing to squash: `{image}` has {layers} layer(s) and {kept} are kept")]
+    NothingToSquash {
+        /// The image to squash.
+        image: String,
+        /// Its layer count.
+        layers: usize,
+        /// The layers asked to be kept.
+        kept: usize,
+    },
+    /// No base image can be told from the image's history.
+    #[error("cannot tell the base image of `{image}`: no tagged image in its history; use `--from BASE` or `--all`")]
+    NoBase {
+        /// The image to squash.
+        image: String,
+    },
+    /// The saved archive is not what `docker save` produces.
+    #[error("unreadable image archive: {0}")]
+    Layout(String),
+    /// A layer is compressed in a way this reader does not support.
+    #[error("unsupported layer media type `{media_type}`: only uncompressed layers are read")]
+    UnsupportedLayer {
+        /// The layer's media type.
+        media_type: String,
+    },
+    /// The saved image is not the inspected one.
+    #[error("the saved image does not match `{image}`: its layers differ")]
+    Mismatch {
+        /// The image to squash.
+        image: String,
+    },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> SquashError + '_ {
+    move |source| SquashError::Io {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Squashes `image` into a new image tagged `tag`, keeping the bottom
+/// layers `keep` names; progress lines go to `sink`.
+pub async fn squash(
+    engine: &dyn Engine,
+    image: &str,
+    tag: &str,
+    keep: Keep,
+    sink: LineSink,
+) -> Result<SquashReport, SquashError> {
+    let details = details(engine, image).await?;
+    let layers = details.diff_ids.len();
+    let kept = match &keep {
+        Keep::Nothing => 0,
+        Keep::Layers(n) => *n,
+        Keep::BaseImage(base) => {
+            let base_details = details_of(engine, base).await?;
+            if !details.diff_ids.starts_with(&base_details.diff_ids) {
+                return Err(SquashError::NotABase {
+                    base: base.clone(),
+                    image: image.to_string(),
+                });
+            }
+            base_details.diff_ids.len()
+        }
+    };
+    if kept >= layers {
+        return Err(SquashError::NothingToSquash {
+            image: image.to_string(),
+            layers,
+            kept,
+        });
+    }
+    if kept == 0 {
+        if let Some(report) = squash_by_import(engine, image, &details, tag, &sink).await? {
+            return Ok(report);
+        }
+    }
+    squash_by_merge(engine, image, &details, kept, tag, &sink).await
+}
+
+async fn details(engine: &dyn Engine, image: &str) -> Result<ImageDetails, SquashError> {
+    details_of(engine, image).await
+}
+
+async fn details_of(engine: &dyn Engine, image: &str) -> Result<ImageDetails, SquashError> {
+    engine
+        .image_details(image)
+        .await?
+        .ok_or_else(|| SquashError::NotFound {
+            image: image.to_string(),
+        })
+}
+
+/// The base image of `image`: the newest tagged image in its history
+/// other than itself (the daemon knows it for images built here).
+pub async fn detect_base(engine: &dyn Engine, image: &str) -> Result<String, SquashError> {
+    let history = engine.image_history(image).await?;
+    history
+        .iter()
+        .skip(1)
+        .find(|entry| !entry.tags.is_empty() && entry.id != "<missing>")
+        .map(|entry| entry.tags[0].clone())
+        .ok_or_else(|| SquashError::NoBase {
+            image: image.to_string(),
+        })
+}
+
+async fn squash_by_import(
+    engine: &dyn Engine,
+    image: &str,
+    details: &ImageDetails,
+    tag: &str,
+    sink: &LineSink,
+) -> Result<Option<SquashReport>, SquashError> {
+    let Some(changes) = import::changes(&details.config, &details.author) else {
+        sink("the config needs the merge: it has fields an import cannot set");
+        return Ok(None);
+    };
+    sink(&format!(
+        "squashing all {} layers of `{image}` through the daemon's merged view",
+        details.diff_ids.len()
+    ));
+    let marker = format!("{:016x}", rand::random::<u64>());
+    let labels = [(CONTAINER_LABEL.to_string(), marker.clone())].into();
+    let result = async {
+        let export = engine.export_filesystem(&details.id, labels).await?;
+        let (filtered, filter) = pipe(export, |reader, out| {
+            import::filter_export(reader, out).map(|_| ())
+        });
+        let message = format!(
+            "habitus squash: {} layers of {image} ({}) in one",
+            details.diff_ids.len(),
+            details.id
+        );
+        let imported = engine.import_image(filtered, tag, changes, &message).await;
+        let filtered = filter.await.map_err(|e| EngineError::Api(e.to_string()))?;
+        let id = imported?;
+        filtered.map_err(io_error("cannot filter the container export"))?;
+        Ok::<String, SquashError>(id)
+    }
+    .await;
+    let removed = engine
+        .remove_containers_with_label(CONTAINER_LABEL, &marker)
+        .await;
+    let id = result?;
+    removed?;
+    let new = details_of(engine, &id).await?;
+    if !import::same_config(&details.config, &new.config)
+        || new.architecture != details.architecture
+        || new.os != details.os
+    {
+        sink("the imported config differs from the original: squashing by merge instead");
+        engine.remove_image(&id, true, false).await?;
+        return Ok(None);
+    }
+    Ok(Some(SquashReport {
+        image_id: id,
+        layers_before: details.diff_ids.len(),
+        layers_after: 1,
+        kept: 0,
+        method: Method::Import,
+    }))
+}
+
+/// Runs `work` on a blocking thread, reading `input` and writing into the
+/// returned stream.
+fn pipe(
+    input: ByteStream,
+    work: impl FnOnce(
+            SyncIoBridge<StreamReader<ByteStream2, bytes::Bytes>>,
+            &mut ChannelWriter,
+        ) -> std::io::Result<()>
+        + Send
+        + 'static,
+) -> (ByteStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let reader = SyncIoBridge::new(StreamReader::new(to_io(input)));
+    let (tx, mut rx) = mpsc::channel(8);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx);
+        let result = work(reader, &mut out).and_then(|()| std::io::Write::flush(&mut out));
+        if let Err(e) = &result {
+            out.abort(e.to_string());
+        }
+        result
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (Box::pin(stream), handle)
+}
+
+type ByteStream2 = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
+>;
+
+fn to_io(stream: ByteStream) -> ByteStream2 {
+    Box::pin(stream.map_err(std::io::Error::other))
+}
+
+async fn squash_by_merge(
+    engine: &dyn Engine,
+    image: &str,
+    details: &ImageDetails,
+    kept: usize,
+    tag: &str,
+    sink: &LineSink,
+) -> Result<SquashReport, SquashError> {
+    let layers = details.diff_ids.len();
+    sink(&format!(
+        "squashing {} of {layers} layers of `{image}` ({kept} kept)",
+        layers - kept
+    ));
+    let dir = tempfile::Builder::new()
+        .prefix("habitus-squash-")
+        .tempdir()
+        .map_err(io_error("cannot create a temporary directory"))?;
+    let save = engine.save_image(&details.id).await?;
+    let reader = SyncIoBridge::new(StreamReader::new(to_io(save)));
+    let spool_dir = dir.path().to_path_buf();
+    let saved = tokio::task::spawn_blocking(move || layout::read_save(reader, &spool_dir))
+        .await
+        .map_err(|e| EngineError::Api(e.to_string()))??;
+    let saved_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if saved_ids != details.diff_ids {
+        return Err(SquashError::Mismatch {
+            image: image.to_string(),
+        });
+    }
+
+    let layer_files = saved.layers.clone();
+    let (emits, size) = tokio::task::spawn_blocking(move || merge_layers(&layer_files, kept))
+        .await
+        .map_err(|e| EngineError::Api(e.to_string()))??;
+
+    let created = now_rfc3339();
+    let mut result = None;
+    for full_kept in [false, true] {
+        if full_kept && kept == 0 {
+            break;
+        }
+        let attempt = load(
+            engine, &saved, &emits, size, kept, full_kept, tag, image, &created, sink,
+        )
+        .await;
+        match attempt {
+            Ok(written) => {
+                result = Some(written);
+                break;
+            }
+            // The daemon did not have the kept layers after all: send them.
+            Err(e) if !full_kept && kept > 0 => {
+                sink(&format!(
+                    "loading without the kept layers failed ({e}); sending them"
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    drop(dir);
+    let image_id = result.ok_or_else(|| EngineError::Api("the load did not finish".into()))?;
+    Ok(SquashReport {
+        image_id,
+        layers_before: layers,
+        layers_after: kept + 1,
+        kept,
+        method: Method::Merge,
+    })
+}
+
+/// Indexes and merges the layers; returns what to write and its size.
+fn merge_layers(layers: &[PathBuf], kept: usize) -> Result<(Vec<Emit>, u64), SquashError> {
+    let mut merger = Merger::new(kept);
+    for (i, path) in layers.iter().enumerate() {
+        let file = File::open(path).map_err(io_error("cannot open a spooled layer"))?;
+        let items = merge::index_layer(BufReader::new(file))
+            .map_err(|e| SquashError::Layout(format!("layer {} is not a valid tar: {e}", i + 1)))?;
+        merger.apply(&items);
+    }
+    let emits = merger.finish();
+    let size = write::write_layer(&emits, layers, Counter::default(), true)
+        .map_err(io_error("cannot measure the squashed layer"))?
+        .0;
+    Ok((emits, size))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    engine: &dyn Engine,
+    saved: &layout::SavedImage,
+    emits: &[Emit],
+    size: u64,
+    kept: usize,
+    full_kept: bool,
+    tag: &str,
+    image: &str,
+    created: &str,
+    sink: &LineSink,
+) -> Result<String, SquashError> {
+    let (tx, mut rx) = mpsc::channel(8);
+    let emits = emits.to_vec();
+    let layers = saved.layers.clone();
+    let config = saved.config.clone();
+    let tag_owned = tag.to_string();
+    let image_owned = image.to_string();
+    let created = created.to_string();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx);
+        let plan = LoadPlan {
+            emits: &emits,
+            layers: &layers,
+            keep: kept,
+            full_kept,
+            layer_size: size,
+            tag: &tag_owned,
+        };
+        let result = write::write_load_archive(&mut out, &plan, |diff_id| {
+            let config = rewrite_config(&config, kept, diff_id, &image_owned, &created);
+            serde_json::to_vec(&config).unwrap_or_default()
+        })
+        .and_then(|(written, out)| std::io::Write::flush(out).map(|()| written));
+        if let Err(e) = &result {
+            out.abort(e.to_string());
+        }
+        result
+    });
+    let body: ByteStream = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let loaded = engine.load_image(body, sink.clone()).await;
+    let written = writer.await.map_err(|e| EngineError::Api(e.to_string()))?;
+    loaded?;
+    let written = written.map_err(io_error("cannot write the squashed image"))?;
+    let new = details_of(engine, tag).await?;
+    if new.id != written.image_id {
+        return Err(EngineError::Api(format!(
+            "`{tag}` is `{}` after the load, not the squashed `{}`",
+            new.id, written.image_id
+        ))
+        .into());
+    }
+    Ok(written.image_id)
+}
+
+/// The config of the squashed image: the original with `rootfs.diff_ids`
+/// and `history` rewritten for `kept` layers plus the squashed one.
+pub fn rewrite_config(
+    config: &Value,
+    kept: usize,
+    diff_id: &str,
+    image: &str,
+    created: &str,
+) -> Value {
+    let mut config = config.clone();
+    let old_ids: Vec<Value> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut ids: Vec<Value> = old_ids.iter().take(kept).cloned().collect();
+    ids.push(Value::String(diff_id.to_string()));
+    config["rootfs"] = json!({"type": "layers", "diff_ids": ids});
+
+    // Keep the history up to the entry that made the last kept layer.
+    let history: Vec<Value> = config["history"].as_array().cloned().unwrap_or_default();
+    let mut kept_history = Vec::new();
+    let mut layers_seen = 0;
+    for entry in &history {
+        if layers_seen == kept {
+            break;
+        }
+        if !entry["empty_layer"].as_bool().unwrap_or(false) {
+            layers_seen += 1;
+        }
+        kept_history.push(entry.clone());
+    }
+    // A history that lists fewer layers than the image has is padded, so
+    // that the non-empty entries always match the layers.
+    while layers_seen < kept {
+        kept_history.push(json!({"created": created, "comment": "kept layer"}));
+        layers_seen += 1;
+    }
+    let squashed_entries = history.len().saturating_sub(kept_history.len());
+    kept_history.push(json!({
+        "created": created,
+        "created_by": "habitus squash",
+        "comment": format!(
+            "squashed {} layer(s) ({} history entries) of {image} into one",
+            old_ids.len() - kept.min(old_ids.len()),
+            squashed_entries
+        ),
+    }));
+    config["history"] = Value::Array(kept_history);
+    config["created"] = Value::String(created.to_string());
+    config
+}
+
+/// The current time as RFC 3339 UTC (`2024-05-01T12:00:00Z`).
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! Writing the squashed layer and the archive `POST /images/load` takes.
+//!
+//! The squashed layer is copied entry by entry out of the spooled layer
+//! files, so memory use does not depend on layer sizes. The load archive
+//! holds it as one member, whose size must be known before its first byte:
+//! a first pass over the headers (contents replaced by zeros of the same
+//! length, never read) measures it exactly, then the real pass streams it
+//! while hashing it for its diff id.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::merge::{Emit, Source};
+use crate::engine::EngineError;
+
+/// Size of one chunk sent to the daemon.
+pub const CHUNK: usize = 256 * 1024;
+
+/// A tar path from raw bytes.
+pub fn os_path(bytes: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(bytes))
+}
+
+/// Writes the squashed layer described by `emits` to `out`. With
+/// `measure_only`, file contents are not read: zeros of the same length
+/// stand in for them, which gives the exact size of the real layer.
+pub fn write_layer<W: Write>(
+    emits: &[Emit],
+    layers: &[PathBuf],
+    out: W,
+    measure_only: bool,
+) -> io::Result<W> {
+    let files = layers
+        .iter()
+        .map(File::open)
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut builder = tar::Builder::new(out);
+    for emit in emits {
+        match emit {
+            Emit::Marker { path } => {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(0);
+                header.set_mode(0o644);
+                header.set_mtime(0);
+                builder.append_data(&mut header, os_path(path), io::empty())?;
+            }
+            Emit::Entry { path, source } => {
+                with_entry(&files, *source, |entry| {
+                    copy_entry(&mut builder, entry, path, None, measure_only)
+                })?;
+            }
+            Emit::Content { path, data } => {
+                with_entry(&files, *data, |entry| {
+                    copy_entry(&mut builder, entry, path, None, measure_only)
+                })?;
+            }
+            Emit::Link {
+                path,
+                source,
+                target,
+            } => {
+                with_entry(&files, *source, |entry| {
+                    copy_entry(&mut builder, entry, path, Some(target), measure_only)
+                })?;
+            }
+        }
+    }
+    builder.into_inner()
+}
+
+/// Calls `f` with the tar entry whose first header is at `source`.
+fn with_entry<T>(
+    files: &[File],
+    (layer, start): Source,
+    f: impl FnOnce(&mut tar::Entry<'_, &File>) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut file = &files[layer];
+    file.seek(SeekFrom::Start(start))?;
+    let mut archive = tar::Archive::new(file);
+    let mut entries = archive.entries()?;
+    let mut entry = entries.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("layer {layer} has no entry at offset {start}"),
+        )
+    })??;
+    f(&mut entry)
+}
+
+/// Appends `entry` under `path`: its header, its extended attributes and
+/// other PAX records, its content. `link` turns it into a hard link.
+pub fn copy_entry<W: Write, R: Read>(
+    builder: &mut tar::Builder<W>,
+    entry: &mut tar::Entry<'_, R>,
+    path: &[u8],
+    link: Option<&[u8]>,
+    measure_only: bool,
+) -> io::Result<()> {
+    let mut header = entry.header().clone();
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for extension in extensions {
+            let extension = extension?;
+            let Ok(key) = extension.key() else { continue };
+            // Names are written again below (GNU long names if needed).
+            if key == "path" || key == "linkpath" {
+                continue;
+            }
+            records.push((key.to_string(), extension.value_bytes().to_vec()));
+        }
+    }
+    if !records.is_empty() {
+        builder.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    let entry_type = header.entry_type();
+    if let Some(target) = link {
+        header.set_entry_type(tar::EntryType::Link);
+        header.set_size(0);
+        return builder.append_link(&mut header, os_path(path), os_path(target));
+    }
+    if matches!(entry_type, tar::EntryType::Link | tar::EntryType::Symlink) {
+        let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+        return builder.append_link(&mut header, os_path(path), os_path(&target));
+    }
+    if measure_only {
+        let size = entry.size();
+        builder.append_data(&mut header, os_path(path), io::repeat(0).take(size))
+    } else {
+        builder.append_data(&mut header, os_path(path), entry)
+    }
+}
+
+/// Counts what is written to it.
+#[derive(Debug, Default)]
+pub struct Counter(pub u64);
+
+impl Write for Counter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0 += data.len() as u64;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Passes writes through while computing their SHA-256 and length.
+pub struct Hashing<W> {
+    inner: W,
+    digest: ring::digest::Context,
+    len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    pub fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+        }
+    }
+
+    /// `sha256:<hex>` of everything written, the byte count, the writer.
+    pub fn finish(self) -> (String, u64, W) {
+        (
+            digest_name(self.digest.finish().as_ref()),
+            self.len,
+            self.inner,
+        )
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.digest.update(&data[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    digest_name(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn digest_name(raw: &[u8]) -> String {
+    let mut name = String::with_capacity(7 + raw.len() * 2);
+    name.push_str("sha256:");
+    for b in raw {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// What the load archive will contain besides the squashed layer.
+pub struct LoadPlan<'a> {
+    pub emits: &'a [Emit],
+    pub layers: &'a [PathBuf],
+    /// How many bottom layers are kept.
+    pub keep: usize,
+    /// Send the kept layers' bytes too. Without it, their members are
+    /// empty: the daemon already has those layers and does not read them.
+    pub full_kept: bool,
+    /// The squashed layer's exact size (from a measuring pass).
+    pub layer_size: u64,
+    pub tag: &'a str,
+}
+
+/// The result of writing a load archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The new image id (`sha256:` of the config).
+    pub image_id: String,
+    /// The squashed layer's diff id.
+    pub diff_id: String,
+}
+
+/// Writes a legacy-layout image archive: the kept layers, the squashed
+/// layer, the config made by `config` from the squashed layer's diff id,
+/// and `manifest.json`.
+pub fn write_load_archive<W: Write>(
+    out: W,
+    plan: &LoadPlan<'_>,
+    config: impl FnOnce(&str) -> Vec<u8>,
+) -> io::Result<(Written, W)> {
+    let mut archive = tar::Builder::new(out);
+    let mut layer_names = Vec::new();
+    for (i, path) in plan.layers.iter().take(plan.keep).enumerate() {
+        let name = format!("kept-{i}/layer.tar");
+        let mut header = member_header(0);
+        if plan.full_kept {
+            let file = File::open(path)?;
+            header.set_size(file.metadata()?.len());
+            archive.append_data(&mut header, &name, file)?;
+        } else {
+            archive.append_data(&mut header, &name, io::empty())?;
+        }
+        layer_names.push(name);
+    }
+
+    let name = "squashed/layer.tar";
+    let mut header = member_header(plan.layer_size);
+    header.set_path(name)?;
+    header.set_cksum();
+    archive.get_mut().write_all(header.as_bytes())?;
+    let hashing = write_layer(
+        plan.emits,
+        plan.layers,
+        Hashing::new(archive.get_mut()),
+        false,
+    )?;
+    let (diff_id, len, out) = hashing.finish();
+    if len != plan.layer_size {
+        return Err(io::Error::other(format!(
+            "the squashed layer has {len} bytes, {} were announced",
+            plan.layer_size
+        )));
+    }
+    let padding = (512 - len % 512) % 512;
+    out.write_all(&vec![0u8; padding as usize])?;
+    layer_names.push(name.to_string());
+
+    let config = config(&diff_id);
+    let image_id = sha256(&config);
+    let config_name = format!("{}.json", image_id.trim_start_matches("sha256:"));
+    let mut header = member_header(config.len() as u64);
+    archive.append_data(&mut header, &config_name, config.as_slice())?;
+
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [plan.tag],
+        "Layers": layer_names,
+    }]);
+    let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    let mut header = member_header(manifest.len() as u64);
+    archive.append_data(&mut header, "manifest.json", manifest.as_slice())?;
+    let out = archive.into_inner()?;
+    Ok((Written { image_id, diff_id }, out))
+}
+
+fn member_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header
+}
+
+/// A `Write` that sends fixed-size chunks into a channel feeding a
+/// request body; it fails once the receiver is gone.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, EngineError>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: mpsc::Sender<Result<Bytes, EngineError>>) -> ChannelWriter {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading"))
+    }
+
+    /// Aborts the request body with `message`, so a truncated archive is
+    /// never taken for a whole one.
+    pub fn abort(&self, message: String) {
+        let _ = self.tx.blocking_send(Err(EngineError::Api(message)));
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}

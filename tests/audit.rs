@@ -1,0 +1,146 @@
+//! `habitus audit` on images built on the real daemon.
+
+use crate::common::{base_image, docker, Cleanup, Habitus};
+
+const SECRET: &str = "hunter2-the-deploy-key-0xC0FFEE";
+
+/// Builds `dockerfile` (with `secret.txt` in its context) as `tag`.
+fn build(dir: &std::path::Path, tag: &str, dockerfile: &str) {
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(dir.join("secret.txt"), format!("{SECRET}\n")).unwrap();
+    docker(&["build", "-q", "-t", tag, dir.to_str().unwrap()]);
+}
+
+fn audit(args: &[&str]) -> crate::common::Output {
+    Habitus::new().no_workdir().arg("audit").args(args).run()
+}
+
+#[test]
+fn a_secret_deleted_by_a_later_layer_is_found_in_its_layer() {
+    let c = Cleanup::new("audit-del");
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("hb/audit-{}", c.uid());
+    build(
+        dir.path(),
+        &tag,
+        &format!(
+            "FROM {}\nCOPY secret.txt /root/secret.txt\nRUN rm /root/secret.txt\n",
+            base_image()
+        ),
+    );
+    let secret_file = dir.path().join("secret.txt");
+    let out = audit(&[
+        &tag,
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+        "--shadowed",
+    ]);
+    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    let layers = docker(&["inspect", "--format", "{{len .RootFS.Layers}}", &tag]);
+    let copy_layer = layers.trim().parse::<usize>().unwrap() - 2;
+    assert!(
+        out.stdout.contains(&format!(
+            "{tag}: secret `{}` (raw) in layer {copy_layer} (",
+            secret_file.display()
+        )) && out.stdout.contains(") at `/root/secret.txt`"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("`/root/secret.txt` (32 bytes) added in layer"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("deleted in layer"), "{}", out.stdout);
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+}
+
+#[test]
+fn encoded_secrets_in_the_config_are_found_and_clean_images_pass() {
+    let c = Cleanup::new("audit-cfg");
+    let dir = tempfile::tempdir().unwrap();
+    let leaky = format!("hb/audit-leaky-{}", c.uid());
+    let clean = format!("hb/audit-clean-{}", c.uid());
+    let b64 = base64_of(SECRET);
+    build(
+        dir.path(),
+        &leaky,
+        &format!("FROM {}\nENV TOKEN_B64=x{b64}\n", base_image()),
+    );
+    build(
+        dir.path(),
+        &clean,
+        &format!("FROM {}\nRUN echo clean > /c\n", base_image()),
+    );
+    let out = Habitus::new()
+        .no_workdir()
+        .env("AUDIT_TOKEN", SECRET)
+        .args([
+            "audit",
+            &leaky,
+            &clean,
+            "--secret-env",
+            "AUDIT_TOKEN",
+            "--json",
+        ])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let reports: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2);
+    let hits = reports[0]["hits"].as_array().unwrap();
+    let fields: Vec<&str> = hits.iter().map(|h| h["field"].as_str().unwrap()).collect();
+    // The ENV instruction is in the runtime config and in the history.
+    assert!(fields.contains(&"config.Env[1]"), "{hits:?}");
+    assert!(
+        fields.iter().any(|f| f.ends_with(".created_by")),
+        "{hits:?}"
+    );
+    for hit in hits {
+        assert_eq!(hit["secret"], "AUDIT_TOKEN");
+        assert_eq!(hit["encoding"], "base64");
+        assert_eq!(hit["in"], "config");
+    }
+    assert!(reports[1]["hits"].as_array().unwrap().is_empty());
+    assert!(!out.stdout.contains(SECRET));
+
+    let out = Habitus::new()
+        .no_workdir()
+        .env("AUDIT_TOKEN", SECRET)
+        .args(["audit", &clean, "--secret-env", "AUDIT_TOKEN"])
+        .run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("no secret in"), "{}", out.stderr);
+}
+
+#[test]
+fn audit_without_secrets_or_with_an_unknown_image_is_an_error() {
+    let out = audit(&["some-image"]);
+    assert_eq!(out.code(), Some(2));
+    assert!(out.stderr.contains("nothing to look for"), "{}", out.stderr);
+    let out = Habitus::new()
+        .no_workdir()
+        .env("AUDIT_TOKEN", SECRET)
+        .args([
+            "audit",
+            "hb/no-such-image-at-all",
+            "--secret-env",
+            "AUDIT_TOKEN",
+        ])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("audit of `hb/no-such-image-at-all`"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

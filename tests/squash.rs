@@ -1,0 +1,329 @@
+//! `habitus squash` against the real daemon: the squashed filesystem equals
+//! the original's, base layers stay shared, the config is kept, the image
+//! runs, and a file deleted by a later layer is gone from every layer.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use crate::common::{base_image, docker, Cleanup, Habitus};
+
+/// Builds `dockerfile` (with `files` in its context) as `tag`, classic
+/// builder.
+fn build(tag: &str, dockerfile: &str, files: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn squash(args: &[&str]) -> crate::common::Output {
+    Habitus::new().no_workdir().arg("squash").args(args).run()
+}
+
+fn layers(image: &str) -> Vec<String> {
+    serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RootFS.Layers}}",
+        image,
+    ]))
+    .unwrap()
+}
+
+fn config(image: &str) -> serde_json::Value {
+    serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config}}",
+        image,
+    ]))
+    .unwrap()
+}
+
+/// Paths the daemon adds to every container, with the container's time.
+const DAEMON_PATHS: [&str; 6] = [
+    ".dockerenv",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+];
+
+/// The merged filesystem of `image` from `docker export`: path → type,
+/// mode, owner, size, link target, content digest and (except for
+/// directories and the daemon's own files) mtime.
+fn filesystem(image: &str, uid: &str) -> BTreeMap<String, String> {
+    let name = format!("fs-{uid}-{:x}", rand::random::<u32>());
+    docker(&["create", "--name", &name, image, "/listing"]);
+    let mut child = Command::new("docker")
+        .args(["export", &name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut listing = BTreeMap::new();
+    let mut archive = tar::Archive::new(child.stdout.take().unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        let header = entry.header().clone();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &content);
+        let is_dir = header.entry_type().is_dir();
+        let mtime = if is_dir || DAEMON_PATHS.contains(&path.as_str()) {
+            0
+        } else {
+            header.mtime().unwrap()
+        };
+        listing.insert(
+            path,
+            format!(
+                "{:?} {:o} {}:{} {} {:?} {:?} {mtime}",
+                header.entry_type(),
+                header.mode().unwrap(),
+                header.uid().unwrap(),
+                header.gid().unwrap(),
+                content.len(),
+                entry.link_name().unwrap(),
+                digest.as_ref(),
+            ),
+        );
+    }
+    child.wait().unwrap();
+    docker(&["rm", "-f", &name]);
+    listing
+}
+
+/// Every layer tar of `docker save IMAGE`, as bytes.
+fn saved_layers(image: &str) -> Vec<Vec<u8>> {
+    let mut child = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut layers = Vec::new();
+    let mut archive = tar::Archive::new(child.stdout.take().unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name.ends_with("layer.tar") || name.starts_with("blobs/") {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            layers.push(bytes);
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    layers
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Six layers above the base: adds, modifications, a deleted file, a
+/// deleted directory, a directory emptied and refilled (opaque), a hard
+/// link, a file that becomes a directory; plus a config to keep.
+fn six_layer_dockerfile() -> String {
+    format!(
+        "FROM {}
+RUN mkdir -p /app/old /app/keep /app/opaque && echo v1 > /app/file && echo k > /app/keep/k \
+ && echo o1 > /app/opaque/a && echo o2 > /app/opaque/b && echo gone > /app/old/x && echo tmp > /tmp/t
+COPY added.txt /app/added.txt
+RUN echo v2 >> /app/file && chmod 0750 /app/file && rm /tmp/t && rm -rf /app/old && ln /app/keep/k /app/hard
+RUN rm -rf /app/opaque && mkdir /app/opaque && echo new > /app/opaque/c && chmod 0600 /app/added.txt
+RUN rm /app/keep/k && echo f > /app/turn && mkdir -p /root/.cache && echo c > /root/.cache/c
+RUN rm /app/turn && mkdir /app/turn && echo d > /app/turn/inside
+ENV GREETING=hello PATH=/bin:/usr/bin
+LABEL com.example.squash=yes
+EXPOSE 8080/tcp
+WORKDIR /app
+USER 0:0
+CMD [\"cat\", \"/app/file\"]
+",
+        base_image()
+    )
+}
+
+#[test]
+fn a_six_layer_image_squashes_to_the_same_filesystem_keeping_base_layers_shared() {
+    let cleanup = Cleanup::new("squash6");
+    let uid = cleanup.uid();
+    let source = format!("squash-src-{uid}:latest");
+    build(
+        &source,
+        &six_layer_dockerfile(),
+        &[("added.txt", "added\n")],
+    );
+    let base = base_image();
+    let base_layers = layers(&base);
+    assert_eq!(layers(&source).len(), base_layers.len() + 6);
+    let original = filesystem(&source, uid);
+
+    // Default: the base is found in the history and kept.
+    let default_tag = format!("squash-default-{uid}:latest");
+    let out = squash(&[&source, "-t", &default_tag]);
+    out.assert_success();
+    assert!(
+        out.stderr
+            .contains(&format!("keeping the layers of `{base}`")),
+        "{}",
+        out.stderr
+    );
+    let squashed = layers(&default_tag);
+    assert_eq!(squashed.len(), base_layers.len() + 1);
+    assert_eq!(
+        squashed[..base_layers.len()],
+        base_layers[..],
+        "base layers are shared"
+    );
+    assert_eq!(filesystem(&default_tag, uid), original);
+
+    // `--all`: one layer.
+    let all_tag = format!("squash-all-{uid}:latest");
+    squash(&[&source, "-t", &all_tag, "--all"]).assert_success();
+    assert_eq!(layers(&all_tag).len(), 1);
+    assert_eq!(filesystem(&all_tag, uid), original);
+
+    // `--from` the base explicitly gives the same image as the default.
+    let from_tag = format!("squash-from-{uid}:latest");
+    squash(&[&source, "-t", &from_tag, "--from", &base]).assert_success();
+    assert_eq!(layers(&from_tag), squashed);
+
+    for tag in [&default_tag, &all_tag, &from_tag] {
+        let (before, after) = (config(&source), config(tag));
+        for field in [
+            "Env",
+            "Cmd",
+            "WorkingDir",
+            "User",
+            "Labels",
+            "ExposedPorts",
+            "Entrypoint",
+        ] {
+            assert_eq!(before[field], after[field], "{field} of {tag}");
+        }
+        assert_eq!(docker(&["run", "--rm", tag]), "v1\nv2\n", "{tag} runs");
+    }
+}
+
+#[test]
+fn a_config_the_import_cannot_carry_is_squashed_by_merge() {
+    let cleanup = Cleanup::new("squashsig");
+    let uid = cleanup.uid();
+    let source = format!("squash-sig-{uid}:latest");
+    build(
+        &source,
+        &format!(
+            "FROM {}\nRUN echo a > /a\nRUN rm /a && echo b > /b\nSTOPSIGNAL SIGINT\nCMD [\"cat\", \"/b\"]\n",
+            base_image()
+        ),
+        &[],
+    );
+    let tag = format!("squash-sig-out-{uid}:latest");
+    let out = squash(&[&source, "-t", &tag, "--all"]);
+    out.assert_success();
+    assert!(out.stderr.contains("needs the merge"), "{}", out.stderr);
+    assert_eq!(layers(&tag).len(), 1);
+    assert_eq!(config(&tag)["StopSignal"], "SIGINT");
+    assert_eq!(filesystem(&tag, uid), filesystem(&source, uid));
+    assert_eq!(docker(&["run", "--rm", &tag]), "b\n");
+}
+
+#[test]
+fn a_secret_removed_by_a_later_layer_is_in_no_layer_after_squash() {
+    let cleanup = Cleanup::new("squashsecret");
+    let uid = cleanup.uid();
+    let secret = format!("s3cr3t-{uid}-do-not-ship");
+    let source = format!("squash-secret-{uid}:latest");
+    build(
+        &source,
+        &format!(
+            "FROM {}\nCOPY secret.txt /secret.txt\nRUN cat /secret.txt > /dev/null\nRUN rm /secret.txt && echo ok > /ok\nCMD [\"cat\", \"/ok\"]\n",
+            base_image()
+        ),
+        &[("secret.txt", &secret)],
+    );
+    assert!(
+        saved_layers(&source)
+            .iter()
+            .any(|l| contains(l, secret.as_bytes())),
+        "the unsquashed image still ships the secret"
+    );
+    for (tag, extra) in [
+        (format!("squash-secret-default-{uid}:latest"), None),
+        (format!("squash-secret-all-{uid}:latest"), Some("--all")),
+    ] {
+        let mut args = vec![source.as_str(), "-t", tag.as_str()];
+        args.extend(extra);
+        squash(&args).assert_success();
+        for layer in saved_layers(&tag) {
+            assert!(
+                !contains(&layer, secret.as_bytes()),
+                "a layer of {tag} holds the secret"
+            );
+            assert!(
+                !contains(&layer, b"secret.txt"),
+                "a layer of {tag} names secret.txt"
+            );
+        }
+        // No history entry of the squashed image is an image that could
+        // be run or saved to recover the file.
+        let ids = docker(&["history", "-q", "--no-trunc", &tag]);
+        let ids: Vec<&str> = ids.lines().collect();
+        assert_eq!(
+            ids[0],
+            docker(&["image", "inspect", "-f", "{{.Id}}", &tag]).trim()
+        );
+        assert!(ids[1..].iter().all(|id| *id == "<missing>"), "{ids:?}");
+        assert_eq!(docker(&["run", "--rm", &tag]), "ok\n");
+    }
+}
+
+#[test]
+fn a_base_that_is_not_a_base_is_refused() {
+    let cleanup = Cleanup::new("squashnotbase");
+    let uid = cleanup.uid();
+    let one = format!("squash-one-{uid}:latest");
+    let two = format!("squash-two-{uid}:latest");
+    build(
+        &one,
+        &format!("FROM {}\nRUN echo 1 > /one\n", base_image()),
+        &[],
+    );
+    build(
+        &two,
+        &format!("FROM {}\nRUN echo 2 > /two\n", base_image()),
+        &[],
+    );
+    let out = squash(&[&two, "-t", &format!("squash-x-{uid}"), "--from", &one]);
+    out.assert_failure();
+    assert!(
+        out.stderr
+            .contains(&format!("error: `{one}` is not a base of `{two}`: its layers are not the bottom layers of `{two}`")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.code(), Some(1));
+}
