@@ -46,6 +46,20 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Run the secrets server on its own (for CI jobs or other builders)
+    /// until SIGINT/SIGTERM, serving the secrets of build.yml or those
+    /// given with --secret-file/--secret-env; prints the connection
+    /// settings on stdout.
+    Serve {
+        /// `NAME=PATH`: serve the file PATH as `/v1/secrets/file/NAME` (repeatable).
+        #[arg(long = "secret-file", value_name = "NAME=PATH", value_parser = parse_key_value,
+              action = ArgAction::Append)]
+        secret_file: Vec<(String, String)>,
+        /// `NAME` or `NAME=VAR`: serve `HABITUS_VAR` (default `HABITUS_NAME`)
+        /// as `/v1/secrets/env/NAME` (repeatable).
+        #[arg(long = "secret-env", value_name = "NAME[=VAR]", action = ArgAction::Append)]
+        secret_env: Vec<String>,
+    },
     /// Print a shell completion script: `habitus completions bash > /etc/bash_completion.d/habitus`.
     Completions {
         /// The shell.

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod runner;
+pub mod secrets;
 pub mod squash;
 
 use std::ffi::OsString;
@@ -70,7 +71,11 @@ where
         }
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
-        Command::Build => build(&config),
+        Command::Build => build(&config, &cli.flags),
+        Command::Serve {
+            secret_file,
+            secret_env,
+        } => serve(&config, &cli.flags, &secret_file, &secret_env),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cli::command(), "habitus", &mut out);
@@ -182,13 +187,24 @@ fn print_stdout(text: &str) {
     let _ = out.flush();
 }
 
-fn build(config: &Config) -> Result<(), Error> {
+fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
     let mut reporter = Reporter::for_terminal(config.level, config.suppress, config.pretty);
     if config.json {
         reporter = reporter.with_json(Box::new(std::io::stdout()));
     }
     let reporter = Arc::new(reporter);
     let result = load(config).and_then(|(loaded, plan)| {
+        // Secrets are resolved before anything else happens: a missing one
+        // stops the build before the daemon is even contacted.
+        let settings =
+            secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+        let prepared = secrets::session::prepare(
+            &loaded.manifest,
+            &settings,
+            config.network.as_deref(),
+            &|name| std::env::var_os(name),
+        )
+        .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -196,7 +212,13 @@ fn build(config: &Config) -> Result<(), Error> {
                 what: "cannot start the async runtime".into(),
                 source,
             })?;
-        runtime.block_on(build_async(config, loaded, plan, Arc::clone(&reporter)))
+        runtime.block_on(build_async(
+            config,
+            loaded,
+            plan,
+            Arc::clone(&reporter),
+            (settings, prepared),
+        ))
     });
     let (status, code) = match &result {
         Ok(()) => ("success", 0),
@@ -209,12 +231,51 @@ fn build(config: &Config) -> Result<(), Error> {
     result
 }
 
+/// `habitus serve`: see [`secrets::serve`].
+fn serve(
+    config: &Config,
+    flags: &cli::Flags,
+    files: &[(String, String)],
+    envs: &[String],
+) -> Result<(), Error> {
+    let settings = secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+    let env = |name: &str| std::env::var_os(name);
+    let store = if files.is_empty() && envs.is_empty() {
+        let (loaded, _) = load(config)?;
+        secrets::serve::store_from_manifest(&loaded.manifest, &settings.providers, &env)
+    } else {
+        secrets::serve::store_from_flags(files, envs, &settings.providers, &config.workdir, &env)
+    }
+    .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    let reporter = Arc::new(Reporter::stderr(config.level, false));
+    runtime.block_on(async {
+        let stop = async {
+            let cancel = CancellationToken::new();
+            watch_signals(cancel.clone(), Arc::new(Mutex::new(None))).await;
+        };
+        secrets::serve::run(&settings, store, reporter, print_stdout, stop)
+            .await
+            .map_err(|e| Error::Usage(e.to_string()))
+    })
+}
+
 async fn build_async(
     config: &Config,
     loaded: Loaded,
     plan: Plan,
     reporter: Arc<Reporter>,
+    (settings, prepared): (secrets::Settings, secrets::session::Prepared),
 ) -> Result<(), Error> {
+    for (severity, notice) in &prepared.notices {
+        reporter.message(*severity, notice);
+    }
     let engine = DockerEngine::connect(&DockerOptions {
         host: Some(config.docker.host.clone()),
         use_tls: config.docker.use_tls,
@@ -255,6 +316,10 @@ async fn build_async(
         Arc::clone(&reporter),
         Runner::new_build_id(),
     );
+    let runner = match prepared.store {
+        Some(store) => runner.with_secrets(settings, store),
+        None => runner,
+    };
     reporter.build_started(runner.build_id(), &config.file, &runner.steps());
     reporter.message(
         Severity::Info,

@@ -25,6 +25,8 @@ use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 use crate::manifest::{Manifest, Step};
 use crate::plan::Plan;
 use crate::progress::{Reporter, Severity, StepFinished};
+use crate::secrets::session::{BuildSession, SecretsError, SessionOptions, Settings};
+use crate::secrets::SecretStore;
 
 /// Label carrying the build id on every image and container habitus makes.
 pub const LABEL_BUILD: &str = "habitus.build";
@@ -171,6 +173,9 @@ pub enum BuildError {
         /// What went wrong.
         source: crate::cleanup::CleanupError,
     },
+    /// The secrets server or the build's network could not be set up.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     /// Ctrl-C or SIGTERM.
     #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" })]
     Interrupted {
@@ -239,6 +244,11 @@ pub struct Runner {
     images: Arc<BTreeMap<String, String>>,
     /// Labels of the steps whose image this build has tagged.
     tagged: Arc<Mutex<BTreeSet<String>>>,
+    /// Secrets to serve (set by [`Runner::with_secrets`]); taken when the
+    /// build starts.
+    secrets: Mutex<Option<(Settings, SecretStore)>>,
+    /// The running secrets side of the build, while it runs.
+    session: Mutex<Option<Arc<BuildSession>>>,
 }
 
 impl Runner {
@@ -271,7 +281,17 @@ impl Runner {
             build_id,
             images: Arc::new(images),
             tagged: Arc::default(),
+            secrets: Mutex::new(None),
+            session: Mutex::new(None),
         }
+    }
+
+    /// Serves `store` to the steps that declare secrets: the build gets
+    /// its own network and a secrets server on it (see
+    /// [`crate::secrets::session`]).
+    pub fn with_secrets(self, settings: Settings, store: SecretStore) -> Runner {
+        *lock(&self.secrets) = Some((settings, store));
+        self
     }
 
     /// A fresh random build id (12 hex digits).
@@ -323,6 +343,9 @@ impl Runner {
             &self.manifest.workdir,
             &self.manifest.steps,
         );
+        if let Some(error) = self.start_secrets().await {
+            return Err(error);
+        }
         let result = self.schedule(&cancel, &signal).await;
         let mut summary = match &result {
             Ok(summary) => summary.clone(),
@@ -345,6 +368,7 @@ impl Runner {
         if !self.options.keep_artifacts {
             self.remove_artifacts(&host_artifacts);
         }
+        self.stop_secrets().await;
         match result {
             Ok(_) => Ok(summary),
             Err((_, error)) => Err(error),
@@ -461,6 +485,61 @@ impl Runner {
         }
     }
 
+    /// Starts the secrets side of the build, if there is one.
+    async fn start_secrets(&self) -> Option<BuildError> {
+        let (settings, store) = lock(&self.secrets).take()?;
+        let reporter = Arc::clone(&self.reporter);
+        let log = Arc::new(move |record: &crate::secrets::server::AccessRecord| {
+            reporter.message(Severity::Info, &record.to_string());
+        });
+        let options = SessionOptions {
+            build_id: &self.build_id,
+            uid: self.options.uid.as_deref(),
+            user_network: self.options.network.as_deref(),
+            settings: &settings,
+            store,
+        };
+        match BuildSession::start(&*self.engine, options, log).await {
+            Ok(session) => {
+                self.reporter.message(
+                    Severity::Info,
+                    &format!(
+                        "secrets server listening on {} (steps build on network `{}`)",
+                        session.url(),
+                        session.network_mode()
+                    ),
+                );
+                *lock(&self.session) = Some(Arc::new(session));
+                None
+            }
+            Err(e) => Some(BuildError::Secrets(e)),
+        }
+    }
+
+    /// Stops the secrets server and removes the build's network.
+    async fn stop_secrets(&self) {
+        let Some(session) = lock(&self.session).take() else {
+            return;
+        };
+        match session.stop(&*self.engine).await {
+            Ok(()) => self.reporter.message(
+                Severity::Info,
+                &format!(
+                    "secrets server on {} stopped{}",
+                    session.url(),
+                    session
+                        .created_network()
+                        .map(|n| format!("; network `{n}` removed"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Err(e) => self.reporter.message(
+                Severity::Warning,
+                &format!("secrets server stopped, but the build's network remains: {e}"),
+            ),
+        }
+    }
+
     fn step_context(&self) -> StepContext {
         StepContext {
             engine: Arc::clone(&self.engine),
@@ -470,6 +549,7 @@ impl Runner {
             build_id: self.build_id.clone(),
             images: Arc::clone(&self.images),
             tagged: Arc::clone(&self.tagged),
+            session: lock(&self.session).clone(),
         }
     }
 
@@ -552,6 +632,7 @@ struct StepContext {
     build_id: String,
     images: Arc<BTreeMap<String, String>>,
     tagged: Arc<Mutex<BTreeSet<String>>>,
+    session: Option<Arc<BuildSession>>,
 }
 
 impl StepContext {
@@ -568,7 +649,14 @@ impl StepContext {
     fn sink(&self, label: &str) -> LineSink {
         let reporter = Arc::clone(&self.reporter);
         let label = label.to_string();
-        Arc::new(move |line: &str| reporter.step_output(&label, line))
+        match &self.session {
+            // Secret values never reach the terminal.
+            Some(session) => {
+                let redactor = session.redactor();
+                Arc::new(move |line: &str| reporter.step_output(&label, &redactor.redact(line)))
+            }
+            None => Arc::new(move |line: &str| reporter.step_output(&label, line)),
+        }
     }
 
     async fn build_step(&self, step: Step) -> Result<StepReport, BuildError> {
@@ -604,6 +692,15 @@ impl StepContext {
             .then(|| crate::cleanup::keep_for(&rewritten.text, step.target.as_deref()));
         let mut build_args = step.args.clone();
         build_args.extend(self.options.build_args.clone());
+        // The step's token lives until `grant` drops: right after the
+        // build, or when the step is cancelled.
+        let grant = self
+            .session
+            .as_ref()
+            .map(|s| s.grant(&label, !step.secrets.is_empty()));
+        if let Some(grant) = &grant {
+            build_args.extend(grant.build_args.clone());
+        }
         let dockerfile_name = format!(".habitus-{}-{}.Dockerfile", self.build_id, label);
         let request = BuildRequest {
             tag: image.clone(),
@@ -618,7 +715,10 @@ impl StepContext {
             // instruction, so that a failed build leaves nothing behind;
             // `--rm=false` keeps them all for debugging.
             force_rm: self.options.force_rm || self.options.rm,
-            network_mode: self.options.network.clone(),
+            network_mode: match &self.session {
+                Some(session) => Some(session.network_mode().to_string()),
+                None => self.options.network.clone(),
+            },
             memory: self.options.memory,
             cpuset_cpus: self.options.cpuset_cpus.clone(),
             cpu_shares: self.options.cpu_shares,
@@ -628,25 +728,27 @@ impl StepContext {
                 BTreeMap::new()
             },
         };
-        let built = self
-            .engine
-            .build(request, self.sink(&label))
-            .await
-            .map_err(|e| match e {
-                EngineError::BuildFailed {
-                    instruction,
-                    message,
-                } => BuildError::Step {
-                    step: label.clone(),
-                    dockerfile: step.dockerfile_path.clone(),
-                    instruction,
-                    message,
-                },
-                other => BuildError::Engine {
-                    step: label.clone(),
-                    source: other,
-                },
-            })?;
+        let built = self.engine.build(request, self.sink(&label)).await;
+        drop(grant);
+        let redact = |text: String| match &self.session {
+            Some(session) => session.redactor().redact(&text),
+            None => text,
+        };
+        let built = built.map_err(|e| match e {
+            EngineError::BuildFailed {
+                instruction,
+                message,
+            } => BuildError::Step {
+                step: label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                instruction: instruction.map(redact),
+                message: redact(message),
+            },
+            other => BuildError::Engine {
+                step: label.clone(),
+                source: other,
+            },
+        })?;
         // From here on the tag points at this build's image: teardown
         // removes it if the build fails.
         lock(&self.tagged).insert(label.clone());
@@ -1200,5 +1302,64 @@ mod tests {
         run(&f).await.unwrap();
         assert!(f.engine.execs().is_empty());
         assert_eq!(f.engine.created_containers(), 0);
+    }
+
+    #[tokio::test]
+    async fn steps_with_secrets_get_connection_args_on_the_build_network() {
+        use crate::manifest::SecretSpec;
+        use crate::secrets::provider::SecretKey;
+        use crate::secrets::{Secret, SecretStore, Settings};
+
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut a = step(d, "a", &[]);
+        a.secrets.insert(
+            "k".into(),
+            SecretSpec {
+                kind: "env".into(),
+                value: "K".into(),
+            },
+        );
+        let f = fixture(vec![a, step(d, "b", &["a"])], opts(1));
+        let mut store = SecretStore::default();
+        store.insert(
+            "a",
+            SecretKey {
+                kind: "env".into(),
+                name: "k".into(),
+            },
+            Arc::new(Secret::new(b"v".to_vec())),
+        );
+        let settings = Settings {
+            enabled: None,
+            binding: None,
+            port: 0,
+            basic_auth: None,
+            providers: vec!["env".into()],
+        };
+        let Fixture { engine, runner } = f;
+        let runner = runner.with_secrets(settings, store);
+        runner
+            .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
+            .await
+            .unwrap();
+        let builds = engine.builds();
+        let (a, b) = (&builds[0].request, &builds[1].request);
+        assert_eq!(a.network_mode.as_deref(), Some("habitus-b1"));
+        assert_eq!(b.network_mode.as_deref(), Some("habitus-b1"));
+        assert_eq!(a.build_args["HABITUS_HOST"], "127.0.0.1");
+        let port = &a.build_args["HABITUS_PORT"];
+        assert_eq!(
+            a.build_args["HABITUS_URL"],
+            format!("https://127.0.0.1:{port}")
+        );
+        assert!(a.build_args["HABITUS_CA"].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(a.build_args["HABITUS_TOKEN"].len(), 64);
+        assert!(!b.build_args.keys().any(|k| k.starts_with("HABITUS_")));
+        // Torn down: network removed, port closed.
+        assert!(engine.networks().is_empty());
+        assert_eq!(engine.removed_networks(), ["habitus-b1"]);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }

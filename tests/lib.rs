@@ -23,5 +23,7 @@ mod examples;
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).
 mod plan;
+/// The secrets server in-process and in real builds; nothing leaks.
+mod secrets;
 /// `habitus squash` on the real daemon: filesystem, shared layers, config, secrets.
 mod squash;

@@ -17,7 +17,9 @@ use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{BuildInfo, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::models::{
+    BuildInfo, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, NetworkCreateRequest,
+};
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CommitContainerOptions, CreateContainerOptions,
     DownloadFromContainerOptions, ListContainersOptions, RemoveContainerOptions,
@@ -550,6 +552,50 @@ impl Engine for DockerEngine {
             }
         }
         Ok(removed)
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker.create_network(request).await.map_err(api)?;
+        let inspected = self.docker.inspect_network(name, None).await;
+        let gateway = inspected.as_ref().ok().and_then(|n| {
+            n.ipam
+                .as_ref()?
+                .config
+                .as_ref()?
+                .iter()
+                .find_map(|c| c.gateway.clone().filter(|g| !g.is_empty()))
+        });
+        match (inspected, gateway) {
+            (_, Some(gateway)) => Ok(gateway),
+            (Err(err), None) => {
+                let _ = self.docker.remove_network(name).await;
+                Err(api(err))
+            }
+            (Ok(_), None) => {
+                let _ = self.docker.remove_network(name).await;
+                Err(EngineError::Api(format!(
+                    "network `{name}` has no gateway in its IPAM config"
+                )))
+            }
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(api(err)),
+        }
     }
 
     // Image transfer, used by `squash`.
@@ -1369,6 +1415,31 @@ mod tests {
         assert_eq!(progress.total, 2);
         assert_eq!(progress.cached, 1);
         assert_eq!(progress.last_step.as_deref(), Some("Step 2/2 : RUN make"));
+    }
+
+    #[test]
+    fn a_secret_split_across_stream_chunks_is_redacted() {
+        use crate::secrets::{Redactor, Secret};
+        let secrets = [Arc::new(Secret::new(b"tok-5ecr3t-value".to_vec()))];
+        let redactor = Redactor::new(&secrets);
+        let (lines, sink) = collector();
+        let redacting: LineSink = Arc::new(move |line: &str| sink(&redactor.redact(line)));
+        let mut progress = BuildProgress::default();
+        for chunk in [
+            "Step 1/1 : RUN x
+printed: tok-5e",
+            "cr3t",
+            "-value
+after
+",
+        ] {
+            progress.feed(&stream(chunk), &*redacting).unwrap();
+        }
+        progress.finish(&*redacting);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            ["Step 1/1 : RUN x", "printed: ***", "after"]
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct FakeEngine {
     execs: Mutex<Vec<(String, Vec<String>)>>,
     /// `(container image, config_of)` of every commit.
     commits: Mutex<Vec<(String, String)>>,
+    networks: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+    removed_networks: Mutex<Vec<String>>,
 }
 
 impl FakeEngine {
@@ -112,6 +114,14 @@ impl FakeEngine {
             .get(id)
             .cloned()
             .ok_or_else(|| EngineError::Api(format!("no such container: {id}")))
+    }
+    /// Networks that exist now, with their labels.
+    pub fn networks(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        lock(&self.networks).clone()
+    }
+    /// Networks removed, in order.
+    pub fn removed_networks(&self) -> Vec<String> {
+        lock(&self.removed_networks).clone()
     }
 }
 
@@ -247,6 +257,22 @@ impl Engine for FakeEngine {
 
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
         lock(&self.containers).remove(id);
+        Ok(())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        lock(&self.networks).insert(name.to_string(), labels.clone());
+        Ok("127.0.0.1".to_string())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        if lock(&self.networks).remove(name).is_some() {
+            lock(&self.removed_networks).push(name.to_string());
+        }
         Ok(())
     }
 }

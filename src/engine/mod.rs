@@ -193,6 +193,28 @@ pub trait Engine: Send + Sync {
         Err(unsupported("remove", id))
     }
 
+    /// Creates a bridge network `name` with `labels` and returns its
+    /// gateway address (from its IPAM config), e.g. `172.18.0.1`.
+    /// The default fails, so engines that never serve secrets need not
+    /// implement it.
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EngineError> {
+        let _ = labels;
+        Err(EngineError::Api(format!(
+            "this engine cannot create network `{name}`"
+        )))
+    }
+
+    /// Removes network `name`; a network that does not exist is not an error.
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        Err(EngineError::Api(format!(
+            "this engine cannot remove network `{name}`"
+        )))
+    }
+
     // Image transfer, used by `squash`. The defaults fail, so engines
     // that never squash need not implement them.
 

@@ -9,12 +9,15 @@
 //!   network carrying `habitus.uid=<uid>` (or whose name or reference
 //!   contains the uid) when it goes out of scope, also when the test panics.
 //! - [`Habitus`] runs the binary on files written into a temporary directory.
+//! - [`leak::assert_no_secret_in_image`] proves that a secret reached no
+//!   layer, config or history entry of an image.
 //! - [`tls_proxy`] puts a TLS endpoint that requires a client certificate in
 //!   front of the local daemon.
 //!
 //! Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod leak;
 pub mod tls_proxy;
 
 use std::collections::BTreeMap;

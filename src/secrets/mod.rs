@@ -1,0 +1,27 @@
+//! Secrets: the only code in habitus that holds secret values.
+//!
+//! - [`provider`] resolves the `secrets:` of build.yml (files, `HABITUS_*`
+//!   variables) into a [`provider::SecretStore`] before the build starts.
+//! - [`secret`] holds values and tokens in buffers zeroed on drop.
+//! - [`tls`] makes the build's ephemeral CA and server certificate.
+//! - [`server`] serves secrets over HTTPS to the steps that declare them.
+//! - [`session`] ties the server to a build: its network, per-step tokens
+//!   and build arguments, teardown.
+//! - [`redact`] masks secret values in build output.
+//!
+//! See the "Secrets protocol" of the README and SECURITY.md for the trust
+//! model.
+
+pub mod provider;
+pub mod redact;
+pub mod secret;
+pub mod serve;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+pub use provider::{SecretKey, SecretStore};
+pub use redact::Redactor;
+pub use secret::{Secret, Token};
+pub use server::{start, ServerHandle, ServerOptions};
+pub use session::{BuildSession, Settings};

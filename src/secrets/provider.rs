@@ -1,0 +1,436 @@
+//! Secret providers: where a declared secret's value comes from.
+//!
+//! - `file`: the value is a host path (relative paths are taken from the
+//!   work directory), read whole.
+//! - `env`: the value is a NAME; the secret is the environment variable
+//!   `HABITUS_<NAME>`, as in Go Habitus.
+//!
+//! Every secret of every step is resolved before the first step starts,
+//! so a missing file or an unset variable stops the build before anything
+//! is built, with an error that names the secret, the step and the path or
+//! variable. Only the providers enabled with `--sec-providers` are used.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::manifest::{Manifest, SecretSpec};
+
+use super::secret::Secret;
+
+/// The largest secret habitus serves, in bytes (1 MiB).
+pub const MAX_SECRET_SIZE: usize = 1024 * 1024;
+
+/// The prefix of the environment variables `env` secrets are read from.
+pub const ENV_PREFIX: &str = "HABITUS_";
+
+/// Why a secret could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The secret's type is not among `--sec-providers`.
+    #[error(
+        "secret `{secret}` of step `{step}`: provider `{kind}` is not enabled (--sec-providers)"
+    )]
+    Disabled {
+        /// The secret name.
+        secret: String,
+        /// The step that declares it.
+        step: String,
+        /// Its type.
+        kind: String,
+    },
+    /// The secret's type is not one habitus knows.
+    #[error("secret `{secret}` of step `{step}`: unknown secret type `{kind}`")]
+    UnknownType {
+        /// The secret name.
+        secret: String,
+        /// The step that declares it.
+        step: String,
+        /// Its type.
+        kind: String,
+    },
+    /// A `file` secret could not be read.
+    #[error("secret `{secret}` of step `{step}`: cannot read `{}`: {message}", path.display())]
+    File {
+        /// The secret name.
+        secret: String,
+        /// The step that declares it.
+        step: String,
+        /// The resolved path.
+        path: PathBuf,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// An `env` secret's variable is not set.
+    #[error("secret `{secret}` of step `{step}`: environment variable `{variable}` is not set")]
+    EnvUnset {
+        /// The secret name.
+        secret: String,
+        /// The step that declares it.
+        step: String,
+        /// `HABITUS_<NAME>`.
+        variable: String,
+    },
+    /// A secret is larger than [`MAX_SECRET_SIZE`].
+    #[error("secret `{secret}` of step `{step}`: `{source_name}` is larger than 1 MiB")]
+    TooLarge {
+        /// The secret name.
+        secret: String,
+        /// The step that declares it.
+        step: String,
+        /// The path or variable.
+        source_name: String,
+    },
+}
+
+/// A secret's address on the server: `/v1/secrets/{kind}/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretKey {
+    /// `file` or `env`.
+    pub kind: String,
+    /// The name declared under `secrets:`.
+    pub name: String,
+}
+
+impl SecretKey {
+    /// `kind/name`, as in the URL and in log lines.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+/// Every resolved secret of a build, grouped by the step that declares it.
+/// Two steps that declare the same source share one buffer.
+#[derive(Debug, Default, Clone)]
+pub struct SecretStore {
+    steps: BTreeMap<String, BTreeMap<SecretKey, Arc<Secret>>>,
+}
+
+impl SecretStore {
+    /// Adds (or replaces) `key` for `step`.
+    pub fn insert(&mut self, step: &str, key: SecretKey, secret: Arc<Secret>) {
+        self.steps
+            .entry(step.to_string())
+            .or_default()
+            .insert(key, secret);
+    }
+
+    /// The secrets `step` declares (empty if none).
+    pub fn of_step(&self, step: &str) -> BTreeMap<SecretKey, Arc<Secret>> {
+        self.steps.get(step).cloned().unwrap_or_default()
+    }
+
+    /// Whether any step declares `key`.
+    pub fn declared_anywhere(&self, key: &SecretKey) -> bool {
+        self.steps.values().any(|s| s.contains_key(key))
+    }
+
+    /// `key` as the first step (in name order) that declares it has it:
+    /// what basic-auth clients, which name no step, are served.
+    pub fn any_step(&self, key: &SecretKey) -> Option<Arc<Secret>> {
+        self.steps.values().find_map(|s| s.get(key).cloned())
+    }
+
+    /// Every distinct secret value, for the output redactor.
+    pub fn values(&self) -> Vec<Arc<Secret>> {
+        let mut out: Vec<Arc<Secret>> = Vec::new();
+        for secret in self.steps.values().flat_map(|s| s.values()) {
+            if !out.iter().any(|o| Arc::ptr_eq(o, secret)) {
+                out.push(Arc::clone(secret));
+            }
+        }
+        out
+    }
+
+    /// Every secret of every step under the single step `step` (the first
+    /// declaration of a `kind/name` wins): what `habitus serve` grants its
+    /// one token.
+    pub fn merged(&self, step: &str) -> SecretStore {
+        let mut out = SecretStore::default();
+        for secrets in self.steps.values() {
+            for (key, secret) in secrets {
+                let target = out.steps.entry(step.to_string()).or_default();
+                target
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::clone(secret));
+            }
+        }
+        out
+    }
+
+    /// Whether no step declares a secret.
+    pub fn is_empty(&self) -> bool {
+        self.steps.values().all(BTreeMap::is_empty)
+    }
+
+    /// Labels of the steps that declare secrets.
+    pub fn steps(&self) -> impl Iterator<Item = &str> {
+        self.steps
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(k, _)| k.as_str())
+    }
+}
+
+/// Resolves every secret of `manifest` with the enabled `providers`;
+/// `env` reads environment variables (the process environment in the
+/// binary). Stops at the first secret that cannot be resolved, in file
+/// order.
+pub fn resolve(
+    manifest: &Manifest,
+    providers: &[String],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<SecretStore, ProviderError> {
+    let mut store = SecretStore::default();
+    let mut by_source: BTreeMap<(String, String), Arc<Secret>> = BTreeMap::new();
+    for step in &manifest.steps {
+        for (name, spec) in &step.secrets {
+            let source = (spec.kind.clone(), spec.value.clone());
+            let secret = match by_source.get(&source) {
+                Some(secret) => Arc::clone(secret),
+                None => {
+                    let secret = Arc::new(resolve_one(
+                        name,
+                        &step.label,
+                        spec,
+                        providers,
+                        &manifest.workdir,
+                        env,
+                    )?);
+                    by_source.insert(source, Arc::clone(&secret));
+                    secret
+                }
+            };
+            store.insert(
+                &step.label,
+                SecretKey {
+                    kind: spec.kind.clone(),
+                    name: name.clone(),
+                },
+                secret,
+            );
+        }
+    }
+    Ok(store)
+}
+
+/// Resolves one secret `name` of `step` (both only for messages).
+pub fn resolve_one(
+    name: &str,
+    step: &str,
+    spec: &SecretSpec,
+    providers: &[String],
+    workdir: &Path,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Secret, ProviderError> {
+    if !matches!(spec.kind.as_str(), "file" | "env") {
+        return Err(ProviderError::UnknownType {
+            secret: name.into(),
+            step: step.into(),
+            kind: spec.kind.clone(),
+        });
+    }
+    if !providers.contains(&spec.kind) {
+        return Err(ProviderError::Disabled {
+            secret: name.into(),
+            step: step.into(),
+            kind: spec.kind.clone(),
+        });
+    }
+    let too_large = |source_name: String| ProviderError::TooLarge {
+        secret: name.into(),
+        step: step.into(),
+        source_name,
+    };
+    if spec.kind == "file" {
+        let path = workdir.join(&spec.value);
+        let fail = |e: std::io::Error| ProviderError::File {
+            secret: name.into(),
+            step: step.into(),
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let file = std::fs::File::open(&path).map_err(fail)?;
+        let mut bytes = Vec::new();
+        let read = file
+            .take(MAX_SECRET_SIZE as u64 + 1)
+            .read_to_end(&mut bytes);
+        // Wrap at once so that the buffer is zeroed on every path.
+        let secret = Secret::new(bytes);
+        read.map_err(fail)?;
+        if secret.len() > MAX_SECRET_SIZE {
+            return Err(too_large(path.display().to_string()));
+        }
+        Ok(secret)
+    } else {
+        let variable = format!("{ENV_PREFIX}{}", spec.value);
+        let value = env(&variable).ok_or_else(|| ProviderError::EnvUnset {
+            secret: name.into(),
+            step: step.into(),
+            variable: variable.clone(),
+        })?;
+        let secret = Secret::new(value.into_encoded_bytes());
+        if secret.len() > MAX_SECRET_SIZE {
+            return Err(too_large(variable));
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use super::{resolve, resolve_one, ProviderError, SecretKey, MAX_SECRET_SIZE};
+    use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
+
+    fn spec(kind: &str, value: &str) -> SecretSpec {
+        SecretSpec {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+
+    fn providers() -> Vec<String> {
+        vec!["file".into(), "env".into()]
+    }
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn step(label: &str, secrets: &[(&str, SecretSpec)]) -> Step {
+        Step {
+            label: label.into(),
+            name: format!("img/{label}"),
+            dockerfile: "Dockerfile".into(),
+            dockerfile_path: "/nonexistent/Dockerfile".into(),
+            context: "/nonexistent".into(),
+            target: None,
+            args: BTreeMap::new(),
+            no_cache: false,
+            artifacts: vec![],
+            cleanup: vec![],
+            secrets: secrets
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect(),
+            command: None,
+            after_build_command: None,
+            depends_on: vec![],
+            keep: false,
+            line: 0,
+        }
+    }
+
+    #[test]
+    fn file_and_env_secrets_resolve_and_shared_sources_share_a_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), b"file-value").unwrap();
+        let manifest = Manifest {
+            file: "build.yml".into(),
+            workdir: dir.path().to_path_buf(),
+            version: SchemaVersion::V20160314,
+            steps: vec![
+                step(
+                    "a",
+                    &[("key", spec("file", "key")), ("tok", spec("env", "TOK"))],
+                ),
+                step("b", &[("key", spec("file", "key"))]),
+                step("c", &[]),
+            ],
+        };
+        let env = |name: &str| (name == "HABITUS_TOK").then(|| OsString::from("env-value"));
+        let store = resolve(&manifest, &providers(), &env).unwrap();
+        let a = store.of_step("a");
+        let key = SecretKey {
+            kind: "file".into(),
+            name: "key".into(),
+        };
+        let tok = SecretKey {
+            kind: "env".into(),
+            name: "tok".into(),
+        };
+        assert_eq!(a[&key].expose(), b"file-value");
+        assert_eq!(a[&tok].expose(), b"env-value");
+        assert!(std::sync::Arc::ptr_eq(&a[&key], &store.of_step("b")[&key]));
+        assert!(!store.of_step("b").contains_key(&tok));
+        assert_eq!(store.values().len(), 2);
+        assert_eq!(store.steps().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn errors_name_secret_step_and_source() {
+        let dir = Path::new("/nonexistent-dir");
+        let err = resolve_one(
+            "id_rsa",
+            "compile",
+            &spec("file", "keys/id_rsa"),
+            &providers(),
+            dir,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret `id_rsa` of step `compile`: cannot read `/nonexistent-dir/keys/id_rsa`: No such file or directory (os error 2)"
+        );
+        let err = resolve_one(
+            "npm",
+            "compile",
+            &spec("env", "NPM_TOKEN"),
+            &providers(),
+            dir,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret `npm` of step `compile`: environment variable `HABITUS_NPM_TOKEN` is not set"
+        );
+        let err = resolve_one(
+            "npm",
+            "compile",
+            &spec("env", "NPM_TOKEN"),
+            &["file".to_string()],
+            dir,
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "secret `npm` of step `compile`: provider `env` is not enabled (--sec-providers)"
+        );
+    }
+
+    #[test]
+    fn oversized_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![b'x'; MAX_SECRET_SIZE + 1]).unwrap();
+        let err = resolve_one(
+            "big",
+            "s",
+            &spec("file", "big"),
+            &providers(),
+            dir.path(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ProviderError::TooLarge { .. }), "{err}");
+        std::fs::write(dir.path().join("ok"), vec![b'x'; MAX_SECRET_SIZE]).unwrap();
+        let ok = resolve_one(
+            "ok",
+            "s",
+            &spec("file", "ok"),
+            &providers(),
+            dir.path(),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), MAX_SECRET_SIZE);
+    }
+}

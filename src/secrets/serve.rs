@@ -1,0 +1,157 @@
+//! `habitus serve`: the secrets server on its own, for CI jobs or other
+//! builders. It serves the secrets of build.yml (every step's, under one
+//! token) or those named with `--secret-file`/`--secret-env`, writes the
+//! CA certificate to a private temporary directory, prints the connection
+//! settings, and runs until SIGINT or SIGTERM; then the port closes and
+//! the directory is removed.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::manifest::{Manifest, SecretSpec};
+use crate::progress::{Reporter, Severity};
+
+use super::provider::{self, SecretKey, SecretStore};
+use super::server::{self, AccessRecord, ServerOptions};
+use super::session::{SecretsError, Settings};
+
+/// The step name `habitus serve`'s single token is issued to.
+pub const SERVE_STEP: &str = "serve";
+
+/// The store for `--secret-file NAME=PATH` and `--secret-env NAME[=VAR]`.
+pub fn store_from_flags(
+    files: &[(String, String)],
+    envs: &[String],
+    providers: &[String],
+    workdir: &Path,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<SecretStore, SecretsError> {
+    let mut store = SecretStore::default();
+    let mut add = |name: &str, spec: SecretSpec| -> Result<(), SecretsError> {
+        let secret = provider::resolve_one(name, SERVE_STEP, &spec, providers, workdir, env)?;
+        store.insert(
+            SERVE_STEP,
+            SecretKey {
+                kind: spec.kind,
+                name: name.to_string(),
+            },
+            Arc::new(secret),
+        );
+        Ok(())
+    };
+    for (name, path) in files {
+        add(
+            name,
+            SecretSpec {
+                kind: "file".into(),
+                value: path.clone(),
+            },
+        )?;
+    }
+    for entry in envs {
+        let (name, variable) = entry.split_once('=').unwrap_or((entry, entry));
+        add(
+            name,
+            SecretSpec {
+                kind: "env".into(),
+                value: variable.to_string(),
+            },
+        )?;
+    }
+    Ok(store)
+}
+
+/// The store for every secret of `manifest`, under [`SERVE_STEP`].
+pub fn store_from_manifest(
+    manifest: &Manifest,
+    providers: &[String],
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<SecretStore, SecretsError> {
+    Ok(provider::resolve(manifest, providers, env)?.merged(SERVE_STEP))
+}
+
+/// Why `habitus serve` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// There is nothing to serve.
+    #[error("nothing to serve: build.yml declares no secrets and no --secret-file or --secret-env was given")]
+    Empty,
+    /// The server could not start.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// The CA certificate could not be written.
+    #[error("cannot write the CA certificate: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server for `store` on `--binding` (default 127.0.0.1) and
+/// `--port` until `stop` resolves. `ready` receives the connection
+/// settings, one `NAME=value` per line (shell syntax).
+pub async fn run(
+    settings: &Settings,
+    store: SecretStore,
+    reporter: Arc<Reporter>,
+    ready: impl FnOnce(&str),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    if store.is_empty() {
+        return Err(ServeError::Empty);
+    }
+    let bind = settings.binding.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut options = ServerOptions::new(bind, settings.port);
+    options.basic_auth = settings.basic_auth.clone();
+    let log_reporter = Arc::clone(&reporter);
+    options.log = Arc::new(move |record: &AccessRecord| {
+        log_reporter.message(Severity::Info, &record.to_string());
+    });
+    let handle = server::start(options, store)
+        .await
+        .map_err(SecretsError::from)?;
+    let dir = tempfile::Builder::new()
+        .prefix("habitus-serve-")
+        .tempdir()?;
+    let ca_path = dir.path().join("ca.pem");
+    write_private(&ca_path, handle.ca_pem().as_bytes())?;
+    let token = handle.issue_token(SERVE_STEP);
+    let addr = handle.addr();
+    ready(&format!(
+        "HABITUS_URL={}\nHABITUS_HOST={}\nHABITUS_PORT={}\nHABITUS_TOKEN={}\nHABITUS_CA_FILE={}\n",
+        handle.url(),
+        addr.ip(),
+        addr.port(),
+        // Printed for the user: it is what `serve` is for.
+        token.expose(),
+        ca_path.display()
+    ));
+    reporter.message(
+        Severity::Info,
+        &format!(
+            "secrets server listening on {} (Ctrl-C or SIGTERM stops it)",
+            handle.url()
+        ),
+    );
+    stop.await;
+    handle.shutdown().await;
+    drop(token);
+    let removed = dir.close();
+    reporter.message(
+        Severity::Info,
+        &format!("secrets server on {} stopped", handle.url()),
+    );
+    removed?;
+    Ok(())
+}
+
+/// Writes `data` to a new file readable only by its owner.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(data)
+}

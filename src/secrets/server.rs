@@ -1,0 +1,753 @@
+//! The secrets server: HTTPS (HTTP/1.1 over rustls) on one address, for
+//! the lifetime of one build or one `habitus serve`.
+//!
+//! Routes (the Go Habitus paths):
+//!
+//! - `GET /v1/secrets/{type}/{name}`: the secret's bytes, for
+//!   `Authorization: Bearer <token>` where the token was issued to a step
+//!   that declares the secret. In basic-auth compatibility mode, the right
+//!   `Authorization: Basic` credentials are served any declared secret.
+//! - `GET /v1/ping` (`pong`) and `GET /v1/version`: no credentials needed.
+//!
+//! Status codes: 400 malformed path (`..`, encoded characters, empty or
+//! extra segments), 401 missing, invalid or revoked credentials, 403 a
+//! secret the step does not declare, 404 unknown secret or route, 405 any
+//! method but GET, 413 a request with a body, 431 oversized headers.
+//!
+//! Defences against slow or greedy clients: a TLS handshake timeout, a
+//! header read timeout (also covers idle keep-alive connections), a cap
+//! on a connection's lifetime, a cap on concurrent connections (excess
+//! connections wait in the kernel's backlog) and a cap on header size.
+//! Tokens and passwords are compared in constant time. Every request is
+//! reported to the access log with step, secret, peer and status; never
+//! with a value.
+//!
+//! Shutdown is graceful: the listener closes at once (the port refuses
+//! connections), connections finish the request in flight and close, and
+//! the rest are cut after a short grace period. Tokens and the TLS key are
+//! dropped then; secrets when the last reference goes.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::provider::{SecretKey, SecretStore};
+use super::secret::{Secret, Token};
+use super::tls;
+
+/// Credentials for basic-auth compatibility mode
+/// (`--authentication-secret-server`). Zeroed on drop.
+#[derive(Clone)]
+pub struct BasicAuth {
+    user: Zeroizing<String>,
+    password: Zeroizing<String>,
+}
+
+impl BasicAuth {
+    /// Credentials `user`/`password`.
+    pub fn new(user: &str, password: &str) -> BasicAuth {
+        BasicAuth {
+            user: Zeroizing::new(user.to_string()),
+            password: Zeroizing::new(password.to_string()),
+        }
+    }
+
+    /// The user name (not secret).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The password.
+    ///
+    /// Use: the runner passes it to steps as the `habitus_password` build
+    /// argument, as Go Habitus did; that is what the compatibility mode is.
+    pub fn expose_password(&self) -> &str {
+        &self.password
+    }
+
+    /// Constant-time check of a presented `user:password`.
+    fn matches(&self, user: &[u8], password: &[u8]) -> bool {
+        let user_ok = self.user.as_bytes().ct_eq(user);
+        let password_ok = self.password.as_bytes().ct_eq(password);
+        (user_ok & password_ok).into()
+    }
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &*self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resource limits of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time for a client to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a client to send a request's headers, counted from the
+    /// moment the server waits for them (so also idle keep-alive time).
+    pub header_read_timeout: Duration,
+    /// Longest life of one connection.
+    pub max_connection_lifetime: Duration,
+    /// Connections served at once; more wait in the backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; larger
+    /// gets 431.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_connection_lifetime: Duration::from_secs(120),
+            max_connections: 256,
+            max_header_bytes: 8 * 1024,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One line of the access log. Holds no secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// The step whose token was used; `basic-auth` for basic credentials;
+    /// `None` if no valid credentials were presented.
+    pub step: Option<String>,
+    pub method: String,
+    /// The request path (`/v1/secrets/file/id_rsa`), cut to 200 characters.
+    pub path: String,
+    pub peer: SocketAddr,
+    pub status: u16,
+}
+
+impl fmt::Display for AccessRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "secrets server: {} {} from {} by step `{}`: {}",
+            self.method,
+            self.path,
+            self.peer,
+            self.step.as_deref().unwrap_or("-"),
+            self.status
+        )
+    }
+}
+
+/// Receives every [`AccessRecord`].
+pub type AccessLog = Arc<dyn Fn(&AccessRecord) + Send + Sync>;
+
+/// How to start the server.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Address to bind.
+    pub bind: IpAddr,
+    /// Port to bind; 0 = any free port.
+    pub port: u16,
+    /// Names put into the server certificate besides [`tls::names_for`]
+    /// of `bind`.
+    pub extra_names: Vec<String>,
+    /// Basic-auth compatibility mode; `None` = tokens only.
+    pub basic_auth: Option<BasicAuth>,
+    pub limits: Limits,
+    pub log: AccessLog,
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("extra_names", &self.extra_names)
+            .field("basic_auth", &self.basic_auth)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerOptions {
+    /// Options for `bind:port` with default limits, no basic auth and no
+    /// access log.
+    pub fn new(bind: IpAddr, port: u16) -> ServerOptions {
+        ServerOptions {
+            bind,
+            port,
+            extra_names: Vec::new(),
+            basic_auth: None,
+            limits: Limits::default(),
+            log: Arc::new(|_| {}),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS identity could not be made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The address could not be bound.
+    #[error("secrets server: cannot listen on `{address}`: {source}")]
+    Bind {
+        /// `ip:port`.
+        address: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// A token's rights: one step's secrets while the step builds.
+struct Grant {
+    token: Token,
+    step: String,
+    secrets: BTreeMap<SecretKey, Arc<Secret>>,
+}
+
+struct Shared {
+    store: SecretStore,
+    grants: RwLock<Vec<Grant>>,
+    basic_auth: Option<BasicAuth>,
+    log: AccessLog,
+}
+
+/// A running server. Dropping it stops the server too (without waiting);
+/// [`ServerHandle::shutdown`] stops it and waits.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    ca_pem: String,
+    tokens: Tokens,
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues and revokes tokens of one server; cheap to clone.
+#[derive(Clone)]
+pub struct Tokens {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens").finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// A fresh token for `step`, valid for the secrets that step declares
+    /// until [`Tokens::revoke`] (or the server stops).
+    pub fn issue(&self, step: &str) -> Token {
+        let token = Token::generate();
+        let grant = Grant {
+            token: token.clone(),
+            step: step.to_string(),
+            secrets: self.shared.store.of_step(step),
+        };
+        write(&self.shared.grants).push(grant);
+        token
+    }
+
+    /// Makes `token` invalid from now on (requests with it get 401).
+    pub fn revoke(&self, token: &Token) {
+        write(&self.shared.grants).retain(|g| g.token != *token);
+    }
+}
+
+/// Starts the server for the secrets in `store`: makes the TLS identity,
+/// binds, and serves in the background until [`ServerHandle::shutdown`].
+pub async fn start(
+    options: ServerOptions,
+    store: SecretStore,
+) -> Result<ServerHandle, ServerError> {
+    let mut names = tls::names_for(options.bind);
+    for name in &options.extra_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let identity = tls::generate(&names)?;
+    let address = SocketAddr::new(options.bind, options.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind { address, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { address, source })?;
+    let shared = Arc::new(Shared {
+        store,
+        grants: RwLock::new(Vec::new()),
+        basic_auth: options.basic_auth.clone(),
+        log: Arc::clone(&options.log),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(serve(
+        listener,
+        TlsAcceptor::from(identity.config),
+        Arc::clone(&shared),
+        options.limits,
+        stop.clone(),
+    ));
+    Ok(ServerHandle {
+        addr,
+        ca_pem: identity.ca_pem,
+        tokens: Tokens { shared },
+        stop,
+        task: Mutex::new(Some(task)),
+    })
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://host:port` (IPv6 hosts in brackets).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The CA certificate clients must trust, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A fresh token for `step`, valid for the secrets that step declares
+    /// until [`ServerHandle::revoke`].
+    pub fn issue_token(&self, step: &str) -> Token {
+        self.tokens.issue(step)
+    }
+
+    /// Makes `token` invalid from now on (requests with it get 401).
+    pub fn revoke(&self, token: &Token) {
+        self.tokens.revoke(token);
+    }
+
+    /// The token issuer, for holders that outlive a borrow of the handle.
+    pub fn tokens(&self) -> Tokens {
+        self.tokens.clone()
+    }
+
+    /// Stops the server: closes the listener, lets connections finish
+    /// their request in flight (cut after the grace period), drops every
+    /// token and the TLS key. Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        write(&self.tokens.shared.grants).clear();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        write(&self.tokens.shared.grants).clear();
+    }
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(64)
+        .keep_alive(true);
+    let http = Arc::new(http);
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: back off a little.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = Arc::clone(&shared);
+        let http = Arc::clone(&http);
+        let stop = stop.clone();
+        let limits = limits.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let tls = tokio::select! {
+                _ = stop.cancelled() => return,
+                tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => match tls {
+                    Ok(Ok(tls)) => tls,
+                    _ => return,
+                },
+            };
+            let service = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(&shared, peer, &req)) }
+            });
+            let conn = http.serve_connection(TokioIo::new(tls), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(limits.max_connection_lifetime) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.shutdown_grace, conn).await;
+        });
+    }
+    // The listener closes here: new connections are refused.
+    drop(listener);
+    let grace = tokio::time::sleep(limits.shutdown_grace + Duration::from_millis(500));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            next = connections.join_next() => if next.is_none() { break },
+            _ = &mut grace => {
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// The request path, checked: `None` for anything but plain segments.
+fn segments(path: &str) -> Option<Vec<&str>> {
+    let rest = path.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let plain = |s: &&str| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && !s.contains(['%', '\\'])
+            && s.bytes().all(|b| b.is_ascii_graphic())
+    };
+    parts.iter().all(plain).then_some(parts)
+}
+
+fn handle(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let mut record = AccessRecord {
+        step: None,
+        method: req.method().as_str().chars().take(16).collect(),
+        path: path.chars().take(200).collect(),
+        peer,
+        status: 0,
+    };
+    let response = route(shared, req, &mut record);
+    record.status = response.status().as_u16();
+    (shared.log)(&record);
+    response
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>, record: &mut AccessRecord) -> Response<Body> {
+    let Some(parts) = segments(req.uri().path()) else {
+        return text(StatusCode::BAD_REQUEST, "malformed path\n");
+    };
+    let known = matches!(
+        parts.as_slice(),
+        ["v1", "ping"] | ["v1", "version"] | ["v1", "secrets", ..]
+    );
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    let has_body = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+    if has_body {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "requests carry no body\n");
+    }
+    let (kind, name) = match parts.as_slice() {
+        ["v1", "ping"] => return text(StatusCode::OK, "pong\n"),
+        ["v1", "version"] => {
+            return text(
+                StatusCode::OK,
+                concat!("habitus ", env!("CARGO_PKG_VERSION"), "\n"),
+            )
+        }
+        ["v1", "secrets", kind, name] => (*kind, *name),
+        _ => return text(StatusCode::BAD_REQUEST, "malformed path\n"),
+    };
+    let key = SecretKey {
+        kind: kind.to_string(),
+        name: name.to_string(),
+    };
+    let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let secret = match authorize(shared, header, &key) {
+        Auth::Denied => return unauthorized(shared),
+        Auth::Step { step, secret } => {
+            record.step = Some(step);
+            match secret {
+                Some(secret) => secret,
+                None if shared.store.declared_anywhere(&key) => {
+                    return text(StatusCode::FORBIDDEN, "secret not declared for this step\n")
+                }
+                None => return text(StatusCode::NOT_FOUND, "unknown secret\n"),
+            }
+        }
+        Auth::Basic => {
+            record.step = Some("basic-auth".into());
+            match shared.store.any_step(&key) {
+                Some(secret) => secret,
+                None => return text(StatusCode::NOT_FOUND, "unknown secret\n"),
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from_owner(SecretBytes(secret))));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Lets a response body borrow the secret's buffer instead of copying it
+/// into memory that would not be zeroed.
+struct SecretBytes(Arc<Secret>);
+
+impl AsRef<[u8]> for SecretBytes {
+    fn as_ref(&self) -> &[u8] {
+        // The response body is the one place the value must leave.
+        self.0.expose()
+    }
+}
+
+enum Auth {
+    Denied,
+    /// A live token of `step`; `secret` is the requested one if the step
+    /// declares it.
+    Step {
+        step: String,
+        secret: Option<Arc<Secret>>,
+    },
+    /// Valid basic-auth credentials (compatibility mode).
+    Basic,
+}
+
+/// Checks the `Authorization` header for a request of `key`. Every live
+/// token is compared (no early exit), so timing does not tell how many
+/// tokens exist or which one matched.
+fn authorize(shared: &Shared, header: Option<&[u8]>, key: &SecretKey) -> Auth {
+    let Some(header) = header else {
+        return Auth::Denied;
+    };
+    if let Some(presented) = strip_prefix_ignore_case(header, b"Bearer ") {
+        let presented = presented.trim_ascii();
+        let grants = read(&shared.grants);
+        let mut found: Option<&Grant> = None;
+        for grant in grants.iter() {
+            if grant.token.matches(presented) {
+                found = Some(grant);
+            }
+        }
+        return match found {
+            Some(grant) => Auth::Step {
+                step: grant.step.clone(),
+                secret: grant.secrets.get(key).cloned(),
+            },
+            None => Auth::Denied,
+        };
+    }
+    if let Some(encoded) = strip_prefix_ignore_case(header, b"Basic ") {
+        let Some(basic) = &shared.basic_auth else {
+            return Auth::Denied;
+        };
+        let Some(decoded) = base64_decode(encoded.trim_ascii()) else {
+            return Auth::Denied;
+        };
+        let decoded = Zeroizing::new(decoded);
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return Auth::Denied;
+        };
+        let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+        return if basic.matches(user, password) {
+            Auth::Basic
+        } else {
+            Auth::Denied
+        };
+    }
+    Auth::Denied
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &value[prefix.len()..])
+}
+
+fn unauthorized(shared: &Shared) -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    let challenge = if shared.basic_auth.is_some() {
+        "Basic realm=\"habitus\""
+    } else {
+        "Bearer realm=\"habitus\""
+    };
+    response
+        .headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static(challenge));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Standard base64 (padding optional); `None` if malformed.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in text {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut acc);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{base64_decode, segments, AccessRecord, BasicAuth};
+
+    #[test]
+    fn only_plain_segments_pass() {
+        assert_eq!(
+            segments("/v1/secrets/file/id_rsa"),
+            Some(vec!["v1", "secrets", "file", "id_rsa"])
+        );
+        for bad in [
+            "/v1/secrets/file/../env/x",
+            "/v1/secrets/file/a%2fb",
+            "/v1/secrets/file/a%2Fb",
+            "/v1/secrets//x",
+            "/v1/secrets/file/a\\b",
+            "/v1/secrets/file/.",
+            "v1/ping",
+        ] {
+            assert_eq!(segments(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn base64_and_basic_credentials() {
+        assert_eq!(
+            base64_decode(b"aGFiaXR1czphZG1pbg==").unwrap(),
+            b"habitus:admin"
+        );
+        assert_eq!(base64_decode(b"YQ").unwrap(), b"a");
+        assert!(base64_decode(b"a b").is_none());
+        let basic = BasicAuth::new("habitus", "admin");
+        assert!(basic.matches(b"habitus", b"admin"));
+        assert!(!basic.matches(b"habitus", b"admin2"));
+        assert!(!basic.matches(b"habitu", b"admin"));
+        assert_eq!(format!("{basic:?}"), "BasicAuth { user: \"habitus\", .. }");
+    }
+
+    #[test]
+    fn access_lines_name_step_path_peer_and_status() {
+        let record = AccessRecord {
+            step: Some("compile".into()),
+            method: "GET".into(),
+            path: "/v1/secrets/file/id_rsa".into(),
+            peer: "172.18.0.2:40000".parse().unwrap(),
+            status: 200,
+        };
+        assert_eq!(
+            record.to_string(),
+            "secrets server: GET /v1/secrets/file/id_rsa from 172.18.0.2:40000 by step `compile`: 200"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The secrets side of one build: deciding whether the server runs, the
+//! build's own bridge network, the server bound to its gateway, one token
+//! per step, the build arguments that carry the connection settings, and
+//! the teardown of all of it.
+//!
+//! The runner calls [`BuildSession::start`] before the first step,
+//! [`BuildSession::grant`] around each step's build, and
+//! [`BuildSession::stop`] on every way out.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::cli::Flags;
+use crate::engine::{Engine, EngineError};
+use crate::manifest::Manifest;
+use crate::progress::Severity;
+
+use super::provider::{self, ProviderError, SecretStore};
+use super::redact::Redactor;
+use super::secret::Token;
+use super::server::{self, AccessLog, BasicAuth, ServerError, ServerHandle, ServerOptions, Tokens};
+
+/// Label carrying the build id on the build's network.
+const LABEL_BUILD: &str = "habitus.build";
+/// Label carrying `--uid` on the build's network.
+const LABEL_UID: &str = "habitus.uid";
+
+/// The secrets settings of the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--secrets`: `None` when not given.
+    pub enabled: Option<bool>,
+    /// `--binding`.
+    pub binding: Option<IpAddr>,
+    /// `--port` (0 = any free port).
+    pub port: u16,
+    /// `--authentication-secret-server` with its user and password.
+    pub basic_auth: Option<BasicAuth>,
+    /// `--sec-providers`.
+    pub providers: Vec<String>,
+}
+
+impl Settings {
+    /// Reads the secrets flags; fails on a `--binding` that is not an IP
+    /// address.
+    pub fn from_flags(flags: &Flags) -> Result<Settings, SecretsError> {
+        let binding = match flags.binding.as_deref().filter(|b| !b.is_empty()) {
+            None => None,
+            Some(text) => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|_| SecretsError::Binding(text.to_string()))?,
+            ),
+        };
+        Ok(Settings {
+            enabled: flags.secrets,
+            binding,
+            port: flags.port.unwrap_or(0),
+            basic_auth: flags
+                .authentication_secret_server
+                .then(|| BasicAuth::new(&flags.user_secret_server, &flags.password_secret_server)),
+            providers: flags.sec_providers.0.clone(),
+        })
+    }
+}
+
+/// Errors of the secrets side of a build.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// A declared secret could not be resolved.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// `--binding` is not an IP address.
+    #[error("--binding `{0}` is not an IP address")]
+    Binding(String),
+    /// `--network` without `--binding` while the server is on.
+    #[error("--network `{network}` and the secrets server: give --binding too (an address of this host that containers on `{network}` can reach), or leave --network out and habitus creates the build's own network")]
+    NetworkWithoutBinding {
+        /// The user's network.
+        network: String,
+    },
+    /// The build's network could not be created or inspected.
+    #[error("cannot create network `{network}` for the secrets server: {source}")]
+    Network {
+        /// `habitus-<build id>`.
+        network: String,
+        /// The engine's error.
+        source: EngineError,
+    },
+    /// The network has no usable gateway address.
+    #[error(
+        "network `{network}` has no gateway address (`{gateway}`) to bind the secrets server to"
+    )]
+    Gateway {
+        /// The network.
+        network: String,
+        /// What the daemon reported.
+        gateway: String,
+    },
+    /// The server could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// What the runner needs to know before a build: the resolved secrets
+/// (`None` when the server stays off) and what to tell the user.
+#[derive(Debug)]
+pub struct Prepared {
+    pub store: Option<SecretStore>,
+    /// Warnings and notices, one line each.
+    pub notices: Vec<(Severity, String)>,
+}
+
+/// Decides whether the secrets server runs for `manifest` and, if it does,
+/// resolves every secret now, before any step.
+///
+/// - No step declares secrets: the server stays off (`--secrets` alone
+///   does not start an empty server).
+/// - A step declares secrets and `--secrets` is not given: the server is
+///   turned on, with a notice.
+/// - `--secrets=false` given explicitly: the server stays off, with a
+///   warning naming the steps whose fetches will fail.
+pub fn prepare(
+    manifest: &Manifest,
+    settings: &Settings,
+    network: Option<&str>,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Prepared, SecretsError> {
+    let declaring: Vec<&str> = manifest
+        .steps
+        .iter()
+        .filter(|s| !s.secrets.is_empty())
+        .map(|s| s.label.as_str())
+        .collect();
+    let list = declaring
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut notices = Vec::new();
+    if declaring.is_empty() {
+        if settings.enabled == Some(true) {
+            notices.push((
+                Severity::Info,
+                "--secrets: no step declares secrets; the secrets server is not started".into(),
+            ));
+        }
+        return Ok(Prepared {
+            store: None,
+            notices,
+        });
+    }
+    match settings.enabled {
+        Some(false) => {
+            notices.push((Severity::Warning, format!(
+                "step(s) {list} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
+            )));
+            return Ok(Prepared {
+                store: None,
+                notices,
+            });
+        }
+        None => notices.push((Severity::Info, format!(
+            "step(s) {list} declare secrets: starting the secrets server (--secrets=false turns it off)"
+        ))),
+        Some(true) => {}
+    }
+    if let (Some(network), None) = (network, settings.binding) {
+        return Err(SecretsError::NetworkWithoutBinding {
+            network: network.to_string(),
+        });
+    }
+    let store = provider::resolve(manifest, &settings.providers, env)?;
+    Ok(Prepared {
+        store: Some(store),
+        notices,
+    })
+}
+
+/// The running secrets side of one build.
+pub struct BuildSession {
+    server: ServerHandle,
+    tokens: Tokens,
+    /// The network habitus created (removed on stop); `None` with `--network`.
+    created_network: Option<String>,
+    /// What every step builds with (`networkmode`).
+    network_mode: String,
+    redactor: Redactor,
+    basic_auth: Option<BasicAuth>,
+}
+
+impl std::fmt::Debug for BuildSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildSession")
+            .field("server", &self.server)
+            .field("network_mode", &self.network_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the runner passes to [`BuildSession::start`].
+#[derive(Debug)]
+pub struct SessionOptions<'a> {
+    pub build_id: &'a str,
+    pub uid: Option<&'a str>,
+    /// `--network`, if given.
+    pub user_network: Option<&'a str>,
+    pub settings: &'a Settings,
+    pub store: SecretStore,
+}
+
+impl BuildSession {
+    /// Creates the build's network `habitus-<build id>` (unless the user
+    /// gave `--network`), starts the server on its gateway (or on
+    /// `--binding`) and port, and returns the session. On failure nothing
+    /// is left behind.
+    pub async fn start(
+        engine: &dyn Engine,
+        options: SessionOptions<'_>,
+        log: AccessLog,
+    ) -> Result<BuildSession, SecretsError> {
+        let redactor = Redactor::new(options.store.values().iter());
+        let (created_network, network_mode, gateway) = match options.user_network {
+            Some(network) => (None, network.to_string(), None),
+            None => {
+                let name = network_name(options.build_id);
+                let mut labels = BTreeMap::new();
+                labels.insert(LABEL_BUILD.to_string(), options.build_id.to_string());
+                if let Some(uid) = options.uid {
+                    labels.insert(LABEL_UID.to_string(), uid.to_string());
+                }
+                let gateway = engine
+                    .create_network(&name, &labels)
+                    .await
+                    .map_err(|source| SecretsError::Network {
+                        network: name.clone(),
+                        source,
+                    })?;
+                let parsed = match gateway.split('/').next().unwrap_or("").parse::<IpAddr>() {
+                    Ok(ip) => ip,
+                    Err(_) => {
+                        let _ = engine.remove_network(&name).await;
+                        return Err(SecretsError::Gateway {
+                            network: name,
+                            gateway,
+                        });
+                    }
+                };
+                (Some(name.clone()), name, Some(parsed))
+            }
+        };
+        let bind = options
+            .settings
+            .binding
+            .or(gateway)
+            .expect("prepare() refuses --network without --binding");
+        let mut server_options = ServerOptions::new(bind, options.settings.port);
+        server_options.basic_auth = options.settings.basic_auth.clone();
+        server_options.log = log;
+        let server = match server::start(server_options, options.store).await {
+            Ok(server) => server,
+            Err(e) => {
+                if let Some(name) = &created_network {
+                    let _ = engine.remove_network(name).await;
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(BuildSession {
+            tokens: server.tokens(),
+            server,
+            created_network,
+            network_mode,
+            redactor,
+            basic_auth: options.settings.basic_auth.clone(),
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
+    /// `https://host:port`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The network every step builds on.
+    pub fn network_mode(&self) -> &str {
+        &self.network_mode
+    }
+
+    /// The redactor for this build's output.
+    pub fn redactor(&self) -> Redactor {
+        self.redactor.clone()
+    }
+
+    /// The build arguments of step `label` (none if it declares no
+    /// secrets) and the token behind them, revoked when the grant drops.
+    pub fn grant(&self, label: &str, declares_secrets: bool) -> StepGrant {
+        if !declares_secrets {
+            return StepGrant {
+                build_args: BTreeMap::new(),
+                token: None,
+            };
+        }
+        let token = self.tokens.issue(label);
+        let addr = self.server.addr();
+        let host = match addr.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        };
+        let mut args = BTreeMap::new();
+        args.insert("HABITUS_HOST".to_string(), host.clone());
+        args.insert("HABITUS_PORT".to_string(), addr.port().to_string());
+        args.insert("HABITUS_URL".to_string(), self.server.url());
+        args.insert("HABITUS_CA".to_string(), self.server.ca_pem().to_string());
+        args.insert("HABITUS_TOKEN".to_string(), token.expose().to_string());
+        if let Some(basic) = &self.basic_auth {
+            // Go Habitus's own build arguments, for Dockerfiles written for it.
+            args.insert("habitus_host".to_string(), host);
+            args.insert("habitus_port".to_string(), addr.port().to_string());
+            args.insert("habitus_user".to_string(), basic.user().to_string());
+            args.insert(
+                "habitus_password".to_string(),
+                basic.expose_password().to_string(),
+            );
+        }
+        StepGrant {
+            build_args: args,
+            token: Some((token, self.tokens.clone())),
+        }
+    }
+
+    /// Stops the server (the port refuses connections from here on) and
+    /// removes the build's network, retrying while the daemon still
+    /// detaches the last build container from it.
+    pub async fn stop(&self, engine: &dyn Engine) -> Result<(), EngineError> {
+        self.server.shutdown().await;
+        let Some(name) = &self.created_network else {
+            return Ok(());
+        };
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match engine.remove_network(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= 12 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// The created network's name, if habitus created one.
+    pub fn created_network(&self) -> Option<&str> {
+        self.created_network.as_deref()
+    }
+}
+
+/// `habitus-<build id>`.
+pub fn network_name(build_id: &str) -> String {
+    format!("habitus-{build_id}")
+}
+
+/// One step's access: its build arguments, and its token, which is revoked
+/// when this value is dropped (the step ended, failed or was cancelled).
+pub struct StepGrant {
+    /// `HABITUS_HOST`, `HABITUS_PORT`, `HABITUS_URL`, `HABITUS_CA`,
+    /// `HABITUS_TOKEN` (and Go Habitus's lowercase ones in basic-auth mode).
+    pub build_args: BTreeMap<String, String>,
+    token: Option<(Token, Tokens)>,
+}
+
+impl std::fmt::Debug for StepGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGrant")
+            .field("build_args", &self.build_args.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for StepGrant {
+    fn drop(&mut self) {
+        if let Some((token, tokens)) = &self.token {
+            tokens.revoke(token);
+        }
+        for value in self.build_args.values_mut() {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}

@@ -1,0 +1,777 @@
+//! The secrets server: in-process against [`habitus::secrets::start`] on
+//! 127.0.0.1 with the host's curl as the client, and end to end in real
+//! builds whose steps fetch secrets over TLS on the build's own network.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use habitus::secrets::provider::{SecretKey, SecretStore};
+use habitus::secrets::server::{AccessRecord, BasicAuth, ServerHandle, ServerOptions};
+use habitus::secrets::{start, tls, Secret};
+
+use crate::common::leak::assert_no_secret_in_image;
+use crate::common::{
+    base_image, docker, image_exists, networks_with_label, Cleanup, Habitus, Output, UID_LABEL,
+};
+
+// ---------------------------------------------------------------------------
+// The server in-process.
+
+struct Server {
+    handle: ServerHandle,
+    ca: PathBuf,
+    log: Arc<Mutex<Vec<AccessRecord>>>,
+    _dir: tempfile::TempDir,
+}
+
+const VALUE_A: &str = "value-of-key-a-7f3c";
+const VALUE_B: &str = "value-of-key-b-91d0";
+
+fn key(kind: &str, name: &str) -> SecretKey {
+    SecretKey {
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+/// A server for step `a` (file/key_a, env/tok) and step `b` (file/key_b).
+async fn server(basic: Option<BasicAuth>) -> Server {
+    let mut store = SecretStore::default();
+    store.insert(
+        "a",
+        key("file", "key_a"),
+        Arc::new(Secret::new(VALUE_A.into())),
+    );
+    store.insert(
+        "a",
+        key("env", "tok"),
+        Arc::new(Secret::new(b"tok-value".to_vec())),
+    );
+    store.insert(
+        "b",
+        key("file", "key_b"),
+        Arc::new(Secret::new(VALUE_B.into())),
+    );
+    let log: Arc<Mutex<Vec<AccessRecord>>> = Arc::default();
+    let sink = Arc::clone(&log);
+    let mut options = ServerOptions::new("127.0.0.1".parse().unwrap(), 0);
+    options.basic_auth = basic;
+    options.log = Arc::new(move |r: &AccessRecord| sink.lock().unwrap().push(r.clone()));
+    let handle = start(options, store).await.expect("start the server");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, handle.ca_pem()).unwrap();
+    Server {
+        handle,
+        ca,
+        log,
+        _dir: dir,
+    }
+}
+
+/// What curl saw: the HTTP status (`000` if none), the body, curl's exit code.
+#[derive(Debug)]
+struct Fetch {
+    status: String,
+    body: String,
+    exit: i32,
+}
+
+/// Runs curl on a blocking thread (the server runs on the test's runtime).
+async fn curl(args: Vec<String>) -> Fetch {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-S", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Fetch {
+            status: status.to_string(),
+            body: body.to_string(),
+            exit: out.status.code().unwrap_or(-1),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.url())
+    }
+
+    /// curl with the server's CA and `extra` arguments, fetching `path`.
+    async fn get(&self, path: &str, extra: &[&str]) -> Fetch {
+        let mut args = vec!["--cacert".to_string(), self.ca.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(self.url(path));
+        curl(args).await
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_scoped_to_their_step_and_die_when_revoked() {
+    let s = server(None).await;
+    let a = s.handle.issue_token("a");
+    let b = s.handle.issue_token("b");
+    let ha = bearer(a.expose());
+    let hb = bearer(b.expose());
+
+    let ok = s.get("/v1/secrets/file/key_a", &["-H", &ha]).await;
+    assert_eq!((ok.status.as_str(), ok.body.as_str()), ("200", VALUE_A));
+    let env = s.get("/v1/secrets/env/tok", &["-H", &ha]).await;
+    assert_eq!(
+        (env.status.as_str(), env.body.as_str()),
+        ("200", "tok-value")
+    );
+    // Step a cannot read step b's secret, and the other way round.
+    assert_eq!(
+        s.get("/v1/secrets/file/key_b", &["-H", &ha]).await.status,
+        "403"
+    );
+    assert_eq!(
+        s.get("/v1/secrets/file/key_a", &["-H", &hb]).await.status,
+        "403"
+    );
+    // The right name under the wrong type is another secret.
+    assert_eq!(
+        s.get("/v1/secrets/env/key_a", &["-H", &ha]).await.status,
+        "404"
+    );
+    assert_eq!(
+        s.get("/v1/secrets/file/nope", &["-H", &ha]).await.status,
+        "404"
+    );
+    // No token, a made-up token, a token one character short.
+    assert_eq!(s.get("/v1/secrets/file/key_a", &[]).await.status, "401");
+    let fake = bearer(&"0".repeat(64));
+    assert_eq!(
+        s.get("/v1/secrets/file/key_a", &["-H", &fake]).await.status,
+        "401"
+    );
+    let short = bearer(&a.expose()[..63]);
+    assert_eq!(
+        s.get("/v1/secrets/file/key_a", &["-H", &short])
+            .await
+            .status,
+        "401"
+    );
+    // Basic credentials are refused when the compatibility mode is off.
+    let basic = s
+        .get("/v1/secrets/file/key_a", &["-u", "habitus:admin"])
+        .await;
+    assert_eq!(basic.status, "401");
+    // Once the step has ended, its token is worthless.
+    s.handle.revoke(&a);
+    assert_eq!(
+        s.get("/v1/secrets/file/key_a", &["-H", &ha]).await.status,
+        "401"
+    );
+    assert_eq!(
+        s.get("/v1/secrets/file/key_b", &["-H", &hb]).await.status,
+        "200"
+    );
+
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.iter().any(|r| r.step.as_deref() == Some("a")
+        && r.path == "/v1/secrets/file/key_b"
+        && r.status == 403));
+    for record in &log {
+        let line = record.to_string();
+        assert!(!line.contains(VALUE_A) && !line.contains(VALUE_B), "{line}");
+        assert!(!line.contains(a.expose()), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_paths_and_headers_are_checked() {
+    let s = server(None).await;
+    let t = s.handle.issue_token("a");
+    let h = bearer(t.expose());
+    assert_eq!(s.get("/v1/ping", &[]).await.body, "pong\n");
+    assert!(s.get("/v1/version", &[]).await.body.starts_with("habitus "));
+    let post = s
+        .get("/v1/secrets/file/key_a", &["-X", "POST", "-H", &h])
+        .await;
+    assert_eq!(post.status, "405");
+    let dotdot = s
+        .get("/v1/secrets/env/../file/key_a", &["--path-as-is", "-H", &h])
+        .await;
+    assert_eq!(dotdot.status, "400");
+    assert_eq!(
+        s.get("/v1/secrets/file/a%2fb", &["-H", &h]).await.status,
+        "400"
+    );
+    assert_eq!(
+        s.get("/v1/secrets/file/a%2Fb", &["-H", &h]).await.status,
+        "400"
+    );
+    assert_eq!(
+        s.get("/v1/secrets/file/key_a/x", &["-H", &h]).await.status,
+        "400"
+    );
+    assert_eq!(s.get("/elsewhere", &[]).await.status, "404");
+    let big = format!("X-Big: {}", "x".repeat(20_000));
+    let huge = s
+        .get("/v1/secrets/file/key_a", &["-H", &h, "-H", &big])
+        .await;
+    assert_eq!(huge.status, "431");
+    let body = s
+        .get(
+            "/v1/secrets/file/key_a",
+            &["-H", &h, "--data", "x=1", "-X", "GET"],
+        )
+        .await;
+    assert_eq!(body.status, "413");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_compatibility_serves_any_declared_secret() {
+    let s = server(Some(BasicAuth::new("habitus", "s3cret-pass"))).await;
+    let ok = s
+        .get("/v1/secrets/file/key_b", &["-u", "habitus:s3cret-pass"])
+        .await;
+    assert_eq!((ok.status.as_str(), ok.body.as_str()), ("200", VALUE_B));
+    let wrong = s
+        .get("/v1/secrets/file/key_b", &["-u", "habitus:admin"])
+        .await;
+    assert_eq!(wrong.status, "401");
+    let user = s
+        .get("/v1/secrets/file/key_b", &["-u", "root:s3cret-pass"])
+        .await;
+    assert_eq!(user.status, "401");
+    assert_eq!(s.get("/v1/secrets/file/key_b", &[]).await.status, "401");
+    let unknown = s
+        .get("/v1/secrets/file/nope", &["-u", "habitus:s3cret-pass"])
+        .await;
+    assert_eq!(unknown.status, "404");
+    // Tokens keep their scope in this mode too.
+    let t = s.handle.issue_token("a");
+    let scoped = s
+        .get("/v1/secrets/file/key_b", &["-H", &bearer(t.expose())])
+        .await;
+    assert_eq!(scoped.status, "403");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls_with_the_build_ca_gets_through() {
+    let s = server(None).await;
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = curl(vec![format!("http://{}/v1/ping", s.handle.addr())]).await;
+    assert_ne!(plain.exit, 0, "{plain:?}");
+    assert_eq!(plain.status, "000");
+    // A client trusting another CA fails the handshake (curl: 60).
+    let other = tls::generate(&["127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, &other.ca_pem).unwrap();
+    let wrong = curl(vec![
+        "--cacert".into(),
+        other_ca.display().to_string(),
+        s.url("/v1/ping"),
+    ])
+    .await;
+    assert_eq!(wrong.exit, 60, "{wrong:?}");
+    // TLS 1.1 and older are refused.
+    let old = s.get("/v1/ping", &["--tls-max", "1.1"]).await;
+    assert_ne!(old.exit, 0, "{old:?}");
+    let tls12 = s.get("/v1/ping", &["--tls-max", "1.2"]).await;
+    assert_eq!(tls12.body, "pong\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_port() {
+    let s = server(None).await;
+    let addr = s.handle.addr();
+    assert_eq!(s.get("/v1/ping", &[]).await.status, "200");
+    s.handle.shutdown().await;
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "port {addr} still accepts connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use habitus::secrets::server::Limits;
+    let mut store = SecretStore::default();
+    store.insert("a", key("file", "k"), Arc::new(Secret::new(b"v".to_vec())));
+    let mut options = ServerOptions::new("127.0.0.1".parse().unwrap(), 0);
+    options.limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let handle = start(options, store).await.unwrap();
+    let addr = handle.addr();
+    let cut = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        // Connect and never start the handshake: the server hangs up.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        (n, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(cut.0, 0, "the server closed the connection");
+    assert!(cut.1 < Duration::from_secs(4), "cut after {:?}", cut.1);
+    handle.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Real builds.
+
+fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
+    let cleanup = Cleanup::new(prefix);
+    let h = Habitus::new()
+        .file("build.yml", build_yml)
+        .args(["--uid", cleanup.uid()]);
+    (h, cleanup)
+}
+
+fn from_base(rest: &str) -> String {
+    format!("FROM {}\n{rest}", base_image())
+}
+
+/// The secrets server address announced on stderr.
+fn server_addr(stderr: &str) -> SocketAddr {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("secrets server listening on https://"))
+        .unwrap_or_else(|| panic!("no server line:\n{stderr}"));
+    let rest = line.split("https://").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The build's network, as announced on stderr.
+fn network_of(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("steps build on network `"))
+        .unwrap_or_else(|| panic!("no network line:\n{stderr}"));
+    line.split('`').nth(1).unwrap().to_string()
+}
+
+/// The port refuses connections and the network is gone.
+#[track_caller]
+fn assert_torn_down(stderr: &str, uid: &str) {
+    let addr = server_addr(stderr);
+    let network = network_of(stderr);
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "{addr} still accepts connections"
+    );
+    assert_eq!(networks_with_label(UID_LABEL, uid), Vec::<String>::new());
+    let inspect = Command::new("docker")
+        .args(["network", "inspect", &network])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!inspect.success(), "network `{network}` still exists");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    std::fs::write(&path, data).unwrap();
+    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+const FETCH_BUILD_YML: &str = "build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: hb/secrets-first
+      dockerfile: Dockerfile.first
+      keep: true
+      secrets:
+        key:
+          type: file
+          value: key.txt
+        tok:
+          type: env
+          value: SECRET_TOK
+    second:
+      name: hb/secrets-second
+      dockerfile: Dockerfile.second
+      depends_on: [first]
+      secrets:
+        other:
+          type: env
+          value: SECRET_OTHER
+";
+
+/// `first` fetches both of its secrets, stores their sha256, prints the
+/// file secret (to be redacted), records the status codes of requests it
+/// must not be granted, and keeps its (soon dead) token for `second`.
+const FIRST: &str = r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && auth="Authorization: Bearer $HABITUS_TOKEN" \
+ && curl -fsS --cacert /tmp/ca.pem -H "$auth" "$HABITUS_URL/v1/secrets/file/key" -o /tmp/k \
+ && curl -fsS --cacert /tmp/ca.pem -H "$auth" "$HABITUS_URL/v1/secrets/env/tok" -o /tmp/t \
+ && sha256sum /tmp/k /tmp/t | cut -d' ' -f1 > /sums \
+ && echo "printed: $(cat /tmp/k)" \
+ && code() { curl -s -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem "$@"; } \
+ && echo "other=$(code -H "$auth" "$HABITUS_URL/v1/secrets/env/other")" >> /codes \
+ && echo "none=$(code "$HABITUS_URL/v1/secrets/file/key")" >> /codes \
+ && echo "unknown=$(code -H "$auth" "$HABITUS_URL/v1/secrets/file/nope")" >> /codes \
+ && echo "post=$(code -X POST -H "$auth" "$HABITUS_URL/v1/secrets/file/key")" >> /codes \
+ && printf '%s' "$HABITUS_TOKEN" > /first_token && printf '%s' "$HABITUS_URL" > /url \
+ && rm -f /tmp/k /tmp/t /tmp/ca.pem
+"#;
+
+const SECOND: &str = r#"ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && echo "stale=$(curl -s -o /dev/null -w '%{http_code}' --cacert /tmp/ca.pem -H "Authorization: Bearer $(cat /first_token)" "$(cat /url)/v1/secrets/file/key")" >> /codes \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$(cat /url)/v1/secrets/env/other" | sha256sum | cut -d' ' -f1 >> /sums \
+ && rm -f /tmp/ca.pem
+"#;
+
+#[test]
+fn build_steps_fetch_their_secrets_over_tls_and_no_image_keeps_them() {
+    let (h, c) = project("sec-fetch", FETCH_BUILD_YML);
+    let uid = c.uid().to_string();
+    let file_secret = format!("file-secret-{uid}-{:08x}", rand::random::<u32>());
+    let env_secret = format!("env-secret-{uid}-{:08x}", rand::random::<u32>());
+    let other_secret = format!("other-secret-{uid}-{:08x}", rand::random::<u32>());
+    let first_image = format!("hb/secrets-first-{uid}");
+    let h = h
+        .file("key.txt", &file_secret)
+        .file("Dockerfile.first", from_base(FIRST))
+        .file(
+            "Dockerfile.second",
+            format!("FROM hb/secrets-first\n{SECOND}"),
+        )
+        .env("HABITUS_SECRET_TOK", &env_secret)
+        .env("HABITUS_SECRET_OTHER", &other_secret);
+    let out = h.run();
+    out.assert_success();
+
+    // Output is redacted: the printed secret shows as ***.
+    assert!(
+        out.stderr.contains("first | printed: ***"),
+        "{}",
+        out.stderr
+    );
+    for secret in [&file_secret, &env_secret, &other_secret] {
+        assert!(!out.stderr.contains(secret.as_str()), "{}", out.stderr);
+        assert!(!out.stdout.contains(secret.as_str()));
+    }
+    // Every access is logged, without values.
+    assert!(
+        out.stderr.contains("GET /v1/secrets/file/key from "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("by step `first`: 403"),
+        "{}",
+        out.stderr
+    );
+
+    let second_image = format!("hb/secrets-second-{uid}");
+    let sums = docker(&["run", "--rm", &second_image, "cat", "/sums"]);
+    assert_eq!(
+        sums.lines().collect::<Vec<_>>(),
+        [
+            sha256_hex(file_secret.as_bytes()),
+            sha256_hex(env_secret.as_bytes()),
+            sha256_hex(other_secret.as_bytes())
+        ]
+    );
+    let codes = docker(&["run", "--rm", &second_image, "cat", "/codes"]);
+    assert_eq!(
+        codes.lines().collect::<Vec<_>>(),
+        [
+            "other=403",
+            "none=401",
+            "unknown=404",
+            "post=405",
+            "stale=401"
+        ]
+    );
+    for image in [&first_image, &second_image] {
+        for secret in [&file_secret, &env_secret, &other_secret] {
+            assert_no_secret_in_image(image, secret.as_bytes());
+        }
+    }
+    assert_torn_down(&out.stderr, &uid);
+}
+
+#[test]
+fn a_failed_build_tears_the_server_and_network_down() {
+    let (h, c) = project(
+        "sec-fail",
+        "build:\n  version: 2016-03-14\n  steps:\n    bad:\n      name: hb/secrets-bad\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n",
+    );
+    let h = h
+        .file("Dockerfile", from_base("ARG HABITUS_TOKEN\nRUN false\n"))
+        .env("HABITUS_K", "v-fail-value");
+    let out = h.run();
+    out.assert_failure();
+    assert!(out.stderr.contains("step `bad` failed"), "{}", out.stderr);
+    assert_torn_down(&out.stderr, c.uid());
+}
+
+#[test]
+fn a_secret_printed_by_a_failing_instruction_is_redacted_in_the_error() {
+    let (h, _c) = project(
+        "sec-err",
+        "build:\n  version: 2016-03-14\n  steps:\n    bad:\n      name: hb/secrets-err\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n",
+    );
+    let secret = format!("leaky-{:08x}", rand::random::<u32>());
+    // The daemon's error message quotes the failed command, secret and all.
+    let h = h
+        .file(
+            "Dockerfile",
+            from_base(&format!("RUN echo {secret} && false\n")),
+        )
+        .env("HABITUS_K", &secret);
+    let out = h.run();
+    out.assert_failure();
+    assert!(!out.stderr.contains(&secret), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("RUN echo *** && false"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn sigint_mid_build_tears_the_server_and_network_down() {
+    let (h, c) = project(
+        "sec-int",
+        "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/secrets-int\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n",
+    );
+    let marker = format!("marker-{}", c.uid());
+    let h = h.file(
+        "Dockerfile",
+        from_base(&format!("RUN echo {marker} && sleep 60\n")),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .args(["--uid", c.uid()])
+        .env("HABITUS_K", "interrupted-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains(&format!("slow | {marker}")) {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains(&marker), "{seen}");
+    let addr = server_addr(&seen);
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert_torn_down(&format!("{seen}{rest}"), c.uid());
+    assert!(!image_exists(&format!("hb/secrets-int-{}", c.uid())));
+}
+
+fn assert_stopped_before_any_step(out: &Output, message: &str) {
+    out.assert_failure();
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains(message), "{}", out.stderr);
+    assert!(!out.stderr.contains("building `"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("secrets server listening"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_missing_secret_stops_the_build_before_any_step() {
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    early:\n      name: hb/secrets-early\n      dockerfile: Dockerfile\n    compile:\n      name: hb/secrets-missing\n      dockerfile: Dockerfile\n      depends_on: [early]\n      secrets:\n        id_rsa:\n          type: file\n          value: keys/id_rsa\n";
+    let (h, _c) = project("sec-missing", yml);
+    let h = h.file("Dockerfile", from_base("RUN true\n"));
+    let out = h.run();
+    let path = h.dir().join("keys/id_rsa");
+    assert_stopped_before_any_step(
+        &out,
+        &format!(
+            "error: secret `id_rsa` of step `compile`: cannot read `{}`: No such file or directory (os error 2)",
+            path.display()
+        ),
+    );
+
+    let yml = yml.replace(
+        "type: file\n          value: keys/id_rsa",
+        "type: env\n          value: NPM_TOKEN",
+    );
+    let (h, _c) = project("sec-unset", &yml);
+    let h = h
+        .file("Dockerfile", from_base("RUN true\n"))
+        .env_remove("HABITUS_NPM_TOKEN");
+    let out = h.run();
+    assert_stopped_before_any_step(
+        &out,
+        "error: secret `id_rsa` of step `compile`: environment variable `HABITUS_NPM_TOKEN` is not set",
+    );
+}
+
+#[test]
+fn secrets_false_keeps_the_server_off_with_a_warning() {
+    let (h, _c) = project(
+        "sec-off",
+        "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/secrets-off\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: UNSET_ON_PURPOSE\n",
+    );
+    let h = h
+        .file("Dockerfile", from_base("RUN true\n"))
+        .arg("--secrets=false");
+    let out = h.run();
+    out.assert_success();
+    assert!(out.stderr.contains(
+        "warning: step(s) `s` declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
+    ), "{}", out.stderr);
+    assert!(!out.stderr.contains("secrets server listening"));
+}
+
+#[test]
+fn network_without_binding_is_refused() {
+    let (h, _c) = project(
+        "sec-net",
+        "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/secrets-net\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n",
+    );
+    let out = h
+        .file("Dockerfile", from_base("RUN true\n"))
+        .env("HABITUS_K", "v")
+        .args(["--network", "host"])
+        .run();
+    assert_stopped_before_any_step(
+        &out,
+        "error: --network `host` and the secrets server: give --binding too",
+    );
+}
+
+/// `path` exists and is readable only by its owner.
+fn assert_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+}
+
+#[test]
+fn serve_runs_standalone_until_sigterm_and_removes_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key.txt"), "served-file-value").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--secret-file",
+            "key=key.txt",
+            "--secret-env",
+            "tok=SERVE_TOK",
+        ])
+        .env("HABITUS_SERVE_TOK", "served-env-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut settings = std::collections::BTreeMap::new();
+    let mut line = String::new();
+    while !settings.contains_key("HABITUS_CA_FILE") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "serve ended early"
+        );
+        if let Some((k, v)) = line.trim_end().split_once('=') {
+            settings.insert(k.to_string(), v.to_string());
+        }
+    }
+    let ca = PathBuf::from(&settings["HABITUS_CA_FILE"]);
+    assert_private(&ca);
+    let url = &settings["HABITUS_URL"];
+    let auth = format!("Authorization: Bearer {}", settings["HABITUS_TOKEN"]);
+    for (path, value) in [
+        ("/v1/secrets/file/key", "served-file-value"),
+        ("/v1/secrets/env/tok", "served-env-value"),
+    ] {
+        let out = Command::new("curl")
+            .args(["-fsS", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &auth, &format!("{url}{path}")])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), value, "{out:?}");
+    }
+    let addr: SocketAddr = format!("{}:{}", settings["HABITUS_HOST"], settings["HABITUS_PORT"])
+        .parse()
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("GET /v1/secrets/file/key from 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("served-file-value"), "{stderr}");
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+    assert!(!ca.exists());
+    assert!(!ca.parent().unwrap().exists());
+}
+
+#[test]
+fn serve_without_secrets_explains_itself() {
+    let out = Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/none\n      dockerfile: Dockerfile\n",
+        )
+        .file("Dockerfile", "FROM scratch\n")
+        .arg("serve")
+        .run();
+    out.assert_failure();
+    assert!(out.stderr.contains(
+        "error: nothing to serve: build.yml declares no secrets and no --secret-file or --secret-env was given"
+    ), "{}", out.stderr);
+}
