@@ -60,6 +60,17 @@ fn containers_mentioning(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Images (tagged or not) whose history mentions `marker`.
+fn images_mentioning(marker: &str) -> Vec<String> {
+    docker(&["images", "-a", "-q", "--no-trunc"])
+        .lines()
+        .filter(|id| {
+            docker(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", id]).contains(marker)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// The elapsed-time prefix of the first stderr line containing `needle`.
 fn time_of(out: &Output, needle: &str) -> f64 {
     let line = out
@@ -260,16 +271,21 @@ fn no_cache_step_rebuilds_while_others_use_the_cache() {
     );
     let h = h.file("Dockerfile", from_base("RUN echo same > /same\n"));
     h.run().assert_success();
-    // The second build moves the `fresh` tag; its first image is removed
-    // when the test ends, whatever happens.
-    let _first = RemoveImagesOnDrop(vec![docker(&[
-        "images",
-        "-q",
-        &format!("hb/nc-fresh-{}", c.uid()),
-    ])
-    .trim()
-    .to_string()]);
+    // The second build moves the tags; every image either tag pointed at
+    // is removed when the test ends, whatever happens.
+    let ids = || -> Vec<String> {
+        ["cached", "fresh"]
+            .iter()
+            .map(|s| {
+                docker(&["images", "-q", &format!("hb/nc-{s}-{}", c.uid())])
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    };
+    let mut guard = RemoveImagesOnDrop(ids());
     let out = h.run();
+    guard.0.extend(ids());
     out.assert_success();
     let cached: Vec<&str> = out
         .stderr
@@ -370,18 +386,20 @@ fn failing_run_names_step_instruction_and_leaves_nothing() {
     let marker = format!("marker-{}", c.uid());
     let h = h.file("Dockerfile.ok", from_base("RUN echo ok\n")).file(
         "Dockerfile.broken",
-        format!("FROM hb/fail-ok\nRUN echo {marker} && exit 3\n"),
+        format!("FROM hb/fail-ok\nRUN echo {marker} > /m\nRUN echo {marker} && exit 3\n"),
     );
     let before = listing(h.dir());
     let out = h.run();
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     let expected = format!(
-        "error: step `broken` failed at `Step 2/2 : RUN echo {marker} && exit 3`: The command '/bin/sh -c echo {marker} && exit 3' returned a non-zero code: 3\n  dockerfile: {}",
+        "error: step `broken` failed at `Step 3/3 : RUN echo {marker} && exit 3`: The command '/bin/sh -c echo {marker} && exit 3' returned a non-zero code: 3\n  dockerfile: {}",
         h.dir().join("Dockerfile.broken").display()
     );
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
     assert!(containers_mentioning(&marker).is_empty());
     assert!(!image_exists(&format!("hb/fail-ok-{}", c.uid())));
+    // The image the daemon committed for `RUN echo … > /m` is gone too.
+    assert_eq!(images_mentioning(&marker), Vec::<String>::new());
     assert_eq!(listing(h.dir()), before);
 }
 

@@ -379,6 +379,11 @@ impl Engine for DockerEngine {
 
         let mut progress = BuildProgress::default();
         let mut failure = None;
+        let mut fresh = FreshImages {
+            docker: self.docker.clone(),
+            ids: Vec::new(),
+            armed: true,
+        };
         {
             let credentials = (!self.credentials.is_empty()).then(|| self.credentials.clone());
             let mut stream =
@@ -425,8 +430,13 @@ impl Engine for DockerEngine {
             }
         }
         if let Some(err) = failure {
+            // The daemon keeps the images of the instructions that did
+            // succeed; they are this build's and nobody's cache yet.
+            fresh.ids = std::mem::take(&mut progress.fresh);
+            fresh.remove_now().await;
             return Err(err);
         }
+        fresh.disarm();
         let id = match progress.image_id.clone() {
             Some(id) => id,
             None => match self.inspect_image(&req.tag).await? {
@@ -1103,6 +1113,51 @@ impl LineBuffer {
     }
 }
 
+/// Removes the untagged images a failed or cancelled build committed. If
+/// the build's future is dropped, the removal runs as a detached task.
+struct FreshImages {
+    docker: Docker,
+    ids: Vec<String>,
+    armed: bool,
+}
+
+impl FreshImages {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    async fn remove_now(&mut self) {
+        let ids = std::mem::take(&mut self.ids);
+        remove_fresh(&self.docker, ids).await;
+    }
+}
+
+/// Removes images newest first; one that another build now uses (as a
+/// parent or a running container's image) is left alone.
+async fn remove_fresh(docker: &Docker, ids: Vec<String>) {
+    for id in ids.iter().rev() {
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+            ..Default::default()
+        };
+        let _ = docker.remove_image(id, Some(options), None).await;
+    }
+}
+
+impl Drop for FreshImages {
+    fn drop(&mut self) {
+        if !self.armed || self.ids.is_empty() {
+            return;
+        }
+        let docker = self.docker.clone();
+        let ids = std::mem::take(&mut self.ids);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { remove_fresh(&docker, ids).await });
+        }
+    }
+}
+
 /// Follows a classic-builder output stream: lines, steps, cache hits, the
 /// resulting image id, and the error, if any.
 #[derive(Debug, Default)]
@@ -1116,6 +1171,11 @@ struct BuildProgress {
     cached: usize,
     /// From the `aux` message that closes a successful build.
     image_id: Option<String>,
+    /// Images the daemon committed for this build (not taken from the
+    /// cache), bottom first: removed again if the build fails.
+    fresh: Vec<String>,
+    /// A ` ---> Running in` line was seen; the next ` ---> <id>` is fresh.
+    committing: bool,
 }
 
 impl BuildProgress {
@@ -1132,14 +1192,26 @@ impl BuildProgress {
                 last_step,
                 total,
                 cached,
+                fresh,
+                committing,
                 ..
             } = self;
             lines.push_with(text.as_bytes(), &mut |line| {
+                let trimmed = line.trim();
                 if let Some((_, m)) = parse_step(line) {
                     *total = m;
-                    *last_step = Some(line.trim().to_string());
-                } else if line.trim() == "---> Using cache" {
+                    *last_step = Some(trimmed.to_string());
+                    *committing = false;
+                } else if trimmed == "---> Using cache" {
                     *cached += 1;
+                    *committing = false;
+                } else if trimmed.starts_with("---> Running in ") {
+                    *committing = true;
+                } else if let Some(id) = trimmed.strip_prefix("---> ") {
+                    if *committing && !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        fresh.push(id.to_string());
+                    }
+                    *committing = false;
                 }
                 sink(line);
             });
