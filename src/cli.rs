@@ -349,6 +349,12 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub image_labels: bool,
 
+    /// Don't audit the images of a build that served secrets.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub no_audit: bool,
+
     /// Also write every build event to stdout as one JSON object per line.
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,

@@ -305,6 +305,7 @@ async fn build_async(
         noprune_rmi: config.noprune_rmi,
         after_build_commands: config.after_build_commands,
         image_labels: config.image_labels,
+        no_audit: config.no_audit,
         keep_artifacts: config.keep_artifacts,
         no_cleanup: config.no_cleanup,
     };

@@ -64,6 +64,8 @@ pub struct BuildOptions {
     pub after_build_commands: bool,
     /// Label images too (costs one commit per label with the classic builder).
     pub image_labels: bool,
+    /// Skip the audit of the images of a build that served secrets.
+    pub no_audit: bool,
     /// Leave the artifacts on the host after the build (`--keep-artifacts`).
     pub keep_artifacts: bool,
     /// Skip `cleanup.commands` (`--no-cleanup`).
@@ -88,6 +90,7 @@ impl Default for BuildOptions {
             noprune_rmi: false,
             after_build_commands: false,
             image_labels: false,
+            no_audit: false,
             keep_artifacts: false,
             no_cleanup: false,
         }
@@ -176,6 +179,18 @@ pub enum BuildError {
     /// The secrets server or the build's network could not be set up.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The post-build audit found a secret in a produced image.
+    #[error("a secret reached an image:\n  {}\nfix: fetch, use and delete the secret in one RUN, or pass --no-audit to build anyway", hits.join("\n  "))]
+    Leak {
+        /// One line per hit (image, layer or config field, encoding).
+        hits: Vec<String>,
+    },
+    /// The post-build audit could not read an image.
+    #[error("audit: {message}")]
+    Audit {
+        /// What went wrong.
+        message: String,
+    },
     /// Ctrl-C or SIGTERM.
     #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" })]
     Interrupted {
@@ -249,6 +264,8 @@ pub struct Runner {
     secrets: Mutex<Option<(Settings, SecretStore)>>,
     /// The running secrets side of the build, while it runs.
     session: Mutex<Option<Arc<BuildSession>>>,
+    /// Searches the images of a build that served secrets for them.
+    audit: Mutex<Option<Arc<crate::audit::Scanner>>>,
 }
 
 impl Runner {
@@ -283,6 +300,7 @@ impl Runner {
             tagged: Arc::default(),
             secrets: Mutex::new(None),
             session: Mutex::new(None),
+            audit: Mutex::new(None),
         }
     }
 
@@ -365,6 +383,13 @@ impl Runner {
         }
         let tagged = lock(&self.tagged).clone();
         summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
+        let result = match result {
+            Ok(summary_ok) => match self.audit_images(&summary).await {
+                Ok(()) => Ok(summary_ok),
+                Err(error) => Err((summary.clone(), error)),
+            },
+            Err(e) => Err(e),
+        };
         if !self.options.keep_artifacts {
             self.remove_artifacts(&host_artifacts);
         }
@@ -485,9 +510,90 @@ impl Runner {
         }
     }
 
+    /// After a build that served secrets: searches every image it produced
+    /// and kept for them. A hit fails the build and removes the image
+    /// (unless `--keep-all`).
+    async fn audit_images(&self, summary: &Summary) -> Result<(), BuildError> {
+        let Some(scanner) = lock(&self.audit).clone() else {
+            return Ok(());
+        };
+        let mut hits = Vec::new();
+        for step in &summary.steps {
+            if summary.removed_images.contains(&step.image) {
+                continue;
+            }
+            let audit = crate::audit::audit_image(&*self.engine, &step.image, Arc::clone(&scanner))
+                .await
+                .map_err(|e| BuildError::Audit {
+                    message: e.to_string(),
+                })?;
+            self.reporter.step(
+                Severity::Info,
+                &step.label,
+                &format!(
+                    "audit: {} layers and the config of `{}` searched, {} secret occurrence(s)",
+                    audit.layers,
+                    step.image,
+                    audit.hits.len()
+                ),
+            );
+            self.reporter.event(
+                "audit_finished",
+                serde_json::json!({
+                    "step": step.label,
+                    "image": step.image,
+                    "layers": audit.layers,
+                    "hits": audit.hits,
+                }),
+            );
+            if audit.hits.is_empty() {
+                continue;
+            }
+            for hit in &audit.hits {
+                let line = hit.describe(&step.image);
+                self.reporter.step(Severity::Error, &step.label, &line);
+                hits.push(line);
+            }
+            if !self.options.keep_all {
+                let _ = self.engine.remove_image(&step.image, true, false).await;
+            }
+        }
+        if hits.is_empty() {
+            Ok(())
+        } else {
+            Err(BuildError::Leak { hits })
+        }
+    }
+
     /// Starts the secrets side of the build, if there is one.
     async fn start_secrets(&self) -> Option<BuildError> {
         let (settings, store) = lock(&self.secrets).take()?;
+        if !self.options.no_audit && !store.is_empty() {
+            // Each secret once, named `type/name` (never by its value).
+            let mut named: BTreeMap<String, Arc<crate::secrets::Secret>> = BTreeMap::new();
+            for step in store.steps() {
+                for (key, secret) in store.of_step(step) {
+                    named.entry(key.path()).or_insert(secret);
+                }
+            }
+            // `expose`: the audit searches the produced images for these
+            // values; the scanner lives until the build ends.
+            let (scanner, skipped) = crate::audit::Scanner::new(
+                named
+                    .iter()
+                    .map(|(name, secret)| (name.as_str(), secret.expose())),
+            );
+            for name in skipped {
+                self.reporter.message(
+                    Severity::Warning,
+                    &format!(
+                        "secret `{name}` is shorter than {} bytes: the audit cannot search for it reliably",
+                        crate::audit::MIN_SECRET_LEN
+                    ),
+                );
+            }
+            *lock(&self.audit) = Some(Arc::new(scanner));
+        }
         let reporter = Arc::clone(&self.reporter);
         let log = Arc::new(move |record: &crate::secrets::server::AccessRecord| {
             reporter.message(Severity::Info, &record.to_string());
@@ -1302,6 +1408,55 @@ mod tests {
         run(&f).await.unwrap();
         assert!(f.engine.execs().is_empty());
         assert_eq!(f.engine.created_containers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_secret_in_a_produced_image_fails_the_build_and_removes_it() {
+        use crate::manifest::SecretSpec;
+        use crate::secrets::provider::SecretKey;
+        use crate::secrets::{Secret, SecretStore, Settings};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = step(dir.path(), "a", &[]);
+        a.secrets.insert(
+            "key".into(),
+            SecretSpec {
+                kind: "env".into(),
+                value: "KEY".into(),
+            },
+        );
+        let Fixture { engine, runner } = fixture(vec![a], opts(1));
+        engine.on_save(
+            "img/a",
+            vec![("root/.ssh/id".into(), b"the-private-key-bytes".to_vec())],
+        );
+        let mut store = SecretStore::default();
+        store.insert(
+            "a",
+            SecretKey {
+                kind: "env".into(),
+                name: "key".into(),
+            },
+            Arc::new(Secret::new(b"the-private-key-bytes".to_vec())),
+        );
+        let settings = Settings {
+            enabled: None,
+            binding: None,
+            port: 0,
+            basic_auth: None,
+            providers: vec!["env".into()],
+        };
+        let runner = runner.with_secrets(settings, store);
+        let err = runner
+            .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a secret reached an image:\n  img/a: secret `env/key` (raw) in layer 0 (l0) at `/root/.ssh/id`\nfix: fetch, use and delete the secret in one RUN, or pass --no-audit to build anyway"
+        );
+        assert!(!err.to_string().contains("the-private-key-bytes"));
+        assert!(engine.images().is_empty(), "the leaking image is removed");
     }
 
     #[tokio::test]

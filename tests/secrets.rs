@@ -517,7 +517,51 @@ fn build_steps_fetch_their_secrets_over_tls_and_no_image_keeps_them() {
             assert_no_secret_in_image(image, secret.as_bytes());
         }
     }
+    // The runner audited what it kept.
+    assert!(
+        out.stderr.contains(&format!(
+            "of `{first_image}` searched, 0 secret occurrence(s)"
+        )),
+        "{}",
+        out.stderr
+    );
     assert_torn_down(&out.stderr, &uid);
+}
+
+#[test]
+fn a_step_that_keeps_its_secret_fails_the_audit_and_its_image_is_removed() {
+    let (h, c) = project(
+        "sec-leak",
+        "build:\n  version: 2016-03-14\n  steps:\n    leaky:\n      name: hb/secrets-leaky\n      dockerfile: Dockerfile\n      secrets:\n        key:\n          type: file\n          value: key.txt\n",
+    );
+    let secret = format!("kept-secret-{}-{:08x}", c.uid(), rand::random::<u32>());
+    let fetch_and_keep = r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$HABITUS_URL/v1/secrets/file/key" -o /root/key \
+ && rm /tmp/ca.pem
+"#;
+    let out = h
+        .file("key.txt", &secret)
+        .file("Dockerfile", from_base(fetch_and_keep))
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "error: a secret reached an image:\n  hb/secrets-leaky-{}: secret `file/key` (raw) in layer ",
+            c.uid()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("at `/root/key`"), "{}", out.stderr);
+    assert!(!out.stderr.contains(&secret));
+    assert!(!crate::common::image_exists(&format!(
+        "hb/secrets-leaky-{}",
+        c.uid()
+    )));
+    assert_torn_down(&out.stderr, c.uid());
 }
 
 #[test]

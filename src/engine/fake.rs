@@ -42,6 +42,8 @@ pub struct FakeEngine {
     label_sweeps: Mutex<Vec<(String, String)>>,
     /// `(image, path)` → tar bytes served by `archive`.
     archives: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    /// image → files of its one layer, served by `save_image`.
+    layers: Mutex<BTreeMap<String, Vec<(String, Vec<u8>)>>>,
     /// Live containers: id → request.
     containers: Mutex<BTreeMap<String, ContainerRequest>>,
     created_containers: Mutex<usize>,
@@ -82,6 +84,11 @@ impl FakeEngine {
     /// `(label, value)` pairs swept with `remove_containers_with_label`.
     pub fn label_sweeps(&self) -> Vec<(String, String)> {
         lock(&self.label_sweeps).clone()
+    }
+    /// Makes `save_image` of `image` return a one-layer archive with these
+    /// files (by default the layer is empty).
+    pub fn on_save(&self, image: &str, files: Vec<(String, Vec<u8>)>) {
+        lock(&self.layers).insert(image.to_string(), files);
     }
     /// Makes `archive` of `path` in a container of `image` return `tar`.
     pub fn on_archive(&self, image: &str, path: &str, tar: Vec<u8>) {
@@ -267,6 +274,37 @@ impl Engine for FakeEngine {
     ) -> Result<String, EngineError> {
         lock(&self.networks).insert(name.to_string(), labels.clone());
         Ok("127.0.0.1".to_string())
+    }
+
+    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
+        if !lock(&self.images).contains(image) {
+            return Err(EngineError::Api(format!("no such image: {image}")));
+        }
+        let files = lock(&self.layers).get(image).cloned().unwrap_or_default();
+        let tar = |entries: &[(String, Vec<u8>)]| -> Vec<u8> {
+            let mut builder = tar::Builder::new(Vec::new());
+            for (name, data) in entries {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(data.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                let _ = builder.append_data(&mut header, name, data.as_slice());
+            }
+            builder.into_inner().unwrap_or_default()
+        };
+        let manifest = serde_json::json!([{ "Config": "config.json", "Layers": ["l0/layer.tar"] }]);
+        let config = serde_json::json!({ "rootfs": { "diff_ids": ["sha256:l0"] }, "history": [] });
+        let archive = tar(&[
+            ("l0/layer.tar".to_string(), tar(&files)),
+            ("config.json".to_string(), config.to_string().into_bytes()),
+            (
+                "manifest.json".to_string(),
+                manifest.to_string().into_bytes(),
+            ),
+        ]);
+        Ok(Box::pin(futures_util::stream::iter([Ok(Bytes::from(
+            archive,
+        ))])))
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {

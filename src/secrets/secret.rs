@@ -41,7 +41,8 @@ impl Secret {
     /// The secret bytes.
     ///
     /// Every use must explain why it needs the value: the server writes it
-    /// into a response body, the redactor searches output for it.
+    /// into a response body, the redactor searches output for it, the
+    /// post-build audit searches the produced images for it.
     pub fn expose(&self) -> &[u8] {
         &self.bytes
     }
