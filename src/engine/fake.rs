@@ -13,6 +13,9 @@ use super::{
     LineSink, RunRequest,
 };
 
+/// A file of a fake layer: path and content.
+type NamedFile = (String, Vec<u8>);
+
 /// One recorded build: which tag, and when it ran.
 #[derive(Debug, Clone)]
 pub struct BuildRecord {
@@ -43,7 +46,7 @@ pub struct FakeEngine {
     /// `(image, path)` → tar bytes served by `archive`.
     archives: Mutex<BTreeMap<(String, String), Vec<u8>>>,
     /// image → files of its one layer, served by `save_image`.
-    layers: Mutex<BTreeMap<String, Vec<(String, Vec<u8>)>>>,
+    layers: Mutex<BTreeMap<String, Vec<NamedFile>>>,
     /// Live containers: id → request.
     containers: Mutex<BTreeMap<String, ContainerRequest>>,
     created_containers: Mutex<usize>,
