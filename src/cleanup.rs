@@ -80,17 +80,6 @@ pub fn keep_for(dockerfile_text: &str, target: Option<&str>) -> Keep {
     }
 }
 
-/// `name` with `:latest` added when it has neither tag nor digest (an
-/// image archive must name its tags in full).
-fn with_tag(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') || name.contains('@') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
 /// Removes a container when dropped while still armed.
 struct ContainerGuard {
     engine: Arc<dyn Engine>,
@@ -141,7 +130,7 @@ pub async fn run(
     let squashed = squash::squash(
         &*engine,
         &committed,
-        &with_tag(image),
+        &crate::squash::with_tag(image),
         keep,
         Arc::clone(&sink),
     )
@@ -208,9 +197,10 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use super::{keep_for, run, with_tag};
+    use super::{keep_for, run};
     use crate::engine::fake::{FakeBuild, FakeEngine};
     use crate::engine::{BuildRequest, Engine, LineSink};
+    use crate::squash::with_tag;
     use crate::squash::Keep;
 
     #[test]

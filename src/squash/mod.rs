@@ -142,8 +142,20 @@ fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> SquashError + '_ {
     }
 }
 
-/// Squashes `image` into a new image tagged `tag`, keeping the bottom
-/// layers `keep` names; progress lines go to `sink`.
+/// `name` with `:latest` added when it has neither tag nor digest (an
+/// image archive must name its tags in full).
+pub fn with_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// Squashes `image` into a new image tagged `tag` (`:latest` if it names
+/// none), keeping the bottom layers `keep` names; progress lines go to
+/// `sink`.
 pub async fn squash(
     engine: &dyn Engine,
     image: &str,
@@ -151,6 +163,7 @@ pub async fn squash(
     keep: Keep,
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
+    let tag = &with_tag(tag);
     let details = details(engine, image).await?;
     let layers = details.diff_ids.len();
     let kept = match &keep {
