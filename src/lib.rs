@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Command, PlanFormat};
 use crate::config::Config;
 use crate::engine::docker::{DockerEngine, DockerOptions};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::manifest::{LoadOptions, Loaded};
 use crate::plan::Plan;
 use crate::progress::{Reporter, Severity};
@@ -177,6 +177,28 @@ fn print_plan(config: &Config, format: PlanFormat) -> Result<(), Error> {
     Ok(())
 }
 
+/// The async runtime for one command.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })
+}
+
+/// Connects to the daemon as the flags and DOCKER_* variables say.
+async fn connect(config: &Config) -> Result<DockerEngine, EngineError> {
+    DockerEngine::connect(&DockerOptions {
+        host: Some(config.docker.host.clone()),
+        use_tls: config.docker.use_tls,
+        tls_verify: config.docker.use_tls,
+        cert_path: config.docker.cert_path.clone(),
+    })
+    .await
+}
+
 /// Writes to stdout; a closed pipe (`habitus plan | head`) is not an error.
 fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
@@ -205,13 +227,7 @@ fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
             &|name| std::env::var_os(name),
         )
         .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                what: "cannot start the async runtime".into(),
-                source,
-            })?;
+        let runtime = runtime()?;
         runtime.block_on(build_async(
             config,
             loaded,
@@ -247,13 +263,7 @@ fn serve(
         secrets::serve::store_from_flags(files, envs, &settings.providers, &config.workdir, &env)
     }
     .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
+    let runtime = runtime()?;
     let reporter = Arc::new(Reporter::stderr(config.level, false));
     runtime.block_on(async {
         let stop = async {
@@ -276,13 +286,7 @@ async fn build_async(
     for (severity, notice) in &prepared.notices {
         reporter.message(*severity, notice);
     }
-    let engine = DockerEngine::connect(&DockerOptions {
-        host: Some(config.docker.host.clone()),
-        use_tls: config.docker.use_tls,
-        tls_verify: config.docker.use_tls,
-        cert_path: config.docker.cert_path.clone(),
-    })
-    .await?;
+    let engine = connect(config).await?;
     let engine: Arc<dyn Engine> = Arc::new(engine);
 
     let cancel = CancellationToken::new();
@@ -350,22 +354,10 @@ fn squash_command(
     all: bool,
     from: Option<String>,
 ) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let reporter = Arc::new(Reporter::stderr(config.level, config.suppress));
-        let engine = DockerEngine::connect(&DockerOptions {
-            host: Some(config.docker.host.clone()),
-            use_tls: config.docker.use_tls,
-            tls_verify: config.docker.use_tls,
-            cert_path: config.docker.cert_path.clone(),
-        })
-        .await?;
+        let engine = connect(config).await?;
         let keep = match (all, from) {
             (true, _) => squash::Keep::Nothing,
             (false, Some(base)) => squash::Keep::BaseImage(base),
@@ -520,22 +512,10 @@ fn audit_command(
         );
     }
     let scanner = Arc::new(scanner);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
+    let runtime = runtime()?;
     let mut hits = 0;
     runtime.block_on(async {
-        let engine = DockerEngine::connect(&DockerOptions {
-            host: Some(config.docker.host.clone()),
-            use_tls: config.docker.use_tls,
-            tls_verify: config.docker.use_tls,
-            cert_path: config.docker.cert_path.clone(),
-        })
-        .await?;
+        let engine = connect(config).await?;
         for image in images {
             let result = audit::audit_image(&engine, image, Arc::clone(&scanner))
                 .await
