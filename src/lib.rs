@@ -397,6 +397,13 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
                 "total": s.total_steps,
             })).collect::<Vec<_>>(),
             "removed_images": summary.removed_images,
+            "artifacts": summary.steps.iter().flat_map(|s| s.artifacts.iter().map(|(source, dest, bytes)| serde_json::json!({
+                "step": s.label, "source": source, "dest": dest, "bytes": bytes,
+            }))).collect::<Vec<_>>(),
+            "secrets": summary.secrets_served.iter().map(|((step, secret), n)| serde_json::json!({
+                "step": step, "secret": secret, "fetches": n,
+            })).collect::<Vec<_>>(),
+            "audited_images": summary.audited_images,
         }),
     );
     for step in &summary.steps {
@@ -422,6 +429,33 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
             step.duration.as_secs_f64(),
             step.cached_steps,
             step.total_steps,
+        ));
+    }
+    let artifacts: Vec<_> = summary
+        .steps
+        .iter()
+        .flat_map(|s| s.artifacts.iter().map(move |a| (&s.label, a)))
+        .collect();
+    if !artifacts.is_empty() {
+        text.push_str("\nartifacts copied:");
+        for (step, (source, dest, bytes)) in artifacts {
+            text.push_str(&format!(
+                "\n  {step:<16} {source} -> {} ({})",
+                dest.display(),
+                runner::human_size(i64::try_from(*bytes).unwrap_or(i64::MAX))
+            ));
+        }
+    }
+    if !summary.secrets_served.is_empty() {
+        text.push_str("\nsecrets served:");
+        for ((step, secret), n) in &summary.secrets_served {
+            text.push_str(&format!("\n  {step:<16} {secret}: {n} fetch(es)"));
+        }
+    }
+    if !summary.audited_images.is_empty() {
+        text.push_str(&format!(
+            "\naudit: no secret in {}",
+            summary.audited_images.join(", ")
         ));
     }
     reporter.message(Severity::Info, &text);

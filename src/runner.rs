@@ -236,6 +236,9 @@ pub struct StepReport {
     pub duration: Duration,
     pub cached_steps: usize,
     pub total_steps: usize,
+    /// Artifacts copied to the host: (source in the image, where it
+    /// landed, bytes of file data).
+    pub artifacts: Vec<(String, PathBuf, u64)>,
 }
 
 /// What a build produced.
@@ -245,6 +248,10 @@ pub struct Summary {
     pub steps: Vec<StepReport>,
     /// Images removed after the build.
     pub removed_images: Vec<String>,
+    /// Secrets served: (step, `type/name`) → successful fetches.
+    pub secrets_served: BTreeMap<(String, String), usize>,
+    /// Images the post-build audit searched (none without secrets).
+    pub audited_images: Vec<String>,
 }
 
 /// Runs one build.
@@ -266,6 +273,8 @@ pub struct Runner {
     session: Mutex<Option<Arc<BuildSession>>>,
     /// Searches the images of a build that served secrets for them.
     audit: Mutex<Option<Arc<crate::audit::Scanner>>>,
+    /// Successful secret fetches: (step, `type/name`) → count.
+    served: Arc<Mutex<BTreeMap<(String, String), usize>>>,
 }
 
 impl Runner {
@@ -301,6 +310,7 @@ impl Runner {
             secrets: Mutex::new(None),
             session: Mutex::new(None),
             audit: Mutex::new(None),
+            served: Arc::default(),
         }
     }
 
@@ -383,6 +393,15 @@ impl Runner {
         }
         let tagged = lock(&self.tagged).clone();
         summary.removed_images = self.teardown(&tagged, result.is_ok()).await;
+        summary.secrets_served = lock(&self.served).clone();
+        if lock(&self.audit).is_some() {
+            summary.audited_images = summary
+                .steps
+                .iter()
+                .filter(|s| !summary.removed_images.contains(&s.image))
+                .map(|s| s.image.clone())
+                .collect();
+        }
         let result = match result {
             Ok(summary_ok) => match self.audit_images(&summary).await {
                 Ok(()) => Ok(summary_ok),
@@ -595,8 +614,27 @@ impl Runner {
             *lock(&self.audit) = Some(Arc::new(scanner));
         }
         let reporter = Arc::clone(&self.reporter);
+        let served = Arc::clone(&self.served);
         let log = Arc::new(move |record: &crate::secrets::server::AccessRecord| {
             reporter.message(Severity::Info, &record.to_string());
+            reporter.event(
+                "secret_fetched",
+                serde_json::json!({
+                    "step": record.step,
+                    "path": record.path,
+                    "peer": record.peer.to_string(),
+                    "status": record.status,
+                }),
+            );
+            if record.status == 200 {
+                let secret = record
+                    .path
+                    .strip_prefix("/v1/secrets/")
+                    .unwrap_or(&record.path)
+                    .to_string();
+                let step = record.step.clone().unwrap_or_default();
+                *lock(&served).entry((step, secret)).or_default() += 1;
+            }
         });
         let options = SessionOptions {
             build_id: &self.build_id,
@@ -860,10 +898,11 @@ impl StepContext {
         lock(&self.tagged).insert(label.clone());
         let mut image_id = built.id.clone();
 
+        let mut copied = Vec::new();
         if !step.artifacts.is_empty() {
             let reporter = Arc::clone(&self.reporter);
             let step_label = label.clone();
-            crate::artifacts::copy(
+            let extracted = crate::artifacts::copy(
                 Arc::clone(&self.engine),
                 &image,
                 self.labels(&step),
@@ -876,6 +915,29 @@ impl StepContext {
                 step: label.clone(),
                 source: e,
             })?;
+            for (artifact, extracted) in step.artifacts.iter().zip(extracted) {
+                // Where it landed: the destination folder and the
+                // source's base name.
+                let dest = crate::artifacts::destination(&self.manifest.workdir, artifact).join(
+                    artifact
+                        .source
+                        .trim_end_matches('/')
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(""),
+                );
+                self.reporter.event(
+                    "artifact_copied",
+                    serde_json::json!({
+                        "step": label,
+                        "source": artifact.source,
+                        "dest": dest,
+                        "files": extracted.files,
+                        "bytes": extracted.bytes,
+                    }),
+                );
+                copied.push((artifact.source.clone(), dest, extracted.bytes));
+            }
         }
 
         if let Some(keep) = keep {
@@ -976,6 +1038,7 @@ impl StepContext {
             duration,
             cached_steps: built.cached_steps,
             total_steps: built.total_steps,
+            artifacts: copied,
         })
     }
 

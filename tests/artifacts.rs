@@ -108,6 +108,16 @@ fn files_trees_modes_and_destinations_reach_the_next_step() {
     assert!(out
         .stderr
         .contains("copied artifact `/etc/app/conf` to `config/conf` in "));
+    // The summary lists what was copied, and where.
+    assert!(out.stderr.contains("artifacts copied:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "/etc/app/conf -> {}",
+            d.join("config/conf").display()
+        )),
+        "{}",
+        out.stderr
+    );
     // The `FROM scratch` image made of artifacts runs.
     let image = format!("hb/art-runtime-{}", c.uid());
     assert_eq!(docker(&["run", "--rm", &image]), "app ran\ndeep conf\n");

@@ -517,6 +517,14 @@ fn build_steps_fetch_their_secrets_over_tls_and_no_image_keeps_them() {
             assert_no_secret_in_image(image, secret.as_bytes());
         }
     }
+    // The summary counts the fetches by step, without values.
+    assert!(out.stderr.contains("secrets served:"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{:<16} file/key: 1 fetch(es)", "first")),
+        "{}",
+        out.stderr
+    );
     // The runner audited what it kept.
     assert!(
         out.stderr.contains(&format!(
