@@ -368,3 +368,58 @@ fn cleanup_squash_example_without_cleanup_fails_the_audit() {
     assert_eq!(audited.code(), Some(1), "{audited:?}");
     assert!(audited.stdout.contains("at `/root/.netrc`"), "{audited:?}");
 }
+
+/// secretapp on the test base image: `GO_BUILD` swaps the Go compile for a
+/// shell script at the same path (there is no Go image here). The artifact
+/// reaches both runtime images, the alpine variant runs it, and the
+/// artifact copied into the example directory is gone afterwards.
+#[test]
+fn secretapp_example_ships_the_artifact_in_both_runtime_images() {
+    use crate::common::{docker, image_exists, Cleanup};
+    let dir = example_dir("secretapp");
+    let before = listing(&dir);
+    let cleanup = Cleanup::new("exsecretapp");
+    let uid = cleanup.uid();
+    let mut args = base_args(&["BUILDER_IMAGE", "RUNTIME_IMAGE"]);
+    args.extend([
+        "--build".to_string(),
+        r##"GO_BUILD=mkdir -p /go/bin && printf "%s\n" "#!/bin/sh" "echo hello, \${1:-world}" > /go/bin/secretapp && chmod +x /go/bin/secretapp"##
+            .to_string(),
+    ]);
+    run_example("secretapp", uid, &args).assert_success();
+    let alpine = format!("habitus-examples/secretapp-{uid}:alpine");
+    assert_eq!(docker(&["run", "--rm", &alpine, "you"]), "hello, you\n");
+    assert_eq!(docker(&["run", "--rm", &alpine]), "hello, world\n");
+    // The scratch image has no shell to run the stand-in: its filesystem
+    // is the binary and nothing else.
+    let scratch = format!("habitus-examples/secretapp-{uid}:scratch");
+    let container = docker(&["create", "--label", &format!("habitus.uid={uid}"), &scratch]);
+    let exported = Command::new("docker")
+        .args(["export", container.trim()])
+        .output()
+        .unwrap();
+    assert!(exported.status.success());
+    let mut files: Vec<String> = tar::Archive::new(exported.stdout.as_slice())
+        .entries()
+        .unwrap()
+        .map(|entry| entry.unwrap().path().unwrap().display().to_string())
+        .filter(|path| !path.ends_with('/'))
+        .collect();
+    files.retain(|path| {
+        // What the daemon adds to every container.
+        ![
+            ".dockerenv",
+            "etc/hosts",
+            "etc/hostname",
+            "etc/resolv.conf",
+            "etc/mtab",
+            "dev/console",
+        ]
+        .contains(&path.as_str())
+    });
+    assert_eq!(files, ["secretapp"]);
+    assert!(!image_exists(&format!(
+        "habitus-examples/secretapp-build-{uid}"
+    )));
+    assert_eq!(listing(&dir), before);
+}
