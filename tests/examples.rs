@@ -1,5 +1,9 @@
 //! Every directory under `examples/` is a valid build: its build.yml loads,
-//! plans, and passes `habitus check`, so the examples cannot go stale.
+//! plans, and passes `habitus check`, so the examples cannot go stale. The
+//! examples that need no compiler also build end to end on the test base
+//! image (`--build <BASE ARG>=<test base image>`, a unique `--uid`), and the
+//! tests check what their READMEs promise: what the image prints, and that
+//! no layer holds the secret.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -147,4 +151,275 @@ fn diamond_example_builds() {
     let image = format!("habitus-examples/diamond-d-{}", cleanup.uid());
     assert_eq!(docker(&["run", "--rm", &image]), "step a\nstep b\nstep c\n");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before);
+}
+
+/// The directory of `examples/<name>`.
+fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+/// `habitus -d examples/<name> --uid <uid> <args>`, run from a temporary
+/// directory.
+fn run_example(name: &str, uid: &str, args: &[String]) -> crate::common::Output {
+    crate::common::Habitus::new()
+        .no_workdir()
+        .arg("-d")
+        .arg(example_dir(name))
+        .args(["--uid", uid])
+        .args(args)
+        .run()
+}
+
+/// `--build NAME=<test base image>` for each name.
+fn base_args(names: &[&str]) -> Vec<String> {
+    let base = crate::common::base_image();
+    names
+        .iter()
+        .flat_map(|name| ["--build".to_string(), format!("{name}={base}")])
+        .collect()
+}
+
+/// The entries of an example directory, to prove a build wrote nothing
+/// into it.
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// `habitus audit <images> <args>`.
+fn audit(images: &[&str], args: &[&str]) -> crate::common::Output {
+    crate::common::Habitus::new()
+        .no_workdir()
+        .arg("audit")
+        .args(images)
+        .args(args)
+        .run()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The clone step reads the key from `_env(HOME)/.ssh/id_rsa` through the
+/// secrets server (`CLONE_CMD` stands in for `git clone`: it records the
+/// key's sha256), the app image ships what it produced, and neither image
+/// holds the key: the runner's audit says so, `habitus audit` agrees, and
+/// so does a byte search of every layer.
+#[test]
+fn private_git_clone_uses_the_key_and_ships_none_of_it() {
+    use crate::common::leak::assert_no_secret_in_image;
+    use crate::common::{docker, Cleanup};
+    let dir = example_dir("private-git-clone");
+    let before = listing(&dir);
+    let cleanup = Cleanup::new("expgc");
+    let uid = cleanup.uid();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".ssh")).unwrap();
+    let key_path = home.path().join(".ssh/id_rsa");
+    let key = format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-of-{uid}-{:016x}\n-----END OPENSSH PRIVATE KEY-----\n",
+        rand::random::<u64>()
+    );
+    std::fs::write(&key_path, &key).unwrap();
+
+    let mut args = base_args(&["BUILDER_IMAGE", "RUNTIME_IMAGE"]);
+    args.extend([
+        "--keep-all".to_string(),
+        "--env".to_string(),
+        format!("HOME={}", home.path().display()),
+        "--build".to_string(),
+        "CLONE_CMD=mkdir -p /src && sha256sum /root/.ssh/id_rsa | cut -d' ' -f1 > /src/key.sum"
+            .to_string(),
+    ]);
+    let out = run_example("private-git-clone", uid, &args);
+    out.assert_success();
+    let src = format!("habitus-examples/private-git-clone-src-{uid}");
+    let app = format!("habitus-examples/private-git-clone-app-{uid}");
+    for image in [&src, &app] {
+        assert!(
+            out.stderr
+                .contains(&format!("of `{image}` searched, 0 secret occurrence(s)")),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains("GET /v1/secrets/file/id_rsa from "),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("key-of-"), "{}", out.stderr);
+
+    // The image runs: `ls -A /src` lists what the command produced, made
+    // with the real key.
+    assert_eq!(docker(&["run", "--rm", &app]), "key.sum\n");
+    assert_eq!(
+        docker(&["run", "--rm", &app, "cat", "/src/key.sum"]).trim(),
+        sha256_hex(&key_path)
+    );
+    assert_eq!(
+        docker(&["run", "--rm", &src, "ls", "-A", "/root/.ssh"]),
+        "",
+        "the key file is left in the clone image"
+    );
+
+    let key_arg = key_path.to_str().unwrap();
+    let audited = audit(&[&src, &app], &["--secret-file", key_arg]);
+    audited.assert_success();
+    assert!(
+        audited.stderr.contains(&format!("{app}: no secret in ")),
+        "{audited:?}"
+    );
+    for image in [&src, &app] {
+        assert_no_secret_in_image(image, key.trim_end().as_bytes());
+    }
+    assert_eq!(listing(&dir), before);
+}
+
+/// Two builds of the uid example run at the same time with different
+/// uids and revisions: both succeed, each app image starts from its own
+/// build's base, and each build removes only its own intermediate image.
+#[test]
+fn uid_example_builds_twice_side_by_side() {
+    use crate::common::{docker, image_exists, Cleanup};
+    let first = Cleanup::new("exuid");
+    let second = Cleanup::new("exuid");
+    let base = base_args(&["BASE_IMAGE"]);
+    let builds: Vec<std::thread::JoinHandle<crate::common::Output>> = [&first, &second]
+        .into_iter()
+        .map(|cleanup| {
+            let uid = cleanup.uid().to_string();
+            let mut args = base.clone();
+            args.extend(["--build".to_string(), format!("REVISION=rev-{uid}")]);
+            std::thread::spawn(move || run_example("uid", &uid, &args))
+        })
+        .collect();
+    for build in builds {
+        build.join().unwrap().assert_success();
+    }
+    for cleanup in [&first, &second] {
+        let uid = cleanup.uid();
+        let app = format!("habitus-examples/uid-app-{uid}:1.0");
+        assert_eq!(
+            docker(&["run", "--rm", &app]),
+            format!("built from rev-{uid}\n")
+        );
+        assert!(!image_exists(&format!("habitus-examples/uid-base-{uid}")));
+        assert!(!image_exists(&format!(
+            "habitus-examples/uid-app:1.0-{uid}"
+        )));
+    }
+}
+
+/// The build step's COPY puts `netrc` into a layer; its cleanup deletes it
+/// and squashes the image. The runtime image built on it prints what the
+/// README says, and `habitus audit` finds the file's content in no layer.
+#[test]
+fn cleanup_squash_example_ships_no_credentials() {
+    use crate::common::leak::assert_no_secret_in_image;
+    use crate::common::{docker, Cleanup};
+    let dir = example_dir("cleanup-squash");
+    let before = listing(&dir);
+    let cleanup = Cleanup::new("excsq");
+    let uid = cleanup.uid();
+    run_example("cleanup-squash", uid, &base_args(&["BUILDER_IMAGE"])).assert_success();
+    let image = format!("habitus-examples/cleanup-squash-{uid}");
+    assert_eq!(
+        docker(&["run", "--rm", &image]),
+        "vendor files from downloads.example.com\nno credentials in this image\n"
+    );
+    let netrc = dir.join("netrc");
+    let audited = audit(&[&image], &["--secret-file", netrc.to_str().unwrap()]);
+    audited.assert_success();
+    assert!(
+        audited.stderr.contains(&format!("{image}: no secret in ")),
+        "{audited:?}"
+    );
+    assert_no_secret_in_image(&image, b"example-only-3f9c2a7d41");
+    assert_eq!(listing(&dir), before);
+}
+
+/// Without the cleanup the same audit finds the credentials in the layer
+/// of the COPY and exits 1: the check above can fail.
+#[test]
+fn cleanup_squash_example_without_cleanup_fails_the_audit() {
+    use crate::common::Cleanup;
+    let dir = example_dir("cleanup-squash");
+    let cleanup = Cleanup::new("excsqno");
+    let uid = cleanup.uid();
+    let mut args = base_args(&["BUILDER_IMAGE"]);
+    args.push("--no-cleanup".to_string());
+    run_example("cleanup-squash", uid, &args).assert_success();
+    let image = format!("habitus-examples/cleanup-squash-{uid}");
+    let netrc = dir.join("netrc");
+    let audited = audit(&[&image], &["--secret-file", netrc.to_str().unwrap()]);
+    assert_eq!(audited.code(), Some(1), "{audited:?}");
+    assert!(audited.stdout.contains("at `/root/.netrc`"), "{audited:?}");
+}
+
+/// secretapp on the test base image: `GO_BUILD` swaps the Go compile for a
+/// shell script at the same path (there is no Go image here). The artifact
+/// reaches both runtime images, the alpine variant runs it, and the
+/// artifact copied into the example directory is gone afterwards.
+#[test]
+fn secretapp_example_ships_the_artifact_in_both_runtime_images() {
+    use crate::common::{docker, image_exists, Cleanup};
+    let dir = example_dir("secretapp");
+    let before = listing(&dir);
+    let cleanup = Cleanup::new("exsecretapp");
+    let uid = cleanup.uid();
+    let mut args = base_args(&["BUILDER_IMAGE", "RUNTIME_IMAGE"]);
+    args.extend([
+        "--build".to_string(),
+        r##"GO_BUILD=mkdir -p /go/bin && printf "%s\n" "#!/bin/sh" "echo hello, \${1:-world}" > /go/bin/secretapp && chmod +x /go/bin/secretapp"##
+            .to_string(),
+    ]);
+    run_example("secretapp", uid, &args).assert_success();
+    let alpine = format!("habitus-examples/secretapp-{uid}:alpine");
+    assert_eq!(docker(&["run", "--rm", &alpine, "you"]), "hello, you\n");
+    assert_eq!(docker(&["run", "--rm", &alpine]), "hello, world\n");
+    // The scratch image has no shell to run the stand-in: its filesystem
+    // is the binary and nothing else.
+    let scratch = format!("habitus-examples/secretapp-{uid}:scratch");
+    let container = docker(&["create", "--label", &format!("habitus.uid={uid}"), &scratch]);
+    let exported = Command::new("docker")
+        .args(["export", container.trim()])
+        .output()
+        .unwrap();
+    assert!(exported.status.success());
+    let mut files: Vec<String> = tar::Archive::new(exported.stdout.as_slice())
+        .entries()
+        .unwrap()
+        .map(|entry| entry.unwrap().path().unwrap().display().to_string())
+        .filter(|path| !path.ends_with('/'))
+        .collect();
+    files.retain(|path| {
+        // What the daemon adds to every container.
+        ![
+            ".dockerenv",
+            "etc/hosts",
+            "etc/hostname",
+            "etc/resolv.conf",
+            "etc/mtab",
+            "dev/console",
+        ]
+        .contains(&path.as_str())
+    });
+    assert_eq!(files, ["secretapp"]);
+    assert!(!image_exists(&format!(
+        "habitus-examples/secretapp-build-{uid}"
+    )));
+    assert_eq!(listing(&dir), before);
 }

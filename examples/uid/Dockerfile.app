@@ -1,0 +1,2 @@
+FROM habitus-examples/uid-base
+CMD ["cat", "/app/revision"]
