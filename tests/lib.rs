@@ -19,6 +19,8 @@ mod dockerfile;
 mod engine;
 /// Every example validates and builds.
 mod examples;
+/// Load on the secrets server, the daemon connection cut, a full disk.
+mod faults;
 /// build.yml loading and every validation error.
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).

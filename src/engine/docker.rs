@@ -316,7 +316,23 @@ fn describe_tls_failure(address: &str, cert_dir: &Path, err: &rustls::Error) -> 
 }
 
 fn api(err: BollardError) -> EngineError {
-    EngineError::Api(error_chain(&err))
+    // A transport failure mid-request: the daemon went away or its socket
+    // closed. Say so, rather than only what hyper saw.
+    let transport = matches!(
+        err,
+        BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError
+    );
+    if transport {
+        EngineError::Api(format!(
+            "the connection to the Docker daemon failed: {}",
+            error_chain(&err)
+        ))
+    } else {
+        EngineError::Api(error_chain(&err))
+    }
 }
 
 fn is_not_found(err: &BollardError) -> bool {

@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -501,49 +501,138 @@ fn handle(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Respons
     response
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>, record: &mut AccessRecord) -> Response<Body> {
-    let Some(parts) = segments(req.uri().path()) else {
-        return text(StatusCode::BAD_REQUEST, "malformed path\n");
+/// What a request asks for, decided from its method, path and headers
+/// alone, before any credential is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// 400: not plain segments (`..`, encoded characters, empty
+    /// segments), or a secrets path with missing or extra segments.
+    MalformedPath,
+    /// 404: no such route.
+    NotFound,
+    /// 405: a method other than GET on a known route.
+    MethodNotAllowed,
+    /// 413: a request that carries a body.
+    HasBody,
+    /// `GET /v1/ping`.
+    Ping,
+    /// `GET /v1/version`.
+    Version,
+    /// `GET /v1/secrets/{kind}/{name}`.
+    Secret(SecretKey),
+}
+
+/// Classifies a request; the checks run in the order of the status codes
+/// a client sees: path, route, method, body.
+pub fn classify(method: &Method, path: &str, headers: &HeaderMap) -> Route {
+    let Some(parts) = segments(path) else {
+        return Route::MalformedPath;
     };
     let known = matches!(
         parts.as_slice(),
         ["v1", "ping"] | ["v1", "version"] | ["v1", "secrets", ..]
     );
     if !known {
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        return Route::NotFound;
     }
-    if req.method() != Method::GET {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET"));
-        return response;
+    if method != Method::GET {
+        return Route::MethodNotAllowed;
     }
-    let has_body = req
-        .headers()
+    let has_body = headers
         .get(hyper::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0")
-        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+        || headers.contains_key(hyper::header::TRANSFER_ENCODING);
     if has_body {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "requests carry no body\n");
+        return Route::HasBody;
     }
-    let (kind, name) = match parts.as_slice() {
-        ["v1", "ping"] => return text(StatusCode::OK, "pong\n"),
-        ["v1", "version"] => {
+    match parts.as_slice() {
+        ["v1", "ping"] => Route::Ping,
+        ["v1", "version"] => Route::Version,
+        ["v1", "secrets", kind, name] => Route::Secret(SecretKey {
+            kind: kind.to_string(),
+            name: name.to_string(),
+        }),
+        _ => Route::MalformedPath,
+    }
+}
+
+/// What an `Authorization` header presents. `Debug` shows no password
+/// and no token.
+#[derive(PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// No header, an unknown scheme or undecodable basic credentials.
+    None,
+    /// `Bearer <token>` (scheme case-insensitive, token trimmed).
+    Bearer(&'a [u8]),
+    /// `Basic base64(user:password)`, decoded; zeroed on drop.
+    Basic {
+        /// Up to the first `:`.
+        user: Zeroizing<Vec<u8>>,
+        /// After the first `:`.
+        password: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::Bearer(token) => write!(f, "Bearer({} bytes)", token.len()),
+            Credentials::Basic { user, .. } => f
+                .debug_struct("Basic")
+                .field("user", &String::from_utf8_lossy(user))
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Parses an `Authorization` header value.
+pub fn credentials(header: Option<&[u8]>) -> Credentials<'_> {
+    let Some(header) = header else {
+        return Credentials::None;
+    };
+    if let Some(presented) = strip_prefix_ignore_case(header, b"Bearer ") {
+        return Credentials::Bearer(presented.trim_ascii());
+    }
+    if let Some(encoded) = strip_prefix_ignore_case(header, b"Basic ") {
+        let Some(decoded) = base64_decode(encoded.trim_ascii()) else {
+            return Credentials::None;
+        };
+        let decoded = Zeroizing::new(decoded);
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return Credentials::None;
+        };
+        return Credentials::Basic {
+            user: Zeroizing::new(decoded[..colon].to_vec()),
+            password: Zeroizing::new(decoded[colon + 1..].to_vec()),
+        };
+    }
+    Credentials::None
+}
+
+fn route(shared: &Shared, req: &Request<Incoming>, record: &mut AccessRecord) -> Response<Body> {
+    let key = match classify(req.method(), req.uri().path(), req.headers()) {
+        Route::MalformedPath => return text(StatusCode::BAD_REQUEST, "malformed path\n"),
+        Route::NotFound => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::MethodNotAllowed => {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        Route::HasBody => return text(StatusCode::PAYLOAD_TOO_LARGE, "requests carry no body\n"),
+        Route::Ping => return text(StatusCode::OK, "pong\n"),
+        Route::Version => {
             return text(
                 StatusCode::OK,
                 concat!("habitus ", env!("CARGO_PKG_VERSION"), "\n"),
             )
         }
-        ["v1", "secrets", kind, name] => (*kind, *name),
-        _ => return text(StatusCode::BAD_REQUEST, "malformed path\n"),
-    };
-    let key = SecretKey {
-        kind: kind.to_string(),
-        name: name.to_string(),
+        Route::Secret(key) => key,
     };
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    let secret = match authorize(shared, header, &key) {
+    let secret = match authorize(shared, credentials(header), &key) {
         Auth::Denied => return unauthorized(shared),
         Auth::Step { step, secret } => {
             record.step = Some(step);
@@ -596,49 +685,33 @@ enum Auth {
     Basic,
 }
 
-/// Checks the `Authorization` header for a request of `key`. Every live
+/// Checks the presented credentials for a request of `key`. Every live
 /// token is compared (no early exit), so timing does not tell how many
 /// tokens exist or which one matched.
-fn authorize(shared: &Shared, header: Option<&[u8]>, key: &SecretKey) -> Auth {
-    let Some(header) = header else {
-        return Auth::Denied;
-    };
-    if let Some(presented) = strip_prefix_ignore_case(header, b"Bearer ") {
-        let presented = presented.trim_ascii();
-        let grants = read(&shared.grants);
-        let mut found: Option<&Grant> = None;
-        for grant in grants.iter() {
-            if grant.token.matches(presented) {
-                found = Some(grant);
+fn authorize(shared: &Shared, credentials: Credentials<'_>, key: &SecretKey) -> Auth {
+    match credentials {
+        Credentials::None => Auth::Denied,
+        Credentials::Bearer(presented) => {
+            let grants = read(&shared.grants);
+            let mut found: Option<&Grant> = None;
+            for grant in grants.iter() {
+                if grant.token.matches(presented) {
+                    found = Some(grant);
+                }
+            }
+            match found {
+                Some(grant) => Auth::Step {
+                    step: grant.step.clone(),
+                    secret: grant.secrets.get(key).cloned(),
+                },
+                None => Auth::Denied,
             }
         }
-        return match found {
-            Some(grant) => Auth::Step {
-                step: grant.step.clone(),
-                secret: grant.secrets.get(key).cloned(),
-            },
-            None => Auth::Denied,
-        };
+        Credentials::Basic { user, password } => match &shared.basic_auth {
+            Some(basic) if basic.matches(&user, &password) => Auth::Basic,
+            _ => Auth::Denied,
+        },
     }
-    if let Some(encoded) = strip_prefix_ignore_case(header, b"Basic ") {
-        let Some(basic) = &shared.basic_auth else {
-            return Auth::Denied;
-        };
-        let Some(decoded) = base64_decode(encoded.trim_ascii()) else {
-            return Auth::Denied;
-        };
-        let decoded = Zeroizing::new(decoded);
-        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-            return Auth::Denied;
-        };
-        let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-        return if basic.matches(user, password) {
-            Auth::Basic
-        } else {
-            Auth::Denied
-        };
-    }
-    Auth::Denied
 }
 
 fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -700,7 +773,82 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{base64_decode, segments, AccessRecord, BasicAuth};
+    use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+    use hyper::Method;
+
+    use super::{
+        base64_decode, classify, credentials, segments, AccessRecord, BasicAuth, Credentials, Route,
+    };
+    use crate::secrets::provider::SecretKey;
+
+    #[test]
+    fn requests_are_classified_by_path_then_route_then_method_then_body() {
+        let none = HeaderMap::new();
+        let get = Method::GET;
+        assert_eq!(
+            classify(&get, "/v1/secrets/file/id_rsa", &none),
+            Route::Secret(SecretKey {
+                kind: "file".into(),
+                name: "id_rsa".into()
+            })
+        );
+        assert_eq!(classify(&get, "/v1/ping", &none), Route::Ping);
+        assert_eq!(classify(&get, "/v1/version", &none), Route::Version);
+        assert_eq!(
+            classify(&get, "/v1/secrets/file", &none),
+            Route::MalformedPath
+        );
+        assert_eq!(
+            classify(&get, "/v1/secrets/a/b/c", &none),
+            Route::MalformedPath
+        );
+        assert_eq!(
+            classify(&get, "/v1/secrets/a/../b", &none),
+            Route::MalformedPath
+        );
+        assert_eq!(classify(&get, "/v2/ping", &none), Route::NotFound);
+        assert_eq!(
+            classify(&Method::POST, "/v1/ping", &none),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(
+            classify(&Method::POST, "/elsewhere", &none),
+            Route::NotFound
+        );
+        let mut body = HeaderMap::new();
+        body.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert_eq!(classify(&get, "/v1/ping", &body), Route::HasBody);
+        let mut empty = HeaderMap::new();
+        empty.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert_eq!(classify(&get, "/v1/ping", &empty), Route::Ping);
+        let mut chunked = HeaderMap::new();
+        chunked.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert_eq!(classify(&get, "/v1/ping", &chunked), Route::HasBody);
+    }
+
+    #[test]
+    fn authorization_headers_are_parsed_without_showing_secrets() {
+        assert_eq!(credentials(None), Credentials::None);
+        assert_eq!(
+            credentials(Some(b"bearer  abc \t")),
+            Credentials::Bearer(b"abc")
+        );
+        let basic = credentials(Some(b"Basic aGFiaXR1czphZDpt"));
+        assert_eq!(format!("{basic:?}"), "Basic { user: \"habitus\", .. }");
+        match basic {
+            Credentials::Basic { user, password } => {
+                assert_eq!((&user[..], &password[..]), (&b"habitus"[..], &b"ad:m"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            format!("{:?}", credentials(Some(b"Bearer s3cret"))),
+            "Bearer(6 bytes)"
+        );
+        assert_eq!(credentials(Some(b"Basic bm9jb2xvbg==")), Credentials::None);
+        assert_eq!(credentials(Some(b"Basic !!")), Credentials::None);
+        assert_eq!(credentials(Some(b"Token abc")), Credentials::None);
+    }
 
     #[test]
     fn only_plain_segments_pass() {
