@@ -1152,6 +1152,13 @@ impl FreshImages {
 /// parent or a running container's image) is left alone.
 async fn remove_fresh(docker: &Docker, ids: Vec<String>) {
     for id in ids.iter().rev() {
+        // Another build may have taken one as its cached result and
+        // tagged it meanwhile: `rmi <id>` would delete that build's image.
+        match docker.inspect_image(id).await {
+            Ok(image) if image.repo_tags.as_ref().is_some_and(|t| !t.is_empty()) => continue,
+            Err(_) => continue,
+            Ok(_) => {}
+        }
         let options = RemoveImageOptions {
             force: false,
             noprune: false,
