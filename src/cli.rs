@@ -202,6 +202,11 @@ pub struct Flags {
     )]
     pub level: Level,
 
+    /// Show the daemon's whole output stream, also on a terminal (same as
+    /// `--level debug`).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+
     /// Colours and formatting in the output.
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,

@@ -148,7 +148,11 @@ impl Config {
             no_audit: flags.no_audit,
             json: flags.json,
             jobs,
-            level: flags.level,
+            level: match (flags.verbose, flags.level) {
+                (true, Level::Trace) => Level::Trace,
+                (true, _) => Level::Debug,
+                (false, level) => level,
+            },
             pretty: flags.pretty,
         }
     }

@@ -240,3 +240,16 @@ fn completions_and_man_page_come_from_the_flag_definitions() {
     assert!(page.contains(".TH habitus 1"), "{page}");
     assert!(page.contains("sec\\-providers"), "{page}");
 }
+
+#[test]
+fn verbose_is_level_debug() {
+    use habitus::cli::Level;
+    assert_eq!(config(&["habitus", "-v"]).level, Level::Debug);
+    assert_eq!(config(&["habitus", "--verbose"]).level, Level::Debug);
+    assert_eq!(config(&["habitus", "-verbose"]).level, Level::Debug);
+    assert_eq!(
+        config(&["habitus", "-v", "--level=trace"]).level,
+        Level::Trace
+    );
+    assert_eq!(config(&["habitus"]).level, Level::Info);
+}
