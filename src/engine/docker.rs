@@ -878,8 +878,8 @@ impl Engine for DockerEngine {
             stderr.finish(&*sink);
         }
         // The output ends when the process does; the daemon may record the
-        // exit code a moment later.
-        for _ in 0..100 {
+        // exit code a moment later (seconds on a loaded machine).
+        for _ in 0..1500 {
             let inspect = self.docker.inspect_exec(&created.id).await.map_err(api)?;
             if inspect.running != Some(true) {
                 if let Some(code) = inspect.exit_code {
