@@ -1197,7 +1197,8 @@ struct BuildProgress {
     /// Images the daemon committed for this build (not taken from the
     /// cache), bottom first: removed again if the build fails.
     fresh: Vec<String>,
-    /// A ` ---> Running in` line was seen; the next ` ---> <id>` is fresh.
+    /// The current instruction commits an image and did not come from the
+    /// cache: the next ` ---> <id>` is fresh.
     committing: bool,
 }
 
@@ -1224,12 +1225,19 @@ impl BuildProgress {
                 if let Some((_, m)) = parse_step(line) {
                     *total = m;
                     *last_step = Some(trimmed.to_string());
-                    *committing = false;
+                    // Every instruction but FROM commits an image (COPY and
+                    // ADD without a `Running in` line); FROM names one.
+                    *committing = !line.split_once(" : ").is_some_and(|(_, instruction)| {
+                        instruction
+                            .trim_start()
+                            .get(..4)
+                            .is_some_and(|k| k.eq_ignore_ascii_case("FROM"))
+                    });
                 } else if trimmed == "---> Using cache" {
                     *cached += 1;
                     *committing = false;
                 } else if trimmed.starts_with("---> Running in ") {
-                    *committing = true;
+                    // The image id follows once the container is committed.
                 } else if let Some(id) = trimmed.strip_prefix("---> ") {
                     if *committing && !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
                         fresh.push(id.to_string());
