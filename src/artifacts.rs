@@ -1144,6 +1144,7 @@ mod tests {
             after_build_command: None,
             depends_on: vec![],
             keep: false,
+            builder: None,
             line: 0,
         }
     }

@@ -346,6 +346,18 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "USER", default_value = "habitus")]
     pub user_secret_server: String,
 
+    /// The builder for steps without `builder:` in build.yml: `legacy` (the
+    /// classic builder, as Go Habitus) or `buildkit` (secrets also offered
+    /// to `RUN --mount=type=secret,id=NAME`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "BUILDER",
+        value_enum,
+        default_value = "legacy"
+    )]
+    pub builder: crate::engine::Builder,
+
     /// Label images with `habitus.build`, `habitus.step` and `habitus.uid`.
     /// Off by default: the classic builder turns each label into an extra
     /// commit per step. Containers are always labelled.

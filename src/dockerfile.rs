@@ -220,6 +220,60 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
     Ok(Rewritten { text, references })
 }
 
+/// A `RUN --mount=type=secret` of a Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMount {
+    /// The 1-based line of the `RUN`.
+    pub line: usize,
+    /// The secret's id: `id=`, else the last part of `target=` (as BuildKit
+    /// decides); `None` when it holds an `ARG` reference.
+    pub id: Option<String>,
+}
+
+/// Lists the secret mounts of the `RUN` instructions of `src` (not those
+/// inside `ONBUILD`).
+pub fn secret_mounts(src: &str) -> Result<Vec<SecretMount>, DockerfileError> {
+    let parsed = parse(src)?;
+    let mut out = Vec::new();
+    for instruction in &parsed.instructions {
+        let command = split_command(&instruction.text, parsed.escape);
+        if !command.name.eq_ignore_ascii_case("run") {
+            continue;
+        }
+        for flag in command.flags.iter().filter(|flag| flag.name == "mount") {
+            let Some((value, _)) = flag.plain_value(&instruction.text) else {
+                continue;
+            };
+            let mut fields = std::collections::HashMap::new();
+            for field in value.split(',') {
+                let (key, val) = field.split_once('=').unwrap_or((field, ""));
+                fields.insert(
+                    key.trim().to_ascii_lowercase(),
+                    val.trim().trim_matches('"'),
+                );
+            }
+            if fields.get("type").copied() != Some("secret") {
+                continue;
+            }
+            let target = ["target", "dst", "destination"]
+                .iter()
+                .find_map(|k| fields.get(*k).copied());
+            let id = match fields.get("id").copied().filter(|id| !id.is_empty()) {
+                Some(id) => Some(id.to_string()),
+                None => target
+                    .map(|t| t.trim_end_matches('/'))
+                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+                    .filter(|id| !id.is_empty()),
+            };
+            out.push(SecretMount {
+                line: instruction.line,
+                id: id.filter(|id| !id.contains('$')),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The key of `images` that `reference` names, and its unique name.
 fn lookup<'a>(
     images: &'a BTreeMap<String, String>,
@@ -794,6 +848,22 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "Dockerfile:1: invalid escape character `x`: use a backslash or a backtick"
+        );
+    }
+
+    #[test]
+    fn secret_mounts_name_their_id_or_the_target_file() {
+        let src = "FROM base\n\
+RUN --mount=type=secret,id=npmrc,target=/root/.npmrc npm ci\n\
+RUN --mount=type=cache,target=/c --mount=type=secret,target=/run/secrets/id_rsa \\\n    git clone x\n\
+RUN --mount=type=secret,id=$NAME true\n\
+RUN echo --mount=type=secret,id=no\n";
+        let mounts = super::secret_mounts(src).unwrap();
+        let got: Vec<(usize, Option<&str>)> =
+            mounts.iter().map(|m| (m.line, m.id.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![(2, Some("npmrc")), (3, Some("id_rsa")), (5, None)]
         );
     }
 }

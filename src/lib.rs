@@ -224,6 +224,7 @@ fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
             &loaded.manifest,
             &settings,
             config.network.as_deref(),
+            config.builder,
             &|name| std::env::var_os(name),
         )
         .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
@@ -309,6 +310,7 @@ async fn build_async(
         noprune_rmi: config.noprune_rmi,
         after_build_commands: config.after_build_commands,
         image_labels: config.image_labels,
+        builder: config.builder,
         no_audit: config.no_audit,
         keep_artifacts: config.keep_artifacts,
         no_cleanup: config.no_cleanup,
@@ -322,7 +324,7 @@ async fn build_async(
         Runner::new_build_id(),
     );
     let runner = match prepared.store {
-        Some(store) => runner.with_secrets(settings, store),
+        Some(store) => runner.with_secrets(settings, store, prepared.server),
         None => runner,
     };
     reporter.build_started(runner.build_id(), &config.file, &runner.steps());

@@ -21,10 +21,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dockerfile;
-use crate::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
+use crate::engine::{
+    BuildRequest, Builder, Engine, EngineError, LineSink, MountLog, MountSecrets, RunRequest,
+};
 use crate::manifest::{Manifest, Step};
 use crate::plan::Plan;
 use crate::progress::{Reporter, Severity, StepFinished};
+use crate::secrets::redact::Redactor;
 use crate::secrets::session::{BuildSession, SecretsError, SessionOptions, Settings};
 use crate::secrets::SecretStore;
 
@@ -64,6 +67,8 @@ pub struct BuildOptions {
     pub after_build_commands: bool,
     /// Label images too (costs one commit per label with the classic builder).
     pub image_labels: bool,
+    /// The builder of steps that do not choose one in build.yml.
+    pub builder: Builder,
     /// Skip the audit of the images of a build that served secrets.
     pub no_audit: bool,
     /// Leave the artifacts on the host after the build (`--keep-artifacts`).
@@ -90,6 +95,7 @@ impl Default for BuildOptions {
             noprune_rmi: false,
             after_build_commands: false,
             image_labels: false,
+            builder: Builder::Legacy,
             no_audit: false,
             keep_artifacts: false,
             no_cleanup: false,
@@ -266,9 +272,13 @@ pub struct Runner {
     images: Arc<BTreeMap<String, String>>,
     /// Labels of the steps whose image this build has tagged.
     tagged: Arc<Mutex<BTreeSet<String>>>,
-    /// Secrets to serve (set by [`Runner::with_secrets`]); taken when the
-    /// build starts.
-    secrets: Mutex<Option<(Settings, SecretStore)>>,
+    /// Secrets to serve (set by [`Runner::with_secrets`]), and whether the
+    /// TLS server runs; taken when the build starts.
+    secrets: Mutex<Option<(Settings, SecretStore, bool)>>,
+    /// The build's secrets, for BuildKit steps' secret mounts.
+    mounts: Mutex<Option<Arc<SecretStore>>>,
+    /// Hides secret values in the output of a build that has secrets.
+    redactor: Mutex<Option<Redactor>>,
     /// The running secrets side of the build, while it runs.
     session: Mutex<Option<Arc<BuildSession>>>,
     /// Searches the images of a build that served secrets for them.
@@ -308,17 +318,19 @@ impl Runner {
             images: Arc::new(images),
             tagged: Arc::default(),
             secrets: Mutex::new(None),
+            mounts: Mutex::new(None),
+            redactor: Mutex::new(None),
             session: Mutex::new(None),
             audit: Mutex::new(None),
             served: Arc::default(),
         }
     }
 
-    /// Serves `store` to the steps that declare secrets: the build gets
-    /// its own network and a secrets server on it (see
-    /// [`crate::secrets::session`]).
-    pub fn with_secrets(self, settings: Settings, store: SecretStore) -> Runner {
-        *lock(&self.secrets) = Some((settings, store));
+    /// Serves `store` to the steps that declare secrets: BuildKit steps
+    /// mount them; with `server`, the build also gets its own network and a
+    /// TLS secrets server on it (see [`crate::secrets::session`]).
+    pub fn with_secrets(self, settings: Settings, store: SecretStore, server: bool) -> Runner {
+        *lock(&self.secrets) = Some((settings, store, server));
         self
     }
 
@@ -586,7 +598,9 @@ impl Runner {
 
     /// Starts the secrets side of the build, if there is one.
     async fn start_secrets(&self) -> Option<BuildError> {
-        let (settings, store) = lock(&self.secrets).take()?;
+        let (settings, store, server) = lock(&self.secrets).take()?;
+        *lock(&self.redactor) = Some(Redactor::new(store.values().iter()));
+        *lock(&self.mounts) = Some(Arc::new(store.clone()));
         if !self.options.no_audit && !store.is_empty() {
             // Each secret once, named `type/name` (never by its value).
             let mut named: BTreeMap<String, Arc<crate::secrets::Secret>> = BTreeMap::new();
@@ -636,6 +650,9 @@ impl Runner {
                 *lock(&served).entry((step, secret)).or_default() += 1;
             }
         });
+        if !server {
+            return None;
+        }
         let options = SessionOptions {
             build_id: &self.build_id,
             uid: self.options.uid.as_deref(),
@@ -694,6 +711,9 @@ impl Runner {
             images: Arc::clone(&self.images),
             tagged: Arc::clone(&self.tagged),
             session: lock(&self.session).clone(),
+            mounts: lock(&self.mounts).clone(),
+            redactor: lock(&self.redactor).clone(),
+            served: Arc::clone(&self.served),
         }
     }
 
@@ -777,6 +797,11 @@ struct StepContext {
     images: Arc<BTreeMap<String, String>>,
     tagged: Arc<Mutex<BTreeSet<String>>>,
     session: Option<Arc<BuildSession>>,
+    /// The build's secrets, for BuildKit steps' secret mounts.
+    mounts: Option<Arc<SecretStore>>,
+    redactor: Option<Redactor>,
+    /// Successful secret fetches: (step, `type/name`) → count.
+    served: Arc<Mutex<BTreeMap<(String, String), usize>>>,
 }
 
 impl StepContext {
@@ -791,16 +816,123 @@ impl StepContext {
     }
 
     fn sink(&self, label: &str) -> LineSink {
+        self.sink_with(label, self.redactor.clone())
+    }
+
+    fn sink_with(&self, label: &str, redactor: Option<Redactor>) -> LineSink {
         let reporter = Arc::clone(&self.reporter);
         let label = label.to_string();
-        match &self.session {
+        match &redactor {
             // Secret values never reach the terminal.
-            Some(session) => {
-                let redactor = session.redactor();
+            Some(redactor) => {
+                let redactor = redactor.clone();
                 Arc::new(move |line: &str| reporter.step_output(&label, &redactor.redact(line)))
             }
             None => Arc::new(move |line: &str| reporter.step_output(&label, line)),
         }
+    }
+
+    /// The secrets `step` declares, by name, for its secret mounts; each
+    /// request is logged and counted like a fetch from the server.
+    fn mounts_of(&self, step: &Step) -> MountSecrets {
+        let Some(store) = &self.mounts else {
+            return MountSecrets::default();
+        };
+        let declared = store.of_step(&step.label);
+        let paths: BTreeMap<String, String> = declared
+            .keys()
+            .map(|key| (key.name.clone(), key.path()))
+            .collect();
+        let secrets = declared
+            .into_iter()
+            .map(|(key, secret)| (key.name, secret))
+            .collect();
+        let reporter = Arc::clone(&self.reporter);
+        let served = Arc::clone(&self.served);
+        let label = step.label.clone();
+        let on_fetch: MountLog = Arc::new(move |id: &str, ok: bool| {
+            let path = paths.get(id).cloned();
+            let status = if ok { 200 } else { 404 };
+            reporter.message(
+                Severity::Info,
+                &format!(
+                    "secret mount `{id}` of step `{label}`: {}",
+                    if ok {
+                        "served"
+                    } else {
+                        "refused (not declared)"
+                    }
+                ),
+            );
+            reporter.event(
+                "secret_fetched",
+                serde_json::json!({
+                    "step": label,
+                    "path": path.clone().unwrap_or_else(|| id.to_string()),
+                    "via": "mount",
+                    "status": status,
+                }),
+            );
+            if let (true, Some(path)) = (ok, path) {
+                *lock(&served).entry((label.clone(), path)).or_default() += 1;
+            }
+        });
+        MountSecrets {
+            secrets,
+            on_fetch: Some(on_fetch),
+        }
+    }
+
+    /// Refuses a Dockerfile that mounts a secret its step does not declare,
+    /// or that mounts secrets while the step builds with the classic
+    /// builder, before anything is sent to the daemon.
+    fn check_secret_mounts(
+        &self,
+        step: &Step,
+        builder: Builder,
+        text: &str,
+    ) -> Result<(), BuildError> {
+        let error = |line: usize, message: String| BuildError::Dockerfile {
+            step: step.label.clone(),
+            dockerfile: step.dockerfile_path.clone(),
+            message: format!("line {line}: {message}"),
+        };
+        let mounts = dockerfile::secret_mounts(text).map_err(|e| BuildError::Dockerfile {
+            step: step.label.clone(),
+            dockerfile: step.dockerfile_path.clone(),
+            message: e.to_string(),
+        })?;
+        for mount in mounts {
+            if builder == Builder::Legacy {
+                return Err(error(
+                    mount.line,
+                    "`RUN --mount=type=secret` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
+                ));
+            }
+            let Some(id) = mount.id else { continue };
+            if !step.secrets.contains_key(&id) {
+                let declared = if step.secrets.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    format!(
+                        "it declares {}",
+                        step.secrets
+                            .keys()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(error(
+                    mount.line,
+                    format!(
+                        "mounts secret `{id}`, which step `{}` does not declare ({declared})\nhint: add `{id}` under the step's `secrets:` in build.yml (`type: file` or `env`)",
+                        step.label
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn build_step(&self, step: Step) -> Result<StepReport, BuildError> {
@@ -832,6 +964,8 @@ impl StepContext {
                 message: e.to_string(),
             })?;
 
+        let builder = step.builder.unwrap_or(self.options.builder);
+        self.check_secret_mounts(&step, builder, &rewritten.text)?;
         let keep = (!step.cleanup.is_empty())
             .then(|| crate::cleanup::keep_for(&rewritten.text, step.target.as_deref()));
         let mut build_args = step.args.clone();
@@ -859,9 +993,11 @@ impl StepContext {
             // instruction, so that a failed build leaves nothing behind;
             // `--rm=false` keeps them all for debugging.
             force_rm: self.options.force_rm || self.options.rm,
-            network_mode: match &self.session {
-                Some(session) => Some(session.network_mode().to_string()),
-                None => self.options.network.clone(),
+            // BuildKit cannot run `RUN` on the build's own network; its
+            // steps mount their secrets instead.
+            network_mode: match (&self.session, builder) {
+                (Some(session), Builder::Legacy) => Some(session.network_mode().to_string()),
+                _ => self.options.network.clone(),
             },
             memory: self.options.memory,
             cpuset_cpus: self.options.cpuset_cpus.clone(),
@@ -871,11 +1007,30 @@ impl StepContext {
             } else {
                 BTreeMap::new()
             },
+            builder,
+            mounts: match builder {
+                Builder::BuildKit => self.mounts_of(&step),
+                Builder::Legacy => MountSecrets::default(),
+            },
         };
-        let built = self.engine.build(request, self.sink(&label)).await;
+        // BuildKit names each `RUN` with its build arguments expanded:
+        // the step's token must not show.
+        let step_redactor = match &grant {
+            Some(grant) => {
+                let credentials: Vec<&str> = ["HABITUS_TOKEN", "habitus_password"]
+                    .iter()
+                    .filter_map(|k| grant.build_args.get(*k).map(String::as_str))
+                    .collect();
+                let redactor = self.redactor.clone().unwrap_or_default();
+                Some(redactor.with_values(&credentials))
+            }
+            None => self.redactor.clone(),
+        };
+        let sink = self.sink_with(&label, step_redactor.clone());
+        let built = self.engine.build(request, sink).await;
         drop(grant);
-        let redact = |text: String| match &self.session {
-            Some(session) => session.redactor().redact(&text),
+        let redact = |text: String| match &step_redactor {
+            Some(redactor) => redactor.redact(&text),
             None => text,
         };
         let built = built.map_err(|e| match e {
@@ -1149,6 +1304,7 @@ mod tests {
             after_build_command: None,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             keep: false,
+            builder: None,
             line: 0,
         }
     }
@@ -1509,7 +1665,7 @@ mod tests {
             basic_auth: None,
             providers: vec!["env".into()],
         };
-        let runner = runner.with_secrets(settings, store);
+        let runner = runner.with_secrets(settings, store, true);
         let err = runner
             .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
             .await
@@ -1556,7 +1712,7 @@ mod tests {
             providers: vec!["env".into()],
         };
         let Fixture { engine, runner } = f;
-        let runner = runner.with_secrets(settings, store);
+        let runner = runner.with_secrets(settings, store, true);
         runner
             .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
             .await

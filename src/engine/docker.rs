@@ -31,11 +31,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::buildkit::{self, Dialer};
 use super::{
     BuildRequest, BuiltImage, ContainerRequest, Engine, EngineError, ImageInfo, LineSink,
     RunRequest,
 };
-use super::{ByteStream, HistoryEntry, ImageDetails};
+use super::{Builder, ByteStream, HistoryEntry, ImageDetails};
 
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -121,7 +122,12 @@ pub struct DockerEngine {
     docker: Docker,
     address: String,
     /// Registry credentials sent with builds (for `FROM` pulls).
-    credentials: HashMap<String, DockerCredentials>,
+    credentials: Arc<HashMap<String, DockerCredentials>>,
+    /// Raw connections for BuildKit builds and their sessions.
+    dialer: Dialer,
+    /// The daemon's version and whether it builds with BuildKit, asked
+    /// once, on the first BuildKit build.
+    buildkit: Arc<tokio::sync::OnceCell<Result<(), EngineError>>>,
 }
 
 /// Shows the address and the registries it holds credentials for, never
@@ -146,7 +152,7 @@ impl DockerEngine {
             address: address.clone(),
             message,
         };
-        let docker = open(opts, &address)?;
+        let (docker, dialer) = open(opts, &address)?;
         match tokio::time::timeout(CONNECT_TIMEOUT, docker.ping()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
@@ -172,7 +178,9 @@ impl DockerEngine {
         Ok(DockerEngine {
             docker,
             address,
-            credentials: docker_config_credentials(),
+            credentials: Arc::new(docker_config_credentials()),
+            dialer,
+            buildkit: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -182,9 +190,9 @@ impl DockerEngine {
     }
 }
 
-/// Creates the bollard client for `address` (no I/O yet, except checking the
-/// TLS files).
-fn open(opts: &DockerOptions, address: &str) -> Result<Docker, EngineError> {
+/// Creates the bollard client for `address` and the dialer for BuildKit's
+/// own connections (no I/O yet, except reading the TLS files).
+fn open(opts: &DockerOptions, address: &str) -> Result<(Docker, Dialer), EngineError> {
     let unreachable = |message: String| EngineError::Unreachable {
         address: address.to_string(),
         message,
@@ -196,7 +204,11 @@ fn open(opts: &DockerOptions, address: &str) -> Result<Docker, EngineError> {
                 "TLS needs a `tcp://` host, not `{address}`"
             )));
         }
-        Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION)
+        let dialer = Dialer::unix(address, Path::new(path));
+        (
+            Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION),
+            dialer,
+        )
     } else if let Some(rest) = address
         .strip_prefix("tcp://")
         .or_else(|| address.strip_prefix("http://"))
@@ -204,8 +216,10 @@ fn open(opts: &DockerOptions, address: &str) -> Result<Docker, EngineError> {
     {
         if opts.tls() || address.starts_with("https://") {
             let dir = opts.cert_dir();
-            let [ca, cert, key] = tls_files(&dir)?;
-            return Docker::connect_with_ssl(
+            let files = tls_files(&dir)?;
+            let dialer = Dialer::tls(address, rest, &files)?;
+            let [ca, cert, key] = files;
+            let docker = Docker::connect_with_ssl(
                 &format!("tcp://{rest}"),
                 &key,
                 &cert,
@@ -213,16 +227,24 @@ fn open(opts: &DockerOptions, address: &str) -> Result<Docker, EngineError> {
                 timeout,
                 API_DEFAULT_VERSION,
             )
-            .map_err(|err| EngineError::Tls(error_chain(&err)));
+            .map_err(|err| EngineError::Tls(error_chain(&err)))?;
+            return Ok((docker, dialer));
         } else {
-            Docker::connect_with_http(&format!("tcp://{rest}"), timeout, API_DEFAULT_VERSION)
+            (
+                Docker::connect_with_http(&format!("tcp://{rest}"), timeout, API_DEFAULT_VERSION),
+                Dialer::tcp(address, rest),
+            )
         }
     } else {
         return Err(unreachable(
             "unsupported address: use `unix:///path` or `tcp://host:port`".to_string(),
         ));
     };
-    docker.map_err(|err| unreachable(error_chain(&err)))
+    let (docker, dialer) = docker;
+    Ok((
+        docker.map_err(|err| unreachable(error_chain(&err)))?,
+        dialer,
+    ))
 }
 
 /// Checks that `ca.pem`, `cert.pem` and `key.pem` exist in `dir` and parse,
@@ -358,8 +380,15 @@ impl Engine for DockerEngine {
             })
     }
 
-    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError> {
+    async fn build(
+        &self,
+        mut req: BuildRequest,
+        sink: LineSink,
+    ) -> Result<BuiltImage, EngineError> {
         let options = build_options(&req)?;
+        if req.builder == Builder::BuildKit {
+            self.check_buildkit().await?;
+        }
 
         // The context is written by a blocking thread into a bounded channel
         // that feeds the request body, so memory use does not depend on the
@@ -370,7 +399,7 @@ impl Engine for DockerEngine {
         let receiver_gone = Arc::new(AtomicBool::new(false));
         let writer = {
             let dir = req.context_dir.clone();
-            let extra = req.extra_files;
+            let extra = std::mem::take(&mut req.extra_files);
             let receiver_gone = receiver_gone.clone();
             let tx = tx.clone();
             tokio::task::spawn_blocking(move || {
@@ -393,6 +422,48 @@ impl Engine for DockerEngine {
         drop(tx);
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
 
+        if req.builder == Builder::BuildKit {
+            let version = self.docker.client_version().to_string();
+            let outcome = buildkit::build(
+                &self.dialer,
+                &version,
+                Arc::clone(&self.credentials),
+                &req,
+                body,
+                &*sink,
+            )
+            .await;
+            let written = writer
+                .await
+                .map_err(|err| EngineError::Api(format!("build context writer: {err}")))?;
+            if let Err(message) = written {
+                if !receiver_gone.load(Ordering::SeqCst) || outcome.is_ok() {
+                    return Err(EngineError::Context {
+                        path: req.context_dir.clone(),
+                        message,
+                    });
+                }
+            }
+            let outcome = outcome?;
+            let id = match outcome.image_id {
+                Some(id) => id,
+                None => match self.inspect_image(&req.tag).await? {
+                    Some(info) => info.id,
+                    None => {
+                        return Err(EngineError::BuildFailed {
+                            instruction: None,
+                            message: format!("the daemon reported no image for `{}`", req.tag),
+                        })
+                    }
+                },
+            };
+            return Ok(BuiltImage {
+                id,
+                cached_steps: outcome.cached_steps,
+                total_steps: outcome.total_steps,
+            });
+        }
+
         let mut progress = BuildProgress::default();
         let mut failure = None;
         let mut fresh = FreshImages {
@@ -401,7 +472,8 @@ impl Engine for DockerEngine {
             armed: true,
         };
         {
-            let credentials = (!self.credentials.is_empty()).then(|| self.credentials.clone());
+            let credentials =
+                (!self.credentials.is_empty()).then(|| HashMap::clone(&self.credentials));
             let mut stream =
                 self.docker
                     .build_image(options, credentials, Some(body_try_stream(body)));
@@ -940,6 +1012,38 @@ impl Engine for DockerEngine {
 }
 
 impl DockerEngine {
+    /// Fails with [`EngineError::NoBuildKit`] unless the daemon can build
+    /// with BuildKit; asks the daemon once.
+    async fn check_buildkit(&self) -> Result<(), EngineError> {
+        let checked = self
+            .buildkit
+            .get_or_init(|| async {
+                let version = self.docker.version().await.map_err(api)?;
+                let api_version = version.api_version.clone().unwrap_or_default();
+                let os = version.os.clone().unwrap_or_default();
+                if buildkit::supports(&api_version) && (os.is_empty() || os == "linux") {
+                    Ok(())
+                } else {
+                    Err(EngineError::NoBuildKit {
+                        address: self.address.clone(),
+                        daemon: format!(
+                            "Docker {}, API {api_version}, {os}",
+                            version.version.unwrap_or_else(|| "?".into())
+                        ),
+                    })
+                }
+            })
+            .await;
+        match checked {
+            Ok(()) => Ok(()),
+            Err(EngineError::NoBuildKit { address, daemon }) => Err(EngineError::NoBuildKit {
+                address: address.clone(),
+                daemon: daemon.clone(),
+            }),
+            Err(other) => Err(EngineError::Api(other.to_string())),
+        }
+    }
+
     /// Attaches to, starts and waits for a created container; returns its
     /// exit code.
     async fn run_created(&self, id: &str, sink: &LineSink) -> Result<i64, EngineError> {
@@ -1614,7 +1718,11 @@ after
         let engine = DockerEngine {
             docker: Docker::connect_with_http("tcp://127.0.0.1:1", 1, API_DEFAULT_VERSION).unwrap(),
             address: "tcp://127.0.0.1:1".into(),
-            credentials: parse_docker_config(r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#),
+            credentials: Arc::new(parse_docker_config(
+                r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#,
+            )),
+            dialer: super::Dialer::tcp("tcp://127.0.0.1:1", "127.0.0.1:1"),
+            buildkit: Arc::new(tokio::sync::OnceCell::new()),
         };
         assert_eq!(
             format!("{engine:?}"),

@@ -2,6 +2,7 @@
 //! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so it
 //! can be unit-tested with [`fake::FakeEngine`].
 
+pub mod buildkit;
 pub mod docker;
 pub mod fake;
 
@@ -43,6 +44,14 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// `--builder buildkit` against a daemon that cannot build with BuildKit.
+    #[error("the Docker daemon at `{address}` ({daemon}) cannot build with BuildKit: it needs API 1.39 (Docker 18.09) or newer, on Linux\nhint: build with `--builder legacy` (or `builder: legacy` for the step), or upgrade the daemon")]
+    NoBuildKit {
+        /// The daemon address.
+        address: String,
+        /// `Docker 18.06.3, API 1.38, linux`.
+        daemon: String,
+    },
     /// Any other daemon API error.
     #[error("docker: {0}")]
     Api(String),
@@ -75,6 +84,51 @@ pub struct BuildRequest {
     pub cpu_shares: Option<i64>,
     /// Labels set on the image (`habitus.build`, `habitus.step`).
     pub labels: BTreeMap<String, String>,
+    /// The builder that runs the Dockerfile.
+    pub builder: Builder,
+    /// Secrets offered to `RUN --mount=type=secret,id=NAME` (BuildKit).
+    pub mounts: MountSecrets,
+}
+
+/// Which of the daemon's builders runs a step's Dockerfile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builder {
+    /// The classic builder (`docker build` without BuildKit), as Go Habitus.
+    #[default]
+    Legacy,
+    /// The daemon's BuildKit, with a session serving secret mounts.
+    #[value(name = "buildkit")]
+    BuildKit,
+}
+
+impl Builder {
+    /// `legacy` or `buildkit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builder::Legacy => "legacy",
+            Builder::BuildKit => "buildkit",
+        }
+    }
+}
+
+/// Reports one secret request of a build: the id, and whether it was served.
+pub type MountLog = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
+/// The secrets a BuildKit build may mount, by name.
+#[derive(Clone, Default)]
+pub struct MountSecrets {
+    pub secrets: BTreeMap<String, Arc<crate::secrets::Secret>>,
+    /// Called for every request, served or refused.
+    pub on_fetch: Option<MountLog>,
+}
+
+/// Names only, never values.
+impl std::fmt::Debug for MountSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountSecrets")
+            .field("names", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a successful build produced.

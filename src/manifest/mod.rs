@@ -196,6 +196,8 @@ pub struct Step {
     pub depends_on: Vec<String>,
     /// Our addition: keep this step's image after the build.
     pub keep: bool,
+    /// Our addition: the builder of this step (`None`: `--builder`).
+    pub builder: Option<crate::engine::Builder>,
     /// 1-based line of the step's key in build.yml (0 if unknown).
     pub line: usize,
 }

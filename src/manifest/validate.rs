@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
 use super::locate::{item_path, key_path, Index, Pos};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
+use crate::engine::Builder;
 use crate::plan::{Plan, PlanError};
 
 /// The schema versions habitus reads.
@@ -30,6 +31,7 @@ const STEP_KEYS: &[&str] = &[
     "after_build_command",
     "depends_on",
     "keep",
+    "builder",
 ];
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
@@ -470,6 +472,7 @@ impl Checker<'_> {
                 after_build_command: None,
                 depends_on: Vec::new(),
                 keep: false,
+                builder: None,
                 line,
             },
             path,
@@ -523,6 +526,17 @@ impl Checker<'_> {
                 }
                 "no_cache" => draft.step.no_cache = self.boolean(value, &path, step, &key),
                 "keep" => draft.step.keep = self.boolean(value, &path, step, &key),
+                "builder" => match self.string(value, &path, step, &what).as_deref() {
+                    None => {}
+                    Some("legacy") => draft.step.builder = Some(Builder::Legacy),
+                    Some("buildkit") => draft.step.builder = Some(Builder::BuildKit),
+                    Some(other) => self.at_value(
+                        &path,
+                        step,
+                        format!("unknown builder `{other}`"),
+                        Some("use `legacy` (the classic builder) or `buildkit`".into()),
+                    ),
+                },
                 "args" => draft.step.args = self.args(value, &path, step),
                 "depends_on" => draft.deps = self.strings(value, &path, step, &key, "compile"),
                 "artifacts" => {

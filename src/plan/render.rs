@@ -273,6 +273,7 @@ mod tests {
             after_build_command: None,
             depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
             keep: false,
+            builder: None,
             line: 0,
         }
     }

@@ -97,17 +97,28 @@ impl Live {
         }
     }
 
-    /// A line of the daemon's output: `Step 3/7 : RUN …` becomes the
-    /// step's current instruction.
+    /// A line of the daemon's output: `Step 3/7 : RUN …` (classic
+    /// builder) or `#5 [3/7] RUN …` (BuildKit) becomes the step's current
+    /// instruction.
     pub fn step_output(&self, label: &str, line: &str) {
-        let Some(rest) = line.strip_prefix("Step ") else {
-            return;
-        };
-        let Some((counter, instruction)) = rest.split_once(" : ") else {
+        let message = if let Some(rest) = line.strip_prefix("Step ") {
+            let Some((counter, instruction)) = rest.split_once(" : ") else {
+                return;
+            };
+            format!("[{counter}] {instruction}")
+        } else if let Some(rest) = line.strip_prefix('#') {
+            let Some((_, name)) = rest.split_once(' ') else {
+                return;
+            };
+            if crate::engine::buildkit::instruction(name).is_none() {
+                return;
+            }
+            name.to_string()
+        } else {
             return;
         };
         if let Some(bar) = self.bars().get(label) {
-            bar.set_message(format!("[{counter}] {instruction}"));
+            bar.set_message(message);
         }
     }
 

@@ -66,6 +66,21 @@ impl Redactor {
         }
     }
 
+    /// This redactor, also masking `values` (a step's token, which BuildKit
+    /// prints when it names a `RUN` with its build arguments expanded).
+    pub fn with_values(&self, values: &[&str]) -> Redactor {
+        let mut patterns: Vec<Vec<u8>> = self.patterns.as_ref().clone();
+        for value in values.iter().map(|v| v.as_bytes()) {
+            if !value.is_empty() && !patterns.iter().any(|p| p == value) {
+                patterns.push(value.to_vec());
+            }
+        }
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Redactor {
+            patterns: Arc::new(patterns),
+        }
+    }
+
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::cli::Flags;
-use crate::engine::{Engine, EngineError};
-use crate::manifest::Manifest;
+use crate::engine::{Builder, Engine, EngineError};
+use crate::manifest::{Manifest, Step};
 use crate::progress::Severity;
 
 use super::provider::{self, ProviderError, SecretStore};
@@ -104,16 +104,22 @@ pub enum SecretsError {
 }
 
 /// What the runner needs to know before a build: the resolved secrets
-/// (`None` when the server stays off) and what to tell the user.
+/// (`None` when no step gets any), whether the TLS server runs, and what
+/// to tell the user.
 #[derive(Debug)]
 pub struct Prepared {
     pub store: Option<SecretStore>,
+    /// The TLS secrets server runs (steps of the classic builder fetch).
+    pub server: bool,
     /// Warnings and notices, one line each.
     pub notices: Vec<(Severity, String)>,
 }
 
-/// Decides whether the secrets server runs for `manifest` and, if it does,
-/// resolves every secret now, before any step.
+/// Decides how the secrets of `manifest` reach its steps and, if any step
+/// gets them, resolves every secret now, before any step.
+///
+/// Steps that build with BuildKit (`builder:`, else `default_builder`)
+/// mount their secrets; no server is needed for them. For the others:
 ///
 /// - No step declares secrets: the server stays off (`--secrets` alone
 ///   does not start an empty server).
@@ -121,25 +127,28 @@ pub struct Prepared {
 ///   turned on, with a notice.
 /// - `--secrets=false` given explicitly: the server stays off, with a
 ///   warning naming the steps whose fetches will fail.
+/// - `--secrets` given: the server runs, also for BuildKit steps.
 pub fn prepare(
     manifest: &Manifest,
     settings: &Settings,
     network: Option<&str>,
+    default_builder: Builder,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Prepared, SecretsError> {
-    let declaring: Vec<&str> = manifest
+    let (mounting, fetching): (Vec<&Step>, Vec<&Step>) = manifest
         .steps
         .iter()
         .filter(|s| !s.secrets.is_empty())
-        .map(|s| s.label.as_str())
-        .collect();
-    let list = declaring
-        .iter()
-        .map(|s| format!("`{s}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .partition(|s| s.builder.unwrap_or(default_builder) == Builder::BuildKit);
+    let list = |steps: &[&Step]| {
+        steps
+            .iter()
+            .map(|s| format!("`{}`", s.label))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut notices = Vec::new();
-    if declaring.is_empty() {
+    if mounting.is_empty() && fetching.is_empty() {
         if settings.enabled == Some(true) {
             notices.push((
                 Severity::Info,
@@ -148,25 +157,47 @@ pub fn prepare(
         }
         return Ok(Prepared {
             store: None,
+            server: false,
             notices,
         });
     }
-    match settings.enabled {
+    let server = match settings.enabled {
         Some(false) => {
-            notices.push((Severity::Warning, format!(
-                "step(s) {list} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
-            )));
-            return Ok(Prepared {
-                store: None,
-                notices,
-            });
+            if !fetching.is_empty() {
+                notices.push((Severity::Warning, format!(
+                    "step(s) {} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail",
+                    list(&fetching)
+                )));
+            }
+            false
         }
-        None => notices.push((Severity::Info, format!(
-            "step(s) {list} declare secrets: starting the secrets server (--secrets=false turns it off)"
-        ))),
-        Some(true) => {}
+        None if fetching.is_empty() => false,
+        None => {
+            notices.push((Severity::Info, format!(
+                "step(s) {} declare secrets: starting the secrets server (--secrets=false turns it off)",
+                list(&fetching)
+            )));
+            true
+        }
+        Some(true) => true,
+    };
+    if !mounting.is_empty() {
+        notices.push((
+            Severity::Info,
+            format!(
+                "step(s) {} build with BuildKit: their secrets are offered to `RUN --mount=type=secret,id=NAME`",
+                list(&mounting)
+            ),
+        ));
     }
-    if let (Some(network), None) = (network, settings.binding) {
+    if !server && mounting.is_empty() {
+        return Ok(Prepared {
+            store: None,
+            server,
+            notices,
+        });
+    }
+    if let (true, Some(network), None) = (server, network, settings.binding) {
         return Err(SecretsError::NetworkWithoutBinding {
             network: network.to_string(),
         });
@@ -174,6 +205,7 @@ pub fn prepare(
     let store = provider::resolve(manifest, &settings.providers, env)?;
     Ok(Prepared {
         store: Some(store),
+        server,
         notices,
     })
 }

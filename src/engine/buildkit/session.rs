@@ -1,0 +1,386 @@
+//! A BuildKit session: the connection on which the daemon calls habitus
+//! back during a build.
+//!
+//! habitus opens `POST /session` with `Upgrade: h2c`, the daemon answers
+//! `101 Switching Protocols`, and from then on the daemon is the HTTP/2
+//! (gRPC) client and habitus the server, offering:
+//!
+//! - `moby.buildkit.secrets.v1.Secrets/GetSecret`: the secrets the step
+//!   declares, by name, straight from their zeroized buffers (a
+//!   `RUN --mount=type=secret,id=NAME` reads them); any other id is
+//!   answered `NOT_FOUND` and recorded, so the build error can say which
+//!   undeclared secret the Dockerfile mounts;
+//! - `moby.filesync.v1.Auth/Credentials`: registry credentials from
+//!   `~/.docker/config.json`, for `FROM` images BuildKit pulls;
+//! - `grpc.health.v1.Health/Check`, which the daemon polls.
+//!
+//! The build context does not travel here: it is the body of the build
+//! request, as with the classic builder.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bollard::auth::DockerCredentials;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::dial::Dialer;
+use super::proto;
+use crate::engine::{EngineError, MountSecrets};
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+const CREDENTIALS: &str = "/moby.filesync.v1.Auth/Credentials";
+
+/// Largest gRPC request habitus reads (requests carry a name or a host).
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// gRPC status codes used here.
+const GRPC_OK: u32 = 0;
+const GRPC_INVALID_ARGUMENT: u32 = 3;
+const GRPC_NOT_FOUND: u32 = 5;
+const GRPC_UNIMPLEMENTED: u32 = 12;
+
+type GrpcBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// What the session serves.
+struct Offer {
+    secrets: MountSecrets,
+    credentials: Arc<HashMap<String, DockerCredentials>>,
+    /// Secret ids the build asked for and this step does not declare.
+    refused: Mutex<Vec<String>>,
+}
+
+/// A running session; dropping it closes the connection, and with it the
+/// daemon's access to the step's secrets.
+pub struct Session {
+    id: String,
+    offer: Arc<Offer>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Opens a session on the daemon (API `version`, like `1.41`), ready
+    /// before this returns: a build request naming [`Session::id`] finds it.
+    pub async fn open(
+        dialer: &Dialer,
+        version: &str,
+        secrets: MountSecrets,
+        credentials: Arc<HashMap<String, DockerCredentials>>,
+    ) -> Result<Session, EngineError> {
+        let id = new_id();
+        let stream = dialer.dial().await?;
+        let failed = |what: &str, err: &dyn std::fmt::Display| {
+            EngineError::Api(format!("BuildKit session: {what}: {err}"))
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed("handshake", &e))?;
+        let connection = tokio::spawn(connection.with_upgrades());
+
+        let mut request = Request::post(format!("/v{version}/session"))
+            .header(HOST, "docker")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "h2c")
+            .header("X-Docker-Expose-Session-Uuid", &id)
+            .header("X-Docker-Expose-Session-Name", "habitus")
+            .header("X-Docker-Expose-Session-Sharedkey", &id);
+        for method in [HEALTH_CHECK, GET_SECRET, CREDENTIALS] {
+            request = request.header("X-Docker-Expose-Session-Grpc-Method", method);
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| failed("request", &e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed("request", &e))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            connection.abort();
+            return Err(EngineError::Api(format!(
+                "the daemon refused a BuildKit session ({status}): {}",
+                daemon_message(&body)
+            )));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| failed("upgrade", &e))?;
+
+        let offer = Arc::new(Offer {
+            secrets,
+            credentials,
+            refused: Mutex::new(Vec::new()),
+        });
+        let served = Arc::clone(&offer);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let offer = Arc::clone(&served);
+            async move { Ok::<_, Infallible>(answer(&offer, request).await) }
+        });
+        let task = tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(upgraded, service)
+                .await;
+        });
+        Ok(Session { id, offer, task })
+    }
+
+    /// The id a build request names in its `session` parameter.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Secret ids the build asked for that the step does not declare.
+    pub fn refused(&self) -> Vec<String> {
+        self.offer
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A random session id (BuildKit accepts any unique string).
+fn new_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `message` of a daemon error body, or the body itself.
+pub(super) fn daemon_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        message: String,
+    }
+    match serde_json::from_slice::<Message>(body) {
+        Ok(m) => m.message,
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody> {
+    let path = request.uri().path().to_string();
+    if ![HEALTH_CHECK, GET_SECRET, CREDENTIALS].contains(&path.as_str()) {
+        return reply(Vec::new(), GRPC_UNIMPLEMENTED, "unknown method");
+    }
+    let message = match read_message(request).await {
+        Ok(message) => message,
+        Err(why) => return reply(Vec::new(), GRPC_INVALID_ARGUMENT, why),
+    };
+    match path.as_str() {
+        HEALTH_CHECK => {
+            // HealthCheckResponse { status: SERVING }.
+            let mut out = Vec::new();
+            proto::put_varint_field(&mut out, 1, 1);
+            reply(vec![frame(out)], GRPC_OK, "")
+        }
+        GET_SECRET => {
+            let Ok(id) = proto::string_field(&message, 1) else {
+                return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
+            };
+            let Some(secret) = offer.secrets.secrets.get(&id) else {
+                if let Some(log) = &offer.secrets.on_fetch {
+                    log(&id, false);
+                }
+                offer
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id.clone());
+                return reply(
+                    Vec::new(),
+                    GRPC_NOT_FOUND,
+                    "secret not declared for this step",
+                );
+            };
+            if let Some(log) = &offer.secrets.on_fetch {
+                log(&id, true);
+            }
+            // GetSecretResponse { data }: the field header here, the bytes
+            // borrowed from the secret's own buffer (see SecretBytes).
+            let mut header = Vec::new();
+            proto::put_bytes_header(&mut header, 1, secret.len());
+            let len = header.len() + secret.len();
+            let mut prefix = grpc_prefix(len);
+            prefix.extend_from_slice(&header);
+            let data = Bytes::from_owner(SecretBytes(Arc::clone(secret)));
+            reply(vec![Bytes::from(prefix), data], GRPC_OK, "")
+        }
+        _ => {
+            let Ok(host) = proto::string_field(&message, 1) else {
+                return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
+            };
+            let mut out = Vec::new();
+            if let Some(creds) = credentials_for(&offer.credentials, &host) {
+                match creds.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+                    Some(token) => proto::put_bytes(&mut out, 2, token.as_bytes()),
+                    None => {
+                        let user = creds.username.as_deref().unwrap_or("");
+                        let password = creds.password.as_deref().unwrap_or("");
+                        proto::put_bytes(&mut out, 1, user.as_bytes());
+                        proto::put_bytes(&mut out, 2, password.as_bytes());
+                    }
+                }
+            }
+            reply(vec![frame(out)], GRPC_OK, "")
+        }
+    }
+}
+
+/// Lets a response borrow the secret's buffer instead of copying it into
+/// memory that would not be zeroed.
+struct SecretBytes(Arc<crate::secrets::Secret>);
+
+impl AsRef<[u8]> for SecretBytes {
+    fn as_ref(&self) -> &[u8] {
+        // The GetSecret answer is the one place the value must leave.
+        self.0.expose()
+    }
+}
+
+/// The credentials for registry `host` as BuildKit names it
+/// (`registry-1.docker.io`, `ghcr.io`, `localhost:5000`), looked up the way
+/// the docker CLI stores them in `config.json`.
+fn credentials_for<'a>(
+    all: &'a HashMap<String, DockerCredentials>,
+    host: &str,
+) -> Option<&'a DockerCredentials> {
+    let hub = matches!(
+        host,
+        "registry-1.docker.io" | "docker.io" | "index.docker.io"
+    );
+    if hub {
+        if let Some(creds) = all.get("https://index.docker.io/v1/") {
+            return Some(creds);
+        }
+    }
+    all.iter()
+        .find(|(key, _)| {
+            let bare = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            let bare = bare.split('/').next().unwrap_or(bare);
+            bare == host
+        })
+        .map(|(_, creds)| creds)
+}
+
+/// Reads the one length-prefixed message of a unary gRPC request.
+async fn read_message(request: Request<Incoming>) -> Result<Vec<u8>, &'static str> {
+    let body = Limited::new(request.into_body(), MAX_REQUEST + 5)
+        .collect()
+        .await
+        .map_err(|_| "request too large or cut short")?
+        .to_bytes();
+    if body.len() < 5 {
+        return Err("request shorter than its gRPC prefix");
+    }
+    if body[0] != 0 {
+        return Err("compressed requests are not supported");
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != 5 + len {
+        return Err("request length does not match its prefix");
+    }
+    Ok(body[5..].to_vec())
+}
+
+/// The 5-byte gRPC message prefix (uncompressed, `len` bytes follow).
+fn grpc_prefix(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + 16);
+    out.push(0);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out
+}
+
+fn frame(message: Vec<u8>) -> Bytes {
+    let mut out = grpc_prefix(message.len());
+    out.extend_from_slice(&message);
+    Bytes::from(out)
+}
+
+/// A gRPC response: `data` then the trailers with `status`.
+fn reply(data: Vec<Bytes>, status: u32, message: &str) -> Response<GrpcBody> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(status));
+    if let Ok(message) = HeaderValue::from_str(message) {
+        if !message.is_empty() {
+            trailers.insert("grpc-message", message);
+        }
+    }
+    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+        data.into_iter().map(|d| Ok(Frame::data(d))).collect();
+    frames.push(Ok(Frame::trailers(trailers)));
+    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(user: &str) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(user.into()),
+            password: Some("pw".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registry_hosts_find_their_config_entries() {
+        let mut all = HashMap::new();
+        all.insert("https://index.docker.io/v1/".to_string(), creds("hub"));
+        all.insert("ghcr.io".to_string(), creds("gh"));
+        all.insert("https://localhost:5000".to_string(), creds("local"));
+        let user = |host: &str| credentials_for(&all, host).and_then(|c| c.username.clone());
+        assert_eq!(user("registry-1.docker.io").as_deref(), Some("hub"));
+        assert_eq!(user("ghcr.io").as_deref(), Some("gh"));
+        assert_eq!(user("localhost:5000").as_deref(), Some("local"));
+        assert_eq!(user("quay.io"), None);
+    }
+
+    #[test]
+    fn daemon_errors_show_their_message() {
+        assert_eq!(daemon_message(br#"{"message":"no"}"#), "no");
+        assert_eq!(daemon_message(b"plain\n"), "plain");
+    }
+
+    #[test]
+    fn session_ids_are_unique_hex() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}
