@@ -3,7 +3,9 @@
 //! classic builder:
 //!
 //! - a chain of 3 trivial steps with `--no-cache`, and fully cached;
-//! - a diamond of 4 trivial steps whose middle steps each take ~2 s.
+//! - a diamond of 4 trivial steps whose middle steps each take ~2 s;
+//! - the chain with `--no-cache` again, habitus building with
+//!   `--builder buildkit` against the same classic `docker build` calls.
 //!
 //! Run with `cargo bench --bench runner` (needs a Docker daemon and
 //! `/bin/busybox`, from Debian's busybox-static). `RUNS=N` sets the number
@@ -191,11 +193,12 @@ fn time_docker_cli(p: &Project, no_cache: bool) -> Duration {
     start.elapsed()
 }
 
-fn time_habitus(p: &Project, no_cache: bool) -> Duration {
+fn time_habitus(p: &Project, no_cache: bool, extra: &[&str]) -> Duration {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
     cmd.arg("-d")
         .arg(p.dir.path())
-        .args(["--keep-all", "--suppress", "--level", "warning"]);
+        .args(["--keep-all", "--suppress", "--level", "warning"])
+        .args(extra);
     if no_cache {
         cmd.arg("--no-cache");
     }
@@ -235,12 +238,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Alternates docker CLI and habitus runs so that both see the same
 /// machine state; returns the medians.
-fn compare(name: &str, p: &Project, no_cache: bool, runs: usize, target: f64) {
+fn compare(name: &str, p: &Project, no_cache: bool, runs: usize, target: f64, extra: &[&str]) {
     let (mut cli, mut hab) = (Vec::new(), Vec::new());
     // One warm-up of each, not measured (and it fills the cache for the
     // cached scenario).
     time_docker_cli(p, no_cache);
-    time_habitus(p, no_cache);
+    time_habitus(p, no_cache, extra);
     for _ in 0..runs {
         if no_cache {
             remove_images(p);
@@ -249,7 +252,7 @@ fn compare(name: &str, p: &Project, no_cache: bool, runs: usize, target: f64) {
         if no_cache {
             remove_images(p);
         }
-        hab.push(time_habitus(p, no_cache));
+        hab.push(time_habitus(p, no_cache, extra));
     }
     let (c, h) = (median(cli), median(hab));
     let ratio = h.as_secs_f64() / c.as_secs_f64();
@@ -272,11 +275,26 @@ fn main() {
     build_base();
     println!("medians of {runs} runs each, classic builder, same daemon, alternating");
     let c = chain();
-    compare("chain of 3, --no-cache", &c, true, runs, 1.0);
-    compare("chain of 3, fully cached", &c, false, runs, 0.9);
+    compare("chain of 3, --no-cache", &c, true, runs, 1.0, &[]);
+    compare("chain of 3, fully cached", &c, false, runs, 0.9, &[]);
+    compare(
+        "chain of 3, --no-cache, buildkit",
+        &c,
+        true,
+        runs,
+        0.75,
+        &["--builder", "buildkit"],
+    );
     remove_images(&c);
     let d = diamond();
-    compare("diamond of 4 (2 s middles), no cache", &d, true, runs, 0.75);
+    compare(
+        "diamond of 4 (2 s middles), no cache",
+        &d,
+        true,
+        runs,
+        0.75,
+        &[],
+    );
     remove_images(&d);
     docker_quiet(&["rmi", BASE]);
 }

@@ -6,20 +6,9 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::common::{base_image, containers_with_label, docker, Cleanup, Habitus, UID_LABEL};
-
-/// A work dir with a build.yml and a guard for its uid.
-fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
-    let cleanup = Cleanup::new(prefix);
-    let h = Habitus::new()
-        .file("build.yml", build_yml)
-        .args(["--uid", cleanup.uid()]);
-    (h, cleanup)
-}
-
-fn from_base(rest: &str) -> String {
-    format!("FROM {}\n{rest}", base_image())
-}
+use crate::common::{
+    base_image, containers_with_label, docker, from_base, project, Cleanup, Habitus, UID_LABEL,
+};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)

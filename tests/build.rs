@@ -6,20 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{base_image, docker, image_exists, tls_proxy, Cleanup, Habitus, Output};
-
-/// A work dir with a build.yml and a guard for its uid.
-fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
-    let cleanup = Cleanup::new(prefix);
-    let h = Habitus::new()
-        .file("build.yml", build_yml)
-        .args(["--uid", cleanup.uid()]);
-    (h, cleanup)
-}
-
-fn from_base(rest: &str) -> String {
-    format!("FROM {}\n{rest}", base_image())
-}
+use crate::common::{
+    base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, Habitus, Output,
+};
 
 /// Removes images by id when dropped.
 struct RemoveImagesOnDrop(Vec<String>);
@@ -34,11 +23,6 @@ impl Drop for RemoveImagesOnDrop {
                 .status();
         }
     }
-}
-
-/// Runs `cat path` in a fresh container of `image` and returns the output.
-fn read_in_image(image: &str, path: &str) -> String {
-    docker(&["run", "--rm", image, "cat", path])
 }
 
 /// Entries of the work dir, to prove a build left no file behind.

@@ -18,11 +18,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-use crate::common::{base_image, docker, networks_with_label, tls_proxy, Cleanup, UID_LABEL};
-
-fn from_base(rest: &str) -> String {
-    format!("FROM {}\n{rest}", base_image())
-}
+use crate::common::{docker, from_base, networks_with_label, tls_proxy, Cleanup, UID_LABEL};
 
 /// The secrets server address in a `secrets server listening on` line.
 fn server_addr(line: &str) -> Option<SocketAddr> {

@@ -15,7 +15,7 @@ use habitus::secrets::{start, tls, Secret};
 
 use crate::common::leak::assert_no_secret_in_image;
 use crate::common::{
-    base_image, docker, image_exists, networks_with_label, Cleanup, Habitus, Output, UID_LABEL,
+    docker, from_base, image_exists, networks_with_label, project, Habitus, Output, UID_LABEL,
 };
 
 // ---------------------------------------------------------------------------
@@ -333,18 +333,6 @@ async fn slow_clients_are_cut_off() {
 
 // ---------------------------------------------------------------------------
 // Real builds.
-
-fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
-    let cleanup = Cleanup::new(prefix);
-    let h = Habitus::new()
-        .file("build.yml", build_yml)
-        .args(["--uid", cleanup.uid()]);
-    (h, cleanup)
-}
-
-fn from_base(rest: &str) -> String {
-    format!("FROM {}\n{rest}", base_image())
-}
 
 /// The secrets server address announced on stderr.
 fn server_addr(stderr: &str) -> SocketAddr {

@@ -520,3 +520,22 @@ impl Habitus {
         }
     }
 }
+
+/// A project with `build.yml` and its cleanup, built with `--uid`.
+pub fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
+    let cleanup = Cleanup::new(prefix);
+    let h = Habitus::new()
+        .file("build.yml", build_yml)
+        .args(["--uid", cleanup.uid()]);
+    (h, cleanup)
+}
+
+/// A Dockerfile starting `FROM` the test base image.
+pub fn from_base(rest: &str) -> String {
+    format!("FROM {}\n{rest}", base_image())
+}
+
+/// Runs `cat path` in a fresh container of `image` and returns the output.
+pub fn read_in_image(image: &str, path: &str) -> String {
+    docker(&["run", "--rm", image, "cat", path])
+}
