@@ -62,10 +62,20 @@ CMD [\"/bin/sh\", \"-c\", \"/app && read a < /tree/a/b/c && read b < /conf && ec
 
 #[test]
 fn files_trees_modes_and_destinations_reach_the_next_step() {
-    let (h, c) = project("art-forms", COMPILE_AND_RUNTIME);
+    artifacts_reach_the_next_step("art-forms", "legacy");
+}
+
+#[test]
+fn artifacts_of_buildkit_images_reach_the_next_step() {
+    artifacts_reach_the_next_step("art-bk", "buildkit");
+}
+
+fn artifacts_reach_the_next_step(prefix: &str, builder: &str) {
+    let (h, c) = project(prefix, COMPILE_AND_RUNTIME);
     let h = h
         .file("Dockerfile.compile", from_base(COMPILE_DOCKERFILE))
         .file("Dockerfile.runtime", RUNTIME_DOCKERFILE)
+        .args(["--builder", builder])
         .arg("--keep-artifacts");
     let out = h.run();
     out.assert_success();
@@ -372,8 +382,17 @@ fn saved_layers(image: &str, needle: &[u8]) -> (Vec<Vec<String>>, bool) {
 
 #[test]
 fn cleanup_removes_a_secret_from_every_layer_and_keeps_the_config() {
-    let (h, c) = cleanup_project("cleanup-secret", "rm /secret.txt");
-    h.run().assert_success();
+    cleanup_removes_a_secret("cleanup-secret", "legacy");
+}
+
+#[test]
+fn cleanup_and_squash_work_on_buildkit_images() {
+    cleanup_removes_a_secret("cleanup-bk", "buildkit");
+}
+
+fn cleanup_removes_a_secret(prefix: &str, builder: &str) {
+    let (h, c) = cleanup_project(prefix, "rm /secret.txt");
+    h.args(["--builder", builder]).run().assert_success();
     let image = format!("hb/cleanup-app-{}", c.uid());
     let (layers, found) = saved_layers(&image, b"s3cr3t-value-for-cleanup");
     assert!(!found, "a layer still holds the secret");

@@ -9,6 +9,8 @@ mod artifacts;
 mod audit;
 /// End-to-end builds against the real daemon.
 mod build;
+// `--builder buildkit`: chain, diamond, secret mounts, mixed builds, old daemons.
+mod buildkit;
 /// Command-line parsing, Go-style flags, exit codes.
 mod cli;
 /// Build context tar and .dockerignore.

@@ -1,0 +1,498 @@
+//! `--builder buildkit` on the real daemon: the same flows as with the
+//! classic builder, secrets mounted with `RUN --mount=type=secret` from
+//! habitus's session, the audit, a build mixing both ways to get secrets,
+//! a remote daemon over TLS, and a daemon too old for BuildKit.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::process::Command;
+
+use crate::common::leak::assert_no_secret_in_image;
+use crate::common::{
+    docker, from_base, image_exists, networks_with_label, project, read_in_image, tls_proxy,
+    Habitus, Output, UID_LABEL,
+};
+
+const CHAIN_YML: &str = "build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: hb/bk-one
+      dockerfile: Dockerfile.one
+    two:
+      name: hb/bk-two
+      dockerfile: Dockerfile.two
+      depends_on: [one]
+      args:
+        GREETING: from-args
+    three:
+      name: hb/bk-three:v1
+      dockerfile: Dockerfile.three
+      target: final
+      depends_on: [two]
+";
+
+fn chain(prefix: &str, builder: &str) -> (Output, String) {
+    let (h, c) = project(prefix, CHAIN_YML);
+    let h = h
+        .file("Dockerfile.one", from_base("RUN echo 1 > /chain\n"))
+        .file(
+            "Dockerfile.two",
+            "FROM hb/bk-one\nARG GREETING\nARG FROM_CLI\nENV GREETING=$GREETING\nRUN echo \"2 $GREETING $FROM_CLI\" >> /chain\n",
+        )
+        .file(
+            "Dockerfile.three",
+            "FROM hb/bk-two AS build\nCOPY data.txt /data.txt\nRUN cat /data.txt >> /chain\n\
+             FROM hb/bk-two AS final\nCOPY --from=build /chain /chain\nWORKDIR /srv\nCMD [\"cat\", \"/chain\"]\n",
+        )
+        .file("data.txt", "3\n")
+        .file("ignored.txt", "not in the context\n")
+        .file(".dockerignore", "ignored.txt\n")
+        .args(["--builder", builder, "--build", "FROM_CLI=cli"]);
+    let out = h.run();
+    out.assert_success();
+    let uid = c.uid().to_string();
+    let image = format!("hb/bk-three-{uid}:v1");
+    let result = format!(
+        "{}|{}",
+        read_in_image(&image, "/chain"),
+        docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Env}} {{json .Config.Cmd}} {{.Config.WorkingDir}}",
+            &image,
+        ])
+    );
+    // Only the product stays.
+    assert!(!image_exists(&format!("hb/bk-one-{uid}")));
+    assert!(!image_exists(&format!("hb/bk-two-{uid}")));
+    (out, result)
+}
+
+#[test]
+fn a_chain_builds_with_buildkit_as_with_the_classic_builder() {
+    let (bk, bk_result) = chain("bk-chain", "buildkit");
+    let (_, legacy_result) = chain("bk-chain-legacy", "legacy");
+    assert_eq!(bk_result, legacy_result);
+    assert!(
+        bk_result.starts_with("1\n2 from-args cli\n3\n|"),
+        "{bk_result}"
+    );
+    // BuildKit's progress, per step, as `#N [n/m] INSTRUCTION` lines.
+    assert!(
+        bk.stderr.contains("one | #") && bk.stderr.contains("[2/2] RUN echo 1 > /chain"),
+        "{}",
+        bk.stderr
+    );
+    assert!(bk.stderr.contains("built `hb/bk-three-"), "{}", bk.stderr);
+}
+
+#[test]
+fn a_diamond_builds_with_buildkit_and_its_middle_steps_overlap() {
+    let (h, c) = project(
+        "bk-diamond",
+        "build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: hb/bkdia-a
+      dockerfile: Dockerfile.a
+    b:
+      name: hb/bkdia-b
+      dockerfile: Dockerfile.b
+      depends_on: [a]
+    c:
+      name: hb/bkdia-c
+      dockerfile: Dockerfile.c
+      depends_on: [a]
+    d:
+      name: hb/bkdia-d
+      dockerfile: Dockerfile.d
+      depends_on: [b, c]
+",
+    );
+    let h = h
+        .file("Dockerfile.a", from_base("RUN echo a > /a\n"))
+        .file(
+            "Dockerfile.b",
+            "FROM hb/bkdia-a\nRUN echo start-b && sleep 3 && echo end-b && echo b > /b\n",
+        )
+        .file(
+            "Dockerfile.c",
+            "FROM hb/bkdia-a\nRUN echo start-c && sleep 3 && echo end-c && echo c > /c\n",
+        )
+        .file(
+            "Dockerfile.d",
+            "FROM hb/bkdia-b\nCOPY --from=hb/bkdia-c /c /c\nRUN cat /a /b /c > /d\n",
+        )
+        .args(["--builder", "buildkit", "--jobs", "2"]);
+    let out = h.run();
+    out.assert_success();
+    let time_of = |needle: &str| -> f64 {
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{}", out.stderr));
+        line.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap()
+    };
+    let (start_b, end_b) = (time_of("b | #5 start-b"), time_of("b | #5 end-b"));
+    let (start_c, end_c) = (time_of("c | #5 start-c"), time_of("c | #5 end-c"));
+    assert!(
+        start_b < end_c && start_c < end_b,
+        "b ({start_b}..{end_b}) and c ({start_c}..{end_c}) did not overlap:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        read_in_image(&format!("hb/bkdia-d-{}", c.uid()), "/d"),
+        "a\nb\nc\n"
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    std::fs::write(&path, data).unwrap();
+    let out = Command::new("sha256sum").arg(&path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+const MOUNT_YML: &str = "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/bk-mount
+      dockerfile: Dockerfile
+      builder: buildkit
+      secrets:
+        id_rsa:
+          type: file
+          value: key.txt
+        token:
+          type: env
+          value: BK_TOKEN
+";
+
+#[test]
+fn file_and_env_secrets_are_mounted_and_no_layer_or_history_keeps_them() {
+    let (h, c) = project("bk-mount", MOUNT_YML);
+    let uid = c.uid().to_string();
+    let file_secret = format!("file-secret-{uid}-{:08x}\n", rand::random::<u32>());
+    let env_secret = format!("env-secret-{uid}-{:08x}", rand::random::<u32>());
+    let h = h
+        .file("key.txt", &file_secret)
+        .file(
+            "Dockerfile",
+            from_base(
+                "RUN --mount=type=secret,id=id_rsa,target=/root/.ssh/id_rsa \
+                 --mount=type=secret,id=token \
+                 sha256sum /root/.ssh/id_rsa /run/secrets/token | cut -d' ' -f1 > /sums \
+                 && echo \"printed: $(cat /run/secrets/token)\"\n\
+                 RUN test ! -e /run/secrets/token && test ! -s /root/.ssh/id_rsa && echo gone\n",
+            ),
+        )
+        .env("HABITUS_BK_TOKEN", &env_secret)
+        .arg("--json");
+    let out = h.run();
+    out.assert_success();
+    let image = format!("hb/bk-mount-{uid}");
+    assert_eq!(
+        read_in_image(&image, "/sums"),
+        format!(
+            "{}\n{}\n",
+            sha256_hex(file_secret.as_bytes()),
+            sha256_hex(env_secret.as_bytes())
+        )
+    );
+    // Printed output is redacted; the values are in no layer and no
+    // history entry.
+    assert!(out.stderr.contains("printed: ***"), "{}", out.stderr);
+    for secret in [&file_secret, &env_secret] {
+        assert!(!out.stderr.contains(secret.trim()));
+        assert!(!out.stdout.contains(secret.trim()));
+        assert_no_secret_in_image(&image, secret.trim().as_bytes());
+    }
+    assert!(
+        out.stderr.contains(&format!("audit: no secret in {image}")),
+        "{}",
+        out.stderr
+    );
+    // Served from the session: no server, no network.
+    assert!(!out.stderr.contains("secrets server listening"));
+    assert_eq!(networks_with_label(UID_LABEL, &uid), Vec::<String>::new());
+    assert!(
+        out.stderr.contains("file/id_rsa: 1 fetch(es)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("env/token: 1 fetch(es)"),
+        "{}",
+        out.stderr
+    );
+    let event = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("secret_fetched") && l.contains(r#""path":"env/token""#))
+        .unwrap_or_else(|| panic!("no secret_fetched event:\n{}", out.stdout));
+    assert!(event.contains(r#""via":"mount""#), "{event}");
+    assert!(event.contains(r#""status":200"#), "{event}");
+}
+
+#[test]
+fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
+    let (h, c) = project("bk-undeclared", MOUNT_YML);
+    let h = h
+        .file("key.txt", "undeclared-test-key\n")
+        .env("HABITUS_BK_TOKEN", "undeclared-test-token")
+        .file(
+            "Dockerfile",
+            from_base("RUN --mount=type=secret,id=npmrc cat /run/secrets/npmrc\n"),
+        );
+    let out = h.run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "line 2: mounts secret `npmrc`, which step `app` does not declare (it declares `id_rsa`, `token`)"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out
+        .stderr
+        .contains("hint: add `npmrc` under the step's `secrets:`"));
+    assert!(!image_exists(&format!("hb/bk-mount-{}", c.uid())));
+
+    // An id the Dockerfile computes escapes that check; the session refuses
+    // it and the error still names it.
+    let (h, _c) = project("bk-undeclared-arg", MOUNT_YML);
+    let out = h
+        .file("key.txt", "undeclared-test-key\n")
+        .env("HABITUS_BK_TOKEN", "undeclared-test-token")
+        .file(
+            "Dockerfile",
+            from_base(
+                "ARG NAME=npmrc\nRUN --mount=type=secret,id=$NAME,required cat /run/secrets/x\n",
+            ),
+        )
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "hint: the Dockerfile mounts secret(s) `$NAME` that this step does not declare"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("refused (not declared)"),
+        "{}",
+        out.stderr
+    );
+
+    // The classic builder cannot mount: said before anything is built.
+    let (h, _c) = project(
+        "bk-legacy-mount",
+        &MOUNT_YML.replace("builder: buildkit", "builder: legacy"),
+    );
+    let out = h
+        .file("key.txt", "undeclared-test-key\n")
+        .env("HABITUS_BK_TOKEN", "undeclared-test-token")
+        .file(
+            "Dockerfile",
+            from_base("RUN --mount=type=secret,id=token true\n"),
+        )
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("line 2: `RUN --mount=type=secret` needs BuildKit"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn one_build_fetches_over_tls_in_one_step_and_mounts_in_another() {
+    let (h, c) = project(
+        "bk-mixed",
+        "build:
+  version: 2016-03-14
+  steps:
+    fetch:
+      name: hb/bk-fetch
+      dockerfile: Dockerfile.fetch
+      builder: legacy
+      secrets:
+        key:
+          type: file
+          value: key.txt
+    mount:
+      name: hb/bk-mounted
+      dockerfile: Dockerfile.mount
+      builder: buildkit
+      depends_on: [fetch]
+      secrets:
+        key:
+          type: file
+          value: key.txt
+",
+    );
+    let uid = c.uid().to_string();
+    let secret = format!("mixed-secret-{uid}-{:08x}", rand::random::<u32>());
+    let h = h
+        .file("key.txt", &secret)
+        .file(
+            "Dockerfile.fetch",
+            from_base(
+                r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$HABITUS_URL/v1/secrets/file/key" | sha256sum | cut -d' ' -f1 > /sums \
+ && rm /tmp/ca.pem
+"#,
+            ),
+        )
+        .file(
+            "Dockerfile.mount",
+            "FROM hb/bk-fetch\nRUN --mount=type=secret,id=key sha256sum /run/secrets/key | cut -d' ' -f1 >> /sums\n",
+        );
+    let out = h.run();
+    out.assert_success();
+    let image = format!("hb/bk-mounted-{uid}");
+    let sum = sha256_hex(secret.as_bytes());
+    assert_eq!(read_in_image(&image, "/sums"), format!("{sum}\n{sum}\n"));
+    assert!(out.stderr.contains("secrets server listening on https://"));
+    assert!(
+        out.stderr.contains("by step `fetch`: 200"),
+        "{}",
+        out.stderr
+    );
+    assert!(out
+        .stderr
+        .contains("secret mount `key` of step `mount`: served"));
+    assert_no_secret_in_image(&image, secret.as_bytes());
+    assert_eq!(networks_with_label(UID_LABEL, &uid), Vec::<String>::new());
+}
+
+#[test]
+fn buildkit_builds_reach_a_remote_daemon_over_tls() {
+    let proxy = tls_proxy::start();
+    let (h, c) = project("bk-tls", MOUNT_YML);
+    let out = h
+        .file("key.txt", "tls-file-secret-value\n")
+        .env("HABITUS_BK_TOKEN", "tls-env-secret-value")
+        .file(
+            "Dockerfile",
+            from_base("RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /len\n"),
+        )
+        .args(["--use-tls", "--host", &proxy.host()])
+        .arg("--certs")
+        .arg(&proxy.cert_dir)
+        .env_remove("DOCKER_HOST")
+        .run();
+    out.assert_success();
+    assert_eq!(
+        read_in_image(&format!("hb/bk-mount-{}", c.uid()), "/len").trim(),
+        "20"
+    );
+}
+
+/// A daemon that speaks API 1.38 (Docker 18.06): answers the ping and the
+/// version request, 404 to everything else.
+fn old_daemon(dir: &std::path::Path) -> std::path::PathBuf {
+    let socket = dir.join("docker.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                    let (status, text) = if request_line.contains("/_ping") {
+                        ("200 OK", "OK".to_string())
+                    } else if request_line.contains("/version") {
+                        (
+                            "200 OK",
+                            r#"{"Version":"18.06.3-ce","ApiVersion":"1.38","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}"#
+                                .to_string(),
+                        )
+                    } else if request_line.contains("/containers/json") {
+                        ("200 OK", "[]".to_string())
+                    } else {
+                        (
+                            "404 Not Found",
+                            r#"{"message":"page not found"}"#.to_string(),
+                        )
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nApi-Version: 1.38\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if writer.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    socket
+}
+
+#[test]
+fn a_daemon_without_buildkit_is_named_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = old_daemon(dir.path());
+    let h = Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/bk-old\n      dockerfile: Dockerfile\n",
+        )
+        .file("Dockerfile", "FROM scratch\n")
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--builder", "buildkit"]);
+    let out = h.run();
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "the Docker daemon at `unix://{}` (Docker 18.06.3-ce, API 1.38, linux) cannot build with BuildKit",
+            socket.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: build with `--builder legacy`"));
+}
