@@ -202,7 +202,9 @@ fn file_and_env_secrets_are_mounted_and_no_layer_or_history_keeps_them() {
             ),
         )
         .env("HABITUS_BK_TOKEN", &env_secret)
-        .arg("--json");
+        // BuildKit's cache key of a `RUN` does not include the values it
+        // mounts: without this, an earlier run's layer would be reused.
+        .args(["--json", "--no-cache"]);
     let out = h.run();
     out.assert_success();
     let image = format!("hb/bk-mount-{uid}");
