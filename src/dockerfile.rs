@@ -220,6 +220,54 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
     Ok(Rewritten { text, references })
 }
 
+/// Whether a Dockerfile can be appended to others in one file: it has no
+/// parser directive, starts with `FROM` (no `ARG` before it, which would
+/// belong to the stage before) and names no stage by index (`COPY
+/// --from=0` would point elsewhere once stages come before it).
+pub fn appendable(src: &str) -> Result<bool, DockerfileError> {
+    let parsed = parse(src)?;
+    if parsed.directives || parsed.froms.first().is_none_or(|f| f.instruction != 0) {
+        return Ok(false);
+    }
+    for instruction in &parsed.instructions {
+        let command = split_command(&instruction.text, parsed.escape);
+        for flag in &command.flags {
+            let value = flag.value.as_deref().unwrap_or("");
+            let index = match (
+                command.name.to_ascii_lowercase().as_str(),
+                flag.name.as_str(),
+            ) {
+                ("copy", "from") => is_stage_index(value),
+                ("run", "mount") => value
+                    .split(',')
+                    .filter_map(|f| f.split_once('='))
+                    .any(|(k, v)| k.eq_ignore_ascii_case("from") && is_stage_index(v)),
+                _ => false,
+            };
+            if index {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Names the one stage of a single-stage Dockerfile `alias` (`FROM image`
+/// becomes `FROM image AS alias`); `None` if it has several stages or its
+/// stage already has a name.
+pub fn name_single_stage(src: &str, alias: &str) -> Result<Option<String>, DockerfileError> {
+    let parsed = parse(src)?;
+    let [from] = parsed.froms.as_slice() else {
+        return Ok(None);
+    };
+    if from.line.stage.is_some() {
+        return Ok(None);
+    }
+    let instruction = &parsed.instructions[from.instruction];
+    let end = instruction.offsets[from.image.end - 1] + 1;
+    Ok(Some(format!("{} AS {alias}{}", &src[..end], &src[end..])))
+}
+
 /// A `RUN --mount=type=secret` of a Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMount {
@@ -381,6 +429,8 @@ struct Parsed {
     instructions: Vec<Instruction>,
     froms: Vec<ParsedFrom>,
     escape: u8,
+    /// The file starts with parser directives (`# syntax=`, `# escape=`).
+    directives: bool,
 }
 
 /// Parser directives are read from the top comment lines until the first
@@ -581,6 +631,7 @@ fn parse(src: &str) -> Result<Parsed, DockerfileError> {
         instructions,
         froms,
         escape: directives.escape,
+        directives: !directives.seen.is_empty(),
     })
 }
 
@@ -864,6 +915,29 @@ RUN echo --mount=type=secret,id=no\n";
         assert_eq!(
             got,
             vec![(2, Some("npmrc")), (3, Some("id_rsa")), (5, None)]
+        );
+    }
+
+    #[test]
+    fn dockerfiles_that_can_follow_others_and_named_stages() {
+        assert!(super::appendable("FROM a\nRUN x\nCOPY --from=b /x /x\n").unwrap());
+        assert!(!super::appendable("ARG V\nFROM a:$V\n").unwrap());
+        assert!(!super::appendable("# syntax=docker/dockerfile:1\nFROM a\n").unwrap());
+        assert!(!super::appendable("FROM a\nCOPY --from=0 /x /x\n").unwrap());
+        assert!(!super::appendable("FROM a\nRUN --mount=from=1,target=/m true\n").unwrap());
+        assert_eq!(
+            super::name_single_stage("FROM --platform=linux/amd64 \\\n  a\nRUN x\n", "s0")
+                .unwrap()
+                .as_deref(),
+            Some("FROM --platform=linux/amd64 \\\n  a AS s0\nRUN x\n")
+        );
+        assert_eq!(
+            super::name_single_stage("FROM a AS b\n", "s0").unwrap(),
+            None
+        );
+        assert_eq!(
+            super::name_single_stage("FROM a\nFROM b\n", "s0").unwrap(),
+            None
         );
     }
 }

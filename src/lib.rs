@@ -408,7 +408,7 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
             "audited_images": summary.audited_images,
         }),
     );
-    for step in &summary.steps {
+    for step in summary.steps.iter().filter(|s| s.folded_into.is_none()) {
         reporter.step_summary(
             &progress::StepFinished {
                 label: &step.label,
@@ -423,10 +423,14 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
     }
     let mut text = String::from("summary:");
     for step in &summary.steps {
+        let image = match &step.folded_into {
+            Some(into) => format!("(stage of `{into}`)"),
+            None => step.image.clone(),
+        };
         text.push_str(&format!(
             "\n  {:<16} {:<40} {:>10} {:>7.1}s  {}/{} cached",
             step.label,
-            step.image,
+            image,
             step.size.map(runner::human_size).unwrap_or_default(),
             step.duration.as_secs_f64(),
             step.cached_steps,

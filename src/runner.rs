@@ -245,6 +245,9 @@ pub struct StepReport {
     /// Artifacts copied to the host: (source in the image, where it
     /// landed, bytes of file data).
     pub artifacts: Vec<(String, PathBuf, u64)>,
+    /// The step whose BuildKit build built this one as a stage (see
+    /// [`Runner::plan_folds`]); the step then has no image of its own.
+    pub folded_into: Option<String>,
 }
 
 /// What a build produced.
@@ -279,6 +282,8 @@ pub struct Runner {
     mounts: Mutex<Option<Arc<SecretStore>>>,
     /// Hides secret values in the output of a build that has secrets.
     redactor: Mutex<Option<Redactor>>,
+    /// Step label → the label of the step that builds it as a stage.
+    folds: Mutex<Arc<BTreeMap<String, String>>>,
     /// The running secrets side of the build, while it runs.
     session: Mutex<Option<Arc<BuildSession>>>,
     /// Searches the images of a build that served secrets for them.
@@ -320,6 +325,7 @@ impl Runner {
             secrets: Mutex::new(None),
             mounts: Mutex::new(None),
             redactor: Mutex::new(None),
+            folds: Mutex::default(),
             session: Mutex::new(None),
             audit: Mutex::new(None),
             served: Arc::default(),
@@ -386,6 +392,7 @@ impl Runner {
         if let Some(error) = self.start_secrets().await {
             return Err(error);
         }
+        *lock(&self.folds) = Arc::new(self.plan_folds().await);
         let result = self.schedule(&cancel, &signal).await;
         let mut summary = match &result {
             Ok(summary) => summary.clone(),
@@ -396,10 +403,12 @@ impl Runner {
                 summary
                     .steps
                     .iter()
+                    .filter(|s| s.folded_into.is_none())
                     .map(|s| self.engine.inspect_image(&s.image)),
             )
             .await;
-            for (step, info) in summary.steps.iter_mut().zip(sizes) {
+            let built = summary.steps.iter_mut().filter(|s| s.folded_into.is_none());
+            for (step, info) in built.zip(sizes) {
                 step.size = info.ok().flatten().map(|i| i.size);
             }
         }
@@ -410,6 +419,7 @@ impl Runner {
             summary.audited_images = summary
                 .steps
                 .iter()
+                .filter(|s| s.folded_into.is_none())
                 .filter(|s| !summary.removed_images.contains(&s.image))
                 .map(|s| s.image.clone())
                 .collect();
@@ -550,7 +560,7 @@ impl Runner {
         };
         let mut hits = Vec::new();
         for step in &summary.steps {
-            if summary.removed_images.contains(&step.image) {
+            if step.folded_into.is_some() || summary.removed_images.contains(&step.image) {
                 continue;
             }
             let audit = crate::audit::audit_image(&*self.engine, &step.image, Arc::clone(&scanner))
@@ -594,6 +604,70 @@ impl Runner {
         } else {
             Err(BuildError::Leak { hits })
         }
+    }
+
+    /// Steps that BuildKit builds as a stage of the next step's build
+    /// instead of as an image of their own: label → label of that step.
+    ///
+    /// With BuildKit every step's image costs an export (on this kind of
+    /// storage, most of a trivial step's time), but an image that only
+    /// the next step's `FROM` uses and that the build removes at its end
+    /// need not exist. Step `x` folds into `y` when both build with
+    /// BuildKit from the same context; `y` is `x`'s only dependent and `x`
+    /// `y`'s only dependency, and `y`'s Dockerfile refers to `x`'s image;
+    /// `x` has one unnamed stage and no artifacts, cleanup, command,
+    /// `keep`, `target` or secrets; `y` declares no secrets or cleanup; both
+    /// agree on `no_cache` and on the arguments they share; `y`'s
+    /// Dockerfile can follow another one (see [`dockerfile::appendable`]);
+    /// and `--keep-all` is off. Chains fold whole.
+    async fn plan_folds(&self) -> BTreeMap<String, String> {
+        let mut folds = BTreeMap::new();
+        if self.options.keep_all {
+            return folds;
+        }
+        let steps = &self.manifest.steps;
+        let buildkit = |s: &Step| s.builder.unwrap_or(self.options.builder) == Builder::BuildKit;
+        for (i, x) in steps.iter().enumerate() {
+            let [j] = self.plan.dependents(i) else {
+                continue;
+            };
+            let y = &steps[*j];
+            let shape = buildkit(x)
+                && buildkit(y)
+                && self.plan.deps(*j) == [i]
+                && x.artifacts.is_empty()
+                && x.cleanup.is_empty()
+                && x.command.is_none()
+                && x.after_build_command.is_none()
+                && !x.keep
+                && x.target.is_none()
+                && x.secrets.is_empty()
+                && y.secrets.is_empty()
+                && y.cleanup.is_empty()
+                && x.context == y.context
+                && x.no_cache == y.no_cache
+                && x.args
+                    .iter()
+                    .all(|(k, v)| y.args.get(k).is_none_or(|w| w == v));
+            if !shape {
+                continue;
+            }
+            let (Ok(x_text), Ok(y_text)) = (
+                tokio::fs::read_to_string(&x.dockerfile_path).await,
+                tokio::fs::read_to_string(&y.dockerfile_path).await,
+            ) else {
+                continue;
+            };
+            let single = dockerfile::name_single_stage(&x_text, "habitus-fold")
+                .is_ok_and(|named| named.is_some());
+            let follows = dockerfile::appendable(&y_text).unwrap_or(false);
+            let uses = dockerfile::rewrite(&y_text, &self.images)
+                .is_ok_and(|r| r.references.contains(&x.name));
+            if single && follows && uses {
+                folds.insert(x.label.clone(), y.label.clone());
+            }
+        }
+        folds
     }
 
     /// Starts the secrets side of the build, if there is one.
@@ -713,6 +787,7 @@ impl Runner {
             session: lock(&self.session).clone(),
             mounts: lock(&self.mounts).clone(),
             redactor: lock(&self.redactor).clone(),
+            folds: lock(&self.folds).clone(),
             served: Arc::clone(&self.served),
         }
     }
@@ -775,6 +850,11 @@ impl Runner {
     }
 }
 
+/// The stage name of the `n`th step folded into a build.
+fn fold_alias(n: usize) -> String {
+    format!("habitus-fold-{n}")
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -800,6 +880,8 @@ struct StepContext {
     /// The build's secrets, for BuildKit steps' secret mounts.
     mounts: Option<Arc<SecretStore>>,
     redactor: Option<Redactor>,
+    /// Step label → the label of the step that builds it as a stage.
+    folds: Arc<BTreeMap<String, String>>,
     /// Successful secret fetches: (step, `type/name`) → count.
     served: Arc<Mutex<BTreeMap<(String, String), usize>>>,
 }
@@ -935,10 +1017,66 @@ impl StepContext {
         Ok(())
     }
 
+    /// The report of a step that another step's build builds as a stage.
+    fn folded(&self, step: &Step, into: &str, started: Instant) -> StepReport {
+        // The step that builds the whole chain.
+        let mut into = into;
+        while let Some(next) = self.folds.get(into) {
+            into = next;
+        }
+        let what = format!("stage of `{into}`");
+        self.reporter.step(
+            Severity::Info,
+            &step.label,
+            &format!(
+                "built by step `{into}` as a stage of its BuildKit build: nothing needs this step's image after the build, so it is not exported"
+            ),
+        );
+        self.reporter
+            .step_started(&step.label, &what, &step.dockerfile);
+        self.reporter.step_finished(&StepFinished {
+            label: &step.label,
+            image: &what,
+            image_id: "",
+            duration: started.elapsed(),
+            cached: 0,
+            total: 0,
+        });
+        StepReport {
+            label: step.label.clone(),
+            image: String::new(),
+            image_id: String::new(),
+            size: None,
+            duration: started.elapsed(),
+            cached_steps: 0,
+            total_steps: 0,
+            artifacts: Vec::new(),
+            folded_into: Some(into.to_string()),
+        }
+    }
+
+    /// The steps folded into step `label`, the first of the chain first.
+    fn folded_chain(&self, label: &str) -> Vec<Step> {
+        let mut chain = Vec::new();
+        let mut current = label.to_string();
+        while let Some((from, _)) = self.folds.iter().find(|(_, into)| **into == current) {
+            match self.manifest.steps.iter().find(|s| &s.label == from) {
+                Some(step) => chain.push(step.clone()),
+                None => break,
+            }
+            current = from.clone();
+        }
+        chain.reverse();
+        chain
+    }
+
     async fn build_step(&self, step: Step) -> Result<StepReport, BuildError> {
         let started = Instant::now();
         let image = self.images[&step.name].clone();
         let label = step.label.clone();
+        if let Some(into) = self.folds.get(&label) {
+            return Ok(self.folded(&step, into, started));
+        }
         self.reporter.step(
             Severity::Info,
             &label,
@@ -957,18 +1095,70 @@ impl StepContext {
                 dockerfile: step.dockerfile_path.clone(),
                 message: e.to_string(),
             })?;
+        let builder = step.builder.unwrap_or(self.options.builder);
+        // Steps folded into this one come first, as named stages, and
+        // this step's Dockerfile refers to the last of them.
+        let chain = self.folded_chain(&label);
+        let mut images = Arc::clone(&self.images);
+        if !chain.is_empty() {
+            let names = Arc::make_mut(&mut images);
+            for (n, s) in chain.iter().enumerate() {
+                names.insert(s.name.clone(), fold_alias(n));
+            }
+        }
+        let mut stages = String::new();
+        for (n, s) in chain.iter().enumerate() {
+            let error = |message: String| BuildError::Dockerfile {
+                step: s.label.clone(),
+                dockerfile: s.dockerfile_path.clone(),
+                message,
+            };
+            let text = tokio::fs::read_to_string(&s.dockerfile_path)
+                .await
+                .map_err(|e| error(e.to_string()))?;
+            let text = dockerfile::rewrite(&text, &images)
+                .map_err(|e| error(e.to_string()))?
+                .text;
+            self.check_secret_mounts(s, builder, &text)?;
+            let named = dockerfile::name_single_stage(&text, &fold_alias(n))
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    error("changed during the build: it has more than one stage now".into())
+                })?;
+            stages.push_str(&named);
+            if !stages.ends_with('\n') {
+                stages.push('\n');
+            }
+        }
+        if !chain.is_empty() {
+            self.reporter.step(
+                Severity::Info,
+                &label,
+                &format!(
+                    "builds {} as stage(s) of this BuildKit build",
+                    chain
+                        .iter()
+                        .map(|s| format!("`{}`", s.label))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
         let rewritten =
-            dockerfile::rewrite(&source, &self.images).map_err(|e| BuildError::Dockerfile {
+            dockerfile::rewrite(&source, &images).map_err(|e| BuildError::Dockerfile {
                 step: label.clone(),
                 dockerfile: step.dockerfile_path.clone(),
                 message: e.to_string(),
             })?;
-
-        let builder = step.builder.unwrap_or(self.options.builder);
         self.check_secret_mounts(&step, builder, &rewritten.text)?;
         let keep = (!step.cleanup.is_empty())
             .then(|| crate::cleanup::keep_for(&rewritten.text, step.target.as_deref()));
-        let mut build_args = step.args.clone();
+        let mut build_args = BTreeMap::new();
+        for s in &chain {
+            build_args.extend(s.args.clone());
+        }
+        build_args.extend(step.args.clone());
         build_args.extend(self.options.build_args.clone());
         // The step's token lives until `grant` drops: right after the
         // build, or when the step is cancelled.
@@ -983,7 +1173,10 @@ impl StepContext {
         let request = BuildRequest {
             tag: image.clone(),
             context_dir: step.context.clone(),
-            extra_files: vec![(dockerfile_name.clone(), rewritten.text.into_bytes())],
+            extra_files: vec![(
+                dockerfile_name.clone(),
+                format!("{stages}{}", rewritten.text).into_bytes(),
+            )],
             dockerfile: dockerfile_name,
             target: step.target.clone(),
             build_args,
@@ -1037,12 +1230,23 @@ impl StepContext {
             EngineError::BuildFailed {
                 instruction,
                 message,
-            } => BuildError::Step {
-                step: label.clone(),
-                dockerfile: step.dockerfile_path.clone(),
-                instruction: instruction.map(redact),
-                message: redact(message),
-            },
+            } => {
+                // A failure in a folded step's stage is that step's.
+                let failed = instruction.as_deref().and_then(|i| {
+                    chain
+                        .iter()
+                        .enumerate()
+                        .find(|(n, _)| i.starts_with(&format!("[{} ", fold_alias(*n))))
+                        .map(|(_, s)| s)
+                });
+                BuildError::Step {
+                    step: failed.map_or(label.clone(), |s| s.label.clone()),
+                    dockerfile: failed
+                        .map_or(step.dockerfile_path.clone(), |s| s.dockerfile_path.clone()),
+                    instruction: instruction.map(redact),
+                    message: redact(message),
+                }
+            }
             other => BuildError::Engine {
                 step: label.clone(),
                 source: other,
@@ -1194,6 +1398,7 @@ impl StepContext {
             cached_steps: built.cached_steps,
             total_steps: built.total_steps,
             artifacts: copied,
+            folded_into: None,
         })
     }
 

@@ -79,13 +79,72 @@ fn a_chain_builds_with_buildkit_as_with_the_classic_builder() {
         bk_result.starts_with("1\n2 from-args cli\n3\n|"),
         "{bk_result}"
     );
-    // BuildKit's progress, per step, as `#N [n/m] INSTRUCTION` lines.
+    // The intermediate images are needed by nothing after the build: the
+    // chain is one BuildKit build whose progress shows each step's stage.
     assert!(
-        bk.stderr.contains("one | #") && bk.stderr.contains("[2/2] RUN echo 1 > /chain"),
+        bk.stderr
+            .contains("three | #5 [habitus-fold-0 2/2] RUN echo 1 > /chain"),
         "{}",
         bk.stderr
     );
+    assert!(
+        bk.stderr
+            .contains("one built by step `three` as a stage of its BuildKit build"),
+        "{}",
+        bk.stderr
+    );
+    assert!(bk.stderr.contains("(stage of `three`)"), "{}", bk.stderr);
     assert!(bk.stderr.contains("built `hb/bk-three-"), "{}", bk.stderr);
+}
+
+#[test]
+fn with_keep_all_every_buildkit_step_gets_its_image() {
+    let (h, c) = project("bk-keep", CHAIN_YML);
+    let out = h
+        .file("Dockerfile.one", from_base("RUN echo 1 > /chain\n"))
+        .file("Dockerfile.two", "FROM hb/bk-one\nRUN echo 2 >> /chain\n")
+        .file(
+            "Dockerfile.three",
+            "FROM hb/bk-two AS final\nRUN echo 3 >> /chain\n",
+        )
+        .args(["--builder", "buildkit", "--keep-all"])
+        .run();
+    out.assert_success();
+    let uid = c.uid();
+    assert_eq!(read_in_image(&format!("hb/bk-one-{uid}"), "/chain"), "1\n");
+    assert_eq!(
+        read_in_image(&format!("hb/bk-two-{uid}"), "/chain"),
+        "1\n2\n"
+    );
+    assert!(
+        out.stderr.contains("one | #5 [2/2] RUN echo 1 > /chain"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_failure_in_a_folded_step_names_that_step() {
+    let (h, c) = project("bk-fold-fail", CHAIN_YML);
+    let out = h
+        .file("Dockerfile.one", from_base("RUN echo 1 > /chain\n"))
+        .file(
+            "Dockerfile.two",
+            "FROM hb/bk-one\nRUN echo two-fails && exit 7\n",
+        )
+        .file("Dockerfile.three", "FROM hb/bk-two AS final\nRUN true\n")
+        .args(["--builder", "buildkit"])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "error: step `two` failed at `[habitus-fold-1 1/1] RUN echo two-fails && exit 7`"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("Dockerfile.two"), "{}", out.stderr);
+    assert!(!image_exists(&format!("hb/bk-three-{}:v1", c.uid())));
 }
 
 #[test]
@@ -126,15 +185,15 @@ fn a_diamond_builds_with_buildkit_and_its_middle_steps_overlap() {
             "Dockerfile.d",
             "FROM hb/bkdia-b\nCOPY --from=hb/bkdia-c /c /c\nRUN cat /a /b /c > /d\n",
         )
-        .args(["--builder", "buildkit", "--jobs", "2"]);
+        .args(["--builder", "buildkit", "--jobs", "2", "--no-cache"]);
     let out = h.run();
     out.assert_success();
-    let time_of = |needle: &str| -> f64 {
+    let time_of = |needle: (&str, &str)| -> f64 {
         let line = out
             .stderr
             .lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` in:\n{}", out.stderr));
+            .find(|l| l.contains(needle.0) && l.ends_with(needle.1))
+            .unwrap_or_else(|| panic!("no `{needle:?}` in:\n{}", out.stderr));
         line.split_whitespace()
             .next()
             .unwrap()
@@ -142,8 +201,8 @@ fn a_diamond_builds_with_buildkit_and_its_middle_steps_overlap() {
             .parse()
             .unwrap()
     };
-    let (start_b, end_b) = (time_of("b | #5 start-b"), time_of("b | #5 end-b"));
-    let (start_c, end_c) = (time_of("c | #5 start-c"), time_of("c | #5 end-c"));
+    let (start_b, end_b) = (time_of(("b | #", " start-b")), time_of(("b | #", " end-b")));
+    let (start_c, end_c) = (time_of(("c | #", " start-c")), time_of(("c | #", " end-c")));
     assert!(
         start_b < end_c && start_c < end_b,
         "b ({start_b}..{end_b}) and c ({start_c}..{end_c}) did not overlap:\n{}",
