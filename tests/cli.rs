@@ -150,6 +150,28 @@ fn bad_values_are_rejected_with_exit_code_2() {
 
     let out = habitus(&["--level=loud"]);
     assert_eq!(out.status.code(), Some(2));
+
+    let out = habitus(&["-builder=kaniko"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[possible values: legacy, buildkit]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn builder_defaults_to_legacy_and_takes_go_syntax() {
+    use habitus::engine::Builder;
+    assert_eq!(config(&["habitus"]).builder, Builder::Legacy);
+    assert_eq!(
+        config(&["habitus", "-builder=buildkit"]).builder,
+        Builder::BuildKit
+    );
+    assert_eq!(
+        config(&["habitus", "--builder", "buildkit"]).builder,
+        Builder::BuildKit
+    );
 }
 
 #[test]

@@ -218,6 +218,21 @@ fn keep_is_read_and_checked() {
 }
 
 #[test]
+fn builder_is_read_and_checked() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n      builder: buildkit\n";
+    assert_eq!(
+        check(dir.path(), yml).expect("valid").manifest.steps[0].builder,
+        Some(habitus::engine::Builder::BuildKit)
+    );
+    let yml = yml.replace("builder: buildkit", "builder: kaniko");
+    assert_eq!(
+        errors(dir.path(), &yml),
+        "error: build.yml:7:16: step `one`: unknown builder `kaniko`\n  help: use `legacy` (the classic builder) or `buildkit`"
+    );
+}
+
+#[test]
 fn invalid_yaml_names_line_and_column() {
     let dir = workdir(&[]);
     let yml = "build:\n  version: 2016-03-14\n  steps: [\n    a: b\n";
@@ -313,7 +328,7 @@ error: build.yml:1:1: unknown key `bulid`
 error: build.yml:3:3: unknown key `verison`
   help: did you mean `version`?
 error: build.yml:9:7: step `one`: unknown key `image`
-  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`
+  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`, `builder`
 error: build.yml:11:9: step `one`: unknown key `comands` in `cleanup`
   help: did you mean `commands`?
 error: build.yml:13:9: step `one`: secret `key` is missing `value`

@@ -427,3 +427,96 @@ impl Drop for StepGrant {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+
+    use super::{prepare, Settings};
+    use crate::engine::Builder;
+    use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
+    use crate::progress::Severity;
+
+    fn step(label: &str, builder: Option<Builder>) -> Step {
+        Step {
+            label: label.into(),
+            name: format!("img/{label}"),
+            dockerfile: "Dockerfile".into(),
+            dockerfile_path: "/nonexistent/Dockerfile".into(),
+            context: "/nonexistent".into(),
+            target: None,
+            args: BTreeMap::new(),
+            no_cache: false,
+            artifacts: vec![],
+            cleanup: vec![],
+            secrets: BTreeMap::from([(
+                "tok".to_string(),
+                SecretSpec {
+                    kind: "env".into(),
+                    value: "TOK".into(),
+                },
+            )]),
+            command: None,
+            after_build_command: None,
+            depends_on: vec![],
+            keep: false,
+            builder,
+            line: 0,
+        }
+    }
+
+    fn manifest(steps: Vec<Step>) -> Manifest {
+        Manifest {
+            file: "build.yml".into(),
+            workdir: "/nonexistent".into(),
+            version: SchemaVersion::V20160314,
+            steps,
+        }
+    }
+
+    fn settings(enabled: Option<bool>) -> Settings {
+        Settings {
+            enabled,
+            binding: None,
+            port: 0,
+            basic_auth: None,
+            providers: vec!["file".into(), "env".into()],
+        }
+    }
+
+    fn env(name: &str) -> Option<OsString> {
+        (name == "HABITUS_TOK").then(|| "token-value".into())
+    }
+
+    #[test]
+    fn buildkit_steps_mount_without_a_server_unless_asked() {
+        let m = manifest(vec![step("a", Some(Builder::BuildKit))]);
+        let p = prepare(&m, &settings(None), None, Builder::Legacy, &env).unwrap();
+        assert!(p.store.is_some());
+        assert!(!p.server);
+        assert!(p.notices[0].1.contains("`a` build with BuildKit"));
+        let p = prepare(&m, &settings(Some(true)), None, Builder::Legacy, &env).unwrap();
+        assert!(p.server);
+        // --secrets=false concerns the server only: mounts still work.
+        let p = prepare(&m, &settings(Some(false)), None, Builder::Legacy, &env).unwrap();
+        assert!(p.store.is_some() && !p.server);
+        assert!(p.notices.iter().all(|(s, _)| *s != Severity::Warning));
+    }
+
+    #[test]
+    fn a_classic_step_with_secrets_starts_the_server_also_for_a_mixed_build() {
+        let m = manifest(vec![step("a", None), step("b", Some(Builder::BuildKit))]);
+        let p = prepare(&m, &settings(None), None, Builder::Legacy, &env).unwrap();
+        assert!(p.server && p.store.is_some());
+        let p = prepare(&m, &settings(Some(false)), None, Builder::Legacy, &env).unwrap();
+        assert!(!p.server);
+        assert!(p
+            .notices
+            .iter()
+            .any(|(s, n)| *s == Severity::Warning && n.contains("`a`") && !n.contains("`b`")));
+        // --builder buildkit: both mount.
+        let p = prepare(&m, &settings(None), None, Builder::BuildKit, &env).unwrap();
+        assert!(!p.server && p.store.is_some());
+    }
+}

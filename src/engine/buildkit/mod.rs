@@ -11,7 +11,7 @@
 //! daemon's solve status is decoded ([`proto`]) into lines ([`progress`]).
 
 pub mod dial;
-mod progress;
+pub mod progress;
 pub mod proto;
 mod session;
 
@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use super::{BuildRequest, EngineError};
 pub use dial::Dialer;
 pub use progress::instruction;
-use progress::Progress;
+pub use progress::Progress;
 use session::{daemon_message, Session};
 
 /// Longest line of the daemon's build stream habitus accepts.
