@@ -219,9 +219,19 @@ fn sha256_hex(path: &Path) -> String {
 /// so does a byte search of every layer.
 #[test]
 fn private_git_clone_uses_the_key_and_ships_none_of_it() {
+    git_clone_uses_the_key_and_ships_none_of_it("private-git-clone");
+}
+
+/// The same with BuildKit: the key is mounted, not fetched.
+#[test]
+fn buildkit_git_clone_mounts_the_key_and_ships_none_of_it() {
+    git_clone_uses_the_key_and_ships_none_of_it("buildkit-git-clone");
+}
+
+fn git_clone_uses_the_key_and_ships_none_of_it(example: &str) {
     use crate::common::leak::assert_no_secret_in_image;
     use crate::common::{docker, Cleanup};
-    let dir = example_dir("private-git-clone");
+    let dir = example_dir(example);
     let before = listing(&dir);
     let cleanup = Cleanup::new("expgc");
     let uid = cleanup.uid();
@@ -243,10 +253,10 @@ fn private_git_clone_uses_the_key_and_ships_none_of_it() {
         "CLONE_CMD=mkdir -p /src && sha256sum /root/.ssh/id_rsa | cut -d' ' -f1 > /src/key.sum"
             .to_string(),
     ]);
-    let out = run_example("private-git-clone", uid, &args);
+    let out = run_example(example, uid, &args);
     out.assert_success();
-    let src = format!("habitus-examples/private-git-clone-src-{uid}");
-    let app = format!("habitus-examples/private-git-clone-app-{uid}");
+    let src = format!("habitus-examples/{example}-src-{uid}");
+    let app = format!("habitus-examples/{example}-app-{uid}");
     for image in [&src, &app] {
         assert!(
             out.stderr
@@ -255,11 +265,12 @@ fn private_git_clone_uses_the_key_and_ships_none_of_it() {
             out.stderr
         );
     }
-    assert!(
-        out.stderr.contains("GET /v1/secrets/file/id_rsa from "),
-        "{}",
-        out.stderr
-    );
+    let served = if example.starts_with("buildkit") {
+        "secret mount `id_rsa` of step `clone`: served"
+    } else {
+        "GET /v1/secrets/file/id_rsa from "
+    };
+    assert!(out.stderr.contains(served), "{}", out.stderr);
     assert!(!out.stderr.contains("key-of-"), "{}", out.stderr);
 
     // The image runs: `ls -A /src` lists what the command produced, made
@@ -269,8 +280,19 @@ fn private_git_clone_uses_the_key_and_ships_none_of_it() {
         docker(&["run", "--rm", &app, "cat", "/src/key.sum"]).trim(),
         sha256_hex(&key_path)
     );
+    // BuildKit 0.8 (Docker 20.10) leaves the empty mount point behind.
     assert_eq!(
-        docker(&["run", "--rm", &src, "ls", "-A", "/root/.ssh"]),
+        docker(&[
+            "run",
+            "--rm",
+            &src,
+            "find",
+            "/root/.ssh",
+            "-type",
+            "f",
+            "-size",
+            "+0"
+        ]),
         "",
         "the key file is left in the clone image"
     );
