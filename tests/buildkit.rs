@@ -5,12 +5,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::process::Command;
 
 use crate::common::leak::assert_no_secret_in_image;
 use crate::common::{
-    docker, from_base, image_exists, networks_with_label, project, read_in_image, tls_proxy,
-    Habitus, Output, UID_LABEL,
+    docker, from_base, image_exists, networks_with_label, project, read_in_image, sha256_hex,
+    tls_proxy, Habitus, Output, UID_LABEL,
 };
 
 const CHAIN_YML: &str = "build:
@@ -149,85 +148,6 @@ fn a_failure_in_a_folded_step_names_that_step() {
     );
     assert!(out.stderr.contains("Dockerfile.two"), "{}", out.stderr);
     assert!(!image_exists(&format!("hb/bk-three-{}:v1", c.uid())));
-}
-
-#[test]
-fn a_diamond_builds_with_buildkit_and_its_middle_steps_overlap() {
-    let (h, c) = project(
-        "bk-diamond",
-        "build:
-  version: 2016-03-14
-  steps:
-    a:
-      name: hb/bkdia-a
-      dockerfile: Dockerfile.a
-    b:
-      name: hb/bkdia-b
-      dockerfile: Dockerfile.b
-      depends_on: [a]
-    c:
-      name: hb/bkdia-c
-      dockerfile: Dockerfile.c
-      depends_on: [a]
-    d:
-      name: hb/bkdia-d
-      dockerfile: Dockerfile.d
-      depends_on: [b, c]
-",
-    );
-    let h = h
-        .file("Dockerfile.a", from_base("RUN echo a > /a\n"))
-        .file(
-            "Dockerfile.b",
-            "FROM hb/bkdia-a\nRUN echo start-b && sleep 3 && echo end-b && echo b > /b\n",
-        )
-        .file(
-            "Dockerfile.c",
-            "FROM hb/bkdia-a\nRUN echo start-c && sleep 3 && echo end-c && echo c > /c\n",
-        )
-        .file(
-            "Dockerfile.d",
-            "FROM hb/bkdia-b\nCOPY --from=hb/bkdia-c /c /c\nRUN cat /a /b /c > /d\n",
-        )
-        .args(["--builder", "buildkit", "--jobs", "2", "--no-cache"]);
-    let out = h.run();
-    out.assert_success();
-    let time_of = |needle: (&str, &str)| -> f64 {
-        let line = out
-            .stderr
-            .lines()
-            .find(|l| l.contains(needle.0) && l.ends_with(needle.1))
-            .unwrap_or_else(|| panic!("no `{needle:?}` in:\n{}", out.stderr));
-        line.split_whitespace()
-            .next()
-            .unwrap()
-            .trim_end_matches('s')
-            .parse()
-            .unwrap()
-    };
-    let (start_b, end_b) = (time_of(("b | #", " start-b")), time_of(("b | #", " end-b")));
-    let (start_c, end_c) = (time_of(("c | #", " start-c")), time_of(("c | #", " end-c")));
-    assert!(
-        start_b < end_c && start_c < end_b,
-        "b ({start_b}..{end_b}) and c ({start_c}..{end_c}) did not overlap:\n{}",
-        out.stderr
-    );
-    assert_eq!(
-        read_in_image(&format!("hb/bkdia-d-{}", c.uid()), "/d"),
-        "a\nb\nc\n"
-    );
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    std::fs::write(&path, data).unwrap();
-    let out = Command::new("sha256sum").arg(&path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 const MOUNT_YML: &str = "build:

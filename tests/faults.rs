@@ -18,24 +18,14 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-use crate::common::{docker, from_base, networks_with_label, tls_proxy, Cleanup, UID_LABEL};
+use crate::common::{
+    docker, from_base, networks_with_label, sha256_hex, tls_proxy, Cleanup, UID_LABEL,
+};
 
 /// The secrets server address in a `secrets server listening on` line.
 fn server_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.split("secrets server listening on https://").nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    std::fs::write(&path, data).unwrap();
-    let out = Command::new("sha256sum").arg(&path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// A running habitus whose stderr is collected line by line on a thread;

@@ -9,7 +9,7 @@ mod artifacts;
 mod audit;
 /// End-to-end builds against the real daemon.
 mod build;
-// `--builder buildkit`: chain, diamond, secret mounts, mixed builds, old daemons.
+/// `--builder buildkit`: chains, secret mounts, mixed builds, old daemons.
 mod buildkit;
 /// Command-line parsing, Go-style flags, exit codes.
 mod cli;

@@ -15,7 +15,8 @@ use habitus::secrets::{start, tls, Secret};
 
 use crate::common::leak::assert_no_secret_in_image;
 use crate::common::{
-    docker, from_base, image_exists, networks_with_label, project, Habitus, Output, UID_LABEL,
+    docker, from_base, image_exists, networks_with_label, project, sha256_hex, Habitus, Output,
+    UID_LABEL,
 };
 
 // ---------------------------------------------------------------------------
@@ -370,18 +371,6 @@ fn assert_torn_down(stderr: &str, uid: &str) {
         .status()
         .unwrap();
     assert!(!inspect.success(), "network `{network}` still exists");
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    std::fs::write(&path, data).unwrap();
-    let out = Command::new("sha256sum").arg(&path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 const FETCH_BUILD_YML: &str = "build:

@@ -202,6 +202,33 @@ pub struct Step {
     pub line: usize,
 }
 
+#[cfg(test)]
+impl Step {
+    /// A step `label` building `img/<label>` from a Dockerfile that does
+    /// not exist, for unit tests; set what the test needs on top.
+    pub fn for_test(label: &str) -> Step {
+        Step {
+            label: label.into(),
+            name: format!("img/{label}"),
+            dockerfile: "Dockerfile".into(),
+            dockerfile_path: "/nonexistent/Dockerfile".into(),
+            context: "/nonexistent".into(),
+            target: None,
+            args: BTreeMap::new(),
+            no_cache: false,
+            artifacts: vec![],
+            cleanup: vec![],
+            secrets: BTreeMap::new(),
+            command: None,
+            after_build_command: None,
+            depends_on: vec![],
+            keep: false,
+            builder: None,
+            line: 0,
+        }
+    }
+}
+
 /// `artifacts:` entry: `/src` or `/src:dest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {

@@ -281,7 +281,6 @@ pub fn resolve_one(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::ffi::OsString;
     use std::path::Path;
 
@@ -305,26 +304,11 @@ mod tests {
 
     fn step(label: &str, secrets: &[(&str, SecretSpec)]) -> Step {
         Step {
-            label: label.into(),
-            name: format!("img/{label}"),
-            dockerfile: "Dockerfile".into(),
-            dockerfile_path: "/nonexistent/Dockerfile".into(),
-            context: "/nonexistent".into(),
-            target: None,
-            args: BTreeMap::new(),
-            no_cache: false,
-            artifacts: vec![],
-            cleanup: vec![],
             secrets: secrets
                 .iter()
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect(),
-            command: None,
-            after_build_command: None,
-            depends_on: vec![],
-            keep: false,
-            builder: None,
-            line: 0,
+            ..Step::for_test(label)
         }
     }
 

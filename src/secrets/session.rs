@@ -440,16 +440,6 @@ mod tests {
 
     fn step(label: &str, builder: Option<Builder>) -> Step {
         Step {
-            label: label.into(),
-            name: format!("img/{label}"),
-            dockerfile: "Dockerfile".into(),
-            dockerfile_path: "/nonexistent/Dockerfile".into(),
-            context: "/nonexistent".into(),
-            target: None,
-            args: BTreeMap::new(),
-            no_cache: false,
-            artifacts: vec![],
-            cleanup: vec![],
             secrets: BTreeMap::from([(
                 "tok".to_string(),
                 SecretSpec {
@@ -457,12 +447,8 @@ mod tests {
                     value: "TOK".into(),
                 },
             )]),
-            command: None,
-            after_build_command: None,
-            depends_on: vec![],
-            keep: false,
             builder,
-            line: 0,
+            ..Step::for_test(label)
         }
     }
 

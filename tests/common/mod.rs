@@ -539,3 +539,12 @@ pub fn from_base(rest: &str) -> String {
 pub fn read_in_image(image: &str, path: &str) -> String {
     docker(&["run", "--rm", image, "cat", path])
 }
+
+/// The SHA-256 of `data` in lowercase hex, as `sha256sum` prints it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

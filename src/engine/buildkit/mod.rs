@@ -32,7 +32,7 @@ use super::{BuildRequest, EngineError};
 pub use dial::Dialer;
 pub use progress::instruction;
 pub use progress::Progress;
-use session::{daemon_message, Session};
+use session::{refusal, Session};
 
 /// Longest line of the daemon's build stream habitus accepts.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
@@ -95,16 +95,9 @@ pub async fn build(
         .await
         .map_err(|e| transport(&e))?;
     if response.status() != StatusCode::OK {
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
         return Err(EngineError::BuildFailed {
             instruction: None,
-            message: format!("{} ({status})", daemon_message(&body)),
+            message: refusal(response).await,
         });
     }
 

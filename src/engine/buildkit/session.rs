@@ -116,17 +116,10 @@ impl Session {
             .await
             .map_err(|e| failed("request", &e))?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let message = refusal(response).await;
             connection.abort();
             return Err(EngineError::Api(format!(
-                "the daemon refused a BuildKit session ({status}): {}",
-                daemon_message(&body)
+                "the daemon refused a BuildKit session: {message}"
             )));
         }
         let upgraded = hyper::upgrade::on(response)
@@ -173,8 +166,21 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the daemon said when it refused a request: the `message` of its
+/// error body, and the status.
+pub(super) async fn refusal(response: hyper::Response<Incoming>) -> String {
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    format!("{} ({status})", daemon_message(&body))
+}
+
 /// The `message` of a daemon error body, or the body itself.
-pub(super) fn daemon_message(body: &[u8]) -> String {
+fn daemon_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Message {
         message: String,
