@@ -1129,23 +1129,9 @@ mod tests {
 
     fn test_step() -> crate::manifest::Step {
         crate::manifest::Step {
-            label: "s".into(),
-            name: "img/s".into(),
-            dockerfile: "Dockerfile".into(),
             dockerfile_path: "Dockerfile".into(),
             context: ".".into(),
-            target: None,
-            args: Default::default(),
-            no_cache: false,
-            artifacts: vec![],
-            cleanup: vec![],
-            secrets: Default::default(),
-            command: None,
-            after_build_command: None,
-            depends_on: vec![],
-            keep: false,
-            builder: None,
-            line: 0,
+            ..crate::manifest::Step::for_test("s")
         }
     }
 }

@@ -1476,7 +1476,6 @@ pub fn human_size(bytes: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -1494,23 +1493,10 @@ mod tests {
         let dockerfile_path = dir.join("Dockerfile");
         std::fs::write(&dockerfile_path, "FROM scratch\n").unwrap();
         Step {
-            label: label.into(),
-            name: format!("img/{label}"),
-            dockerfile: "Dockerfile".into(),
             dockerfile_path,
             context: dir.to_path_buf(),
-            target: None,
-            args: BTreeMap::new(),
-            no_cache: false,
-            artifacts: vec![],
-            cleanup: vec![],
-            secrets: BTreeMap::new(),
-            command: None,
-            after_build_command: None,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
-            keep: false,
-            builder: None,
-            line: 0,
+            ..Step::for_test(label)
         }
     }
 

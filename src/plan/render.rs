@@ -249,7 +249,6 @@ fn mermaid_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use super::{dot, json, mermaid, text};
@@ -258,23 +257,12 @@ mod tests {
 
     fn step(label: &str, name: &str, dockerfile: &str, context: &str, deps: &[&str]) -> Step {
         Step {
-            label: label.to_owned(),
             name: name.to_owned(),
             dockerfile: dockerfile.to_owned(),
             dockerfile_path: PathBuf::from("/w").join(dockerfile),
             context: PathBuf::from(context),
-            target: None,
-            args: BTreeMap::new(),
-            no_cache: false,
-            artifacts: Vec::new(),
-            cleanup: Vec::new(),
-            secrets: BTreeMap::new(),
-            command: None,
-            after_build_command: None,
             depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
-            keep: false,
-            builder: None,
-            line: 0,
+            ..Step::for_test(label)
         }
     }
 
