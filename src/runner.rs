@@ -1690,6 +1690,62 @@ mod tests {
         assert_eq!(f.engine.runs()[0].command, "./run-tests");
     }
 
+    /// A BuildKit chain whose intermediate images nobody keeps is one
+    /// build: the first steps are stages of the last one's Dockerfile.
+    #[tokio::test]
+    async fn a_buildkit_chain_folds_into_one_build_unless_keep_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut steps = Vec::new();
+        for (label, text, deps) in [
+            ("one", "FROM base\nRUN one\n", vec![]),
+            ("two", "FROM img/one\nRUN two\n", vec!["one"]),
+            ("three", "FROM img/two AS final\nRUN three\n", vec!["two"]),
+        ] {
+            let mut s = step(d, label, &deps);
+            s.dockerfile_path = d.join(format!("Dockerfile.{label}"));
+            std::fs::write(&s.dockerfile_path, text).unwrap();
+            s.args.insert(format!("ARG_{label}"), label.into());
+            steps.push(s);
+        }
+        let options = BuildOptions {
+            builder: crate::engine::Builder::BuildKit,
+            ..opts(2)
+        };
+        let f = fixture(steps.clone(), options.clone());
+        let summary = run(&f).await.unwrap();
+        let builds = f.engine.builds();
+        assert_eq!(builds.len(), 1, "{builds:?}");
+        let request = &builds[0].request;
+        assert_eq!(request.tag, "img/three");
+        assert_eq!(
+            String::from_utf8_lossy(&request.extra_files[0].1),
+            "FROM base AS habitus-fold-0\nRUN one\nFROM habitus-fold-0 AS habitus-fold-1\nRUN two\nFROM habitus-fold-1 AS final\nRUN three\n"
+        );
+        assert_eq!(request.build_args.len(), 3);
+        let folded: Vec<_> = summary
+            .steps
+            .iter()
+            .map(|s| (s.label.as_str(), s.folded_into.as_deref()))
+            .collect();
+        assert!(folded.contains(&("one", Some("three"))));
+        assert!(folded.contains(&("two", Some("three"))));
+        assert!(folded.contains(&("three", None)));
+
+        // --keep-all: every step gets its image; the classic builder never folds.
+        for options in [
+            BuildOptions {
+                keep_all: true,
+                ..options.clone()
+            },
+            opts(2),
+        ] {
+            let f = fixture(steps.clone(), options);
+            run(&f).await.unwrap();
+            assert_eq!(f.engine.builds().len(), 3);
+        }
+    }
+
     #[tokio::test]
     async fn cli_build_args_win_and_uid_renames_images() {
         let dir = tempfile::tempdir().unwrap();
