@@ -424,8 +424,31 @@ fn unreachable_daemon_is_a_clear_error_with_exit_code_2() {
 
 #[test]
 fn sigint_during_a_long_run_exits_130_and_leaves_nothing() {
+    sigint_during_a_long_run("sigint", "legacy");
+}
+
+#[test]
+fn sigint_during_a_long_buildkit_run_exits_130_and_stops_it() {
+    sigint_during_a_long_run("bk-sigint", "buildkit");
+}
+
+/// Host processes whose command line mentions `marker` (BuildKit runs
+/// `RUN` without a Docker container).
+fn processes_mentioning(marker: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-a", "-f", marker])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("pgrep"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn sigint_during_a_long_run(prefix: &str, builder: &str) {
     let (h, c) = project(
-        "sigint",
+        prefix,
         "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sigint\n      dockerfile: Dockerfile\n",
     );
     let marker = format!("marker-{}", c.uid());
@@ -436,7 +459,7 @@ fn sigint_during_a_long_run_exits_130_and_leaves_nothing() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
         .arg("-d")
         .arg(h.dir())
-        .args(["--uid", c.uid()])
+        .args(["--uid", c.uid(), "--builder", builder, "--no-cache"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -447,8 +470,9 @@ fn sigint_during_a_long_run_exits_130_and_leaves_nothing() {
     let mut line = String::new();
     while stderr.read_line(&mut line).unwrap() > 0 {
         seen.push_str(&line);
-        // The RUN has started when its echo shows up.
-        if line.contains(&format!("slow | {marker}")) {
+        // The RUN has started when its echo shows up (after `#N ` with
+        // BuildKit).
+        if line.contains("slow | ") && line.trim_end().ends_with(&format!(" {marker}")) {
             break;
         }
         line.clear();
@@ -470,10 +494,15 @@ fn sigint_during_a_long_run_exits_130_and_leaves_nothing() {
     // The daemon removes the RUN container once it has noticed the
     // cancelled build; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !containers_mentioning(&marker).is_empty() && Instant::now() < deadline {
+    let left = || {
+        let mut left = containers_mentioning(&marker);
+        left.extend(processes_mentioning(&marker));
+        left
+    };
+    while !left().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(containers_mentioning(&marker), Vec::<String>::new());
+    assert_eq!(left(), Vec::<String>::new());
     assert!(!image_exists(&format!("hb/sigint-{}", c.uid())));
     assert_eq!(listing(h.dir()), ["Dockerfile", "build.yml"]);
 }
