@@ -281,6 +281,50 @@ pub struct SecretMount {
 /// Lists the secret mounts of the `RUN` instructions of `src` (not those
 /// inside `ONBUILD`).
 pub fn secret_mounts(src: &str) -> Result<Vec<SecretMount>, DockerfileError> {
+    Ok(run_mounts(src, "secret")?
+        .into_iter()
+        .map(|(line, fields)| {
+            let target = ["target", "dst", "destination"]
+                .iter()
+                .find_map(|k| fields.get(*k).cloned());
+            let id = match fields.get("id").filter(|id| !id.is_empty()) {
+                Some(id) => Some(id.clone()),
+                None => target
+                    .as_deref()
+                    .map(|t| t.trim_end_matches('/'))
+                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+                    .filter(|id| !id.is_empty()),
+            };
+            SecretMount {
+                line,
+                id: id.filter(|id| !id.contains('$')),
+            }
+        })
+        .collect())
+}
+
+/// The lines of the `RUN --mount=type=ssh` of `src`, with the agent id
+/// each asks for (`default` without `id=`).
+pub fn ssh_mounts(src: &str) -> Result<Vec<(usize, String)>, DockerfileError> {
+    Ok(run_mounts(src, "ssh")?
+        .into_iter()
+        .map(|(line, fields)| {
+            let id = fields
+                .get("id")
+                .filter(|id| !id.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "default".to_string());
+            (line, id)
+        })
+        .collect())
+}
+
+/// The fields of one `--mount` value (keys lowercased, quotes removed).
+type MountFields = std::collections::HashMap<String, String>;
+
+/// The `--mount` flags of type `kind` of the `RUN` instructions of `src`,
+/// with their line.
+fn run_mounts(src: &str, kind: &str) -> Result<Vec<(usize, MountFields)>, DockerfileError> {
     let parsed = parse(src)?;
     let mut out = Vec::new();
     for instruction in &parsed.instructions {
@@ -297,26 +341,12 @@ pub fn secret_mounts(src: &str) -> Result<Vec<SecretMount>, DockerfileError> {
                 let (key, val) = field.split_once('=').unwrap_or((field, ""));
                 fields.insert(
                     key.trim().to_ascii_lowercase(),
-                    val.trim().trim_matches('"'),
+                    val.trim().trim_matches('"').to_string(),
                 );
             }
-            if fields.get("type").copied() != Some("secret") {
-                continue;
+            if fields.get("type").map(String::as_str) == Some(kind) {
+                out.push((instruction.line, fields));
             }
-            let target = ["target", "dst", "destination"]
-                .iter()
-                .find_map(|k| fields.get(*k).copied());
-            let id = match fields.get("id").copied().filter(|id| !id.is_empty()) {
-                Some(id) => Some(id.to_string()),
-                None => target
-                    .map(|t| t.trim_end_matches('/'))
-                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
-                    .filter(|id| !id.is_empty()),
-            };
-            out.push(SecretMount {
-                line: instruction.line,
-                id: id.filter(|id| !id.contains('$')),
-            });
         }
     }
     Ok(out)
@@ -938,6 +968,15 @@ RUN echo --mount=type=secret,id=no\n";
         assert_eq!(
             super::name_single_stage("FROM a\nFROM b\n", "s0").unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn ssh_mounts_name_their_agent() {
+        let src = "FROM a\nRUN --mount=type=ssh git clone x\nRUN --mount=type=ssh,id=gh true\nRUN --mount=type=secret,id=k true\n";
+        assert_eq!(
+            super::ssh_mounts(src).unwrap(),
+            vec![(2, "default".to_string()), (3, "gh".to_string())]
         );
     }
 }

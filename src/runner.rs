@@ -616,7 +616,7 @@ impl Runner {
     /// BuildKit from the same context; `y` is `x`'s only dependent and `x`
     /// `y`'s only dependency, and `y`'s Dockerfile refers to `x`'s image;
     /// `x` has one unnamed stage and no artifacts, cleanup, command,
-    /// `keep`, `target` or secrets; `y` declares no secrets or cleanup; both
+    /// `keep`, `target`, secrets or `ssh`; `y` declares no secrets or cleanup; both
     /// agree on `no_cache` and on the arguments they share; `y`'s
     /// Dockerfile can follow another one (see [`dockerfile::appendable`]);
     /// and `--keep-all` is off. Chains fold whole.
@@ -642,6 +642,7 @@ impl Runner {
                 && !x.keep
                 && x.target.is_none()
                 && x.secrets.is_empty()
+                && !x.ssh
                 && y.secrets.is_empty()
                 && y.cleanup.is_empty()
                 && x.context == y.context
@@ -850,6 +851,18 @@ impl Runner {
     }
 }
 
+/// The SSH agent socket of SSH_AUTH_SOCK, for step `step` that forwards it.
+fn ssh_agent(step: &Step) -> Result<PathBuf, BuildError> {
+    match std::env::var_os("SSH_AUTH_SOCK").filter(|v| !v.is_empty()) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => Err(BuildError::Dockerfile {
+            step: step.label.clone(),
+            dockerfile: step.dockerfile_path.clone(),
+            message: "the step forwards the SSH agent (`ssh: true`), but SSH_AUTH_SOCK is not set\nhint: start an agent and add a key (`eval \"$(ssh-agent)\"; ssh-add`), then run habitus from that shell".into(),
+        }),
+    }
+}
+
 /// The stage name of the `n`th step folded into a build.
 fn fold_alias(n: usize) -> String {
     format!("habitus-fold-{n}")
@@ -984,6 +997,31 @@ impl StepContext {
             dockerfile: step.dockerfile_path.clone(),
             message: e.to_string(),
         })?;
+        let ssh = dockerfile::ssh_mounts(text).map_err(|e| BuildError::Dockerfile {
+            step: step.label.clone(),
+            dockerfile: step.dockerfile_path.clone(),
+            message: e.to_string(),
+        })?;
+        for (line, id) in ssh {
+            if builder == Builder::Legacy {
+                return Err(error(
+                    line,
+                    "`RUN --mount=type=ssh` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
+                ));
+            }
+            if !step.ssh {
+                return Err(error(
+                    line,
+                    format!("mounts the SSH agent, but step `{}` does not forward it\nhint: set `ssh: true` on the step in build.yml; its `RUN --mount=type=ssh` then reach the agent of SSH_AUTH_SOCK", step.label),
+                ));
+            }
+            if id != "default" {
+                return Err(error(
+                    line,
+                    format!("mounts SSH agent `{id}`: habitus forwards one agent, `default`\nhint: leave `id=` out of the mount"),
+                ));
+            }
+        }
         for mount in mounts {
             if builder == Builder::Legacy {
                 return Err(error(
@@ -1096,6 +1134,13 @@ impl StepContext {
                 message: e.to_string(),
             })?;
         let builder = step.builder.unwrap_or(self.options.builder);
+        if step.ssh && builder == Builder::Legacy {
+            return Err(BuildError::Dockerfile {
+                step: label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                message: "`ssh: true` forwards the SSH agent to BuildKit's `RUN --mount=type=ssh`; the classic builder cannot\nhint: set `builder: buildkit` on the step, or build with `--builder buildkit`".into(),
+            });
+        }
         // Steps folded into this one come first, as named stages, and
         // this step's Dockerfile refers to the last of them.
         let chain = self.folded_chain(&label);
@@ -1201,6 +1246,10 @@ impl StepContext {
                 BTreeMap::new()
             },
             builder,
+            ssh_agent: match (builder, step.ssh) {
+                (Builder::BuildKit, true) => Some(ssh_agent(&step)?),
+                _ => None,
+            },
             mounts: match builder {
                 Builder::BuildKit => self.mounts_of(&step),
                 Builder::Legacy => MountSecrets::default(),

@@ -481,3 +481,84 @@ fn a_daemon_without_buildkit_is_named_with_its_version() {
     );
     assert!(out.stderr.contains("hint: build with `--builder legacy`"));
 }
+
+/// A stand-in for an SSH agent on a unix socket: it answers each
+/// connection with an HTTP response, so that `curl --unix-socket` in a
+/// `RUN` shows the bytes went both ways through the forwarded socket.
+fn fake_agent(socket: &std::path::Path, answer: &'static str) {
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+}
+
+const SSH_YML: &str = "build:
+  version: 2016-03-14
+  steps:
+    clone:
+      name: hb/bk-ssh
+      dockerfile: Dockerfile
+      builder: buildkit
+      ssh: true
+";
+
+#[test]
+fn the_ssh_agent_is_forwarded_to_steps_that_ask_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    fake_agent(&socket, "answer-from-the-agent");
+    let dockerfile = from_base(
+        "RUN --mount=type=ssh curl -sS --unix-socket \"$SSH_AUTH_SOCK\" http://agent/ > /agent.out\n",
+    );
+    let (h, c) = project("bk-ssh", SSH_YML);
+    let out = h
+        .file("Dockerfile", &dockerfile)
+        .env("SSH_AUTH_SOCK", &socket)
+        .arg("--no-cache")
+        .run();
+    out.assert_success();
+    assert_eq!(
+        read_in_image(&format!("hb/bk-ssh-{}", c.uid()), "/agent.out"),
+        "answer-from-the-agent"
+    );
+
+    // A step that does not ask for the agent cannot mount it.
+    let (h, _c) = project("bk-ssh-off", &SSH_YML.replace("ssh: true", "ssh: false"));
+    let out = h
+        .file("Dockerfile", &dockerfile)
+        .env("SSH_AUTH_SOCK", &socket)
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("line 2: mounts the SSH agent, but step `clone` does not forward it"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("hint: set `ssh: true` on the step"));
+
+    // No agent: said before the build starts.
+    let (h, _c) = project("bk-ssh-none", SSH_YML);
+    let out = h
+        .file("Dockerfile", &dockerfile)
+        .env_remove("SSH_AUTH_SOCK")
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("SSH_AUTH_SOCK is not set"),
+        "{}",
+        out.stderr
+    );
+}

@@ -328,7 +328,7 @@ error: build.yml:1:1: unknown key `bulid`
 error: build.yml:3:3: unknown key `verison`
   help: did you mean `version`?
 error: build.yml:9:7: step `one`: unknown key `image`
-  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`, `builder`
+  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`, `builder`, `ssh`
 error: build.yml:11:9: step `one`: unknown key `comands` in `cleanup`
   help: did you mean `commands`?
 error: build.yml:13:9: step `one`: secret `key` is missing `value`

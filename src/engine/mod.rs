@@ -88,6 +88,8 @@ pub struct BuildRequest {
     pub builder: Builder,
     /// Secrets offered to `RUN --mount=type=secret,id=NAME` (BuildKit).
     pub mounts: MountSecrets,
+    /// The SSH agent socket offered to `RUN --mount=type=ssh` (BuildKit).
+    pub ssh_agent: Option<PathBuf>,
 }
 
 /// Which of the daemon's builders runs a step's Dockerfile.

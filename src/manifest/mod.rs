@@ -198,6 +198,9 @@ pub struct Step {
     pub keep: bool,
     /// Our addition: the builder of this step (`None`: `--builder`).
     pub builder: Option<crate::engine::Builder>,
+    /// Our addition: forward the host's SSH agent to this step's
+    /// `RUN --mount=type=ssh` (BuildKit).
+    pub ssh: bool,
     /// 1-based line of the step's key in build.yml (0 if unknown).
     pub line: usize,
 }
@@ -224,6 +227,7 @@ impl Step {
             depends_on: vec![],
             keep: false,
             builder: None,
+            ssh: false,
             line: 0,
         }
     }

@@ -32,6 +32,7 @@ const STEP_KEYS: &[&str] = &[
     "depends_on",
     "keep",
     "builder",
+    "ssh",
 ];
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
@@ -473,6 +474,7 @@ impl Checker<'_> {
                 depends_on: Vec::new(),
                 keep: false,
                 builder: None,
+                ssh: false,
                 line,
             },
             path,
@@ -526,6 +528,7 @@ impl Checker<'_> {
                 }
                 "no_cache" => draft.step.no_cache = self.boolean(value, &path, step, &key),
                 "keep" => draft.step.keep = self.boolean(value, &path, step, &key),
+                "ssh" => draft.step.ssh = self.boolean(value, &path, step, &key),
                 "builder" => match self.string(value, &path, step, &what).as_deref() {
                     None => {}
                     Some("legacy") => draft.step.builder = Some(Builder::Legacy),

@@ -76,7 +76,14 @@ pub async fn build(
             ),
         });
     }
-    let session = Session::open(dialer, version, req.mounts.clone(), credentials).await?;
+    let session = Session::open(
+        dialer,
+        version,
+        req.mounts.clone(),
+        req.ssh_agent.clone(),
+        credentials,
+    )
+    .await?;
     let uri = format!("/v{version}/build?{}", query(req, session.id()));
 
     let stream = dialer.dial().await?;

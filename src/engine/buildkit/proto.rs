@@ -113,6 +113,19 @@ pub fn string_field(buf: &[u8], number: u64) -> Result<String, ProtoError> {
     Ok(out)
 }
 
+/// The first bytes field `number` of `buf` (empty if absent): the data of
+/// a `BytesMessage`.
+pub fn bytes_field(buf: &[u8], number: u64) -> Result<&[u8], ProtoError> {
+    let mut fields = Fields::new(buf);
+    let mut out: &[u8] = &[];
+    while let Some((n, value)) = fields.next_field()? {
+        if let (true, Value::Bytes(bytes)) = (n == number, value) {
+            out = bytes;
+        }
+    }
+    Ok(out)
+}
+
 /// Appends a varint.
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {

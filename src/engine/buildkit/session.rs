@@ -12,6 +12,10 @@
 //!   undeclared secret the Dockerfile mounts;
 //! - `moby.filesync.v1.Auth/Credentials`: registry credentials from
 //!   `~/.docker/config.json`, for `FROM` images BuildKit pulls;
+//! - `moby.sshforward.v1.SSH/CheckAgent` and `ForwardAgent`, when the step
+//!   forwards the host's SSH agent (`ssh: true`): each connection a `RUN
+//!   --mount=type=ssh` makes to its socket becomes a stream of bytes to
+//!   and from the agent's socket;
 //! - `grpc.health.v1.Health/Check`, which the daemon polls.
 //!
 //! The build context does not travel here: it is the body of the build
@@ -23,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use bollard::auth::DockerCredentials;
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
@@ -36,6 +41,14 @@ use crate::engine::{EngineError, MountSecrets};
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
 const CREDENTIALS: &str = "/moby.filesync.v1.Auth/Credentials";
+const CHECK_AGENT: &str = "/moby.sshforward.v1.SSH/CheckAgent";
+const FORWARD_AGENT: &str = "/moby.sshforward.v1.SSH/ForwardAgent";
+
+/// The only SSH agent id offered (`RUN --mount=type=ssh` without `id=`).
+const AGENT_ID: &str = "default";
+
+/// Largest message of an agent stream (agent messages are at most 256 KiB).
+const MAX_AGENT_MESSAGE: usize = 1024 * 1024;
 
 /// Largest gRPC request habitus reads (requests carry a name or a host).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -44,14 +57,16 @@ const MAX_REQUEST: usize = 64 * 1024;
 const GRPC_OK: u32 = 0;
 const GRPC_INVALID_ARGUMENT: u32 = 3;
 const GRPC_NOT_FOUND: u32 = 5;
+const GRPC_UNAVAILABLE: u32 = 14;
 const GRPC_UNIMPLEMENTED: u32 = 12;
 
-type GrpcBody =
-    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type GrpcBody = BoxBody<Bytes, Infallible>;
 
 /// What the session serves.
 struct Offer {
     secrets: MountSecrets,
+    /// The host's SSH agent socket, for steps that forward it.
+    ssh_agent: Option<std::path::PathBuf>,
     credentials: Arc<HashMap<String, DockerCredentials>>,
     /// Secret ids the build asked for and this step does not declare.
     refused: Mutex<Vec<String>>,
@@ -86,6 +101,7 @@ impl Session {
         dialer: &Dialer,
         version: &str,
         secrets: MountSecrets,
+        ssh_agent: Option<std::path::PathBuf>,
         credentials: Arc<HashMap<String, DockerCredentials>>,
     ) -> Result<Session, EngineError> {
         let id = new_id();
@@ -105,7 +121,11 @@ impl Session {
             .header("X-Docker-Expose-Session-Uuid", &id)
             .header("X-Docker-Expose-Session-Name", "habitus")
             .header("X-Docker-Expose-Session-Sharedkey", &id);
-        for method in [HEALTH_CHECK, GET_SECRET, CREDENTIALS] {
+        let mut methods = vec![HEALTH_CHECK, GET_SECRET, CREDENTIALS];
+        if ssh_agent.is_some() {
+            methods.extend([CHECK_AGENT, FORWARD_AGENT]);
+        }
+        for method in methods {
             request = request.header("X-Docker-Expose-Session-Grpc-Method", method);
         }
         let request = request
@@ -128,6 +148,7 @@ impl Session {
 
         let offer = Arc::new(Offer {
             secrets,
+            ssh_agent,
             credentials,
             refused: Mutex::new(Vec::new()),
         });
@@ -193,7 +214,13 @@ fn daemon_message(body: &[u8]) -> String {
 
 async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody> {
     let path = request.uri().path().to_string();
-    if ![HEALTH_CHECK, GET_SECRET, CREDENTIALS].contains(&path.as_str()) {
+    let agent = offer.ssh_agent.as_ref();
+    if agent.is_some() && path == FORWARD_AGENT {
+        return forward_agent(agent, request).await;
+    }
+    let known = [HEALTH_CHECK, GET_SECRET, CREDENTIALS].contains(&path.as_str())
+        || (agent.is_some() && path == CHECK_AGENT);
+    if !known {
         return reply(Vec::new(), GRPC_UNIMPLEMENTED, "unknown method");
     }
     let message = match read_message(request).await {
@@ -201,6 +228,17 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
         Err(why) => return reply(Vec::new(), GRPC_INVALID_ARGUMENT, why),
     };
     match path.as_str() {
+        // BuildKit asks for "" when the mount names no id.
+        CHECK_AGENT => match proto::string_field(&message, 1) {
+            Ok(id) if id.is_empty() || id == AGENT_ID => {
+                reply(vec![frame(Vec::new())], GRPC_OK, "")
+            }
+            _ => reply(
+                Vec::new(),
+                GRPC_NOT_FOUND,
+                "only the default SSH agent is forwarded",
+            ),
+        },
         HEALTH_CHECK => {
             // HealthCheckResponse { status: SERVING }.
             let mut out = Vec::new();
@@ -298,6 +336,92 @@ fn credentials_for<'a>(
         .map(|(_, creds)| creds)
 }
 
+/// One `ForwardAgent` stream: the bytes of `BytesMessage`s from the daemon
+/// go to a new connection to the agent's socket, what the agent answers
+/// comes back as `BytesMessage`s, until either side closes.
+async fn forward_agent(
+    agent: Option<&std::path::PathBuf>,
+    request: Request<Incoming>,
+) -> Response<GrpcBody> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let id = request
+        .headers()
+        .get("buildkit.ssh.id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(AGENT_ID);
+    let (Some(path), true) = (agent, id.is_empty() || id == AGENT_ID) else {
+        return reply(
+            Vec::new(),
+            GRPC_NOT_FOUND,
+            "only the default SSH agent is forwarded",
+        );
+    };
+    let socket = match tokio::net::UnixStream::connect(path).await {
+        Ok(socket) => socket,
+        Err(_) => {
+            return reply(
+                Vec::new(),
+                GRPC_UNAVAILABLE,
+                "the SSH agent does not answer",
+            )
+        }
+    };
+    let (mut from_agent, mut to_agent) = socket.into_split();
+    let mut body = request.into_body();
+    tokio::spawn(async move {
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while pending.len() >= 5 {
+                let len =
+                    u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+                if pending[0] != 0 || len > MAX_AGENT_MESSAGE {
+                    return;
+                }
+                if pending.len() < 5 + len {
+                    break;
+                }
+                let message: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
+                let Ok(bytes) = proto::bytes_field(&message, 1) else {
+                    return;
+                };
+                if to_agent.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = to_agent.shutdown().await;
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = match from_agent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut message = Vec::with_capacity(n + 8);
+            proto::put_bytes(&mut message, 1, &buf[..n]);
+            if tx.send(Ok(Frame::data(frame(message)))).await.is_err() {
+                return;
+            }
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from(GRPC_OK));
+        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut response = Response::new(StreamBody::new(stream).boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
 /// Reads the one length-prefixed message of a unary gRPC request.
 async fn read_message(request: Request<Incoming>) -> Result<Vec<u8>, &'static str> {
     let body = Limited::new(request.into_body(), MAX_REQUEST + 5)
@@ -344,7 +468,7 @@ fn reply(data: Vec<Bytes>, status: u32, message: &str) -> Response<GrpcBody> {
     let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
         data.into_iter().map(|d| Ok(Frame::data(d))).collect();
     frames.push(Ok(Frame::trailers(trailers)));
-    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+    let mut response = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
