@@ -616,8 +616,8 @@ impl Runner {
     /// BuildKit from the same context; `y` is `x`'s only dependent and `x`
     /// `y`'s only dependency, and `y`'s Dockerfile refers to `x`'s image;
     /// `x` has one unnamed stage and no artifacts, cleanup, command,
-    /// `keep`, `target`, secrets or `ssh`; `y` declares no secrets or cleanup; both
-    /// agree on `no_cache` and on the arguments they share; `y`'s
+    /// `keep`, `target`, secrets or `ssh`; `y` declares no secrets or
+    /// cleanup; both have the same `no_cache` and `args`; `y`'s
     /// Dockerfile can follow another one (see [`dockerfile::appendable`]);
     /// and `--keep-all` is off. Chains fold whole.
     async fn plan_folds(&self) -> BTreeMap<String, String> {
@@ -647,9 +647,8 @@ impl Runner {
                 && y.cleanup.is_empty()
                 && x.context == y.context
                 && x.no_cache == y.no_cache
-                && x.args
-                    .iter()
-                    .all(|(k, v)| y.args.get(k).is_none_or(|w| w == v));
+                // Build arguments reach every stage of a build.
+                && x.args == y.args;
             if !shape {
                 continue;
             }
@@ -1754,7 +1753,7 @@ mod tests {
             let mut s = step(d, label, &deps);
             s.dockerfile_path = d.join(format!("Dockerfile.{label}"));
             std::fs::write(&s.dockerfile_path, text).unwrap();
-            s.args.insert(format!("ARG_{label}"), label.into());
+            s.args.insert("SHARED".into(), "1".into());
             steps.push(s);
         }
         let options = BuildOptions {
@@ -1771,7 +1770,7 @@ mod tests {
             String::from_utf8_lossy(&request.extra_files[0].1),
             "FROM base AS habitus-fold-0\nRUN one\nFROM habitus-fold-0 AS habitus-fold-1\nRUN two\nFROM habitus-fold-1 AS final\nRUN three\n"
         );
-        assert_eq!(request.build_args.len(), 3);
+        assert_eq!(request.build_args.len(), 1);
         let folded: Vec<_> = summary
             .steps
             .iter()
@@ -1781,17 +1780,24 @@ mod tests {
         assert!(folded.contains(&("two", Some("three"))));
         assert!(folded.contains(&("three", None)));
 
-        // --keep-all: every step gets its image; the classic builder never folds.
-        for options in [
-            BuildOptions {
-                keep_all: true,
-                ..options.clone()
-            },
-            opts(2),
+        // --keep-all: every step gets its image; the classic builder never
+        // folds; steps whose arguments differ do not (arguments reach every
+        // stage of a build): `one` is built alone, `two` folds into `three`.
+        let mut other_args = steps.clone();
+        other_args[1].args.insert("ONLY_LATER".into(), "2".into());
+        other_args[2].args.insert("ONLY_LATER".into(), "2".into());
+        let keep_all = BuildOptions {
+            keep_all: true,
+            ..options.clone()
+        };
+        for (steps, options, builds) in [
+            (steps.clone(), keep_all, 3),
+            (steps.clone(), opts(2), 3),
+            (other_args, options.clone(), 2),
         ] {
-            let f = fixture(steps.clone(), options);
+            let f = fixture(steps, options);
             run(&f).await.unwrap();
-            assert_eq!(f.engine.builds().len(), 3);
+            assert_eq!(f.engine.builds().len(), builds);
         }
     }
 
