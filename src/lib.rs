@@ -160,6 +160,19 @@ fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
 
 fn check(config: &Config) -> Result<(), Error> {
     let (loaded, plan) = load(config)?;
+    // What a build would refuse in the Dockerfiles before contacting the
+    // daemon: secret and SSH mounts a step is not entitled to.
+    for step in &loaded.manifest.steps {
+        let text = std::fs::read_to_string(&step.dockerfile_path).map_err(|e| {
+            Error::Build(runner::BuildError::Dockerfile {
+                step: step.label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                message: e.to_string(),
+            })
+        })?;
+        let builder = step.builder.unwrap_or(config.builder);
+        runner::check_mounts(step, builder, &text).map_err(Error::Build)?;
+    }
     print_stdout(&plan::render::text(&loaded.manifest, &plan));
     Ok(())
 }

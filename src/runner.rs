@@ -850,6 +850,79 @@ impl Runner {
     }
 }
 
+/// Refuses a Dockerfile `text` of `step` that mounts a secret the step
+/// does not declare, mounts the SSH agent without `ssh: true`, or mounts
+/// either while the step builds with the classic builder (`builder`):
+/// checked before anything is sent to the daemon, and by `habitus check`.
+pub fn check_mounts(step: &Step, builder: Builder, text: &str) -> Result<(), BuildError> {
+    let error = |line: usize, message: String| BuildError::Dockerfile {
+        step: step.label.clone(),
+        dockerfile: step.dockerfile_path.clone(),
+        message: format!("line {line}: {message}"),
+    };
+    let mounts = dockerfile::secret_mounts(text).map_err(|e| BuildError::Dockerfile {
+        step: step.label.clone(),
+        dockerfile: step.dockerfile_path.clone(),
+        message: e.to_string(),
+    })?;
+    let ssh = dockerfile::ssh_mounts(text).map_err(|e| BuildError::Dockerfile {
+        step: step.label.clone(),
+        dockerfile: step.dockerfile_path.clone(),
+        message: e.to_string(),
+    })?;
+    for (line, id) in ssh {
+        if builder == Builder::Legacy {
+            return Err(error(
+                line,
+                "`RUN --mount=type=ssh` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
+            ));
+        }
+        if !step.ssh {
+            return Err(error(
+                line,
+                format!("mounts the SSH agent, but step `{}` does not forward it\nhint: set `ssh: true` on the step in build.yml; its `RUN --mount=type=ssh` then reach the agent of SSH_AUTH_SOCK", step.label),
+            ));
+        }
+        if id != "default" {
+            return Err(error(
+                line,
+                format!("mounts SSH agent `{id}`: habitus forwards one agent, `default`\nhint: leave `id=` out of the mount"),
+            ));
+        }
+    }
+    for mount in mounts {
+        if builder == Builder::Legacy {
+            return Err(error(
+                mount.line,
+                "`RUN --mount=type=secret` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
+            ));
+        }
+        let Some(id) = mount.id else { continue };
+        if !step.secrets.contains_key(&id) {
+            let declared = if step.secrets.is_empty() {
+                "it declares none".to_string()
+            } else {
+                format!(
+                    "it declares {}",
+                    step.secrets
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(error(
+                mount.line,
+                format!(
+                    "mounts secret `{id}`, which step `{}` does not declare ({declared})\nhint: add `{id}` under the step's `secrets:` in build.yml (`type: file` or `env`)",
+                    step.label
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The SSH agent socket of SSH_AUTH_SOCK, for step `step` that forwards it.
 fn ssh_agent(step: &Step) -> Result<PathBuf, BuildError> {
     match std::env::var_os("SSH_AUTH_SOCK").filter(|v| !v.is_empty()) {
@@ -977,83 +1050,6 @@ impl StepContext {
         }
     }
 
-    /// Refuses a Dockerfile that mounts a secret its step does not declare,
-    /// or that mounts secrets while the step builds with the classic
-    /// builder, before anything is sent to the daemon.
-    fn check_secret_mounts(
-        &self,
-        step: &Step,
-        builder: Builder,
-        text: &str,
-    ) -> Result<(), BuildError> {
-        let error = |line: usize, message: String| BuildError::Dockerfile {
-            step: step.label.clone(),
-            dockerfile: step.dockerfile_path.clone(),
-            message: format!("line {line}: {message}"),
-        };
-        let mounts = dockerfile::secret_mounts(text).map_err(|e| BuildError::Dockerfile {
-            step: step.label.clone(),
-            dockerfile: step.dockerfile_path.clone(),
-            message: e.to_string(),
-        })?;
-        let ssh = dockerfile::ssh_mounts(text).map_err(|e| BuildError::Dockerfile {
-            step: step.label.clone(),
-            dockerfile: step.dockerfile_path.clone(),
-            message: e.to_string(),
-        })?;
-        for (line, id) in ssh {
-            if builder == Builder::Legacy {
-                return Err(error(
-                    line,
-                    "`RUN --mount=type=ssh` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
-                ));
-            }
-            if !step.ssh {
-                return Err(error(
-                    line,
-                    format!("mounts the SSH agent, but step `{}` does not forward it\nhint: set `ssh: true` on the step in build.yml; its `RUN --mount=type=ssh` then reach the agent of SSH_AUTH_SOCK", step.label),
-                ));
-            }
-            if id != "default" {
-                return Err(error(
-                    line,
-                    format!("mounts SSH agent `{id}`: habitus forwards one agent, `default`\nhint: leave `id=` out of the mount"),
-                ));
-            }
-        }
-        for mount in mounts {
-            if builder == Builder::Legacy {
-                return Err(error(
-                    mount.line,
-                    "`RUN --mount=type=secret` needs BuildKit\nhint: build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml".into(),
-                ));
-            }
-            let Some(id) = mount.id else { continue };
-            if !step.secrets.contains_key(&id) {
-                let declared = if step.secrets.is_empty() {
-                    "it declares none".to_string()
-                } else {
-                    format!(
-                        "it declares {}",
-                        step.secrets
-                            .keys()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                return Err(error(
-                    mount.line,
-                    format!(
-                        "mounts secret `{id}`, which step `{}` does not declare ({declared})\nhint: add `{id}` under the step's `secrets:` in build.yml (`type: file` or `env`)",
-                        step.label
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The report of a step that another step's build builds as a stage.
     fn folded(&self, step: &Step, into: &str, started: Instant) -> StepReport {
         // The step that builds the whole chain.
@@ -1163,7 +1159,7 @@ impl StepContext {
             let text = dockerfile::rewrite(&text, &images)
                 .map_err(|e| error(e.to_string()))?
                 .text;
-            self.check_secret_mounts(s, builder, &text)?;
+            check_mounts(s, builder, &text)?;
             let named = dockerfile::name_single_stage(&text, &fold_alias(n))
                 .ok()
                 .flatten()
@@ -1195,7 +1191,7 @@ impl StepContext {
                 dockerfile: step.dockerfile_path.clone(),
                 message: e.to_string(),
             })?;
-        self.check_secret_mounts(&step, builder, &rewritten.text)?;
+        check_mounts(&step, builder, &rewritten.text)?;
         let keep = (!step.cleanup.is_empty())
             .then(|| crate::cleanup::keep_for(&rewritten.text, step.target.as_deref()));
         let mut build_args = BTreeMap::new();

@@ -290,6 +290,15 @@ fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
         .stderr
         .contains("hint: add `npmrc` under the step's `secrets:`"));
     assert!(!image_exists(&format!("hb/bk-mount-{}", c.uid())));
+    // `habitus check` says the same, without a daemon.
+    let out = h.arg("check").run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("mounts secret `npmrc`, which step `app` does not declare"),
+        "{}",
+        out.stderr
+    );
 
     // An id the Dockerfile computes escapes that check; the session refuses
     // it and the error still names it.
