@@ -1435,7 +1435,7 @@ fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentials> {
             if let Some(decoded) = entry
                 .auth
                 .as_deref()
-                .and_then(base64_decode)
+                .and_then(|text| crate::secrets::base64_decode(text.trim().as_bytes()))
                 .and_then(|raw| String::from_utf8(raw).ok())
             {
                 if let Some((user, pass)) = decoded.split_once(':') {
@@ -1456,31 +1456,6 @@ fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentials> {
         .collect()
 }
 
-/// Decodes standard base64 (padding optional); `None` on invalid input.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in text.trim().trim_end_matches('=').bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, HashMap};
@@ -1491,8 +1466,8 @@ mod tests {
     use bollard::{Docker, API_DEFAULT_VERSION};
 
     use super::{
-        base64_decode, build_options, describe_tls_failure, open, parse_docker_config, parse_step,
-        BuildProgress, DockerEngine, DockerOptions,
+        build_options, describe_tls_failure, open, parse_docker_config, parse_step, BuildProgress,
+        DockerEngine, DockerOptions,
     };
     use crate::engine::{BuildRequest, EngineError, LineSink};
 
@@ -1694,10 +1669,11 @@ after
 
     #[test]
     fn base64_decodes_with_and_without_padding() {
-        assert_eq!(base64_decode("dXNlcjpwYXNz").unwrap(), b"user:pass");
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("YWI").unwrap(), b"ab");
-        assert!(base64_decode("a*b").is_none());
+        let decode = |t: &str| crate::secrets::base64_decode(t.as_bytes());
+        assert_eq!(decode("dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(decode("YQ==").unwrap(), b"a");
+        assert_eq!(decode("YWI").unwrap(), b"ab");
+        assert!(decode("a*b").is_none());
     }
 
     #[test]

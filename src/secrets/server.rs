@@ -595,7 +595,7 @@ pub fn credentials(header: Option<&[u8]>) -> Credentials<'_> {
         return Credentials::Bearer(presented.trim_ascii());
     }
     if let Some(encoded) = strip_prefix_ignore_case(header, b"Basic ") {
-        let Some(decoded) = base64_decode(encoded.trim_ascii()) else {
+        let Some(decoded) = super::base64_decode(encoded.trim_ascii()) else {
             return Credentials::None;
         };
         let decoded = Zeroizing::new(decoded);
@@ -742,43 +742,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-/// Standard base64 (padding optional); `None` if malformed.
-fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let text = text
-        .strip_suffix(b"==")
-        .or_else(|| text.strip_suffix(b"="))
-        .unwrap_or(text);
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in text {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    zeroize::Zeroize::zeroize(&mut acc);
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
     use hyper::Method;
 
-    use super::{
-        base64_decode, classify, credentials, segments, AccessRecord, BasicAuth, Credentials, Route,
-    };
+    use super::{classify, credentials, segments, AccessRecord, BasicAuth, Credentials, Route};
     use crate::secrets::provider::SecretKey;
 
     #[test]
@@ -872,11 +841,11 @@ mod tests {
     #[test]
     fn base64_and_basic_credentials() {
         assert_eq!(
-            base64_decode(b"aGFiaXR1czphZG1pbg==").unwrap(),
+            crate::secrets::base64_decode(b"aGFiaXR1czphZG1pbg==").unwrap(),
             b"habitus:admin"
         );
-        assert_eq!(base64_decode(b"YQ").unwrap(), b"a");
-        assert!(base64_decode(b"a b").is_none());
+        assert_eq!(crate::secrets::base64_decode(b"YQ").unwrap(), b"a");
+        assert!(crate::secrets::base64_decode(b"a b").is_none());
         let basic = BasicAuth::new("habitus", "admin");
         assert!(basic.matches(b"habitus", b"admin"));
         assert!(!basic.matches(b"habitus", b"admin2"));
