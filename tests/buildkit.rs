@@ -46,8 +46,13 @@ fn chain(prefix: &str, builder: &str) -> (Output, String) {
         )
         .file(
             "Dockerfile.three",
-            "FROM hb/bk-two AS build\nCOPY data.txt /data.txt\nRUN cat /data.txt >> /chain\n\
-             FROM hb/bk-two AS final\nCOPY --from=build /chain /chain\nWORKDIR /srv\nCMD [\"cat\", \"/chain\"]\n",
+            // The classic builder keeps the `build` stage as an untagged
+            // image: its label lets the test's cleanup find it.
+            format!(
+                "FROM hb/bk-two AS build\nLABEL {UID_LABEL}={}\nCOPY data.txt /data.txt\nRUN cat /data.txt >> /chain\n\
+                 FROM hb/bk-two AS final\nCOPY --from=build /chain /chain\nWORKDIR /srv\nCMD [\"cat\", \"/chain\"]\n",
+                c.uid()
+            ),
         )
         .file("data.txt", "3\n")
         .file("ignored.txt", "not in the context\n")
