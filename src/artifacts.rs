@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::engine::{ContainerRequest, Engine, EngineError, LineSink};
+use crate::engine::{ContainerGuard, ContainerRequest, Engine, EngineError, LineSink};
 use crate::manifest::{Artifact, Step};
 
 /// Chunks of archive in flight between the daemon and the extractor. The
@@ -606,25 +606,6 @@ async fn fetch(
     }
 }
 
-/// Removes a container when dropped while still armed (the future that
-/// copies artifacts was dropped).
-struct ContainerGuard {
-    engine: Arc<dyn Engine>,
-    id: Option<String>,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let engine = Arc::clone(&self.engine);
-            handle.spawn(async move {
-                let _ = engine.remove_container(&id).await;
-            });
-        }
-    }
-}
-
 /// The host directory an artifact is extracted into: `<workdir>/<dest>`.
 pub fn destination(workdir: &Path, artifact: &Artifact) -> PathBuf {
     workdir.join(&artifact.dest)
@@ -655,10 +636,7 @@ pub async fn copy(
             source_path: first.source.clone(),
             error,
         })?;
-    let mut guard = ContainerGuard {
-        engine: Arc::clone(&engine),
-        id: Some(id.clone()),
-    };
+    let guard = ContainerGuard::arm(Arc::clone(&engine), &id);
     let mut result = Ok(Vec::with_capacity(artifacts.len()));
     for artifact in artifacts {
         let started = Instant::now();
@@ -697,7 +675,7 @@ pub async fn copy(
             }
         }
     }
-    guard.id = None;
+    guard.disarm();
     let removed = engine.remove_container(&id).await;
     let copied = result?;
     removed.map_err(|error| ArtifactError::Engine {

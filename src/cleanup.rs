@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::dockerfile;
-use crate::engine::{ContainerRequest, Engine, EngineError, LineSink};
+use crate::engine::{ContainerGuard, ContainerRequest, Engine, EngineError, LineSink};
 use crate::squash::{self, Keep, SquashError};
 
 /// Why a cleanup failed.
@@ -80,24 +80,6 @@ pub fn keep_for(dockerfile_text: &str, target: Option<&str>) -> Keep {
     }
 }
 
-/// Removes a container when dropped while still armed.
-struct ContainerGuard {
-    engine: Arc<dyn Engine>,
-    id: Option<String>,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let engine = Arc::clone(&self.engine);
-            handle.spawn(async move {
-                let _ = engine.remove_container(&id).await;
-            });
-        }
-    }
-}
-
 /// Runs `commands` in a container of `image` (labelled `labels`), commits
 /// it and squashes the result back into `image`, keeping `keep`. Output of
 /// the commands and progress lines go to `sink`.
@@ -117,12 +99,9 @@ pub async fn run(
             keep_alive: true,
         })
         .await?;
-    let mut guard = ContainerGuard {
-        engine: Arc::clone(&engine),
-        id: Some(id.clone()),
-    };
+    let guard = ContainerGuard::arm(Arc::clone(&engine), &id);
     let committed = run_in(&*engine, &id, image, commands, &sink).await;
-    guard.id = None;
+    guard.disarm();
     let removed = engine.remove_container(&id).await;
     let committed = committed?;
     removed?;

@@ -1930,8 +1930,6 @@ mod tests {
     #[tokio::test]
     async fn a_secret_in_a_produced_image_fails_the_build_and_removes_it() {
         use crate::manifest::SecretSpec;
-        use crate::secrets::provider::SecretKey;
-        use crate::secrets::{Secret, SecretStore, Settings};
 
         let dir = tempfile::tempdir().unwrap();
         let mut a = step(dir.path(), "a", &[]);
@@ -1947,22 +1945,7 @@ mod tests {
             "img/a",
             vec![("root/.ssh/id".into(), b"the-private-key-bytes".to_vec())],
         );
-        let mut store = SecretStore::default();
-        store.insert(
-            "a",
-            SecretKey {
-                kind: "env".into(),
-                name: "key".into(),
-            },
-            Arc::new(Secret::new(b"the-private-key-bytes".to_vec())),
-        );
-        let settings = Settings {
-            enabled: None,
-            binding: None,
-            port: 0,
-            basic_auth: None,
-            providers: vec!["env".into()],
-        };
+        let (settings, store) = env_secret("a", "key", b"the-private-key-bytes");
         let runner = runner.with_secrets(settings, store, true);
         let err = runner
             .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
@@ -1976,11 +1959,34 @@ mod tests {
         assert!(engine.images().is_empty(), "the leaking image is removed");
     }
 
+    /// The secrets settings and store of one `env` secret of step `step`.
+    fn env_secret(
+        step: &str,
+        name: &str,
+        value: &[u8],
+    ) -> (crate::secrets::Settings, crate::secrets::SecretStore) {
+        let mut store = crate::secrets::SecretStore::default();
+        store.insert(
+            step,
+            crate::secrets::provider::SecretKey {
+                kind: "env".into(),
+                name: name.into(),
+            },
+            Arc::new(crate::secrets::Secret::new(value.to_vec())),
+        );
+        let settings = crate::secrets::Settings {
+            enabled: None,
+            binding: None,
+            port: 0,
+            basic_auth: None,
+            providers: vec!["env".into()],
+        };
+        (settings, store)
+    }
+
     #[tokio::test]
     async fn steps_with_secrets_get_connection_args_on_the_build_network() {
         use crate::manifest::SecretSpec;
-        use crate::secrets::provider::SecretKey;
-        use crate::secrets::{Secret, SecretStore, Settings};
 
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1993,22 +1999,7 @@ mod tests {
             },
         );
         let f = fixture(vec![a, step(d, "b", &["a"])], opts(1));
-        let mut store = SecretStore::default();
-        store.insert(
-            "a",
-            SecretKey {
-                kind: "env".into(),
-                name: "k".into(),
-            },
-            Arc::new(Secret::new(b"v".to_vec())),
-        );
-        let settings = Settings {
-            enabled: None,
-            binding: None,
-            port: 0,
-            basic_auth: None,
-            providers: vec!["env".into()],
-        };
+        let (settings, store) = env_secret("a", "k", b"v");
         let Fixture { engine, runner } = f;
         let runner = runner.with_secrets(settings, store, true);
         runner

@@ -433,30 +433,9 @@ impl Engine for DockerEngine {
                 &*sink,
             )
             .await;
-            let written = writer
-                .await
-                .map_err(|err| EngineError::Api(format!("build context writer: {err}")))?;
-            if let Err(message) = written {
-                if !receiver_gone.load(Ordering::SeqCst) || outcome.is_ok() {
-                    return Err(EngineError::Context {
-                        path: req.context_dir.clone(),
-                        message,
-                    });
-                }
-            }
+            context_written(writer, &receiver_gone, outcome.is_err(), &req).await?;
             let outcome = outcome?;
-            let id = match outcome.image_id {
-                Some(id) => id,
-                None => match self.inspect_image(&req.tag).await? {
-                    Some(info) => info.id,
-                    None => {
-                        return Err(EngineError::BuildFailed {
-                            instruction: None,
-                            message: format!("the daemon reported no image for `{}`", req.tag),
-                        })
-                    }
-                },
-            };
+            let id = self.image_id(outcome.image_id, &req.tag, None).await?;
             return Ok(BuiltImage {
                 id,
                 cached_steps: outcome.cached_steps,
@@ -504,19 +483,7 @@ impl Engine for DockerEngine {
         }
         progress.finish(&*sink);
 
-        let written = writer
-            .await
-            .map_err(|err| EngineError::Api(format!("build context writer: {err}")))?;
-        if let Err(message) = written {
-            // A context that could not be read is the real cause, unless
-            // the writer only stopped because the daemon stopped reading.
-            if !receiver_gone.load(Ordering::SeqCst) || failure.is_none() {
-                return Err(EngineError::Context {
-                    path: req.context_dir.clone(),
-                    message,
-                });
-            }
-        }
+        context_written(writer, &receiver_gone, failure.is_some(), &req).await?;
         if let Some(err) = failure {
             // The daemon keeps the images of the instructions that did
             // succeed; they are this build's and nobody's cache yet.
@@ -525,18 +492,13 @@ impl Engine for DockerEngine {
             return Err(err);
         }
         fresh.disarm();
-        let id = match progress.image_id.clone() {
-            Some(id) => id,
-            None => match self.inspect_image(&req.tag).await? {
-                Some(info) => info.id,
-                None => {
-                    return Err(EngineError::BuildFailed {
-                        instruction: progress.last_step.clone(),
-                        message: format!("the daemon reported no image for `{}`", req.tag),
-                    })
-                }
-            },
-        };
+        let id = self
+            .image_id(
+                progress.image_id.clone(),
+                &req.tag,
+                progress.last_step.clone(),
+            )
+            .await?;
         Ok(BuiltImage {
             id,
             cached_steps: progress.cached,
@@ -1012,6 +974,26 @@ impl Engine for DockerEngine {
 }
 
 impl DockerEngine {
+    /// The id of the image a build produced: the one the daemon reported,
+    /// else that of `tag`.
+    async fn image_id(
+        &self,
+        reported: Option<String>,
+        tag: &str,
+        instruction: Option<String>,
+    ) -> Result<String, EngineError> {
+        if let Some(id) = reported {
+            return Ok(id);
+        }
+        match self.inspect_image(tag).await? {
+            Some(info) => Ok(info.id),
+            None => Err(EngineError::BuildFailed {
+                instruction,
+                message: format!("the daemon reported no image for `{tag}`"),
+            }),
+        }
+    }
+
     /// Fails with [`EngineError::NoBuildKit`] unless the daemon can build
     /// with BuildKit; asks the daemon once.
     async fn check_buildkit(&self) -> Result<(), EngineError> {
@@ -1093,6 +1075,29 @@ fn force_remove() -> RemoveContainerOptions {
         force: true,
         v: true,
         link: false,
+    }
+}
+
+/// Waits for the build context writer. A context that could not be read
+/// is the build's error, unless the writer only stopped because the daemon
+/// stopped reading after the build `failed`.
+async fn context_written(
+    writer: tokio::task::JoinHandle<Result<(), String>>,
+    receiver_gone: &AtomicBool,
+    failed: bool,
+    req: &BuildRequest,
+) -> Result<(), EngineError> {
+    let written = writer
+        .await
+        .map_err(|err| EngineError::Api(format!("build context writer: {err}")))?;
+    match written {
+        Err(message) if !(failed && receiver_gone.load(Ordering::SeqCst)) => {
+            Err(EngineError::Context {
+                path: req.context_dir.clone(),
+                message,
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -144,6 +144,41 @@ pub struct BuiltImage {
     pub total_steps: usize,
 }
 
+/// Removes a container when dropped while still armed: if the future that
+/// uses the container is dropped (a cancelled step), the removal is spawned
+/// onto the current runtime.
+pub struct ContainerGuard {
+    engine: Arc<dyn Engine>,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    /// Guards container `id` of `engine`.
+    pub fn arm(engine: Arc<dyn Engine>, id: &str) -> ContainerGuard {
+        ContainerGuard {
+            engine,
+            id: Some(id.to_string()),
+        }
+    }
+
+    /// The caller removes the container itself from here on.
+    pub fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let engine = Arc::clone(&self.engine);
+            handle.spawn(async move {
+                let _ = engine.remove_container(&id).await;
+            });
+        }
+    }
+}
+
 /// Facts about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
