@@ -16,6 +16,7 @@ pub mod context;
 pub mod dockerfile;
 pub mod engine;
 pub mod error;
+pub mod layer;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
