@@ -87,9 +87,19 @@ pub enum AuditError {
     /// The image archive could not be read.
     #[error("cannot read the image archive: {0}")]
     Io(#[from] std::io::Error),
-    /// The archive is not a `docker save` archive.
-    #[error("not an image archive: {0}")]
+    /// The archive is not a `docker save` archive, or lacks a part.
+    #[error("not a readable image archive: {0}")]
     Format(String),
+    /// A layer the image lists could not be read to its end.
+    #[error("cannot read layer {index} (`{digest}`): {reason}")]
+    Layer {
+        /// 0-based, bottom first.
+        index: usize,
+        /// Its digest or path in the archive.
+        digest: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Searches bytes for every encoded form of a set of secrets.
@@ -246,8 +256,26 @@ impl Scanner {
     /// encoding) and, for the shadow report, every regular file with its
     /// size.
     pub fn scan_layer<R: Read>(&self, layer: R) -> Result<LayerScan, AuditError> {
-        let mut scan = LayerScan::default();
+        self.scan_entries(&mut tar::Archive::new(layer))
+    }
+
+    /// Searches a layer (plain, gzip or zstd) to the end of its stream and
+    /// says how many bytes it had and its diff id.
+    fn scan_whole_layer(
+        &self,
+        layer: crate::layer::Layer<'_>,
+    ) -> Result<(LayerScan, crate::layer::LayerSummary), AuditError> {
         let mut archive = tar::Archive::new(layer);
+        let scan = self.scan_entries(&mut archive)?;
+        let summary = archive.into_inner().finish()?;
+        Ok((scan, summary))
+    }
+
+    fn scan_entries<R: Read>(
+        &self,
+        archive: &mut tar::Archive<R>,
+    ) -> Result<LayerScan, AuditError> {
+        let mut scan = LayerScan::default();
         for entry in archive.entries()? {
             let entry = entry?;
             let path = entry.path()?.to_string_lossy().into_owned();
@@ -361,7 +389,10 @@ pub struct Shadowed {
 #[derive(Debug, Clone, Default)]
 pub struct ImageAudit {
     pub hits: Vec<Hit>,
+    /// Layers read, each to its end.
     pub layers: usize,
+    /// Uncompressed bytes of those layers.
+    pub bytes: u64,
     /// Per layer (bottom first), its files.
     pub layer_files: Vec<Vec<LayerFile>>,
 }
@@ -434,88 +465,131 @@ impl ImageAudit {
     }
 }
 
-fn is_tar(head: &[u8]) -> bool {
-    head.len() >= 262 && &head[257..262] == b"ustar"
+/// What became of one member of the save archive.
+#[derive(Debug)]
+enum Member {
+    /// A layer, read to its end.
+    Layer {
+        scan: LayerScan,
+        summary: crate::layer::LayerSummary,
+    },
+    /// Something that could not be read as a layer or a JSON document.
+    Unreadable(String),
+    /// A JSON document (manifest, index, config, OCI manifest).
+    Json(serde_json::Value),
+    /// A link to another member, resolved to its archive path.
+    Link(String),
 }
 
+/// Largest JSON document of an archive (configs, manifests) read.
+const MAX_JSON: u64 = 64 << 20;
+
 /// Audits one image archive (`docker save` output) read from `archive`.
-/// The archive's members may come in any order: layer hits are attributed
-/// to layer indexes once the manifest has been read.
+///
+/// The archive's members may come in any order, so each is read as it
+/// arrives: JSON documents are kept, anything else is opened as a layer
+/// (plain, gzip or zstd, whatever its name) and searched to its end. Once
+/// the whole archive has been read, the image's manifest says which
+/// members are its layers, and the audit fails closed: a listed layer that
+/// is missing, could not be read to its end, or whose content is not the
+/// one the image config's `rootfs.diff_ids` names is an error naming the
+/// layer; so is a missing config. "Clean" therefore always means every
+/// byte of every layer and every string of the config was searched.
 pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudit, AuditError> {
     let mut outer = tar::Archive::new(archive);
-    // Path in the archive → its scan.
-    let mut layers: BTreeMap<String, LayerScan> = BTreeMap::new();
-    let mut configs: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut manifest: Option<serde_json::Value> = None;
-    let mut index: Option<serde_json::Value> = None;
-    let mut config_hits = Vec::new();
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
     for entry in outer.entries()? {
         let mut entry = entry?;
-        if !entry.header().entry_type().is_file() {
+        let path = normalize(&entry.path()?.to_string_lossy());
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()?
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let resolved = if kind.is_hard_link() {
+                normalize(&target)
+            } else {
+                resolve_link(&path, &target)
+            };
+            members.insert(path, Member::Link(resolved));
             continue;
         }
-        let path = entry.path()?.to_string_lossy().into_owned();
-        // Sniff the member: a tar (a layer) or JSON (config, manifest).
-        let mut head = Vec::with_capacity(512);
-        (&mut entry).take(512).read_to_end(&mut head)?;
-        let rest = std::io::Cursor::new(head.clone()).chain(entry);
-        if path.ends_with("layer.tar") || is_tar(&head) {
-            let scan = scanner.scan_layer(rest)?;
-            layers.insert(path, scan);
-        } else if head.first() == Some(&b'{') || path.ends_with(".json") {
-            let mut text = Vec::new();
-            // Configs and manifests are small; cap them all the same.
-            rest.take(64 << 20).read_to_end(&mut text)?;
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if path == "manifest.json" {
-                manifest = Some(value);
-            } else if path == "index.json" {
-                index = Some(value);
-            } else if value.get("rootfs").is_some() || value.get("history").is_some() {
-                for (field, secret, encoding) in scanner.scan_json(&value) {
-                    config_hits.push(Hit {
-                        secret,
-                        encoding,
-                        location: Location::Config { field },
-                    });
-                }
-                configs.insert(path, value);
-            } else if value.get("layers").is_some() || value.get("manifests").is_some() {
-                // An OCI manifest or index blob: remember it by its path.
-                configs.insert(path, value);
-            }
-        } else {
-            let _ = std::io::copy(&mut { rest }, &mut std::io::sink());
+        if !kind.is_file() {
+            continue;
         }
+        let size = entry.header().size()?;
+        let member = read_member(scanner, &mut entry, size)?;
+        members.insert(path, member);
     }
-    let order = layer_order(manifest.as_ref(), index.as_ref(), &configs)
-        .ok_or_else(|| AuditError::Format("no manifest.json or index.json".into()))?;
+    let image = find_image(&members)?;
+    let config_hits = match members.get(&image.config) {
+        Some(Member::Json(config)) => scanner
+            .scan_json(config)
+            .into_iter()
+            .map(|(field, secret, encoding)| Hit {
+                secret,
+                encoding,
+                location: Location::Config { field },
+            })
+            .collect::<Vec<_>>(),
+        _ => {
+            return Err(AuditError::Format(format!(
+                "the image config `{}` is missing from the archive or is not JSON",
+                image.config
+            )))
+        }
+    };
+    let diff_ids: Vec<String> = match members.get(&image.config) {
+        Some(Member::Json(config)) => config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if diff_ids.len() != image.layers.len() {
+        return Err(AuditError::Format(format!(
+            "the manifest lists {} layer(s) but the image config {} diff id(s)",
+            image.layers.len(),
+            diff_ids.len()
+        )));
+    }
     let mut audit = ImageAudit {
-        layers: order.len(),
+        layers: image.layers.len(),
         ..ImageAudit::default()
     };
-    for layer_path in &order {
-        audit.layer_files.push(
-            layers
-                .get(layer_path)
-                .map(|s| s.files.clone())
-                .unwrap_or_default(),
-        );
-    }
-    for (layer_path, scan) in &layers {
-        let index = order.iter().position(|p| p == layer_path);
+    for (index, layer_path) in image.layers.iter().enumerate() {
+        let unreadable = |reason: String| AuditError::Layer {
+            index,
+            digest: display_digest(layer_path),
+            reason,
+        };
+        let (scan, summary) = match follow(&members, layer_path) {
+            Some(Member::Layer { scan, summary }) => (scan, summary),
+            Some(Member::Unreadable(reason)) => return Err(unreadable(reason.clone())),
+            Some(Member::Json(_)) => return Err(unreadable("it is a JSON document".into())),
+            Some(Member::Link(_)) => return Err(unreadable("too many links".into())),
+            None => return Err(unreadable("it is missing from the archive".into())),
+        };
+        if summary.diff_id != diff_ids[index] {
+            return Err(unreadable(format!(
+                "its content ({}) is not the layer the image config lists ({})",
+                summary.diff_id, diff_ids[index]
+            )));
+        }
+        audit.bytes += summary.bytes;
+        audit.layer_files.push(scan.files.clone());
         for (path, secret, encoding) in &scan.hits {
             audit.hits.push(Hit {
                 secret: secret.clone(),
                 encoding: *encoding,
                 location: Location::Layer {
-                    index,
-                    digest: layer_path
-                        .trim_start_matches("blobs/")
-                        .trim_end_matches("/layer.tar")
-                        .replacen('/', ":", 1),
+                    index: Some(index),
+                    digest: display_digest(layer_path),
                     path: path.clone(),
                 },
             });
@@ -527,41 +601,185 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
     Ok(audit)
 }
 
-/// The layer paths of the (first) image in the archive, bottom first.
-fn layer_order(
-    manifest: Option<&serde_json::Value>,
-    index: Option<&serde_json::Value>,
-    blobs: &BTreeMap<String, serde_json::Value>,
-) -> Option<Vec<String>> {
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+/// Reads one regular member: JSON is parsed and kept, anything else is
+/// searched as a layer to its end. Errors of the member's own content are
+/// recorded (they matter only if the member turns out to be a layer);
+/// errors of the archive stream are returned.
+fn read_member<R: Read>(
+    scanner: &Scanner,
+    entry: &mut tar::Entry<'_, R>,
+    size: u64,
+) -> Result<Member, AuditError> {
+    let mut head = Vec::with_capacity(crate::layer::SNIFF_LEN);
+    (&mut *entry)
+        .take(crate::layer::SNIFF_LEN as u64)
+        .read_to_end(&mut head)?;
+    let json = matches!(
+        head.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
+    let member = if json && size <= MAX_JSON {
+        let mut text = head;
+        entry.read_to_end(&mut text)?;
+        match serde_json::from_slice::<serde_json::Value>(&text) {
+            Ok(value) => Member::Json(value),
+            Err(e) => Member::Unreadable(format!("invalid JSON: {e}")),
+        }
+    } else {
+        // The member's bytes pass through `Counted` so that a short
+        // archive (fewer bytes than the header promised) is told apart
+        // from a layer that ends early.
+        let mut counted = Counted {
+            inner: std::io::Cursor::new(head).chain(&mut *entry),
+            read: 0,
+        };
+        let member = match crate::layer::Layer::open(&mut counted) {
+            Err(crate::layer::LayerError::Format(why)) => Member::Unreadable(why),
+            Err(crate::layer::LayerError::Io(e)) => Member::Unreadable(e.to_string()),
+            Ok(layer) => match scanner.scan_whole_layer(layer) {
+                Ok((scan, summary)) => Member::Layer { scan, summary },
+                Err(e) => Member::Unreadable(e.to_string()),
+            },
+        };
+        // Whatever happened, the rest of the member is consumed so the next
+        // one can be read; an archive that ends early is an error here.
+        std::io::copy(&mut counted, &mut std::io::sink())?;
+        if counted.read != size {
+            return Err(AuditError::Format(format!(
+                "the archive ends inside a member: {} of {size} bytes",
+                counted.read
+            )));
+        }
+        member
     };
-    if let Some(first) = manifest.and_then(|m| m.as_array()).and_then(|a| a.first()) {
-        return Some(strings(&first["Layers"]));
+    std::io::copy(entry, &mut std::io::sink())?;
+    Ok(member)
+}
+
+/// A reader that counts what passes through it.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
     }
-    // OCI: index.json → manifest blob → layers[].digest.
+}
+
+/// `blobs/sha256/ab…` → `sha256:ab…`; `<id>/layer.tar` → `<id>`.
+fn display_digest(path: &str) -> String {
+    path.trim_start_matches("blobs/")
+        .trim_end_matches("/layer.tar")
+        .replacen('/', ":", 1)
+}
+
+/// `./a//b/` → `a/b`, `..` applied.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
+}
+
+/// A symlink's target as an archive path.
+fn resolve_link(link: &str, target: &str) -> String {
+    match link.rsplit_once('/') {
+        Some((dir, _)) if !target.starts_with('/') => normalize(&format!("{dir}/{target}")),
+        _ => normalize(target),
+    }
+}
+
+/// The member behind `path`, following links inside the archive.
+fn follow<'m>(members: &'m BTreeMap<String, Member>, path: &str) -> Option<&'m Member> {
+    let mut path = path.to_string();
+    for _ in 0..8 {
+        match members.get(&path)? {
+            Member::Link(target) => path = target.clone(),
+            other => return Some(other),
+        }
+    }
+    members.get(&path)
+}
+
+/// The first image of an archive: its config's and its layers' paths.
+struct ImagePaths {
+    config: String,
+    layers: Vec<String>,
+}
+
+/// Finds the (first) image of the archive: through `manifest.json` (both
+/// layouts of current Docker write it) or else through the OCI
+/// `index.json` → manifest blob.
+fn find_image(members: &BTreeMap<String, Member>) -> Result<ImagePaths, AuditError> {
+    let json = |path: &str| match follow(members, path) {
+        Some(Member::Json(value)) => Some(value),
+        _ => None,
+    };
+    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_str().map(normalize))
+            .collect()
+    };
+    if let Some(manifest) = json("manifest.json") {
+        let first = manifest
+            .as_array()
+            .and_then(|a| a.first())
+            .ok_or_else(|| AuditError::Format("`manifest.json` lists no image".into()))?;
+        let config = first["Config"]
+            .as_str()
+            .map(normalize)
+            .ok_or_else(|| AuditError::Format("`manifest.json` names no config".into()))?;
+        let layers = strings(&first["Layers"])
+            .ok_or_else(|| AuditError::Format("`manifest.json` lists no layers".into()))?;
+        return Ok(ImagePaths { config, layers });
+    }
+    let index = json("index.json").ok_or_else(|| {
+        AuditError::Format("the archive has neither `manifest.json` nor `index.json`".into())
+    })?;
     let blob_path = |digest: &str| format!("blobs/{}", digest.replacen(':', "/", 1));
-    let mut manifest_digest = index?["manifests"][0]["digest"].as_str()?.to_string();
+    let mut digest = index["manifests"][0]["digest"]
+        .as_str()
+        .ok_or_else(|| AuditError::Format("`index.json` lists no manifest".into()))?
+        .to_string();
     // An index may point at another index (multi-platform).
     for _ in 0..4 {
-        let blob = blobs.get(&blob_path(&manifest_digest))?;
+        let blob = json(&blob_path(&digest)).ok_or_else(|| {
+            AuditError::Format(format!("the manifest blob `{digest}` is missing"))
+        })?;
         if let Some(layers) = blob["layers"].as_array() {
-            return Some(
-                layers
-                    .iter()
-                    .filter_map(|l| l["digest"].as_str().map(blob_path))
-                    .collect(),
-            );
+            let layers = layers
+                .iter()
+                .map(|l| l["digest"].as_str().map(blob_path))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    AuditError::Format(format!("manifest `{digest}` has a layer without a digest"))
+                })?;
+            let config = blob["config"]["digest"]
+                .as_str()
+                .map(blob_path)
+                .ok_or_else(|| {
+                    AuditError::Format(format!("manifest `{digest}` names no config"))
+                })?;
+            return Ok(ImagePaths { config, layers });
         }
-        manifest_digest = blob["manifests"][0]["digest"].as_str()?.to_string();
+        digest = blob["manifests"][0]["digest"]
+            .as_str()
+            .ok_or_else(|| AuditError::Format(format!("`{digest}` lists no manifest")))?
+            .to_string();
     }
-    None
+    Err(AuditError::Format("the image index nests too deep".into()))
 }
 
 #[cfg(test)]
@@ -659,20 +877,86 @@ mod tests {
         assert_eq!(found, [("tok".to_string(), Encoding::Raw)]);
     }
 
+    type Pack = fn(&[u8]) -> Vec<u8>;
+    type Tamper = fn(Vec<u8>) -> Vec<u8>;
+
+    fn diff_id(tar: &[u8]) -> String {
+        format!(
+            "sha256:{}",
+            crate::layer::hex(ring::digest::digest(&ring::digest::SHA256, tar).as_ref())
+        )
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn config_for(layers: &[Vec<u8>], env: &[String]) -> serde_json::Value {
+        serde_json::json!({
+            "config": { "Env": env },
+            "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| diff_id(l)).collect::<Vec<_>>() },
+            "history": [{ "created_by": "/bin/sh -c echo hi" }],
+        })
+    }
+
+    /// An OCI layout archive as the containerd image store saves it: every
+    /// layer blob passed through `pack` (gzip, zstd or nothing).
+    fn oci_archive(layers: &[Vec<u8>], pack: fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+        let blobs: Vec<Vec<u8>> = layers.iter().map(|l| pack(l)).collect();
+        let config = serde_json::to_vec(&config_for(layers, &[])).unwrap();
+        let manifest = serde_json::json!({
+            "config": { "digest": diff_id(&config) },
+            "layers": blobs.iter().map(|b| serde_json::json!({ "digest": diff_id(b) })).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let path = |data: &[u8]| format!("blobs/sha256/{}", &diff_id(data)[7..]);
+        let mut members = vec![
+            (
+                "oci-layout".to_string(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            (
+                "index.json".to_string(),
+                serde_json::to_vec(
+                    &serde_json::json!({"manifests": [{"digest": diff_id(&manifest)}]}),
+                )
+                .unwrap(),
+            ),
+            (path(&manifest), manifest.clone()),
+            (path(&config), config.clone()),
+        ];
+        // Layers last and in reverse: nothing may depend on member order.
+        for blob in blobs.iter().rev() {
+            members.push((path(blob), blob.clone()));
+        }
+        archive(
+            &members
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.clone()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     #[test]
     fn legacy_archive_hits_name_layer_path_and_config_field() {
         let (scanner, _) = Scanner::new([("tok", SECRET)]);
-        let config = serde_json::json!({
-            "config": { "Env": ["PATH=/bin", format!("TOKEN={}", String::from_utf8_lossy(SECRET))] },
-            "rootfs": { "type": "layers", "diff_ids": ["sha256:a", "sha256:b"] },
-            "history": [{ "created_by": "/bin/sh -c echo hi" }],
-        });
+        let layers = [
+            layer(&[("root/.ssh/id", SECRET), ("etc/.wh.gone", b"")]),
+            layer(&[("etc/other", b"clean")]),
+        ];
+        let config = config_for(
+            &layers,
+            &[
+                "PATH=/bin".into(),
+                format!("TOKEN={}", String::from_utf8_lossy(SECRET)),
+            ],
+        );
         let bytes = archive(&[
-            ("bbb/layer.tar", layer(&[("etc/other", b"clean")])),
-            (
-                "aaa/layer.tar",
-                layer(&[("root/.ssh/id", SECRET), ("etc/.wh.gone", b"")]),
-            ),
+            ("bbb/layer.tar", layers[1].clone()),
+            ("aaa/layer.tar", layers[0].clone()),
             ("cfg.json", serde_json::to_vec(&config).unwrap()),
             (
                 "manifest.json",
@@ -685,6 +969,7 @@ mod tests {
         ]);
         let audit = audit_archive(&scanner, bytes.as_slice()).unwrap();
         assert_eq!(audit.layers, 2);
+        assert_eq!(audit.bytes, (layers[0].len() + layers[1].len()) as u64);
         assert_eq!(audit.hits.len(), 2, "{:?}", audit.hits);
         assert_eq!(
             audit.hits[0].location,
@@ -703,49 +988,141 @@ mod tests {
     }
 
     #[test]
-    fn oci_archive_layers_are_ordered_through_index_and_manifest() {
+    fn oci_archive_layers_are_found_plain_gzip_and_zstd() {
         let (scanner, _) = Scanner::new([("tok", SECRET)]);
-        let manifest = serde_json::json!({
-            "config": { "digest": "sha256:cfg" },
-            "layers": [ { "digest": "sha256:l1" }, { "digest": "sha256:l2" } ],
-        });
-        let bytes = archive(&[
-            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
-            ("blobs/sha256/l2", layer(&[("app/key", SECRET)])),
-            ("blobs/sha256/l1", layer(&[("bin/sh", b"busybox")])),
-            ("blobs/sha256/mf", serde_json::to_vec(&manifest).unwrap()),
-            (
-                "blobs/sha256/cfg",
-                serde_json::to_vec(&serde_json::json!({"rootfs": {}, "history": []})).unwrap(),
-            ),
-            (
-                "index.json",
-                serde_json::to_vec(&serde_json::json!({"manifests": [{"digest": "sha256:mf"}]}))
-                    .unwrap(),
-            ),
-        ]);
-        let audit = audit_archive(&scanner, bytes.as_slice()).unwrap();
-        assert_eq!(audit.layers, 2);
-        assert_eq!(
-            audit.hits[0].location,
-            Location::Layer {
-                index: Some(1),
-                digest: "sha256:l2".into(),
-                path: "app/key".into()
+        let encoded = base64::engine::general_purpose::STANDARD.encode(SECRET);
+        let layers = vec![
+            layer(&[("bin/sh", b"busybox")]),
+            layer(&[("app/key.b64", encoded.as_bytes())]),
+        ];
+        let packs: [(&str, Pack); 3] = [
+            ("plain", |d| d.to_vec()),
+            ("gzip", gzip),
+            ("zstd", |d| zstd::stream::encode_all(d, 3).unwrap()),
+        ];
+        for (name, pack) in packs {
+            let audit = audit_archive(&scanner, oci_archive(&layers, pack).as_slice())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(audit.layers, 2, "{name}");
+            assert_eq!(audit.hits.len(), 1, "{name}: {:?}", audit.hits);
+            let Location::Layer { index, path, .. } = &audit.hits[0].location else {
+                panic!("{name}: {:?}", audit.hits[0]);
+            };
+            assert_eq!((*index, path.as_str()), (Some(1), "app/key.b64"), "{name}");
+            assert_eq!(audit.hits[0].encoding, Encoding::Base64, "{name}");
+        }
+    }
+
+    /// The archive of `oci_archive` with the blob of layer `index`
+    /// replaced by `with(blob)`.
+    fn tampered(layers: &[Vec<u8>], index: usize, with: fn(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+        let good = gzip(&layers[index]);
+        let name = format!("blobs/sha256/{}", &diff_id(&good)[7..]);
+        let mut outer = tar::Archive::new(std::io::Cursor::new(oci_archive(layers, gzip)));
+        let mut members = Vec::new();
+        for entry in outer.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            if path == name {
+                data = with(data);
             }
+            members.push((path, data));
+        }
+        archive(
+            &members
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.clone()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn a_layer_that_cannot_be_read_to_its_end_fails_the_audit_naming_it() {
+        let (scanner, _) = Scanner::new([("tok", SECRET)]);
+        let layers = vec![
+            layer(&[("bin/sh", b"busybox")]),
+            layer(&[("app/key", SECRET), ("pad", &[7u8; 70_000])]),
+        ];
+        let cases: [(&str, Tamper, &str); 5] = [
+            ("bzip2", |_| b"BZh91AY&SY".repeat(60), "bzip2"),
+            ("truncated gzip", |d| d[..d.len() / 2].to_vec(), "layer 1"),
+            (
+                "bad crc",
+                |mut d| {
+                    let n = d.len();
+                    d[n - 8] ^= 1;
+                    d
+                },
+                "layer 1",
+            ),
+            ("not a tar inside", |_| gzip(&[9u8; 4096]), "layer 1"),
+            ("missing", |_| Vec::new(), "empty"),
+        ];
+        for (name, with, expected) in cases {
+            let err = audit_archive(&scanner, tampered(&layers, 1, with).as_slice())
+                .expect_err(name)
+                .to_string();
+            assert!(
+                err.contains("cannot read layer 1 (`sha256:"),
+                "{name}: {err}"
+            );
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_layer_whose_content_is_not_the_listed_one_fails_the_audit() {
+        let (scanner, _) = Scanner::new([("tok", SECRET)]);
+        let layers = vec![layer(&[("a", b"one")]), layer(&[("b", b"two")])];
+        // A valid gzip tar, but not the layer the config lists.
+        let err = audit_archive(
+            &scanner,
+            tampered(&layers, 0, |_| gzip(&layer(&[("c", b"other")]))).as_slice(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cannot read layer 0"), "{err}");
+        assert!(
+            err.contains("is not the layer the image config lists"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_archive_without_its_config_or_cut_short_fails_the_audit() {
+        let (scanner, _) = Scanner::new([("tok", SECRET)]);
+        let layers = vec![layer(&[("a", b"one")])];
+        let whole = oci_archive(&layers, gzip);
+        for cut in [whole.len() / 3, whole.len() - 1536] {
+            assert!(
+                audit_archive(&scanner, &whole[..cut]).is_err(),
+                "an archive cut at {cut} of {} read clean",
+                whole.len()
+            );
+        }
+        let no_manifest = archive(&[("blobs/sha256/x", layers[0].clone())]);
+        let err = audit_archive(&scanner, no_manifest.as_slice()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither `manifest.json` nor `index.json`"),
+            "{err}"
         );
     }
 
     #[test]
     fn shadowed_files_are_listed_with_their_layers() {
+        let layers = [
+            layer(&[("src/main.go", b"package main"), ("keep", b"k")]),
+            layer(&[("src/.wh.main.go", b""), ("keep", b"kk")]),
+        ];
         let bytes = archive(&[
+            ("l0/layer.tar", layers[0].clone()),
+            ("l1/layer.tar", layers[1].clone()),
             (
-                "l0/layer.tar",
-                layer(&[("src/main.go", b"package main"), ("keep", b"k")]),
-            ),
-            (
-                "l1/layer.tar",
-                layer(&[("src/.wh.main.go", b""), ("keep", b"kk")]),
+                "c.json",
+                serde_json::to_vec(&config_for(&layers, &[])).unwrap(),
             ),
             (
                 "manifest.json",

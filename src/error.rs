@@ -25,7 +25,8 @@ pub enum Error {
     /// A squash failed.
     #[error(transparent)]
     Squash(#[from] crate::squash::SquashError),
-    /// `habitus audit` could not read an image.
+    /// `habitus audit` could not read an image, so it could not check it
+    /// (exit 2: the image is neither clean nor known to leak).
     #[error("{0}")]
     Audit(String),
     /// `habitus audit` found secrets (each hit has been printed).
@@ -48,7 +49,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::Audit(_) => 2,
             Error::Engine(EngineError::Unreachable { .. } | EngineError::Tls(_)) => 2,
             Error::Build(e) => e.code(),
             Error::Squash(crate::squash::SquashError::Engine(
@@ -57,7 +58,6 @@ impl Error {
             Error::Manifest(_)
             | Error::Engine(_)
             | Error::Squash(_)
-            | Error::Audit(_)
             | Error::Leak { .. }
             | Error::Io { .. } => 1,
         }

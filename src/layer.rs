@@ -145,7 +145,7 @@ pub struct LayerSummary {
 
 /// A layer stream, decompressed, counted and hashed as it is read.
 pub struct Layer<'a> {
-    inner: Box<dyn Read + Send + 'a>,
+    inner: Box<dyn Read + 'a>,
     compression: Compression,
     bytes: u64,
     digest: ring::digest::Context,
@@ -174,13 +174,13 @@ pub enum LayerError {
 impl<'a> Layer<'a> {
     /// Opens `reader` as a layer: sniffs its first bytes and puts the
     /// matching decoder in front of it.
-    pub fn open(mut reader: impl Read + Send + 'a) -> Result<Layer<'a>, LayerError> {
+    pub fn open(mut reader: impl Read + 'a) -> Result<Layer<'a>, LayerError> {
         let mut head = vec![0u8; SNIFF_LEN];
         let n = read_full(&mut reader, &mut head)?;
         head.truncate(n);
         let compression = sniff(&head).map_err(LayerError::Format)?;
         let raw = io::Cursor::new(head).chain(reader);
-        let inner: Box<dyn Read + Send + 'a> = match compression {
+        let inner: Box<dyn Read + 'a> = match compression {
             Compression::None => Box::new(raw),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),

@@ -579,6 +579,7 @@ fn audit_command(
                 let value = serde_json::json!({
                     "image": image,
                     "layers": result.layers,
+                    "bytes": result.bytes,
                     "hits": result.hits,
                     "shadowed": if shadowed { serde_json::to_value(result.shadowed()).unwrap_or_default() } else { serde_json::Value::Null },
                 });
@@ -598,8 +599,9 @@ fn audit_command(
             }
             if result.hits.is_empty() && !scanner.is_empty() {
                 eprintln!(
-                    "{image}: no secret in {} layers and the config",
-                    result.layers
+                    "{image}: no secret in {} layer(s) ({} read to their end) and the config",
+                    result.layers,
+                    runner::human_size(i64::try_from(result.bytes).unwrap_or(i64::MAX))
                 );
             }
         }

@@ -191,8 +191,9 @@ pub enum BuildError {
         /// One line per hit (image, layer or config field, encoding).
         hits: Vec<String>,
     },
-    /// The post-build audit could not read an image.
-    #[error("audit: {message}")]
+    /// The post-build audit could not read an image (it was removed, as on
+    /// a hit, unless --keep-all).
+    #[error("audit: {message}\nthe audit clears only what it has read: the image was not kept\nfix: if the daemon saves layers in a format habitus cannot read, report it; --no-audit builds without the audit")]
     Audit {
         /// What went wrong.
         message: String,
@@ -563,17 +564,29 @@ impl Runner {
             if step.folded_into.is_some() || summary.removed_images.contains(&step.image) {
                 continue;
             }
-            let audit = crate::audit::audit_image(&*self.engine, &step.image, Arc::clone(&scanner))
-                .await
-                .map_err(|e| BuildError::Audit {
-                    message: e.to_string(),
-                })?;
+            let audit =
+                match crate::audit::audit_image(&*self.engine, &step.image, Arc::clone(&scanner))
+                    .await
+                {
+                    Ok(audit) => audit,
+                    Err(e) => {
+                        // What the audit could not read it could not clear: the
+                        // image goes, as it would on a hit.
+                        if !self.options.keep_all {
+                            let _ = self.engine.remove_image(&step.image, true, false).await;
+                        }
+                        return Err(BuildError::Audit {
+                            message: e.to_string(),
+                        });
+                    }
+                };
             self.reporter.step(
                 Severity::Info,
                 &step.label,
                 &format!(
-                    "audit: {} layers and the config of `{}` searched, {} secret occurrence(s)",
+                    "audit: {} layer(s) ({} read to their end) and the config of `{}` searched, {} secret occurrence(s)",
                     audit.layers,
+                    human_size(i64::try_from(audit.bytes).unwrap_or(i64::MAX)),
                     step.image,
                     audit.hits.len()
                 ),
@@ -584,6 +597,7 @@ impl Runner {
                     "step": step.label,
                     "image": step.image,
                     "layers": audit.layers,
+                    "bytes": audit.bytes,
                     "hits": audit.hits,
                 }),
             );

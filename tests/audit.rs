@@ -132,7 +132,7 @@ fn audit_without_secrets_or_with_an_unknown_image_is_an_error() {
             "AUDIT_TOKEN",
         ])
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("audit of `hb/no-such-image-at-all`"),
         "{}",
@@ -143,4 +143,120 @@ fn audit_without_secrets_or_with_an_unknown_image_is_an_error() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The members of a `docker save` archive, in order, links resolved to
+/// their targets' bytes.
+fn members_of(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut outer = tar::Archive::new(archive);
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        out.push((name, data));
+    }
+    out
+}
+
+fn archive_of(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
+    let c = Cleanup::new("audit-unreadable");
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("hb/audit-{}", c.uid());
+    build(
+        dir.path(),
+        &tag,
+        &format!(
+            "FROM {}\nRUN head -c 300000 /dev/urandom > /noise\n",
+            base_image()
+        ),
+    );
+    let saved = dir.path().join("saved.tar");
+    docker(&["save", "-o", saved.to_str().unwrap(), &tag]);
+    let members = members_of(&std::fs::read(&saved).unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &members
+            .iter()
+            .find(|(n, _)| n == "manifest.json")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let layers = manifest[0]["Layers"].as_array().unwrap();
+    let top = layers.last().unwrap().as_str().unwrap().to_string();
+    let top_index = layers.len() - 1;
+    type Tamper = fn(&[u8]) -> Vec<u8>;
+    let tamperings: [(&str, Tamper); 3] = [
+        ("in a compression habitus cannot read", |_| {
+            let mut xz = vec![0xfd, b'7', b'z', b'X', b'Z', 0];
+            xz.extend_from_slice(&[1u8; 4096]);
+            xz
+        }),
+        ("cut short", |data| data[..data.len() / 2].to_vec()),
+        ("missing", |_| Vec::new()),
+    ];
+    for (what, tamper) in tamperings {
+        let mut changed = members.clone();
+        if what == "missing" {
+            changed.retain(|(n, _)| *n != top);
+        } else {
+            for (name, data) in &mut changed {
+                if *name == top {
+                    *data = tamper(data);
+                }
+            }
+        }
+        let fake = tempfile::tempdir().unwrap();
+        let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive_of(&changed));
+        let out = Habitus::new()
+            .no_workdir()
+            .env("AUDIT_TOKEN", SECRET)
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["audit", &tag, "--secret-env", "AUDIT_TOKEN"])
+            .run();
+        assert_eq!(out.code(), Some(2), "layer {what}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("cannot read layer {top_index} (`")),
+            "layer {what}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("no secret in"), "{}", out.stderr);
+    }
+    // The untouched archive, served the same way, is clean: the failures
+    // above come from the tampering, not from the stand-in daemon.
+    let fake = tempfile::tempdir().unwrap();
+    let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive_of(&members));
+    let out = Habitus::new()
+        .no_workdir()
+        .env("AUDIT_TOKEN", SECRET)
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["audit", &tag, "--secret-env", "AUDIT_TOKEN"])
+        .run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("no secret in {} layer(s)", layers.len())),
+        "{}",
+        out.stderr
+    );
 }

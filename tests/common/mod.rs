@@ -17,6 +17,7 @@
 //! Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod fake_daemon;
 pub mod leak;
 pub mod tls_proxy;
 
