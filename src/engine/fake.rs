@@ -295,10 +295,15 @@ impl Engine for FakeEngine {
             }
             builder.into_inner().unwrap_or_default()
         };
+        let layer = tar(&files);
+        let diff_id = format!(
+            "sha256:{}",
+            crate::layer::hex(ring::digest::digest(&ring::digest::SHA256, &layer).as_ref())
+        );
         let manifest = serde_json::json!([{ "Config": "config.json", "Layers": ["l0/layer.tar"] }]);
-        let config = serde_json::json!({ "rootfs": { "diff_ids": ["sha256:l0"] }, "history": [] });
+        let config = serde_json::json!({ "rootfs": { "diff_ids": [diff_id] }, "history": [] });
         let archive = tar(&[
-            ("l0/layer.tar".to_string(), tar(&files)),
+            ("l0/layer.tar".to_string(), layer),
             ("config.json".to_string(), config.to_string().into_bytes()),
             (
                 "manifest.json".to_string(),
