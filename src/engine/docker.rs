@@ -1345,14 +1345,18 @@ impl BuildProgress {
                 } else if trimmed == "---> Using cache" {
                     *cached += 1;
                     *committing = false;
-                } else if trimmed.starts_with("---> Running in ") {
-                    // The image id follows once the container is committed.
-                } else if let Some(id) = trimmed.strip_prefix("---> ") {
-                    if *committing && !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                } else if let Some(id) = trimmed
+                    .strip_prefix("---> ")
+                    .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    if *committing {
                         fresh.push(id.to_string());
                     }
                     *committing = false;
                 }
+                // Other `--->` lines (`Running in …`; Docker 25+ also
+                // prints `---> Removed intermediate container …` before
+                // the id) come before the committed image's id.
                 sink(line);
             });
         }
@@ -1627,6 +1631,24 @@ after
             *lines.lock().unwrap(),
             ["Step 1/1 : RUN x", "printed: ***", "after"]
         );
+    }
+
+    #[test]
+    fn committed_images_are_fresh_on_docker_20_and_26() {
+        // Docker 20.10 prints `Removing intermediate container` plain,
+        // Docker 25+ after an arrow, both before the committed id.
+        for removed in [
+            "Removing intermediate container c1",
+            " ---> Removed intermediate container c1",
+        ] {
+            let (_, sink) = collector();
+            let mut progress = BuildProgress::default();
+            let text = format!(
+                "Step 1/3 : FROM base\n ---> 0a1b\nStep 2/3 : RUN x\n ---> Running in c1\nout\n{removed}\n ---> 2c3d\nStep 3/3 : RUN y\n ---> Using cache\n ---> 4e5f\n"
+            );
+            progress.feed(&stream(&text), &*sink).unwrap();
+            assert_eq!(progress.fresh, ["2c3d"], "{removed}");
+        }
     }
 
     #[test]
