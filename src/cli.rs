@@ -45,7 +45,12 @@ pub enum Command {
         format: PlanFormat,
     },
     /// Print the version.
-    Version,
+    Version {
+        /// Also connect to the daemon and show its version, the API
+        /// version habitus settled on, its image store and BuildKit.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
     /// Run the secrets server on its own (for CI jobs or other builders)
     /// until SIGINT/SIGTERM, serving the secrets of build.yml or those
     /// given with --secret-file/--secret-env; prints the connection

@@ -66,9 +66,13 @@ where
     };
     let config = Config::from_flags(&cli.flags, &cwd, &|name| std::env::var(name).ok());
     let result = match cli.command.unwrap_or(Command::Build) {
-        Command::Version => {
+        Command::Version { verbose } => {
             println!("habitus {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            if verbose {
+                daemon_version(&config)
+            } else {
+                Ok(())
+            }
         }
         Command::Check => check(&config),
         Command::Plan { format } => print_plan(&config, format),
@@ -211,6 +215,28 @@ async fn connect(config: &Config) -> Result<DockerEngine, EngineError> {
         cert_path: config.docker.cert_path.clone(),
     })
     .await
+}
+
+/// `habitus version --verbose`: what the daemon is and how habitus talks
+/// to it.
+fn daemon_version(config: &Config) -> Result<(), Error> {
+    let runtime = runtime()?;
+    let info = runtime.block_on(async { connect(config).await?.daemon_info().await })?;
+    let store = if info.driver_type.is_empty() {
+        info.storage_driver.clone()
+    } else {
+        format!("{} ({})", info.storage_driver, info.driver_type)
+    };
+    print_stdout(&format!(
+        "daemon: `{}`\ndocker: {}\napi: {} (daemon {} to {})\nstorage: {store}\nbuildkit: {}",
+        config.docker.host,
+        info.version,
+        info.negotiated,
+        info.min_api_version,
+        info.api_version,
+        if info.buildkit { "yes" } else { "no" },
+    ));
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`habitus plan | head`) is not an error.

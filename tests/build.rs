@@ -44,12 +44,40 @@ fn containers_mentioning(marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// Images (tagged or not) whose history mentions `marker`.
+/// Images (tagged or not) whose history mentions `marker`. Tests running
+/// in parallel remove their images meanwhile: one gone before its history
+/// is read mentions nothing, and the containerd image store fails a listing
+/// that meets an image being deleted (`content digest …: not found`), so
+/// that is asked again.
 fn images_mentioning(marker: &str) -> Vec<String> {
-    docker(&["images", "-a", "-q", "--no-trunc"])
+    let list = || {
+        Command::new("docker")
+            .args(["images", "-a", "-q", "--no-trunc"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    };
+    let mut out = list();
+    for _ in 0..10 {
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("not found") {
+            break;
+        }
+        out = list();
+    }
+    assert!(
+        out.status.success(),
+        "`docker images` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|id| {
-            docker(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", id]).contains(marker)
+            Command::new("docker")
+                .args(["history", "--no-trunc", "--format", "{{.CreatedBy}}", id])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(marker))
         })
         .map(str::to_string)
         .collect()

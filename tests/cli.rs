@@ -235,6 +235,36 @@ fn version_in_every_form() {
 }
 
 #[test]
+fn verbose_version_shows_the_daemon_habitus_talks_to() {
+    crate::common::docker_available();
+    let out = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .args(["version", "--verbose"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let server = crate::common::docker(&["version", "--format", "{{.Server.Version}}"]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], format!("habitus {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(lines[2], format!("docker: {}", server.trim()));
+    for (line, prefix) in
+        lines[1..]
+            .iter()
+            .zip(["daemon: `", "docker: ", "api: ", "storage: ", "buildkit: "])
+    {
+        assert!(line.starts_with(prefix), "{stdout}");
+    }
+}
+
+#[test]
+fn verbose_version_without_a_daemon_fails_naming_it() {
+    let out = habitus(&["version", "-v", "--host", "unix:///nonexistent/docker.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot connect to the Docker daemon at `unix:///nonexistent/docker.sock`"));
+}
+
+#[test]
 fn missing_build_file_is_exit_code_1_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let out = habitus(&["check", "-d", dir.path().to_str().unwrap()]);

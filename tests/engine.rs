@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use habitus::engine::docker::{DockerEngine, DockerOptions};
+use habitus::engine::docker::{parse_api_version, DockerEngine, DockerOptions, MIN_API_VERSION};
 use habitus::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 
 use crate::common::{
@@ -40,6 +40,40 @@ async fn connects_to_the_local_socket_and_pings() {
     let engine = engine().await;
     engine.ping().await.unwrap();
     assert!(!engine.address().is_empty());
+}
+
+/// Prints which daemon the suite ran against (see it with `--nocapture`)
+/// and checks the version habitus settled on.
+#[tokio::test]
+async fn negotiates_an_api_version_both_sides_speak_and_shows_the_daemon() {
+    let engine = engine().await;
+    let info = engine.daemon_info().await.unwrap();
+    println!(
+        "daemon at `{}`: Docker {}, API {} (min {}), negotiated {}, storage driver `{}`{}, BuildKit {}",
+        engine.address(),
+        info.version,
+        info.api_version,
+        info.min_api_version,
+        info.negotiated,
+        info.storage_driver,
+        if info.driver_type.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", info.driver_type)
+        },
+        if info.buildkit { "yes" } else { "no" },
+    );
+    let version = |v: &str| parse_api_version(v).unwrap_or_else(|| panic!("bad version `{v}`"));
+    let negotiated = version(&info.negotiated);
+    assert!(negotiated <= version(&info.api_version), "{info:?}");
+    assert!(negotiated >= version(&info.min_api_version), "{info:?}");
+    assert!(negotiated >= MIN_API_VERSION, "{info:?}");
+    assert!(!info.version.is_empty() && !info.storage_driver.is_empty());
+    // The containerd store names itself; the graph drivers do not.
+    assert!(
+        info.driver_type.is_empty() || info.driver_type.starts_with("io.containerd.snapshotter."),
+        "{info:?}"
+    );
 }
 
 #[tokio::test]

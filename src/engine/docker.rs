@@ -190,6 +190,65 @@ impl DockerEngine {
     }
 }
 
+/// The oldest Engine API habitus speaks: every build sends `version`
+/// (the builder to use), which API 1.38 (Docker 18.06) introduced.
+pub const MIN_API_VERSION: (u64, u64) = (1, 38);
+
+/// What `habitus version --verbose` and the tests show of a daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// `26.1.5+dfsg1`.
+    pub version: String,
+    /// The newest API the daemon speaks: `1.45`.
+    pub api_version: String,
+    /// The oldest API the daemon accepts: `1.24`.
+    pub min_api_version: String,
+    /// The API version settled on at connect: the lower of the daemon's
+    /// and the client library's.
+    pub negotiated: String,
+    /// `overlayfs`, `fuse-overlayfs`, …
+    pub storage_driver: String,
+    /// `io.containerd.snapshotter.v1` when images live in containerd's
+    /// store (the storage driver is then a snapshotter), else empty.
+    pub driver_type: String,
+    /// Whether the daemon can build with BuildKit.
+    pub buildkit: bool,
+}
+
+/// Parses `1.45` into `(1, 45)`.
+pub fn parse_api_version(version: &str) -> Option<(u64, u64)> {
+    let (major, minor) = version.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+impl DockerEngine {
+    /// Asks the daemon for its versions, storage and BuildKit support.
+    pub async fn daemon_info(&self) -> Result<DaemonInfo, EngineError> {
+        let version = self.docker.version().await.map_err(api)?;
+        let info = self.docker.info().await.map_err(api)?;
+        let api_version = version.api_version.unwrap_or_default();
+        let os = version.os.unwrap_or_default();
+        let driver_type = info
+            .driver_status
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|pair| match pair.as_slice() {
+                [label, value] if label == "driver-type" => Some(value.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(DaemonInfo {
+            buildkit: buildkit::supports(&api_version) && (os.is_empty() || os == "linux"),
+            version: version.version.unwrap_or_default(),
+            api_version,
+            min_api_version: version.min_api_version.unwrap_or_default(),
+            negotiated: self.docker.client_version().to_string(),
+            storage_driver: info.driver.unwrap_or_default(),
+            driver_type,
+        })
+    }
+}
+
 /// Creates the bollard client for `address` and the dialer for BuildKit's
 /// own connections (no I/O yet, except reading the TLS files).
 fn open(opts: &DockerOptions, address: &str) -> Result<(Docker, Dialer), EngineError> {
@@ -1345,14 +1404,18 @@ impl BuildProgress {
                 } else if trimmed == "---> Using cache" {
                     *cached += 1;
                     *committing = false;
-                } else if trimmed.starts_with("---> Running in ") {
-                    // The image id follows once the container is committed.
-                } else if let Some(id) = trimmed.strip_prefix("---> ") {
-                    if *committing && !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                } else if let Some(id) = trimmed
+                    .strip_prefix("---> ")
+                    .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    if *committing {
                         fresh.push(id.to_string());
                     }
                     *committing = false;
                 }
+                // Other `--->` lines (`Running in …`; Docker 25+ also
+                // prints `---> Removed intermediate container …` before
+                // the id) come before the committed image's id.
                 sink(line);
             });
         }
@@ -1627,6 +1690,24 @@ after
             *lines.lock().unwrap(),
             ["Step 1/1 : RUN x", "printed: ***", "after"]
         );
+    }
+
+    #[test]
+    fn committed_images_are_fresh_on_docker_20_and_26() {
+        // Docker 20.10 prints `Removing intermediate container` plain,
+        // Docker 25+ after an arrow, both before the committed id.
+        for removed in [
+            "Removing intermediate container c1",
+            " ---> Removed intermediate container c1",
+        ] {
+            let (_, sink) = collector();
+            let mut progress = BuildProgress::default();
+            let text = format!(
+                "Step 1/3 : FROM base\n ---> 0a1b\nStep 2/3 : RUN x\n ---> Running in c1\nout\n{removed}\n ---> 2c3d\nStep 3/3 : RUN y\n ---> Using cache\n ---> 4e5f\n"
+            );
+            progress.feed(&stream(&text), &*sink).unwrap();
+            assert_eq!(progress.fresh, ["2c3d"], "{removed}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A TLS endpoint for the local daemon, for tests of `--use-tls`: it listens
 //! on `127.0.0.1:<any port>`, requires a client certificate signed by its own
-//! CA, and forwards each connection to `/var/run/docker.sock`.
+//! CA, and forwards each connection to the daemon the tests run against:
+//! the one `DOCKER_HOST` names (`unix://…` or plain `tcp://…`), else
+//! `/var/run/docker.sock`.
 //!
 //! [`start`] writes two certificate directories in Docker's layout
 //! (`ca.pem`, `cert.pem`, `key.pem`): `cert_dir` holds a client certificate
@@ -20,12 +22,53 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-/// The daemon socket the proxy forwards to.
+/// The daemon socket the proxy forwards to when `DOCKER_HOST` is unset.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where the proxy forwards to.
+#[derive(Clone, Debug)]
+enum Daemon {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Daemon {
+    /// The daemon `DOCKER_HOST` names, as the `docker` CLI the tests also
+    /// run reads it.
+    fn from_env() -> Daemon {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+        if host.is_empty() {
+            return Daemon::Unix(DOCKER_SOCKET.into());
+        }
+        if let Some(path) = host.strip_prefix("unix://") {
+            return Daemon::Unix(path.into());
+        }
+        let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
+        match host.strip_prefix("tcp://") {
+            Some(addr) if !tls => Daemon::Tcp(addr.to_string()),
+            _ => panic!(
+                "the test TLS proxy forwards to `unix://` or plain `tcp://` daemons, \
+                 not DOCKER_HOST=`{host}`{}",
+                if tls { " with DOCKER_TLS_VERIFY" } else { "" }
+            ),
+        }
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn dial(daemon: &Daemon) -> std::io::Result<Box<dyn Stream>> {
+    Ok(match daemon {
+        Daemon::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        Daemon::Tcp(addr) => Box::new(TcpStream::connect(addr).await?),
+    })
+}
 
 /// A running proxy; stops when dropped.
 pub struct TlsProxy {
@@ -94,8 +137,10 @@ fn write_dir(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) {
     std::fs::write(dir.join("key.pem"), key_pem).unwrap();
 }
 
-/// Starts a proxy in front of [`DOCKER_SOCKET`].
+/// Starts a proxy in front of the daemon `DOCKER_HOST` names (default
+/// [`DOCKER_SOCKET`]).
 pub fn start() -> TlsProxy {
+    let daemon = Daemon::from_env();
     let ca = ca("habitus test proxy CA");
     let other_ca = ca_other();
     let (server_cert, server_key) = leaf(
@@ -146,7 +191,7 @@ pub fn start() -> TlsProxy {
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(serve(listener, acceptor, stopped));
+        runtime.block_on(serve(listener, acceptor, daemon, stopped));
     });
     TlsProxy {
         addr,
@@ -165,6 +210,7 @@ fn ca_other() -> CertifiedIssuer<'static, KeyPair> {
 async fn serve(
     listener: std::net::TcpListener,
     acceptor: TlsAcceptor,
+    daemon: Daemon,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = TcpListener::from_std(listener).unwrap();
@@ -174,10 +220,11 @@ async fn serve(
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let acceptor = acceptor.clone();
+                let daemon = daemon.clone();
                 tokio::spawn(async move {
                     // A client without an acceptable certificate fails here.
                     let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let Ok(mut daemon) = UnixStream::connect(DOCKER_SOCKET).await else { return };
+                    let Ok(mut daemon) = dial(&daemon).await else { return };
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut daemon).await;
                 });
             }
