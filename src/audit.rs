@@ -50,6 +50,37 @@ impl std::fmt::Display for Encoding {
     }
 }
 
+/// Which form of a secret matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Form {
+    /// The whole value, as the provider gives it.
+    Whole,
+    /// The whole value with its line breaks turned into spaces (what
+    /// `echo $KEY` writes).
+    NewlinesAsSpaces,
+    /// The whole value with CRLF line endings.
+    Crlf,
+    /// One line of a multi-line value alone (1-based).
+    Line(usize),
+}
+
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Form::Whole => f.write_str("whole"),
+            Form::NewlinesAsSpaces => f.write_str("newlines-as-spaces"),
+            Form::Crlf => f.write_str("crlf"),
+            Form::Line(n) => write!(f, "line-{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for Form {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Where in an image a secret was found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(tag = "in", rename_all = "snake_case")]
@@ -63,10 +94,23 @@ pub enum Location {
         digest: String,
         /// The path of the file inside the layer.
         path: String,
+        /// The PAX record of the entry (an extended attribute is one,
+        /// `SCHILY.xattr.NAME`), when the secret is there rather than in
+        /// the file's name or content.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        record: Option<String>,
     },
     /// In a string of the image config.
     Config {
         /// A JSON path such as `config.Env[2]` or `history[4].created_by`.
+        field: String,
+    },
+    /// In another JSON document of the saved image: `index.json`,
+    /// `manifest.json`, an OCI manifest (annotations).
+    Metadata {
+        /// The document's path in the save archive.
+        document: String,
+        /// A JSON path in it.
         field: String,
     },
 }
@@ -77,8 +121,29 @@ pub struct Hit {
     /// The secret's name (never its value).
     pub secret: String,
     pub encoding: Encoding,
+    /// Which form of the secret matched.
+    pub form: Form,
     #[serde(flatten)]
     pub location: Location,
+}
+
+/// A secret's name, and the encoding and form in which it matched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub secret: String,
+    pub encoding: Encoding,
+    pub form: Form,
+}
+
+impl Found {
+    fn at(self, location: Location) -> Hit {
+        Hit {
+            secret: self.secret,
+            encoding: self.encoding,
+            form: self.form,
+            location,
+        }
+    }
 }
 
 /// Errors of the audit.
@@ -105,18 +170,18 @@ pub enum AuditError {
 /// Searches bytes for every encoded form of a set of secrets.
 pub struct Scanner {
     automaton: AhoCorasick,
-    /// Pattern index → (secret name, encoding).
-    needles: Vec<(String, Encoding)>,
+    /// Pattern index → what it stands for.
+    needles: Vec<Found>,
     longest: usize,
 }
 
-impl std::fmt::Debug for Scanner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scanner")
-            .field("patterns", &self.needles.len())
-            .finish_non_exhaustive()
-    }
-}
+/// Lines of a multi-line secret shorter than this are not searched for
+/// alone: they would match by chance.
+pub const MIN_LINE_LEN: usize = 16;
+
+/// At most this many lines of one secret are searched for alone (a key
+/// has a few dozen); the whole value is always searched.
+pub const MAX_LINES: usize = 512;
 
 /// The base64 text that any base64 encoding of data containing `secret` at
 /// byte offset ≡ `align` (mod 3) contains, whatever surrounds it.
@@ -143,6 +208,59 @@ fn url_encode(secret: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The forms of a secret that are searched for, each in every encoding:
+/// the value, and for a multi-line value the value with its line breaks
+/// as spaces and as CRLF, and each line of at least [`MIN_LINE_LEN`] bytes
+/// that is not PEM armour (`-----BEGIN …-----`, shared by every key).
+fn forms_of(value: &[u8]) -> Vec<(Zeroizing<Vec<u8>>, Form)> {
+    let mut forms = vec![(Zeroizing::new(value.to_vec()), Form::Whole)];
+    let lines: Vec<&[u8]> = value
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .collect();
+    if lines.len() < 2 {
+        return forms;
+    }
+    forms.push((Zeroizing::new(lines.join(&b' ')), Form::NewlinesAsSpaces));
+    forms.push((Zeroizing::new(lines.join(&b"\r\n"[..])), Form::Crlf));
+    let armour = |line: &[u8]| line.starts_with(b"-----") && line.ends_with(b"-----");
+    for (n, line) in lines.iter().enumerate().take(MAX_LINES) {
+        let line = line.trim_ascii();
+        if line.len() >= MIN_LINE_LEN && !armour(line) {
+            forms.push((Zeroizing::new(line.to_vec()), Form::Line(n + 1)));
+        }
+    }
+    forms
+}
+
+/// `value` in every encoding the audit searches for.
+fn encodings_of(value: &[u8]) -> Vec<(Zeroizing<Vec<u8>>, Encoding)> {
+    let mut out: Vec<(Zeroizing<Vec<u8>>, Encoding)> =
+        vec![(Zeroizing::new(value.to_vec()), Encoding::Raw)];
+    for align in 0..3 {
+        out.push((
+            Zeroizing::new(
+                base64_core(&base64::engine::general_purpose::STANDARD, value, align).into_bytes(),
+            ),
+            Encoding::Base64,
+        ));
+        out.push((
+            Zeroizing::new(
+                base64_core(&base64::engine::general_purpose::URL_SAFE, value, align).into_bytes(),
+            ),
+            Encoding::Base64Url,
+        ));
+    }
+    let hex = Zeroizing::new(crate::layer::hex(value));
+    out.push((
+        Zeroizing::new(hex.to_uppercase().into_bytes()),
+        Encoding::HexUpper,
+    ));
+    out.push((Zeroizing::new(hex.as_bytes().to_vec()), Encoding::HexLower));
+    out.push((Zeroizing::new(url_encode(value)), Encoding::UrlEncoded));
+    out
+}
+
 impl Scanner {
     /// A scanner for `secrets` (name, value). Secrets shorter than
     /// [`MIN_SECRET_LEN`] are skipped; their names are returned.
@@ -152,6 +270,12 @@ impl Scanner {
         let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         let mut needles = Vec::new();
         let mut skipped = Vec::new();
+        // Each (secret, pattern) once: identical forms (an alphanumeric
+        // secret is its own URL encoding; URL-safe base64 often equals
+        // standard) are searched under the first encoding and form.
+        // (name, hash of pattern) → indexes of patterns with that hash.
+        let mut seen: std::collections::HashMap<(String, u64), Vec<usize>> =
+            std::collections::HashMap::new();
         for (name, value) in secrets {
             // A trailing newline is how files usually end; the secret is
             // what comes before it.
@@ -161,44 +285,31 @@ impl Scanner {
                 skipped.push(name.to_string());
                 continue;
             }
-            let mut forms: Vec<(Zeroizing<Vec<u8>>, Encoding)> =
-                vec![(Zeroizing::new(trimmed.to_vec()), Encoding::Raw)];
-            for align in 0..3 {
-                forms.push((
-                    Zeroizing::new(
-                        base64_core(&base64::engine::general_purpose::STANDARD, trimmed, align)
-                            .into_bytes(),
-                    ),
-                    Encoding::Base64,
-                ));
-                forms.push((
-                    Zeroizing::new(
-                        base64_core(&base64::engine::general_purpose::URL_SAFE, trimmed, align)
-                            .into_bytes(),
-                    ),
-                    Encoding::Base64Url,
-                ));
-            }
-            let hex: String = trimmed.iter().map(|b| format!("{b:02x}")).collect();
-            forms.push((
-                Zeroizing::new(hex.to_uppercase().into_bytes()),
-                Encoding::HexUpper,
-            ));
-            forms.push((Zeroizing::new(hex.into_bytes()), Encoding::HexLower));
-            forms.push((Zeroizing::new(url_encode(trimmed)), Encoding::UrlEncoded));
-            for (form, encoding) in forms {
-                // Identical forms (an alphanumeric secret is its own URL
-                // encoding; URL-safe base64 often equals standard) are
-                // searched once, under the first encoding.
-                if form.len() >= MIN_SECRET_LEN
-                    && !patterns.iter().zip(&needles).any(
-                        |(p, (n, _)): (&Zeroizing<Vec<u8>>, &(String, Encoding))| {
-                            n == name && p.as_slice() == form.as_slice()
-                        },
-                    )
-                {
-                    patterns.push(form);
-                    needles.push((name.to_string(), encoding));
+            for (form_value, form) in forms_of(trimmed) {
+                for (pattern, encoding) in encodings_of(&form_value) {
+                    if pattern.len() < MIN_SECRET_LEN {
+                        continue;
+                    }
+                    let key = (name.to_string(), {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        pattern.as_slice().hash(&mut h);
+                        h.finish()
+                    });
+                    let same = seen.entry(key).or_default();
+                    if same
+                        .iter()
+                        .any(|&i| patterns[i].as_slice() == pattern.as_slice())
+                    {
+                        continue;
+                    }
+                    same.push(patterns.len());
+                    patterns.push(pattern);
+                    needles.push(Found {
+                        secret: name.to_string(),
+                        encoding,
+                        form,
+                    });
                 }
             }
         }
@@ -220,8 +331,8 @@ impl Scanner {
         self.needles.is_empty()
     }
 
-    /// Every (secret, encoding) found in `reader`, streamed.
-    pub fn scan_reader<R: Read>(&self, reader: R) -> std::io::Result<Vec<(String, Encoding)>> {
+    /// Every form of a secret found in `reader`, streamed.
+    pub fn scan_reader<R: Read>(&self, reader: R) -> std::io::Result<Vec<Found>> {
         let mut found = Vec::new();
         if self.is_empty() {
             // Still drain the reader: callers rely on it being consumed.
@@ -238,8 +349,8 @@ impl Scanner {
         Ok(found)
     }
 
-    /// Every (secret, encoding) found in `bytes`.
-    pub fn scan_bytes(&self, bytes: &[u8]) -> Vec<(String, Encoding)> {
+    /// Every form of a secret found in `bytes`.
+    pub fn scan_bytes(&self, bytes: &[u8]) -> Vec<Found> {
         let mut found = Vec::new();
         // The automaton uses the standard match kind, which supports
         // overlapping search: every pattern present is reported.
@@ -277,54 +388,64 @@ impl Scanner {
     ) -> Result<LayerScan, AuditError> {
         let mut scan = LayerScan::default();
         for entry in archive.entries()? {
-            let entry = entry?;
+            let mut entry = entry?;
             let path = entry.path()?.to_string_lossy().into_owned();
             let kind = entry.header().entry_type();
             let size = entry.header().size().unwrap_or(0);
-            let link = entry
-                .link_name()
-                .ok()
-                .flatten()
-                .map(|l| l.to_string_lossy().into_owned());
             scan.files.push(LayerFile {
                 path: path.clone(),
                 size,
                 regular: kind.is_file(),
             });
+            let hit = |found: Found, record: Option<String>| LayerHit {
+                path: path.clone(),
+                record,
+                found,
+            };
             // A symlink's target can hold a secret too.
-            if let Some(link) = link {
-                for (secret, encoding) in self.scan_bytes(link.as_bytes()) {
-                    scan.hits.push((path.clone(), secret, encoding));
+            if let Some(link) = entry.link_name_bytes() {
+                scan.hits
+                    .extend(self.scan_bytes(&link).into_iter().map(|f| hit(f, None)));
+            }
+            scan.hits.extend(
+                self.scan_bytes(&entry.path_bytes())
+                    .into_iter()
+                    .map(|f| hit(f, None)),
+            );
+            // PAX records, extended attributes among them.
+            if let Some(records) = entry.pax_extensions()? {
+                for record in records {
+                    let record = record?;
+                    let key = String::from_utf8_lossy(record.key_bytes()).into_owned();
+                    for part in [record.key_bytes(), record.value_bytes()] {
+                        scan.hits.extend(
+                            self.scan_bytes(part)
+                                .into_iter()
+                                .map(|f| hit(f, Some(key.clone()))),
+                        );
+                    }
                 }
             }
-            for (secret, encoding) in self.scan_bytes(path.as_bytes()) {
-                scan.hits.push((path.clone(), secret, encoding));
-            }
-            for (secret, encoding) in self.scan_reader(entry)? {
-                scan.hits.push((path.clone(), secret, encoding));
+            for found in self.scan_reader(&mut entry)? {
+                scan.hits.push(hit(found, None));
             }
         }
         Ok(scan)
     }
 
-    /// Searches every string of a JSON document; fields are named by their
-    /// JSON path.
-    pub fn scan_json(&self, value: &serde_json::Value) -> Vec<(String, String, Encoding)> {
+    /// Searches every string (and key) of a JSON document; fields are
+    /// named by their JSON path.
+    pub fn scan_json(&self, value: &serde_json::Value) -> Vec<(String, Found)> {
         let mut hits = Vec::new();
         self.walk_json(value, String::new(), &mut hits);
         hits
     }
 
-    fn walk_json(
-        &self,
-        value: &serde_json::Value,
-        path: String,
-        hits: &mut Vec<(String, String, Encoding)>,
-    ) {
+    fn walk_json(&self, value: &serde_json::Value, path: String, hits: &mut Vec<(String, Found)>) {
         match value {
             serde_json::Value::String(s) => {
-                for (secret, encoding) in self.scan_bytes(s.as_bytes()) {
-                    hits.push((path.clone(), secret, encoding));
+                for found in self.scan_bytes(s.as_bytes()) {
+                    hits.push((path.clone(), found));
                 }
             }
             serde_json::Value::Array(items) => {
@@ -334,14 +455,14 @@ impl Scanner {
             }
             serde_json::Value::Object(map) => {
                 for (key, item) in map {
-                    for (secret, encoding) in self.scan_bytes(key.as_bytes()) {
-                        hits.push((format!("{path}.{key}"), secret, encoding));
-                    }
                     let child = if path.is_empty() {
                         key.clone()
                     } else {
                         format!("{path}.{key}")
                     };
+                    for found in self.scan_bytes(key.as_bytes()) {
+                        hits.push((child.clone(), found));
+                    }
                     self.walk_json(item, child, hits);
                 }
             }
@@ -363,11 +484,20 @@ pub struct LayerFile {
     pub regular: bool,
 }
 
+/// A secret found in an entry of a layer.
+#[derive(Debug, Clone)]
+pub struct LayerHit {
+    /// The entry's path.
+    pub path: String,
+    /// The PAX record it is in, if not in the name or content.
+    pub record: Option<String>,
+    pub found: Found,
+}
+
 /// What a layer's scan found.
 #[derive(Debug, Clone, Default)]
 pub struct LayerScan {
-    /// (path, secret, encoding).
-    pub hits: Vec<(String, String, Encoding)>,
+    pub hits: Vec<LayerHit>,
     pub files: Vec<LayerFile>,
 }
 
@@ -527,11 +657,7 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
         Some(Member::Json(config)) => scanner
             .scan_json(config)
             .into_iter()
-            .map(|(field, secret, encoding)| Hit {
-                secret,
-                encoding,
-                location: Location::Config { field },
-            })
+            .map(|(field, found)| found.at(Location::Config { field }))
             .collect::<Vec<_>>(),
         _ => {
             return Err(AuditError::Format(format!(
@@ -583,19 +709,30 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
         }
         audit.bytes += summary.bytes;
         audit.layer_files.push(scan.files.clone());
-        for (path, secret, encoding) in &scan.hits {
-            audit.hits.push(Hit {
-                secret: secret.clone(),
-                encoding: *encoding,
-                location: Location::Layer {
-                    index: Some(index),
-                    digest: display_digest(layer_path),
-                    path: path.clone(),
-                },
-            });
+        for hit in &scan.hits {
+            audit.hits.push(hit.found.clone().at(Location::Layer {
+                index: Some(index),
+                digest: display_digest(layer_path),
+                path: hit.path.clone(),
+                record: hit.record.clone(),
+            }));
         }
     }
     audit.hits.extend(config_hits);
+    // Every other JSON document of the archive (index.json and its
+    // annotations, manifest.json, OCI manifests) ships with the image too.
+    for (document, member) in &members {
+        if let Member::Json(value) = member {
+            if *document != image.config {
+                for (field, found) in scanner.scan_json(value) {
+                    audit.hits.push(found.at(Location::Metadata {
+                        document: document.clone(),
+                        field,
+                    }));
+                }
+            }
+        }
+    }
     audit.hits.sort();
     audit.hits.dedup();
     Ok(audit)
@@ -784,10 +921,18 @@ fn find_image(members: &BTreeMap<String, Member>) -> Result<ImagePaths, AuditErr
 
 #[cfg(test)]
 mod tests {
-    use super::{audit_archive, base64_core, Encoding, Location, Scanner};
+    use super::{audit_archive, base64_core, Encoding, Form, Found, Location, Scanner};
     use base64::Engine as _;
 
     const SECRET: &[u8] = b"s3cr3t-value-42";
+
+    fn whole(secret: &str, encoding: Encoding) -> Found {
+        Found {
+            secret: secret.to_string(),
+            encoding,
+            form: Form::Whole,
+        }
+    }
 
     fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -847,12 +992,12 @@ mod tests {
         ];
         for (haystack, encoding) in cases {
             let found = scanner.scan_bytes(&haystack);
-            assert_eq!(found, [("tok".to_string(), encoding)], "{encoding}");
+            assert_eq!(found, [whole("tok", encoding)], "{encoding}");
         }
         let (url_scanner, _) = Scanner::new([("p", &b"pa ss/w:rd"[..])]);
         assert_eq!(
             url_scanner.scan_bytes(b"q=pa%20ss%2Fw%3Ard&x"),
-            [("p".to_string(), Encoding::UrlEncoded)]
+            [whole("p", Encoding::UrlEncoded)]
         );
         assert!(scanner.scan_bytes(b"nothing to see").is_empty());
     }
@@ -874,7 +1019,7 @@ mod tests {
             }
         }
         let found = scanner.scan_reader(Slow(&data)).unwrap();
-        assert_eq!(found, [("tok".to_string(), Encoding::Raw)]);
+        assert_eq!(found, [whole("tok", Encoding::Raw)]);
     }
 
     type Pack = fn(&[u8]) -> Vec<u8>;
@@ -976,7 +1121,8 @@ mod tests {
             Location::Layer {
                 index: Some(0),
                 digest: "aaa".into(),
-                path: "root/.ssh/id".into()
+                path: "root/.ssh/id".into(),
+                record: None,
             }
         );
         assert_eq!(
@@ -1111,6 +1257,112 @@ mod tests {
         );
     }
 
+    /// A made-up key in PEM armour: four lines of key material.
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDx0mRkL7kAVh4n9lN0q1d2j3Vh4QzF0xRkKkUuV7r0AAAAJh1y2c1dctnN
+dXKJ7Qz3b1Qk0n2ZcmxN4p5eM8hG2pQ7yR9sT1uVwXaYbZcD3eF4gH5iJ6kL7mN8oP9qRs
+AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
+-----END OPENSSH PRIVATE KEY-----
+";
+
+    fn key_scanner() -> Scanner {
+        Scanner::new([("id_ed25519", KEY.as_bytes())]).0
+    }
+
+    #[test]
+    fn a_multi_line_key_is_found_joined_by_spaces_with_crlf_and_line_by_line() {
+        let scanner = key_scanner();
+        let body: Vec<&str> = KEY.trim_end().lines().collect();
+        let cases = [
+            (format!("KEY={}\n", body.join(" ")), Form::NewlinesAsSpaces),
+            (body.join("\r\n"), Form::Crlf),
+            (format!("x {} y", body[3]), Form::Line(4)),
+        ];
+        for (haystack, form) in cases {
+            let found = scanner.scan_bytes(haystack.as_bytes());
+            assert!(
+                found
+                    .iter()
+                    .any(|f| f.form == form && f.encoding == Encoding::Raw),
+                "{form}: {found:?}"
+            );
+        }
+        // Encoded forms of a line are found too.
+        let line = base64::engine::general_purpose::STANDARD.encode(body[2]);
+        assert!(scanner
+            .scan_bytes(line.as_bytes())
+            .iter()
+            .any(|f| f.form == Form::Line(3) && f.encoding == Encoding::Base64));
+        // The armour lines are every key's: alone they are no hit.
+        let armour = format!("{}\n{}\n", body[0], body[body.len() - 1]);
+        assert!(scanner.scan_bytes(armour.as_bytes()).is_empty());
+    }
+
+    #[test]
+    fn a_secret_in_a_pax_record_or_an_annotation_is_found() {
+        let scanner = key_scanner();
+        let line = KEY.lines().nth(2).unwrap();
+        // A layer whose only trace of the key is an extended attribute.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.note", line.as_bytes())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "etc/motd", &b"hello"[..]).unwrap();
+        let layers = vec![b.into_inner().unwrap()];
+        let audit = audit_archive(&scanner, oci_archive(&layers, gzip).as_slice()).unwrap();
+        assert_eq!(audit.hits.len(), 1, "{:?}", audit.hits);
+        assert_eq!(
+            audit.hits[0].location,
+            Location::Layer {
+                index: Some(0),
+                digest: format!("sha256:{}", &diff_id(&gzip(&layers[0]))[7..]),
+                path: "etc/motd".into(),
+                record: Some("SCHILY.xattr.user.note".into()),
+            }
+        );
+        assert!(audit.hits[0]
+            .describe("img")
+            .ends_with("at `/etc/motd`, in its PAX record `SCHILY.xattr.user.note`"));
+
+        // An index whose annotation holds a line of the key.
+        let clean = vec![layer(&[("etc/motd", b"hello")])];
+        let mut members = Vec::new();
+        let mut outer = tar::Archive::new(std::io::Cursor::new(oci_archive(&clean, gzip)));
+        for entry in outer.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            if path == "index.json" {
+                let mut index: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                index["manifests"][0]["annotations"] =
+                    serde_json::json!({ "org.example.note": line });
+                data = serde_json::to_vec(&index).unwrap();
+            }
+            members.push((path, data));
+        }
+        let bytes = archive(
+            &members
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let audit = audit_archive(&scanner, bytes.as_slice()).unwrap();
+        assert_eq!(audit.hits.len(), 1, "{:?}", audit.hits);
+        assert_eq!(
+            audit.hits[0].location,
+            Location::Metadata {
+                document: "index.json".into(),
+                field: "manifests[0].annotations.org.example.note".into(),
+            }
+        );
+        assert_eq!(audit.hits[0].form, Form::Line(3));
+    }
+
     #[test]
     fn shadowed_files_are_listed_with_their_layers() {
         let layers = [
@@ -1199,21 +1451,34 @@ pub enum ImageAuditError {
 impl Hit {
     /// One line for humans: where, which secret, which encoding.
     pub fn describe(&self, image: &str) -> String {
+        let form = match self.form {
+            Form::Whole => String::new(),
+            Form::NewlinesAsSpaces => ", its newlines as spaces".to_string(),
+            Form::Crlf => ", with CRLF line endings".to_string(),
+            Form::Line(n) => format!(", line {n} of it alone"),
+        };
+        let what = format!(
+            "{image}: secret `{}` ({}{form})",
+            self.secret, self.encoding
+        );
         match &self.location {
             Location::Layer {
                 index,
                 digest,
                 path,
+                record,
             } => format!(
-                "{image}: secret `{}` ({}) in layer {} ({digest}) at `/{path}`",
-                self.secret,
-                self.encoding,
+                "{what} in layer {} ({digest}) at `/{path}`{}",
                 index.map_or("?".to_string(), |i| i.to_string()),
+                record
+                    .as_ref()
+                    .map(|r| format!(", in its PAX record `{r}`"))
+                    .unwrap_or_default(),
             ),
-            Location::Config { field } => format!(
-                "{image}: secret `{}` ({}) in the image config at `{field}`",
-                self.secret, self.encoding
-            ),
+            Location::Config { field } => format!("{what} in the image config at `{field}`"),
+            Location::Metadata { document, field } => {
+                format!("{what} in `{document}` of the saved image at `{field}`")
+            }
         }
     }
 }
