@@ -4,8 +4,21 @@
 //!
 //! The archive arrives as a stream whose member order is not guaranteed
 //! (`manifest.json` may come last), so every member is spooled to a file in
-//! a temporary directory as it arrives; nothing but the small JSON
-//! documents is ever held in memory.
+//! a temporary directory as it arrives, hashed on the way; nothing but the
+//! small JSON documents is ever held in memory.
+//!
+//! Layers may be plain tars (Docker's graph drivers), or gzip or zstd (the
+//! containerd image store saves its blobs as it stores them, gzip for
+//! anything built or pulled). The compression is told by the blob's magic
+//! bytes ([`crate::layer`]), never by a name or media type. Every layer is
+//! checked against the image before it is used: its blob against its
+//! digest (OCI layout), its uncompressed tar against the config's diff id.
+//! A layer that is compressed is decompressed into its own spool file, so
+//! that the merger can seek in it; the blob as saved is kept beside it, to
+//! be sent back unchanged when a load needs it. Whatever cannot be read
+//! (unknown compression, truncated, corrupt, missing) is an error naming
+//! the layer by index and digest: a squash never goes on with a layer it
+//! could not read.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,7 +27,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::write::Hashing;
 use super::SquashError;
+use crate::layer::{Compression, Layer, LayerError};
 
 /// Size of the buffer used to copy members to their spool files.
 const COPY_BUFFER: usize = 1 << 20;
@@ -29,8 +44,23 @@ pub struct SavedImage {
     pub config: Value,
     /// One spooled, uncompressed layer tar per layer, bottom first.
     pub layers: Vec<PathBuf>,
+    /// The layers' blobs as saved, bottom first.
+    pub blobs: Vec<Blob>,
     /// Which layout the archive had.
     pub layout: Layout,
+}
+
+/// A layer's blob as `docker save` wrote it (compressed or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// The spooled blob.
+    pub path: PathBuf,
+    /// `sha256:<hex>` of the blob.
+    pub digest: String,
+    /// The blob's size in bytes.
+    pub size: u64,
+    /// How it is compressed, from its magic bytes.
+    pub compression: Compression,
 }
 
 /// The two archive layouts of `docker save`.
@@ -45,24 +75,158 @@ pub enum Layout {
 /// What one archive member became.
 #[derive(Debug)]
 enum Member {
-    File(PathBuf),
+    /// A regular file, spooled, with the `sha256:<hex>` and size of its
+    /// bytes.
+    File(PathBuf, String, u64),
     /// A symbolic link, already resolved to an archive path.
     Link(String),
 }
 
 /// Spools every member of the archive read from `reader` into `dir`, then
 /// finds the image's config and layers.
+///
+/// Docker 25+ writes both `manifest.json` and `index.json`; the legacy
+/// manifest is read first there too, since Docker writes it for the one
+/// platform it saved, while an index may list others (and attestations).
 pub fn read_save(reader: impl Read, dir: &Path) -> Result<SavedImage, SquashError> {
     let members = spool(reader, dir)?;
-    if members.contains_key("manifest.json") {
-        legacy(&members)
-    } else if members.contains_key("index.json") {
-        oci(&members)
+    let layout = if members.contains_key("index.json") {
+        Layout::Oci
     } else {
-        Err(SquashError::Layout(
+        Layout::Legacy
+    };
+    let (config, layers) = if members.contains_key("manifest.json") {
+        legacy(&members)?
+    } else if members.contains_key("index.json") {
+        oci(&members)?
+    } else {
+        return Err(SquashError::Layout(
             "the archive has neither `manifest.json` nor `index.json`".into(),
-        ))
+        ));
+    };
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .map(|id| id.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if diff_ids.len() != layers.len() {
+        return Err(SquashError::Layout(format!(
+            "the config lists {} layer(s) but the manifest {}",
+            diff_ids.len(),
+            layers.len()
+        )));
     }
+    let mut tars = Vec::with_capacity(layers.len());
+    let mut blobs = Vec::with_capacity(layers.len());
+    for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
+        let (tar, blob) = prepare_layer(&members, layer, i, diff_id, dir)?;
+        tars.push(tar);
+        blobs.push(blob);
+    }
+    Ok(SavedImage {
+        config,
+        layers: tars,
+        blobs,
+        layout,
+    })
+}
+
+/// A layer as a manifest names it: the member, and the digest the
+/// manifest gives its blob (OCI layout only).
+#[derive(Debug)]
+struct LayerRef {
+    member: String,
+    digest: Option<String>,
+}
+
+/// Checks layer `index` (0-based) and gives its uncompressed tar and its
+/// blob. A plain tar is used where it was spooled; a compressed one is
+/// decompressed next to it.
+fn prepare_layer(
+    members: &HashMap<String, Member>,
+    layer: &LayerRef,
+    index: usize,
+    diff_id: &str,
+    dir: &Path,
+) -> Result<(PathBuf, Blob), SquashError> {
+    let named = layer.digest.as_deref().unwrap_or(diff_id);
+    let fail = |problem: String| SquashError::Layer {
+        index: index + 1,
+        digest: named.to_string(),
+        problem,
+    };
+    let (path, digest, size) = match file_of(members, &layer.member) {
+        Ok(Member::File(path, digest, size)) => (path.clone(), digest.clone(), *size),
+        _ => {
+            return Err(fail(format!(
+                "is missing: the archive has no member `{}`",
+                layer.member
+            )))
+        }
+    };
+    if let Some(expected) = &layer.digest {
+        if *expected != digest {
+            return Err(fail(format!(
+                "does not match its digest: the blob's is `{digest}` (truncated or corrupt)"
+            )));
+        }
+    }
+    let file = File::open(&path).map_err(|source| SquashError::Io {
+        what: format!("cannot open `{}`", path.display()),
+        source,
+    })?;
+    let layer = Layer::open(io::BufReader::new(file)).map_err(|e| match e {
+        LayerError::Format(what) => fail(format!("is {what}")),
+        LayerError::Io(e) => fail(format!("cannot be read: {e}")),
+    })?;
+    let compression = layer.compression();
+    let blob = Blob {
+        path: path.clone(),
+        digest: digest.clone(),
+        size,
+        compression,
+    };
+    if compression == Compression::None {
+        // The spool already hashed it: a plain tar's digest is its diff id.
+        if digest != diff_id {
+            return Err(fail(format!(
+                "does not match the config: its diff id is `{digest}`, the config says `{diff_id}` (truncated or corrupt)"
+            )));
+        }
+        return Ok((path, blob));
+    }
+    let tar_path = dir.join(format!("layer-{index}.tar"));
+    let mut out = File::create(&tar_path).map_err(|source| SquashError::Io {
+        what: format!("cannot create `{}`", tar_path.display()),
+        source,
+    })?;
+    let mut layer = layer;
+    io::copy(&mut layer, &mut out)
+        .and_then(|_| layer.finish())
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                SquashError::Io {
+                    what: format!("cannot write `{}`", tar_path.display()),
+                    source: e,
+                }
+            } else {
+                fail(format!("is not valid {compression}: {e}"))
+            }
+        })
+        .and_then(|summary| {
+            if summary.diff_id == diff_id {
+                Ok(())
+            } else {
+                Err(fail(format!(
+                    "does not match the config: its diff id is `{}`, the config says `{diff_id}`",
+                    summary.diff_id
+                )))
+            }
+        })?;
+    Ok((tar_path, blob))
 }
 
 fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, SquashError> {
@@ -76,10 +240,11 @@ fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, Squas
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let path = dir.join(format!("member-{n}"));
-                let mut file = File::create(&path).map_err(|source| SquashError::Io {
+                let file = File::create(&path).map_err(|source| SquashError::Io {
                     what: format!("cannot create `{}`", path.display()),
                     source,
                 })?;
+                let mut file = Hashing::new(file);
                 loop {
                     let read = entry.read(&mut buffer).map_err(archive_error)?;
                     if read == 0 {
@@ -91,7 +256,8 @@ fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, Squas
                             source,
                         })?;
                 }
-                members.insert(name, Member::File(path));
+                let (digest, size, _) = file.finish();
+                members.insert(name, Member::File(path, digest, size));
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 let target = entry
@@ -138,11 +304,14 @@ fn resolve(link: &str, target: &str) -> String {
 }
 
 /// The file behind an archive path, following links inside the archive.
-fn file_of<'a>(members: &'a HashMap<String, Member>, name: &str) -> Result<&'a Path, SquashError> {
+fn file_of<'a>(
+    members: &'a HashMap<String, Member>,
+    name: &str,
+) -> Result<&'a Member, SquashError> {
     let mut name = normalize(name);
     for _ in 0..16 {
         match members.get(&name) {
-            Some(Member::File(path)) => return Ok(path),
+            Some(member @ Member::File(..)) => return Ok(member),
             Some(Member::Link(target)) => name = target.clone(),
             None => break,
         }
@@ -153,7 +322,9 @@ fn file_of<'a>(members: &'a HashMap<String, Member>, name: &str) -> Result<&'a P
 }
 
 fn json(members: &HashMap<String, Member>, name: &str) -> Result<Value, SquashError> {
-    let path = file_of(members, name)?;
+    let Member::File(path, ..) = file_of(members, name)? else {
+        unreachable!("file_of gives files only")
+    };
     let file = File::open(path).map_err(|source| SquashError::Io {
         what: format!("cannot open `{}`", path.display()),
         source,
@@ -169,7 +340,10 @@ fn json(members: &HashMap<String, Member>, name: &str) -> Result<Value, SquashEr
         .map_err(|e| SquashError::Layout(format!("`{name}` is not valid JSON: {e}")))
 }
 
-fn legacy(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> {
+/// The config and the layers of an image.
+type Found = (Value, Vec<LayerRef>);
+
+fn legacy(members: &HashMap<String, Member>) -> Result<Found, SquashError> {
     let manifest = json(members, "manifest.json")?;
     let entry = manifest
         .as_array()
@@ -187,10 +361,18 @@ fn legacy(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> 
             let name = layer.as_str().ok_or_else(|| {
                 SquashError::Layout("a layer in `manifest.json` is not a path".into())
             })?;
-            file_of(members, name).map(Path::to_path_buf)
+            // Docker 25+ names the blobs by digest here too.
+            let digest = normalize(name)
+                .strip_prefix("blobs/")
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(algorithm, hex)| format!("{algorithm}:{hex}"));
+            Ok(LayerRef {
+                member: name.to_string(),
+                digest,
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    checked(config, layers, Layout::Legacy)
+        .collect::<Result<Vec<_>, SquashError>>()?;
+    Ok((config, layers))
 }
 
 fn blob_name(digest: &str) -> Result<String, SquashError> {
@@ -207,13 +389,7 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-const UNCOMPRESSED_LAYER_TYPES: [&str; 3] = [
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-];
-
-fn oci(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> {
+fn oci(members: &HashMap<String, Member>) -> Result<Found, SquashError> {
     let mut document = json(members, "index.json")?;
     // An index may point at another index (one per platform); follow the
     // first manifest until an image manifest is reached.
@@ -247,34 +423,18 @@ fn oci(members: &HashMap<String, Member>) -> Result<SavedImage, SquashError> {
         .ok_or_else(|| SquashError::Layout("the image manifest has no layers".into()))?
         .iter()
         .map(|layer| {
-            let media_type = layer["mediaType"].as_str().unwrap_or_default();
-            if !UNCOMPRESSED_LAYER_TYPES.contains(&media_type) {
-                return Err(SquashError::UnsupportedLayer {
-                    media_type: media_type.to_string(),
-                });
-            }
+            // The media type is not trusted to say the compression: the
+            // blob's magic bytes do.
             let digest = layer["digest"]
                 .as_str()
                 .ok_or_else(|| SquashError::Layout("a layer has no digest".into()))?;
-            file_of(members, &blob_name(digest)?).map(Path::to_path_buf)
+            Ok(LayerRef {
+                member: blob_name(digest)?,
+                digest: Some(digest.to_string()),
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    checked(config, layers, Layout::Oci)
-}
-
-fn checked(config: Value, layers: Vec<PathBuf>, layout: Layout) -> Result<SavedImage, SquashError> {
-    let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
-    if diff_ids != layers.len() {
-        return Err(SquashError::Layout(format!(
-            "the config lists {diff_ids} layer(s) but the manifest {}",
-            layers.len()
-        )));
-    }
-    Ok(SavedImage {
-        config,
-        layers,
-        layout,
-    })
+        .collect::<Result<Vec<_>, SquashError>>()?;
+    Ok((config, layers))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::engine::{ByteStream, Engine, EngineError, ImageDetails, LineSink};
 
 use self::merge::{Emit, Merger};
-use self::write::{ChannelWriter, Counter, LoadPlan};
+use self::write::{ChannelWriter, Counter, Hashing, LoadPlan};
 
 /// The label on the throw-away container of an import squash.
 pub const CONTAINER_LABEL: &str = "habitus.squash";
@@ -113,11 +113,18 @@ pub enum SquashError {
     /// The saved archive is not what `docker save` produces.
     #[error("unreadable image archive: {0}")]
     Layout(String),
-    /// A layer is compressed in a way this reader does not support.
-    #[error("unsupported layer media type `{media_type}`: only uncompressed layers are read")]
-    UnsupportedLayer {
-        /// The layer's media type.
-        media_type: String,
+    /// A layer cannot be read: missing, truncated, corrupt, not a tar,
+    /// or compressed in a way this reader does not know.
+    #[error(
+        "unreadable image archive: layer {index} (`{digest}`) {problem}; the image was not changed"
+    )]
+    Layer {
+        /// 1-based, bottom layer first.
+        index: usize,
+        /// The blob's digest (or, when the archive names none, the diff id).
+        digest: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The saved image is not the inspected one.
     #[error("the saved image does not match `{image}`: its layers differ")]
@@ -346,9 +353,26 @@ async fn squash_by_merge(
     }
 
     let layer_files = saved.layers.clone();
-    let (emits, size) = tokio::task::spawn_blocking(move || merge_layers(&layer_files, kept))
+    let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
+    let (emits, size) =
+        tokio::task::spawn_blocking(move || merge_layers(&layer_files, &digests, kept))
+            .await
+            .map_err(|e| EngineError::Api(e.to_string()))??;
+    // The OCI layout names the squashed layer's blob by its digest, which
+    // must be known before the blob is sent: one more pass hashes it.
+    let layer_digest = if saved.layout == layout::Layout::Oci {
+        let (emits, files) = (emits.clone(), saved.layers.clone());
+        let digest = tokio::task::spawn_blocking(move || {
+            write::write_layer(&emits, &files, Hashing::new(std::io::sink()), false)
+                .map(|hashing| hashing.finish().0)
+        })
         .await
-        .map_err(|e| EngineError::Api(e.to_string()))??;
+        .map_err(|e| EngineError::Api(e.to_string()))?
+        .map_err(io_error("cannot hash the squashed layer"))?;
+        Some(digest)
+    } else {
+        None
+    };
 
     let created = now_rfc3339();
     let mut result = None;
@@ -357,7 +381,16 @@ async fn squash_by_merge(
             break;
         }
         let attempt = load(
-            engine, &saved, &emits, size, kept, full_kept, tag, image, &created, sink,
+            engine,
+            &saved,
+            &emits,
+            (size, layer_digest.clone()),
+            kept,
+            full_kept,
+            tag,
+            image,
+            &created,
+            sink,
         )
         .await;
         match attempt {
@@ -385,13 +418,21 @@ async fn squash_by_merge(
     })
 }
 
-/// Indexes and merges the layers; returns what to write and its size.
-fn merge_layers(layers: &[PathBuf], kept: usize) -> Result<(Vec<Emit>, u64), SquashError> {
+/// Indexes and merges the layers (uncompressed tars; `digests` name them
+/// in errors); returns what to write and its size.
+fn merge_layers(
+    layers: &[PathBuf],
+    digests: &[String],
+    kept: usize,
+) -> Result<(Vec<Emit>, u64), SquashError> {
     let mut merger = Merger::new(kept);
     for (i, path) in layers.iter().enumerate() {
         let file = File::open(path).map_err(io_error("cannot open a spooled layer"))?;
-        let items = merge::index_layer(BufReader::new(file))
-            .map_err(|e| SquashError::Layout(format!("layer {} is not a valid tar: {e}", i + 1)))?;
+        let items = merge::index_layer(BufReader::new(file)).map_err(|e| SquashError::Layer {
+            index: i + 1,
+            digest: digests.get(i).cloned().unwrap_or_default(),
+            problem: format!("is not a valid tar: {e}"),
+        })?;
         merger.apply(&items);
     }
     let emits = merger.finish();
@@ -406,7 +447,7 @@ async fn load(
     engine: &dyn Engine,
     saved: &layout::SavedImage,
     emits: &[Emit],
-    size: u64,
+    (size, layer_digest): (u64, Option<String>),
     kept: usize,
     full_kept: bool,
     tag: &str,
@@ -417,6 +458,8 @@ async fn load(
     let (tx, mut rx) = mpsc::channel(8);
     let emits = emits.to_vec();
     let layers = saved.layers.clone();
+    let blobs = saved.blobs.clone();
+    let oci = saved.layout == layout::Layout::Oci;
     let config = saved.config.clone();
     let tag_owned = tag.to_string();
     let image_owned = image.to_string();
@@ -426,6 +469,9 @@ async fn load(
         let plan = LoadPlan {
             emits: &emits,
             layers: &layers,
+            blobs: &blobs,
+            oci,
+            layer_digest,
             keep: kept,
             full_kept,
             layer_size: size,
@@ -447,14 +493,16 @@ async fn load(
     loaded?;
     let written = written.map_err(io_error("cannot write the squashed image"))?;
     let new = details_of(engine, tag).await?;
-    if new.id != written.image_id {
+    // A graph driver's image id is the config's digest, the containerd
+    // store's the manifest's.
+    if new.id != written.image_id && Some(&new.id) != written.manifest_digest.as_ref() {
         return Err(EngineError::Api(format!(
             "`{tag}` is `{}` after the load, not the squashed `{}`",
             new.id, written.image_id
         ))
         .into());
     }
-    Ok(written.image_id)
+    Ok(new.id)
 }
 
 /// The config of the squashed image: the original with `rootfs.diff_ids`

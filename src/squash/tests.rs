@@ -16,6 +16,7 @@ use crate::engine::{
     BuildRequest, BuiltImage, ByteStream, Engine, EngineError, ImageDetails, ImageInfo, LineSink,
     RunRequest,
 };
+use crate::layer::Compression;
 
 /// One entry of a crafted layer.
 #[derive(Clone)]
@@ -187,7 +188,7 @@ fn squash_layers(layers: &[Vec<u8>], keep: usize) -> Vec<u8> {
             path
         })
         .collect();
-    let (emits, size) = merge_layers(&paths, keep).unwrap();
+    let (emits, size) = merge_layers(&paths, &[], keep).unwrap();
     let out = write_layer(&emits, &paths, Vec::new(), false).unwrap();
     assert_eq!(out.len() as u64, size, "the measured size is exact");
     out
@@ -368,6 +369,12 @@ fn long_paths_survive() {
 
 /// A saved image in the OCI layout of Docker 25+ (no `manifest.json`).
 fn oci_archive(layers: &[Vec<u8>], config: &serde_json::Value) -> Vec<u8> {
+    oci_archive_of(layers, "application/vnd.oci.image.layer.v1.tar", config)
+}
+
+/// A saved image in the OCI layout whose layer blobs are `layers` as
+/// given (compressed or not), all with `media_type`.
+fn oci_archive_of(layers: &[Vec<u8>], media_type: &str, config: &serde_json::Value) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut add = |name: &str, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
@@ -379,7 +386,7 @@ fn oci_archive(layers: &[Vec<u8>], config: &serde_json::Value) -> Vec<u8> {
     let config_digest = sha256(&config_bytes);
     let layer_descriptors: Vec<_> = layers
         .iter()
-        .map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(l), "size": l.len()}))
+        .map(|l| json!({"mediaType": media_type, "digest": sha256(l), "size": l.len()}))
         .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -481,6 +488,152 @@ fn both_save_layouts_read_the_same_image() {
     }
 }
 
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 3).unwrap()
+}
+
+#[test]
+fn oci_saves_with_gzip_and_zstd_layers_read_like_plain_ones() {
+    let layers = stack();
+    let config = config_for(&layers);
+    type Compress = fn(&[u8]) -> Vec<u8>;
+    let cases: [(Compress, Compression, &str); 3] = [
+        (
+            gzip,
+            Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (
+            zstd,
+            Compression::Zstd,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        // The media type is not what tells the compression.
+        (
+            gzip,
+            Compression::Gzip,
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    ];
+    for (compress, compression, media_type) in cases {
+        let blobs: Vec<Vec<u8>> = layers.iter().map(|l| compress(l)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let archive = oci_archive_of(&blobs, media_type, &config);
+        let saved = read_save(Cursor::new(archive), dir.path()).unwrap();
+        assert_eq!(saved.layout, Layout::Oci);
+        let read: Vec<Vec<u8>> = saved
+            .layers
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert_eq!(read, layers, "{compression}");
+        for (blob, bytes) in saved.blobs.iter().zip(&blobs) {
+            assert_eq!(blob.compression, compression);
+            assert_eq!(blob.digest, sha256(bytes));
+            assert_eq!(blob.size, bytes.len() as u64);
+            assert_eq!(std::fs::read(&blob.path).unwrap(), *bytes);
+        }
+        // The merge reads the decompressed layers.
+        let squashed = {
+            let (emits, _) = merge_layers(&saved.layers, &[], 0).unwrap();
+            write_layer(&emits, &saved.layers, Vec::new(), false).unwrap()
+        };
+        assert_eq!(apply(&[squashed]), apply(&layers));
+    }
+}
+
+#[test]
+fn unreadable_layers_are_refused_naming_index_and_digest() {
+    let layers = stack();
+    let config = config_for(&layers);
+    let good = gzip(&layers[1]);
+    let mut truncated_gzip = good.clone();
+    truncated_gzip.truncate(good.len() - 10);
+    let mut bad_crc = good.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 8] ^= 0xff;
+    let mut bzip2 = b"BZh91AY&SY".to_vec();
+    bzip2.resize(600, 1);
+    let not_a_tar = vec![7u8; 4096];
+    let cases: [(Vec<u8>, &str); 5] = [
+        (truncated_gzip, "is not valid gzip"),
+        (bad_crc, "is not valid gzip"),
+        (
+            bzip2,
+            "is bzip2 data, which is not a supported layer format",
+        ),
+        (
+            not_a_tar,
+            "is not a tar and of unknown compression (first bytes 07 07",
+        ),
+        (
+            zstd(&layers[0]),
+            "does not match the config: its diff id is",
+        ),
+    ];
+    for (blob, expected) in cases {
+        let digest = sha256(&blob);
+        let blobs = vec![gzip(&layers[0]), blob, gzip(&layers[2])];
+        // In the legacy layout nothing but the diff id and the bytes can
+        // tell a broken layer: Docker 25+ names its blobs by digest there.
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_save(
+            Cursor::new(oci_archive_of(&blobs, "x", &config)),
+            dir.path(),
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("unreadable image archive: layer 2 (`{digest}`) ")),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{message}");
+        assert!(
+            message.ends_with("; the image was not changed"),
+            "{message}"
+        );
+    }
+
+    // A blob that is not what its digest says; a blob that is missing.
+    let mut archive = oci_archive(&layers, &config);
+    let digest = sha256(&layers[1]);
+    let mut members = members(&archive);
+    let name = format!("blobs/sha256/{}", &digest[7..]);
+    members.get_mut(&name).unwrap().truncate(512);
+    let rebuild = |members: &BTreeMap<String, Vec<u8>>| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    archive = rebuild(&members);
+    let dir = tempfile::tempdir().unwrap();
+    let err = read_save(Cursor::new(archive), dir.path()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "unreadable image archive: layer 2 (`{digest}`) does not match its digest: the blob's is `sha256:"
+        )),
+        "{err}"
+    );
+    members.remove(&name);
+    let err = read_save(Cursor::new(rebuild(&members)), dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("unreadable image archive: layer 2 (`{digest}`) is missing: the archive has no member `{name}`; the image was not changed")
+    );
+}
+
 #[test]
 fn archive_errors_say_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
@@ -532,11 +685,13 @@ fn error_messages() {
         "cannot tell the base image of `app`: no tagged image in its history; use `--from BASE` or `--all`"
     );
     assert_eq!(
-        SquashError::UnsupportedLayer {
-            media_type: "x+gzip".into()
+        SquashError::Layer {
+            index: 2,
+            digest: "sha256:ab12".into(),
+            problem: "is bzip2 data".into()
         }
         .to_string(),
-        "unsupported layer media type `x+gzip`: only uncompressed layers are read"
+        "unreadable image archive: layer 2 (`sha256:ab12`) is bzip2 data; the image was not changed"
     );
 }
 
@@ -682,6 +837,81 @@ async fn a_crafted_oci_save_is_squashed_and_loaded_with_its_config() {
     assert_eq!(
         apply(&[layers[0].clone(), squashed.clone()]),
         apply(&layers)
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_oci_save_loads_as_oci_naming_the_kept_blobs() {
+    let layers = stack();
+    let config = config_for(&layers);
+    let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
+    let engine = ArchiveEngine {
+        archive: oci_archive_of(
+            &blobs,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &config,
+        ),
+        details: ImageDetails {
+            id: "sha256:app".into(),
+            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
+            config: config["config"].clone(),
+            author: String::new(),
+            architecture: "amd64".into(),
+            os: "linux".into(),
+        },
+        loaded: Mutex::new(Vec::new()),
+    };
+    let sink: LineSink = Arc::new(|_| {});
+    let report = squash(&engine, "app", "app:squashed", Keep::Layers(1), sink)
+        .await
+        .unwrap();
+    assert_eq!((report.layers_after, report.kept), (2, 1));
+
+    let loaded = members(&engine.loaded.lock().unwrap());
+    assert_eq!(loaded["oci-layout"], br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let index: serde_json::Value = serde_json::from_slice(&loaded["index.json"]).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(
+        entry["annotations"]["io.containerd.image.name"],
+        "docker.io/library/app:squashed"
+    );
+    let manifest_digest = entry["digest"].as_str().unwrap();
+    let manifest_bytes = &loaded[&format!("blobs/sha256/{}", &manifest_digest[7..])];
+    assert_eq!(sha256(manifest_bytes), manifest_digest);
+    let manifest: serde_json::Value = serde_json::from_slice(manifest_bytes).unwrap();
+    // The kept layer is named by the gzip blob the daemon saved, and not
+    // sent: the store has it.
+    assert_eq!(
+        manifest["layers"][0],
+        json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "digest": sha256(&blobs[0]), "size": blobs[0].len()})
+    );
+    assert!(!loaded.contains_key(&format!("blobs/sha256/{}", &sha256(&blobs[0])[7..])));
+    // The squashed layer is an uncompressed tar under its digest.
+    let squashed_digest = manifest["layers"][1]["digest"].as_str().unwrap();
+    assert_eq!(
+        manifest["layers"][1]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let squashed = &loaded[&format!("blobs/sha256/{}", &squashed_digest[7..])];
+    assert_eq!(sha256(squashed), squashed_digest);
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    let new_config: serde_json::Value =
+        serde_json::from_slice(&loaded[&format!("blobs/sha256/{}", &config_digest[7..])]).unwrap();
+    assert_eq!(
+        new_config["rootfs"]["diff_ids"],
+        json!([sha256(&layers[0]), squashed_digest])
+    );
+    assert_eq!(new_config["config"], config["config"]);
+    assert_eq!(
+        apply(&[layers[0].clone(), squashed.clone()]),
+        apply(&layers)
+    );
+    // Graph-driver daemons read `manifest.json` of the same archive.
+    let legacy: serde_json::Value = serde_json::from_slice(&loaded["manifest.json"]).unwrap();
+    assert_eq!(
+        legacy[0]["Layers"][1],
+        format!("blobs/sha256/{}", &squashed_digest[7..])
     );
 }
 

@@ -6,6 +6,25 @@
 //! a first pass over the headers (contents replaced by zeros of the same
 //! length, never read) measures it exactly, then the real pass streams it
 //! while hashing it for its diff id.
+//!
+//! Two archive layouts are written, matching what the daemon saved:
+//!
+//! - legacy (`manifest.json`, `<dir>/layer.tar`), for daemons with a graph
+//!   driver, which load a kept layer from the layer store by its chain id
+//!   and never read its (empty) member;
+//! - OCI (`oci-layout`, `index.json`, `blobs/sha256/…`, plus the same
+//!   `manifest.json`), for the containerd image store. Its manifest names
+//!   each kept layer by the blob the daemon saved (same digest, compression
+//!   and size), which the store already holds, so only the squashed layer,
+//!   the config and the manifest travel; the store unpacks nothing it
+//!   already has a snapshot for. The squashed layer's blob name is its
+//!   digest, so a second pass over its contents hashes it before it is
+//!   sent.
+//!
+//! The squashed layer is written **uncompressed** in both layouts (OCI
+//! media type `application/vnd.oci.image.layer.v1.tar`): compressing it
+//! would cost more CPU than the whole squash, and the daemon stores and
+//! pushes an uncompressed layer as well as a gzip one.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -16,8 +35,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::layout::Blob;
 use super::merge::{Emit, Source};
 use crate::engine::EngineError;
+use crate::layer::Compression;
 
 /// Size of one chunk sent to the daemon.
 pub const CHUNK: usize = 256 * 1024;
@@ -207,6 +228,14 @@ fn digest_name(raw: &[u8]) -> String {
 pub struct LoadPlan<'a> {
     pub emits: &'a [Emit],
     pub layers: &'a [PathBuf],
+    /// The layers' blobs as saved: with `oci`, the kept ones are named
+    /// by them.
+    pub blobs: &'a [Blob],
+    /// Write the OCI layout (the containerd image store's) rather than
+    /// the legacy one. It needs `layer_digest`.
+    pub oci: bool,
+    /// The squashed layer's diff id, from a hashing pass (OCI only).
+    pub layer_digest: Option<String>,
     /// How many bottom layers are kept.
     pub keep: usize,
     /// Send the kept layers' bytes too. Without it, their members are
@@ -222,21 +251,43 @@ pub struct LoadPlan<'a> {
 pub struct Written {
     /// The new image id (`sha256:` of the config).
     pub image_id: String,
+    /// `sha256:` of the OCI manifest, the image id on the containerd
+    /// store (OCI layout only).
+    pub manifest_digest: Option<String>,
     /// The squashed layer's diff id.
     pub diff_id: String,
 }
 
-/// Writes a legacy-layout image archive: the kept layers, the squashed
-/// layer, the config made by `config` from the squashed layer's diff id,
-/// and `manifest.json`.
+/// Writes an image archive for `POST /images/load`: the kept layers, the
+/// squashed layer, the config made by `config` from the squashed layer's
+/// diff id, `manifest.json`, and with `plan.oci` the OCI index and
+/// manifest.
 pub fn write_load_archive<W: Write>(
     out: W,
     plan: &LoadPlan<'_>,
     config: impl FnOnce(&str) -> Vec<u8>,
 ) -> io::Result<(Written, W)> {
     let mut archive = tar::Builder::new(out);
+    if plan.oci {
+        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+        let mut header = member_header(layout.len() as u64);
+        archive.append_data(&mut header, "oci-layout", layout.as_slice())?;
+    }
     let mut layer_names = Vec::new();
+    let mut sent = std::collections::HashSet::new();
     for (i, path) in plan.layers.iter().take(plan.keep).enumerate() {
+        if plan.oci && plan.full_kept {
+            // The blob as saved, under its digest.
+            let blob = &plan.blobs[i];
+            let name = blob_path(&blob.digest);
+            if sent.insert(name.clone()) {
+                let file = File::open(&blob.path)?;
+                let mut header = member_header(blob.size);
+                archive.append_data(&mut header, &name, file)?;
+            }
+            layer_names.push(name);
+            continue;
+        }
         let name = format!("kept-{i}/layer.tar");
         let mut header = member_header(0);
         if plan.full_kept {
@@ -249,9 +300,17 @@ pub fn write_load_archive<W: Write>(
         layer_names.push(name);
     }
 
-    let name = "squashed/layer.tar";
+    let name = match (&plan.layer_digest, plan.oci) {
+        (Some(digest), true) => blob_path(digest),
+        (None, true) => {
+            return Err(io::Error::other(
+                "an OCI archive needs the squashed layer's digest first",
+            ))
+        }
+        (_, false) => "squashed/layer.tar".to_string(),
+    };
     let mut header = member_header(plan.layer_size);
-    header.set_path(name)?;
+    header.set_path(&name)?;
     header.set_cksum();
     archive.get_mut().write_all(header.as_bytes())?;
     let hashing = write_layer(
@@ -267,15 +326,77 @@ pub fn write_load_archive<W: Write>(
             plan.layer_size
         )));
     }
+    if plan.oci && plan.layer_digest.as_deref() != Some(diff_id.as_str()) {
+        return Err(io::Error::other(format!(
+            "the squashed layer's digest is `{diff_id}`, the first pass gave `{}`",
+            plan.layer_digest.as_deref().unwrap_or_default()
+        )));
+    }
     let padding = (512 - len % 512) % 512;
     out.write_all(&vec![0u8; padding as usize])?;
-    layer_names.push(name.to_string());
+    layer_names.push(name);
 
     let config = config(&diff_id);
     let image_id = sha256(&config);
-    let config_name = format!("{}.json", image_id.trim_start_matches("sha256:"));
+    let config_name = if plan.oci {
+        blob_path(&image_id)
+    } else {
+        format!("{}.json", image_id.trim_start_matches("sha256:"))
+    };
     let mut header = member_header(config.len() as u64);
     archive.append_data(&mut header, &config_name, config.as_slice())?;
+
+    let mut manifest_digest = None;
+    if plan.oci {
+        let mut layers: Vec<serde_json::Value> = plan
+            .blobs
+            .iter()
+            .take(plan.keep)
+            .map(|blob| {
+                serde_json::json!({
+                    "mediaType": layer_media_type(blob.compression),
+                    "digest": blob.digest,
+                    "size": blob.size,
+                })
+            })
+            .collect();
+        layers.push(serde_json::json!({
+            "mediaType": layer_media_type(Compression::None),
+            "digest": diff_id,
+            "size": len,
+        }));
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": image_id,
+                "size": config.len(),
+            },
+            "layers": layers,
+        }))
+        .map_err(io::Error::other)?;
+        let digest = sha256(&manifest);
+        let mut header = member_header(manifest.len() as u64);
+        archive.append_data(&mut header, blob_path(&digest), manifest.as_slice())?;
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": MANIFEST_TYPE,
+                "digest": digest,
+                "size": manifest.len(),
+                "annotations": {
+                    "io.containerd.image.name": full_name(plan.tag),
+                    "org.opencontainers.image.ref.name": tag_of(plan.tag),
+                },
+            }],
+        }))
+        .map_err(io::Error::other)?;
+        let mut header = member_header(index.len() as u64);
+        archive.append_data(&mut header, "index.json", index.as_slice())?;
+        manifest_digest = Some(digest);
+    }
 
     let manifest = serde_json::json!([{
         "Config": config_name,
@@ -286,7 +407,51 @@ pub fn write_load_archive<W: Write>(
     let mut header = member_header(manifest.len() as u64);
     archive.append_data(&mut header, "manifest.json", manifest.as_slice())?;
     let out = archive.into_inner()?;
-    Ok((Written { image_id, diff_id }, out))
+    Ok((
+        Written {
+            image_id,
+            manifest_digest,
+            diff_id,
+        },
+        out,
+    ))
+}
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The OCI media type of a layer blob in `compression`.
+pub fn layer_media_type(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+}
+
+/// `sha256:<hex>` → `blobs/sha256/<hex>`.
+fn blob_path(digest: &str) -> String {
+    format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+/// The fully qualified name the containerd store keeps for `reference`
+/// (`app:1` → `docker.io/library/app:1`), as `docker save` writes it.
+pub fn full_name(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_domain = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_domain {
+        reference.to_string()
+    } else if reference.contains('/') {
+        format!("docker.io/{reference}")
+    } else {
+        format!("docker.io/library/{reference}")
+    }
+}
+
+/// The tag of a reference that has one (`app:1` → `1`).
+fn tag_of(reference: &str) -> &str {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    last.split_once(':').map_or("latest", |(_, tag)| tag)
 }
 
 fn member_header(size: u64) -> tar::Header {
