@@ -1397,26 +1397,61 @@ AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
     }
 }
 
+/// How many bytes of the save stream may wait, read from the daemon but
+/// not yet searched.
+const PREFETCH: usize = 16 << 20;
+
 /// Audits `image` on the daemon: streams `docker save` through the scanner
 /// on a blocking thread.
+///
+/// A task reads the stream from the daemon ahead of the search, up to
+/// [`PREFETCH`] bytes: the daemon (which reads and tars layers, or sends
+/// compressed blobs) and the search (decompression, hashing, matching)
+/// then run at the same time instead of taking turns, so the audit takes
+/// about as long as the save alone.
 pub async fn audit_image(
     engine: &dyn crate::engine::Engine,
     image: &str,
     scanner: std::sync::Arc<Scanner>,
 ) -> Result<ImageAudit, ImageAuditError> {
-    use futures_util::TryStreamExt;
-    let stream = engine
+    use futures_util::StreamExt;
+    let mut stream = engine
         .save_image(image)
         .await
         .map_err(|source| ImageAuditError::Engine {
             image: image.to_string(),
             source,
         })?;
-    let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
-    let reader = tokio_util::io::SyncIoBridge::new(reader);
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(PREFETCH));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader_budget = std::sync::Arc::clone(&budget);
+    let prefetch = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(std::io::Error::other);
+            if let Ok(chunk) = &item {
+                // A chunk larger than the whole budget takes all of it.
+                let n = chunk.len().clamp(1, PREFETCH);
+                let Ok(permits) = reader_budget.acquire_many(n as u32).await else {
+                    return;
+                };
+                permits.forget();
+            }
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let reader = Prefetched {
+        rx,
+        budget,
+        chunk: bytes::Bytes::new(),
+        taken: 0,
+    };
     let name = image.to_string();
-    tokio::task::spawn_blocking(move || audit_archive(&scanner, reader))
-        .await
+    let result = tokio::task::spawn_blocking(move || audit_archive(&scanner, reader)).await;
+    prefetch.abort();
+    result
         .map_err(|e| ImageAuditError::Audit {
             image: name.clone(),
             source: AuditError::Format(format!("audit task failed: {e}")),
@@ -1425,6 +1460,35 @@ pub async fn audit_image(
             image: name,
             source,
         })
+}
+
+/// The blocking side of the prefetch: chunks in arrival order, each
+/// returning its bytes to the budget once consumed.
+struct Prefetched {
+    rx: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<bytes::Bytes>>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    chunk: bytes::Bytes,
+    /// Permits taken for `chunk`, given back when it is used up.
+    taken: usize,
+}
+
+impl Read for Prefetched {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            self.budget.add_permits(std::mem::take(&mut self.taken));
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => {
+                    self.taken = chunk.len().clamp(1, PREFETCH);
+                    self.chunk = chunk;
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Errors of [`audit_image`].

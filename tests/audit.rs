@@ -93,7 +93,11 @@ fn encoded_secrets_in_the_config_are_found_and_clean_images_pass() {
         .collect();
     assert_eq!(reports.len(), 2);
     let hits = reports[0]["hits"].as_array().unwrap();
-    let fields: Vec<&str> = hits.iter().map(|h| h["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = hits
+        .iter()
+        .filter(|h| h["in"] == "config")
+        .map(|h| h["field"].as_str().unwrap())
+        .collect();
     // The ENV instruction is in the runtime config and in the history.
     assert!(fields.contains(&"config.Env[1]"), "{hits:?}");
     assert!(
@@ -103,7 +107,9 @@ fn encoded_secrets_in_the_config_are_found_and_clean_images_pass() {
     for hit in hits {
         assert_eq!(hit["secret"], "AUDIT_TOKEN");
         assert_eq!(hit["encoding"], "base64");
-        assert_eq!(hit["in"], "config");
+        // The legacy layout also keeps a copy of the config per layer
+        // (`<id>/json`): another document of the saved image.
+        assert!(hit["in"] == "config" || hit["in"] == "metadata", "{hit}");
     }
     assert!(reports[1]["hits"].as_array().unwrap().is_empty());
     assert!(!out.stdout.contains(SECRET));
@@ -259,4 +265,215 @@ fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
         "{}",
         out.stderr
     );
+}
+
+/// A made-up key in PEM armour: four lines of key material.
+const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDx0mRkL7kAVh4n9lN0q1d2j3Vh4QzF0xRkKkUuV7r0AAAAJh1y2c1dctnN
+dXKJ7Qz3b1Qk0n2ZcmxN4p5eM8hG2pQ7yR9sT1uVwXaYbZcD3eF4gH5iJ6kL7mN8oP9qRs
+AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
+-----END OPENSSH PRIVATE KEY-----
+";
+
+/// A multi-line secret whose lines are too short to be searched alone.
+const WORDS: &str = "alpha-1\nbravo-22\ncharlie-333\n";
+
+#[test]
+fn a_key_a_run_reshaped_is_found_and_its_armour_alone_is_not() {
+    let c = Cleanup::new("audit-forms");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    std::fs::write(&key_file, KEY).unwrap();
+    let words_file = dir.path().join("words");
+    std::fs::write(&words_file, WORDS).unwrap();
+    let body: Vec<&str> = KEY.trim_end().lines().collect();
+    let words: Vec<&str> = WORDS.lines().collect();
+    let cases = [
+        (
+            "spaces",
+            format!("{}\n", words.join(" ")),
+            Some("its newlines as spaces"),
+        ),
+        ("crlf", words.join("\r\n"), Some("with CRLF line endings")),
+        ("line", format!("{}\n", body[2]), Some("line 3 of it alone")),
+        // A key joined by spaces: its lines are found (the first one
+        // found is named).
+        ("key-spaces", body.join(" "), Some("of it alone")),
+        (
+            "armour",
+            format!("{}\n{}\n", body[0], body[body.len() - 1]),
+            None,
+        ),
+    ];
+    for (name, content, expected) in cases {
+        let context = dir.path().join(name);
+        std::fs::create_dir(&context).unwrap();
+        std::fs::write(context.join("leak.txt"), content).unwrap();
+        std::fs::write(
+            context.join("Dockerfile"),
+            format!("FROM {}\nCOPY leak.txt /leak.txt\n", base_image()),
+        )
+        .unwrap();
+        let tag = format!("hb/audit-{name}-{}", c.uid());
+        docker(&["build", "-q", "-t", &tag, context.to_str().unwrap()]);
+        let out = audit(&[
+            &tag,
+            "--secret-file",
+            key_file.to_str().unwrap(),
+            "--secret-file",
+            words_file.to_str().unwrap(),
+        ]);
+        match expected {
+            Some(form) => {
+                assert_eq!(
+                    out.code(),
+                    Some(1),
+                    "{name}: {}\n{}",
+                    out.stdout,
+                    out.stderr
+                );
+                assert!(
+                    out.stdout.contains(form) && out.stdout.contains("at `/leak.txt`"),
+                    "{name}: {}",
+                    out.stdout
+                );
+            }
+            None => assert_eq!(
+                out.code(),
+                Some(0),
+                "{name}: {}\n{}",
+                out.stdout,
+                out.stderr
+            ),
+        }
+        assert!(!out.stdout.contains(body[2]), "{}", out.stdout);
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        habitus::layer::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    )
+}
+
+/// A one-layer image in the OCI layout, as a `docker save` of the
+/// containerd image store would be (gzip layer), with `annotations` on the
+/// index's manifest entry.
+fn oci_save(layer: &[u8], annotations: serde_json::Value) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(layer).unwrap();
+    let blob = gz.finish().unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": ["sh"] },
+        "rootfs": { "type": "layers", "diff_ids": [sha256(layer)] },
+        "history": [{ "created_by": "COPY motd /etc/motd" }],
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&blob), "size": blob.len() }],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&manifest), "size": manifest.len(),
+            "annotations": annotations,
+        }],
+    }))
+    .unwrap();
+    let path = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)[7..]);
+    archive_of(&[
+        (
+            "oci-layout".into(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".into(), index),
+        (path(&manifest), manifest.clone()),
+        (path(&config), config.clone()),
+        (path(&blob), blob.clone()),
+    ])
+}
+
+#[test]
+fn a_key_only_in_a_pax_record_or_an_annotation_is_found() {
+    let line = KEY.lines().nth(2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    std::fs::write(&key_file, KEY).unwrap();
+    let layer = |pax: Option<&str>| {
+        let mut b = tar::Builder::new(Vec::new());
+        if let Some(value) = pax {
+            b.append_pax_extensions([("SCHILY.xattr.user.note", value.as_bytes())])
+                .unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "etc/motd", &b"hello"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let cases = [
+        (
+            "pax",
+            oci_save(&layer(Some(line)), serde_json::json!({})),
+            Some("in its PAX record `SCHILY.xattr.user.note`"),
+        ),
+        (
+            "annotation",
+            oci_save(
+                &layer(None),
+                serde_json::json!({ "org.opencontainers.image.description": line }),
+            ),
+            Some("in `index.json` of the saved image at `manifests[0].annotations.org.opencontainers.image.description`"),
+        ),
+        ("clean", oci_save(&layer(None), serde_json::json!({})), None),
+    ];
+    for (name, archive, expected) in cases {
+        let fake = tempfile::tempdir().unwrap();
+        let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive);
+        let out = Habitus::new()
+            .no_workdir()
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "audit",
+                "hb/crafted",
+                "--secret-file",
+                key_file.to_str().unwrap(),
+            ])
+            .run();
+        match expected {
+            Some(place) => {
+                assert_eq!(
+                    out.code(),
+                    Some(1),
+                    "{name}: {}\n{}",
+                    out.stdout,
+                    out.stderr
+                );
+                assert!(out.stdout.contains(place), "{name}: {}", out.stdout);
+                assert!(
+                    out.stdout.contains("line 3 of it alone"),
+                    "{name}: {}",
+                    out.stdout
+                );
+            }
+            None => assert_eq!(
+                out.code(),
+                Some(0),
+                "{name}: {}\n{}",
+                out.stdout,
+                out.stderr
+            ),
+        }
+    }
 }
