@@ -11,6 +11,7 @@
 //! daemon's solve status is decoded ([`proto`]) into lines ([`progress`]).
 
 pub mod dial;
+pub mod filesync;
 pub mod progress;
 pub mod proto;
 mod session;
@@ -21,10 +22,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper::header::{CONTENT_TYPE, HOST};
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -55,13 +54,13 @@ pub struct Outcome {
 /// it (as opposed to the connection failing).
 type Failure = EngineError;
 
-/// Builds `req` with BuildKit; `body` is the context tar.
+/// Builds `req` with BuildKit; the session serves its context directory
+/// and its `extra_files` (the rewritten Dockerfile).
 pub async fn build(
     dialer: &Dialer,
     version: &str,
     credentials: Arc<HashMap<String, DockerCredentials>>,
     req: &BuildRequest,
-    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     sink: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Outcome, Failure> {
     if let Some(mode) = req
@@ -82,6 +81,7 @@ pub async fn build(
         req.mounts.clone(),
         req.ssh_agent.clone(),
         credentials,
+        filesync::Sources::new(req.context_dir.clone(), req.extra_files.clone()),
     )
     .await?;
     let uri = format!("/v{version}/build?{}", query(req, session.id()));
@@ -91,11 +91,9 @@ pub async fn build(
         .await
         .map_err(|e| transport(&e))?;
     let connection = AbortOnDrop(tokio::spawn(connection));
-    let body = StreamBody::new(body.map(|chunk| chunk.map(Frame::data)));
     let request = Request::post(uri)
         .header(HOST, "docker")
-        .header(CONTENT_TYPE, "application/x-tar")
-        .body(body)
+        .body(Empty::<Bytes>::new())
         .map_err(|e| EngineError::Api(e.to_string()))?;
     let response = sender
         .send_request(request)
@@ -141,6 +139,11 @@ pub async fn build(
     drop(connection);
 
     if let Some(mut message) = failure {
+        if let Some(sync) = session.sync_failure() {
+            if !message.contains(&sync) {
+                message = format!("{message}\ncaused by: {sync}");
+            }
+        }
         let refused = session.refused();
         if !refused.is_empty() {
             message = format!(
@@ -235,6 +238,7 @@ fn query(req: &BuildRequest, session: &str) -> String {
     let mut pairs: Vec<(&str, String)> = vec![
         ("version", "2".into()),
         ("session", session.into()),
+        ("remote", "client-session".into()),
         ("t", req.tag.clone()),
         ("dockerfile", req.dockerfile.clone()),
         ("rm", "1".into()),
@@ -328,7 +332,7 @@ mod tests {
         };
         assert_eq!(
             query(&req, "s1"),
-            "version=2&session=s1&t=app-1%3Alatest&dockerfile=.habitus-b-app.Dockerfile&rm=1&target=build&nocache=1&buildargs=%7B%22A%22%3A%22x%20y%26z%22%7D"
+            "version=2&session=s1&remote=client-session&t=app-1%3Alatest&dockerfile=.habitus-b-app.Dockerfile&rm=1&target=build&nocache=1&buildargs=%7B%22A%22%3A%22x%20y%26z%22%7D"
         );
     }
 

@@ -16,10 +16,9 @@
 //!   forwards the host's SSH agent (`ssh: true`): each connection a `RUN
 //!   --mount=type=ssh` makes to its socket becomes a stream of bytes to
 //!   and from the agent's socket;
+//! - `moby.filesync.v1.FileSync/DiffCopy`: the build context and the
+//!   rewritten Dockerfile ([`super::filesync`]);
 //! - `grpc.health.v1.Health/Check`, which the daemon polls.
-//!
-//! The build context does not travel here: it is the body of the build
-//! request, as with the classic builder.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +34,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::dial::Dialer;
+use super::filesync::{self, Sources, DIFF_COPY};
 use super::proto;
 use crate::engine::{EngineError, MountSecrets};
 
@@ -70,6 +70,8 @@ struct Offer {
     credentials: Arc<HashMap<String, DockerCredentials>>,
     /// Secret ids the build asked for and this step does not declare.
     refused: Mutex<Vec<String>>,
+    /// The context and the Dockerfile.
+    sources: Arc<Sources>,
 }
 
 /// A running session; dropping it closes the connection, and with it the
@@ -103,6 +105,7 @@ impl Session {
         secrets: MountSecrets,
         ssh_agent: Option<std::path::PathBuf>,
         credentials: Arc<HashMap<String, DockerCredentials>>,
+        sources: Sources,
     ) -> Result<Session, EngineError> {
         let id = new_id();
         let stream = dialer.dial().await?;
@@ -121,7 +124,7 @@ impl Session {
             .header("X-Docker-Expose-Session-Uuid", &id)
             .header("X-Docker-Expose-Session-Name", "habitus")
             .header("X-Docker-Expose-Session-Sharedkey", &id);
-        let mut methods = vec![HEALTH_CHECK, GET_SECRET, CREDENTIALS];
+        let mut methods = vec![HEALTH_CHECK, GET_SECRET, CREDENTIALS, DIFF_COPY];
         if ssh_agent.is_some() {
             methods.extend([CHECK_AGENT, FORWARD_AGENT]);
         }
@@ -151,11 +154,20 @@ impl Session {
             ssh_agent,
             credentials,
             refused: Mutex::new(Vec::new()),
+            sources: Arc::new(sources),
         });
         let served = Arc::clone(&offer);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let offer = Arc::clone(&served);
-            async move { Ok::<_, Infallible>(answer(&offer, request).await) }
+            async move {
+                if request.uri().path() == DIFF_COPY {
+                    return Ok::<_, Infallible>(filesync::diff_copy(
+                        Arc::clone(&offer.sources),
+                        request,
+                    ));
+                }
+                Ok::<_, Infallible>(answer(&offer, request).await)
+            }
         });
         let task = tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -168,6 +180,11 @@ impl Session {
     /// The id a build request names in its `session` parameter.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The first error sending the context or the Dockerfile hit.
+    pub fn sync_failure(&self) -> Option<String> {
+        self.offer.sources.failure()
     }
 
     /// Secret ids the build asked for that the step does not declare.
