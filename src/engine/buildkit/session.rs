@@ -246,7 +246,7 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
     };
     match path.as_str() {
         // BuildKit asks for "" when the mount names no id.
-        CHECK_AGENT => match proto::string_field(&message, 1) {
+        CHECK_AGENT => match proto::agent_id(&message) {
             Ok(id) if id.is_empty() || id == AGENT_ID => {
                 reply(vec![frame(Vec::new())], GRPC_OK, "")
             }
@@ -256,14 +256,9 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
                 "only the default SSH agent is forwarded",
             ),
         },
-        HEALTH_CHECK => {
-            // HealthCheckResponse { status: SERVING }.
-            let mut out = Vec::new();
-            proto::put_varint_field(&mut out, 1, 1);
-            reply(vec![frame(out)], GRPC_OK, "")
-        }
+        HEALTH_CHECK => reply(vec![frame(proto::health_serving())], GRPC_OK, ""),
         GET_SECRET => {
-            let Ok(id) = proto::string_field(&message, 1) else {
+            let Ok(id) = proto::secret_id(&message) else {
                 return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
             };
             let Some(secret) = offer.secrets.secrets.get(&id) else {
@@ -286,8 +281,7 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
             }
             // GetSecretResponse { data }: the field header here, the bytes
             // borrowed from the secret's own buffer (see SecretBytes).
-            let mut header = Vec::new();
-            proto::put_bytes_header(&mut header, 1, secret.len());
+            let header = proto::secret_response_header(secret.len());
             let len = header.len() + secret.len();
             let mut prefix = grpc_prefix(len);
             prefix.extend_from_slice(&header);
@@ -295,21 +289,21 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
             reply(vec![Bytes::from(prefix), data], GRPC_OK, "")
         }
         _ => {
-            let Ok(host) = proto::string_field(&message, 1) else {
+            let Ok(host) = proto::credentials_host(&message) else {
                 return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
             };
-            let mut out = Vec::new();
-            if let Some(creds) = credentials_for(&offer.credentials, &host) {
-                match creds.identitytoken.as_deref().filter(|t| !t.is_empty()) {
-                    Some(token) => proto::put_bytes(&mut out, 2, token.as_bytes()),
-                    None => {
-                        let user = creds.username.as_deref().unwrap_or("");
-                        let password = creds.password.as_deref().unwrap_or("");
-                        proto::put_bytes(&mut out, 1, user.as_bytes());
-                        proto::put_bytes(&mut out, 2, password.as_bytes());
-                    }
-                }
-            }
+            let out = match credentials_for(&offer.credentials, &host) {
+                Some(creds) => match creds.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+                    // An identity token travels as the secret, without a
+                    // user name.
+                    Some(token) => proto::credentials("", token),
+                    None => proto::credentials(
+                        creds.username.as_deref().unwrap_or(""),
+                        creds.password.as_deref().unwrap_or(""),
+                    ),
+                },
+                None => proto::credentials("", ""),
+            };
             reply(vec![frame(out)], GRPC_OK, "")
         }
     }
@@ -403,10 +397,10 @@ async fn forward_agent(
                     break;
                 }
                 let message: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
-                let Ok(bytes) = proto::bytes_field(&message, 1) else {
+                let Ok(bytes) = proto::agent_bytes(&message) else {
                     return;
                 };
-                if to_agent.write_all(bytes).await.is_err() {
+                if to_agent.write_all(&bytes).await.is_err() {
                     return;
                 }
             }
@@ -421,8 +415,7 @@ async fn forward_agent(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut message = Vec::with_capacity(n + 8);
-            proto::put_bytes(&mut message, 1, &buf[..n]);
+            let message = proto::agent_message(&buf[..n]);
             if tx.send(Ok(Frame::data(frame(message)))).await.is_err() {
                 return;
             }
