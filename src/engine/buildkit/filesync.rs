@@ -680,7 +680,7 @@ pub fn incoming(message: &[u8]) -> Result<Received, SyncError> {
 }
 
 /// Splits the next whole gRPC message off `pending`; an error if it is
-/// compressed or longer than [`MAX_PACKET`].
+/// compressed or longer than 64 KiB.
 pub fn next_message(pending: &mut Vec<u8>) -> Result<Option<Vec<u8>>, SyncError> {
     if pending.len() < 5 {
         return Ok(None);

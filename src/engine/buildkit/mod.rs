@@ -5,10 +5,16 @@
 //! bollard 0.21 builds with BuildKit too, but the session it opens offers
 //! only registry credentials, and its secrets come from files or
 //! environment variables; habitus's secrets live in zeroized memory and
-//! must stay there. So this module opens the session itself ([`session`])
-//! and sends the build request on its own connection ([`dial`]); the build
-//! context is the same streamed tar as for the classic builder, and the
-//! daemon's solve status is decoded ([`proto`]) into lines ([`progress`]).
+//! must stay there. So this module opens the session itself (`session`)
+//! and sends the build request on its own connection ([`dial`]). As with
+//! the docker CLI, the request (`remote=client-session`) has no body: the
+//! daemon asks the session for the context and the Dockerfile
+//! ([`filesync`]). The daemon's solve status is decoded ([`proto`]) into
+//! lines ([`progress`]).
+//!
+//! Tested on BuildKit 0.8 (Docker 20.10) and 0.13 (Docker 26, containerd
+//! image store); both end a build with a `moby.image.id` message, and only
+//! 0.8 adds a `Successfully tagged` line.
 
 pub mod dial;
 pub mod filesync;
@@ -361,6 +367,20 @@ mod tests {
             Some("boom")
         );
         assert!(handle(b"{not json", &mut progress, &mut id, &sink).is_err());
+        // As Docker 20.10 (BuildKit 0.8) ends a build: the id, then a
+        // stream line; Docker 26 (BuildKit 0.13) sends only the id (of the
+        // image's manifest on the containerd image store).
+        let mut id = None;
+        let lines = std::sync::Mutex::new(Vec::new());
+        let sink = |l: &str| lines.lock().unwrap().push(l.to_string());
+        for msg in [
+            &br#"{"id":"moby.image.id","aux":{"ID":"sha256:7cb1"}}"#[..],
+            br#"{"stream":"Successfully tagged hb/a:latest\n"}"#,
+        ] {
+            assert_eq!(handle(msg, &mut progress, &mut id, &sink).unwrap(), None);
+        }
+        assert_eq!(id.as_deref(), Some("sha256:7cb1"));
+        assert_eq!(*lines.lock().unwrap(), ["Successfully tagged hb/a:latest"]);
         let bad = br#"{"id":"moby.buildkit.trace","aux":"!!"}"#;
         assert!(handle(bad, &mut progress, &mut id, &sink).is_err());
     }
