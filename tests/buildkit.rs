@@ -664,3 +664,32 @@ fn the_context_reaches_buildkit_through_the_session_as_the_docker_cli_sends_it()
         ".\n./.dockerignore\n./Dockerfile\n./app\n./app/escape\n./app/main.txt\n./big.bin\n./build.yml\n./logs\n./logs/keep.log\n../../etc/hostname\n209715200\n"
     );
 }
+
+#[test]
+fn a_context_file_buildkit_cannot_carry_fails_the_step_naming_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let (h, _c) = project("bk-ctx-bad", CONTEXT_YML);
+    let h = h.file("Dockerfile", from_base("COPY . /ctx\n"));
+    let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.txt");
+    std::fs::write(h.dir().join(bad), "x").unwrap();
+    let out = h.run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("error: step `ctx` failed at `[internal] load build context`: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("bad-\u{fffd}.txt` cannot be sent to BuildKit: its name is not UTF-8"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: rename it, or list it in `.dockerignore`"),
+        "{}",
+        out.stderr
+    );
+}

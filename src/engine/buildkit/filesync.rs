@@ -150,8 +150,9 @@ pub struct Sources {
     /// The files of the `dockerfile` directory (name, content), from
     /// memory: the rewritten Dockerfile.
     pub dockerfile: Vec<(String, Vec<u8>)>,
-    /// The first error a transfer hit, for the build's error message.
-    pub failure: Mutex<Option<String>>,
+    /// The first error a transfer hit (the directory, the message), for
+    /// the build's error message.
+    pub failure: Mutex<Option<(String, String)>>,
 }
 
 impl Sources {
@@ -164,19 +165,24 @@ impl Sources {
         }
     }
 
-    /// The first error a transfer hit.
-    pub fn failure(&self) -> Option<String> {
+    /// The first error a transfer hit: the vertex BuildKit shows for that
+    /// transfer, and the message.
+    pub fn failure(&self) -> Option<(String, String)> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    fn record(&self, error: &SyncError) {
+    fn record(&self, dir: &str, error: &SyncError) {
+        let vertex = match dir {
+            DOCKERFILE => "[internal] load build definition",
+            _ => "[internal] load build context",
+        };
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| error.to_string());
+            .get_or_insert_with(|| (vertex.to_string(), error.to_string()));
     }
 }
 
@@ -896,6 +902,7 @@ pub fn diff_copy(
     });
     tokio::task::spawn_blocking(move || {
         let mut frames = frames;
+        let dir = wanted.as_ref().map(|w| w.dir.clone()).unwrap_or_default();
         let result = wanted
             .and_then(|wanted| entries(&sources, &wanted))
             .and_then(|entries| send(&sources, &entries, &mut frames, &mut requests));
@@ -903,7 +910,7 @@ pub fn diff_copy(
             Ok(true) => Some((0u32, String::new())),
             Ok(false) => None,
             Err(error) => {
-                sources.record(error);
+                sources.record(&dir, error);
                 let mut err = packet(PacketType::PacketErr);
                 err.data = error.to_string().into_bytes();
                 let _ = Out::send(&mut frames, &err);

@@ -145,8 +145,11 @@ pub async fn build(
     drop(connection);
 
     if let Some(mut message) = failure {
-        if let Some(sync) = session.sync_failure() {
-            if !message.contains(&sync) {
+        // A failed transfer is what failed, whichever instruction BuildKit
+        // was running (or cancelling) beside it.
+        let sync = session.sync_failure();
+        if let Some((_, sync)) = &sync {
+            if !message.contains(sync.as_str()) {
                 message = format!("{message}\ncaused by: {sync}");
             }
         }
@@ -162,9 +165,9 @@ pub async fn build(
             );
         }
         return Err(EngineError::BuildFailed {
-            instruction: progress
-                .failed
-                .clone()
+            instruction: sync
+                .map(|(vertex, _)| vertex)
+                .or(progress.failed.clone())
                 .or(progress.last_instruction.clone()),
             message,
         });

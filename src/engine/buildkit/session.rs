@@ -182,8 +182,9 @@ impl Session {
         &self.id
     }
 
-    /// The first error sending the context or the Dockerfile hit.
-    pub fn sync_failure(&self) -> Option<String> {
+    /// The first error sending the context or the Dockerfile hit: the
+    /// vertex that shows the transfer, and the message.
+    pub fn sync_failure(&self) -> Option<(String, String)> {
         self.offer.sources.failure()
     }
 
