@@ -131,7 +131,7 @@ pub fn write_tar<W: Write>(
 }
 
 /// Reads and parses `dir/.dockerignore`; no file means no patterns.
-fn read_dockerignore(dir: &Path) -> Result<DockerIgnore, ContextError> {
+pub fn read_dockerignore(dir: &Path) -> Result<DockerIgnore, ContextError> {
     let path = dir.join(DOCKERIGNORE);
     let io = |source| ContextError::Io {
         path: path.clone(),
@@ -311,7 +311,7 @@ impl<W: Write> Walker<'_, W> {
 }
 
 /// Linux's encoding of a device number (glibc's `major` and `minor`).
-fn device_numbers(rdev: u64) -> (u32, u32) {
+pub fn device_numbers(rdev: u64) -> (u32, u32) {
     let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
     let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
     (major as u32, minor as u32)
@@ -457,26 +457,77 @@ impl DockerIgnore {
                 pattern: line.to_owned(),
                 reason,
             };
-            let (exception, pattern) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            if pattern.is_empty() {
-                return Err(error("`!` must be followed by a pattern"));
-            }
-            let mut pattern = clean(pattern);
-            if pattern.len() > 1 && pattern.starts_with('/') {
-                pattern.remove(0);
-            }
-            let matcher = compile(&pattern).map_err(error)?;
-            ignore.exceptions |= exception;
-            ignore.patterns.push(Pattern {
-                text: pattern,
-                exception,
-                matcher,
-            });
+            ignore.push_line(line).map_err(error)?;
         }
         Ok(ignore)
+    }
+
+    /// Patterns given one by one, as BuildKit sends a `.dockerignore`'s
+    /// lines (and its include patterns) to the client: the same syntax as
+    /// a line of the file, without comments. Errors name `source` as the
+    /// file and the pattern's 1-based position as the line.
+    pub fn from_patterns<'a>(
+        source: &str,
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ContextError> {
+        let mut ignore = DockerIgnore::default();
+        for (index, pattern) in patterns.into_iter().enumerate() {
+            let line = pattern.trim();
+            if line.is_empty() {
+                continue;
+            }
+            ignore
+                .push_line(line)
+                .map_err(|reason| ContextError::Pattern {
+                    file: PathBuf::from(source),
+                    line: index + 1,
+                    pattern: line.to_owned(),
+                    reason,
+                })?;
+        }
+        Ok(ignore)
+    }
+
+    /// Whether there are no patterns.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Adds one trimmed, non-empty line.
+    fn push_line(&mut self, line: &str) -> Result<(), &'static str> {
+        let (exception, pattern) = match line.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, line),
+        };
+        if pattern.is_empty() {
+            return Err("`!` must be followed by a pattern");
+        }
+        let mut pattern = clean(pattern);
+        if pattern.len() > 1 && pattern.starts_with('/') {
+            pattern.remove(0);
+        }
+        let matcher = compile(&pattern)?;
+        self.exceptions |= exception;
+        self.patterns.push(Pattern {
+            text: pattern,
+            exception,
+            matcher,
+        });
+        Ok(())
+    }
+
+    /// The literal beginnings of the patterns that are not exceptions (the
+    /// text before the first wildcard or escape): a directory whose path is
+    /// not compatible with any of them holds nothing they match.
+    pub fn literal_prefixes(&self) -> Vec<&str> {
+        self.patterns
+            .iter()
+            .filter(|p| !p.exception)
+            .map(|p| {
+                let end = p.text.find(['*', '?', '[', '\\']).unwrap_or(p.text.len());
+                &p.text[..end]
+            })
+            .collect()
     }
 
     /// Whether the slash-separated path `rel` (relative to the context) is
@@ -509,7 +560,7 @@ impl DockerIgnore {
 
     /// Whether an exception pattern starts with `dir/`, so an excluded
     /// directory must still be walked (moby's literal prefix test).
-    fn has_exception_under(&self, dir: &str) -> bool {
+    pub fn has_exception_under(&self, dir: &str) -> bool {
         self.exceptions
             && self.patterns.iter().any(|pattern| {
                 pattern.exception && format!("{}/", pattern.text).starts_with(&format!("{dir}/"))
@@ -521,7 +572,7 @@ impl DockerIgnore {
     /// then every parent directory is tried). A path is inside every
     /// pattern its parent matched. Mirrors moby's
     /// `MatchesUsingParentResults`.
-    fn eval(&self, path: &str, parent: Option<&[bool]>) -> (bool, Vec<bool>) {
+    pub fn eval(&self, path: &str, parent: Option<&[bool]>) -> (bool, Vec<bool>) {
         let mut excluded = false;
         let mut matched = vec![false; self.patterns.len()];
         for (index, pattern) in self.patterns.iter().enumerate() {
@@ -720,7 +771,7 @@ fn class_char(chars: &[char], index: &mut usize) -> Result<char, &'static str> {
 }
 
 /// Go's `path.Clean`: the shortest equivalent slash path.
-fn clean(path: &str) -> String {
+pub fn clean(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {

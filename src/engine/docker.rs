@@ -447,6 +447,23 @@ impl Engine for DockerEngine {
         let options = build_options(&req)?;
         if req.builder == Builder::BuildKit {
             self.check_buildkit().await?;
+            // The daemon asks the build's session for the context and the
+            // Dockerfile; no tar is written.
+            let version = self.docker.client_version().to_string();
+            let outcome = buildkit::build(
+                &self.dialer,
+                &version,
+                Arc::clone(&self.credentials),
+                &req,
+                &*sink,
+            )
+            .await?;
+            let id = self.image_id(outcome.image_id, &req.tag, None).await?;
+            return Ok(BuiltImage {
+                id,
+                cached_steps: outcome.cached_steps,
+                total_steps: outcome.total_steps,
+            });
         }
 
         // The context is written by a blocking thread into a bounded channel
@@ -480,27 +497,6 @@ impl Engine for DockerEngine {
         };
         drop(tx);
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-
-        if req.builder == Builder::BuildKit {
-            let version = self.docker.client_version().to_string();
-            let outcome = buildkit::build(
-                &self.dialer,
-                &version,
-                Arc::clone(&self.credentials),
-                &req,
-                body,
-                &*sink,
-            )
-            .await;
-            context_written(writer, &receiver_gone, outcome.is_err(), &req).await?;
-            let outcome = outcome?;
-            let id = self.image_id(outcome.image_id, &req.tag, None).await?;
-            return Ok(BuiltImage {
-                id,
-                cached_steps: outcome.cached_steps,
-                total_steps: outcome.total_steps,
-            });
-        }
 
         let mut progress = BuildProgress::default();
         let mut failure = None;

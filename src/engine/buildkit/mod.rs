@@ -5,12 +5,19 @@
 //! bollard 0.21 builds with BuildKit too, but the session it opens offers
 //! only registry credentials, and its secrets come from files or
 //! environment variables; habitus's secrets live in zeroized memory and
-//! must stay there. So this module opens the session itself ([`session`])
-//! and sends the build request on its own connection ([`dial`]); the build
-//! context is the same streamed tar as for the classic builder, and the
-//! daemon's solve status is decoded ([`proto`]) into lines ([`progress`]).
+//! must stay there. So this module opens the session itself (`session`)
+//! and sends the build request on its own connection ([`dial`]). As with
+//! the docker CLI, the request (`remote=client-session`) has no body: the
+//! daemon asks the session for the context and the Dockerfile
+//! ([`filesync`]). The daemon's solve status is decoded ([`proto`]) into
+//! lines ([`progress`]).
+//!
+//! Tested on BuildKit 0.8 (Docker 20.10) and 0.13 (Docker 26, containerd
+//! image store); both end a build with a `moby.image.id` message, and only
+//! 0.8 adds a `Successfully tagged` line.
 
 pub mod dial;
+pub mod filesync;
 pub mod progress;
 pub mod proto;
 mod session;
@@ -21,10 +28,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use hyper::header::{CONTENT_TYPE, HOST};
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -55,13 +60,13 @@ pub struct Outcome {
 /// it (as opposed to the connection failing).
 type Failure = EngineError;
 
-/// Builds `req` with BuildKit; `body` is the context tar.
+/// Builds `req` with BuildKit; the session serves its context directory
+/// and its `extra_files` (the rewritten Dockerfile).
 pub async fn build(
     dialer: &Dialer,
     version: &str,
     credentials: Arc<HashMap<String, DockerCredentials>>,
     req: &BuildRequest,
-    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     sink: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Outcome, Failure> {
     if let Some(mode) = req
@@ -82,6 +87,7 @@ pub async fn build(
         req.mounts.clone(),
         req.ssh_agent.clone(),
         credentials,
+        filesync::Sources::new(req.context_dir.clone(), req.extra_files.clone()),
     )
     .await?;
     let uri = format!("/v{version}/build?{}", query(req, session.id()));
@@ -91,11 +97,9 @@ pub async fn build(
         .await
         .map_err(|e| transport(&e))?;
     let connection = AbortOnDrop(tokio::spawn(connection));
-    let body = StreamBody::new(body.map(|chunk| chunk.map(Frame::data)));
     let request = Request::post(uri)
         .header(HOST, "docker")
-        .header(CONTENT_TYPE, "application/x-tar")
-        .body(body)
+        .body(Empty::<Bytes>::new())
         .map_err(|e| EngineError::Api(e.to_string()))?;
     let response = sender
         .send_request(request)
@@ -141,6 +145,14 @@ pub async fn build(
     drop(connection);
 
     if let Some(mut message) = failure {
+        // A failed transfer is what failed, whichever instruction BuildKit
+        // was running (or cancelling) beside it.
+        let sync = session.sync_failure();
+        if let Some((_, sync)) = &sync {
+            if !message.contains(sync.as_str()) {
+                message = format!("{message}\ncaused by: {sync}");
+            }
+        }
         let refused = session.refused();
         if !refused.is_empty() {
             message = format!(
@@ -153,9 +165,9 @@ pub async fn build(
             );
         }
         return Err(EngineError::BuildFailed {
-            instruction: progress
-                .failed
-                .clone()
+            instruction: sync
+                .map(|(vertex, _)| vertex)
+                .or(progress.failed.clone())
                 .or(progress.last_instruction.clone()),
             message,
         });
@@ -235,6 +247,7 @@ fn query(req: &BuildRequest, session: &str) -> String {
     let mut pairs: Vec<(&str, String)> = vec![
         ("version", "2".into()),
         ("session", session.into()),
+        ("remote", "client-session".into()),
         ("t", req.tag.clone()),
         ("dockerfile", req.dockerfile.clone()),
         ("rm", "1".into()),
@@ -328,7 +341,7 @@ mod tests {
         };
         assert_eq!(
             query(&req, "s1"),
-            "version=2&session=s1&t=app-1%3Alatest&dockerfile=.habitus-b-app.Dockerfile&rm=1&target=build&nocache=1&buildargs=%7B%22A%22%3A%22x%20y%26z%22%7D"
+            "version=2&session=s1&remote=client-session&t=app-1%3Alatest&dockerfile=.habitus-b-app.Dockerfile&rm=1&target=build&nocache=1&buildargs=%7B%22A%22%3A%22x%20y%26z%22%7D"
         );
     }
 
@@ -357,6 +370,20 @@ mod tests {
             Some("boom")
         );
         assert!(handle(b"{not json", &mut progress, &mut id, &sink).is_err());
+        // As Docker 20.10 (BuildKit 0.8) ends a build: the id, then a
+        // stream line; Docker 26 (BuildKit 0.13) sends only the id (of the
+        // image's manifest on the containerd image store).
+        let mut id = None;
+        let lines = std::sync::Mutex::new(Vec::new());
+        let sink = |l: &str| lines.lock().unwrap().push(l.to_string());
+        for msg in [
+            &br#"{"id":"moby.image.id","aux":{"ID":"sha256:7cb1"}}"#[..],
+            br#"{"stream":"Successfully tagged hb/a:latest\n"}"#,
+        ] {
+            assert_eq!(handle(msg, &mut progress, &mut id, &sink).unwrap(), None);
+        }
+        assert_eq!(id.as_deref(), Some("sha256:7cb1"));
+        assert_eq!(*lines.lock().unwrap(), ["Successfully tagged hb/a:latest"]);
         let bad = br#"{"id":"moby.buildkit.trace","aux":"!!"}"#;
         assert!(handle(bad, &mut progress, &mut id, &sink).is_err());
     }

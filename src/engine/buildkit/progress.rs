@@ -93,8 +93,13 @@ impl Progress {
             let n = state.number;
             if !vertex.error.is_empty() {
                 sink(&format!("#{n} ERROR: {}", vertex.error));
-                let name = state.name.clone();
-                self.failed.get_or_insert(name);
+                // BuildKit 0.13 cancels the vertices running beside the
+                // one that failed (or beside a failed context transfer):
+                // those did not fail themselves.
+                if !vertex.error.starts_with("context canceled") {
+                    let name = state.name.clone();
+                    self.failed.get_or_insert(name);
+                }
             } else if !state.cached {
                 let seconds = vertex
                     .started
@@ -263,6 +268,21 @@ mod tests {
             &sink,
         );
         assert_eq!(p.failed.as_deref(), Some("[stage-1 3/4] RUN false"));
+
+        // A vertex BuildKit cancelled did not fail.
+        let mut p = Progress::default();
+        let mut v = vertex("b", "[1/2] FROM base");
+        v.started = Some(0);
+        v.completed = Some(1);
+        v.error = "context canceled: context canceled".into();
+        p.feed(
+            StatusResponse {
+                vertexes: vec![v],
+                ..Default::default()
+            },
+            &sink,
+        );
+        assert_eq!(p.failed, None);
         assert!(lines
             .lock()
             .unwrap()

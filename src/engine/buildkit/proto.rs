@@ -1,17 +1,28 @@
-//! The handful of protobuf messages habitus exchanges with BuildKit, read
-//! and written by hand: the session's `GetSecret`, `Credentials` and health
-//! check, and the solve status the daemon streams back during a build.
+//! The protobuf messages habitus exchanges with BuildKit, as generated
+//! from BuildKit's own `.proto` files by the `bollard-buildkit-proto`
+//! crate (prost): the session's `GetSecret`, `Credentials`, SSH agent and
+//! health check messages, and the solve status the daemon streams back
+//! during a build. (The FileSync packets are in [`super::filesync`].)
 //!
-//! The wire format is the protobuf encoding (varints and length-delimited
-//! fields). Everything read here comes from the daemon and is parsed with
+//! Everything read here comes from the daemon; prost decodes it with
 //! bounds checks: a truncated or malformed message is an error, never a
-//! panic, and unknown fields are skipped.
+//! panic, and unknown fields are skipped. The solve status is turned into
+//! the few fields [`super::progress`] shows.
 
 use std::fmt;
 
+use bollard_buildkit_proto::google::protobuf::Timestamp;
+use bollard_buildkit_proto::health::{health_check_response::ServingStatus, HealthCheckResponse};
+use bollard_buildkit_proto::moby::buildkit::secrets::v1::GetSecretRequest;
+use bollard_buildkit_proto::moby::buildkit::v1 as control;
+use bollard_buildkit_proto::moby::filesync::v1::{CredentialsRequest, CredentialsResponse};
+use bollard_buildkit_proto::moby::sshforward::v1::{BytesMessage, CheckAgentRequest};
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::Message;
+
 /// A malformed protobuf message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtoError(&'static str);
+pub struct ProtoError(String);
 
 impl fmt::Display for ProtoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -21,137 +32,66 @@ impl fmt::Display for ProtoError {
 
 impl std::error::Error for ProtoError {}
 
-/// One field's value on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    /// Fixed 32- or 64-bit values: never used by the messages read here.
-    Fixed,
-}
-
-/// Iterates over the fields of one message.
-struct Fields<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Fields { buf }
-    }
-
-    fn varint(&mut self) -> Result<u64, ProtoError> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self
-                .buf
-                .split_first()
-                .ok_or(ProtoError("truncated varint"))?;
-            self.buf = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(ProtoError("varint longer than 10 bytes"))
-    }
-
-    fn take(&mut self, n: u64) -> Result<&'a [u8], ProtoError> {
-        let n = usize::try_from(n).map_err(|_| ProtoError("length out of range"))?;
-        if n > self.buf.len() {
-            return Err(ProtoError("field longer than its message"));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn next_field(&mut self) -> Result<Option<(u64, Value<'a>)>, ProtoError> {
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let key = self.varint()?;
-        let number = key >> 3;
-        if number == 0 {
-            return Err(ProtoError("field number 0"));
-        }
-        let value = match key & 7 {
-            0 => Value::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Value::Fixed
-            }
-            2 => {
-                let len = self.varint()?;
-                Value::Bytes(self.take(len)?)
-            }
-            5 => {
-                self.take(4)?;
-                Value::Fixed
-            }
-            _ => return Err(ProtoError("unsupported wire type")),
-        };
-        Ok(Some((number, value)))
+impl From<prost::DecodeError> for ProtoError {
+    fn from(err: prost::DecodeError) -> Self {
+        ProtoError(err.to_string())
     }
 }
 
-fn text(bytes: &[u8]) -> Result<String, ProtoError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError("string is not UTF-8"))
+/// The id of a `GetSecret` request.
+pub fn secret_id(buf: &[u8]) -> Result<String, ProtoError> {
+    Ok(GetSecretRequest::decode(buf)?.id)
 }
 
-/// The first string in field `number` of `buf` (empty if absent): the
-/// request of `GetSecret` (`ID = 1`), `Credentials` (`Host = 1`) and the
-/// health check (`service = 1`) all carry just that.
-pub fn string_field(buf: &[u8], number: u64) -> Result<String, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out = String::new();
-    while let Some((n, value)) = fields.next_field()? {
-        if let (true, Value::Bytes(bytes)) = (n == number, value) {
-            out = text(bytes)?;
-        }
+/// The registry host of a `Credentials` request.
+pub fn credentials_host(buf: &[u8]) -> Result<String, ProtoError> {
+    Ok(CredentialsRequest::decode(buf)?.host)
+}
+
+/// The agent id of a `CheckAgent` request (empty: the default agent).
+pub fn agent_id(buf: &[u8]) -> Result<String, ProtoError> {
+    Ok(CheckAgentRequest::decode(buf)?.id)
+}
+
+/// The bytes of a `ForwardAgent` stream message.
+pub fn agent_bytes(buf: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    Ok(BytesMessage::decode(buf)?.data)
+}
+
+/// A `ForwardAgent` stream message carrying `data`.
+pub fn agent_message(data: &[u8]) -> Vec<u8> {
+    BytesMessage {
+        data: data.to_vec(),
     }
-    Ok(out)
+    .encode_to_vec()
 }
 
-/// The first bytes field `number` of `buf` (empty if absent): the data of
-/// a `BytesMessage`.
-pub fn bytes_field(buf: &[u8], number: u64) -> Result<&[u8], ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out: &[u8] = &[];
-    while let Some((n, value)) = fields.next_field()? {
-        if let (true, Value::Bytes(bytes)) = (n == number, value) {
-            out = bytes;
-        }
+/// `HealthCheckResponse { status: SERVING }`.
+pub fn health_serving() -> Vec<u8> {
+    HealthCheckResponse {
+        status: ServingStatus::Serving as i32,
     }
-    Ok(out)
+    .encode_to_vec()
 }
 
-/// Appends a varint.
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
+/// A `Credentials` answer (both empty: anonymous).
+pub fn credentials(username: &str, secret: &str) -> Vec<u8> {
+    CredentialsResponse {
+        username: username.to_string(),
+        secret: secret.to_string(),
     }
-    out.push(value as u8);
+    .encode_to_vec()
 }
 
-/// Appends the key and length of a length-delimited field whose `len`
-/// bytes the caller sends next (so a secret need not be copied here).
-pub fn put_bytes_header(out: &mut Vec<u8>, number: u64, len: usize) {
-    put_varint(out, number << 3 | 2);
-    put_varint(out, len as u64);
-}
-
-/// Appends a length-delimited field.
-pub fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
-    put_bytes_header(out, number, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// Appends a varint field.
-pub fn put_varint_field(out: &mut Vec<u8>, number: u64, value: u64) {
-    put_varint(out, number << 3);
-    put_varint(out, value);
+/// The start of a `GetSecretResponse` whose `data` (field 1) is `len`
+/// bytes the caller sends next: the secret is then sent from its own
+/// zeroized buffer instead of being copied into a message that would not
+/// be zeroized (which `GetSecretResponse::encode` would do).
+pub fn secret_response_header(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11);
+    encode_key(1, WireType::LengthDelimited, &mut out);
+    encode_varint(len as u64, &mut out);
+    out
 }
 
 /// A step of BuildKit's solve graph (`moby.buildkit.v1.Vertex`).
@@ -195,126 +135,92 @@ pub struct StatusResponse {
     pub logs: Vec<VertexLog>,
 }
 
-fn timestamp(buf: &[u8]) -> Result<i128, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let (mut seconds, mut nanos) = (0i64, 0i64);
-    while let Some((n, value)) = fields.next_field()? {
-        match (n, value) {
-            (1, Value::Varint(v)) => seconds = v as i64,
-            (2, Value::Varint(v)) => nanos = v as i64,
-            _ => {}
-        }
-    }
-    Ok(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
-}
-
-fn vertex(buf: &[u8]) -> Result<Vertex, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out = Vertex::default();
-    while let Some((n, value)) = fields.next_field()? {
-        match (n, value) {
-            (1, Value::Bytes(b)) => out.digest = text(b)?,
-            (3, Value::Bytes(b)) => out.name = text(b)?,
-            (4, Value::Varint(v)) => out.cached = v != 0,
-            (5, Value::Bytes(b)) => out.started = Some(timestamp(b)?),
-            (6, Value::Bytes(b)) => out.completed = Some(timestamp(b)?),
-            (7, Value::Bytes(b)) => out.error = text(b)?,
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-fn vertex_status(buf: &[u8]) -> Result<VertexStatus, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out = VertexStatus::default();
-    while let Some((n, value)) = fields.next_field()? {
-        match (n, value) {
-            (1, Value::Bytes(b)) => out.id = text(b)?,
-            (2, Value::Bytes(b)) => out.vertex = text(b)?,
-            (4, Value::Varint(v)) => out.current = v as i64,
-            (5, Value::Varint(v)) => out.total = v as i64,
-            (8, Value::Bytes(_)) => out.completed = true,
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-fn vertex_log(buf: &[u8]) -> Result<VertexLog, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out = VertexLog::default();
-    while let Some((n, value)) = fields.next_field()? {
-        match (n, value) {
-            (1, Value::Bytes(b)) => out.vertex = text(b)?,
-            (3, Value::Varint(v)) => out.stream = v as i64,
-            (4, Value::Bytes(b)) => out.msg = b.to_vec(),
-            _ => {}
-        }
-    }
-    Ok(out)
+fn nanos(t: Timestamp) -> i128 {
+    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
 }
 
 /// Decodes a `StatusResponse`.
 pub fn status_response(buf: &[u8]) -> Result<StatusResponse, ProtoError> {
-    let mut fields = Fields::new(buf);
-    let mut out = StatusResponse::default();
-    while let Some((n, value)) = fields.next_field()? {
-        match (n, value) {
-            (1, Value::Bytes(b)) => out.vertexes.push(vertex(b)?),
-            (2, Value::Bytes(b)) => out.statuses.push(vertex_status(b)?),
-            (3, Value::Bytes(b)) => out.logs.push(vertex_log(b)?),
-            _ => {}
-        }
-    }
-    Ok(out)
+    let status = control::StatusResponse::decode(buf)?;
+    Ok(StatusResponse {
+        vertexes: status
+            .vertexes
+            .into_iter()
+            .map(|v| Vertex {
+                digest: v.digest,
+                name: v.name,
+                cached: v.cached,
+                started: v.started.map(nanos),
+                completed: v.completed.map(nanos),
+                error: v.error,
+            })
+            .collect(),
+        statuses: status
+            .statuses
+            .into_iter()
+            .map(|s| VertexStatus {
+                id: s.id,
+                vertex: s.vertex,
+                current: s.current,
+                total: s.total,
+                completed: s.completed.is_some(),
+            })
+            .collect(),
+        logs: status
+            .logs
+            .into_iter()
+            .map(|l| VertexLog {
+                vertex: l.vertex,
+                stream: l.stream,
+                msg: l.msg,
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ts(seconds: u64, nanos: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_varint_field(&mut out, 1, seconds);
-        put_varint_field(&mut out, 2, nanos);
-        out
-    }
-
-    #[test]
-    fn varints_round_trip() {
-        for value in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, value);
-            assert_eq!(Fields::new(&out).varint(), Ok(value));
-        }
+    fn ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
+        Some(Timestamp { seconds, nanos })
     }
 
     #[test]
     fn a_status_response_decodes_and_unknown_fields_are_skipped() {
-        let mut v = Vec::new();
-        put_bytes(&mut v, 1, b"sha256:abc");
-        put_bytes(&mut v, 2, b"sha256:input");
-        put_bytes(&mut v, 3, b"[2/3] RUN make");
-        put_varint_field(&mut v, 4, 1);
-        put_bytes(&mut v, 5, &ts(10, 5));
-        put_bytes(&mut v, 6, &ts(11, 0));
-        put_bytes(&mut v, 8, b"\x0a\x01x"); // progressGroup: skipped
-        let mut log = Vec::new();
-        put_bytes(&mut log, 1, b"sha256:abc");
-        put_varint_field(&mut log, 3, 2);
-        put_bytes(&mut log, 4, b"hello\n");
-        let mut status = Vec::new();
-        put_bytes(&mut status, 1, b"pulling");
-        put_bytes(&mut status, 2, b"sha256:abc");
-        put_varint_field(&mut status, 4, 5);
-        put_varint_field(&mut status, 5, 10);
-        let mut msg = Vec::new();
-        put_bytes(&mut msg, 1, &v);
-        put_bytes(&mut msg, 2, &status);
-        put_bytes(&mut msg, 3, &log);
-        put_bytes(&mut msg, 4, b"warning"); // warnings: skipped
-        let decoded = status_response(&msg).unwrap();
+        let msg = control::StatusResponse {
+            vertexes: vec![control::Vertex {
+                digest: "sha256:abc".into(),
+                inputs: vec!["sha256:input".into()],
+                name: "[2/3] RUN make".into(),
+                cached: true,
+                started: ts(10, 5),
+                completed: ts(11, 0),
+                ..Default::default()
+            }],
+            statuses: vec![control::VertexStatus {
+                id: "pulling".into(),
+                vertex: "sha256:abc".into(),
+                current: 5,
+                total: 10,
+                ..Default::default()
+            }],
+            logs: vec![control::VertexLog {
+                vertex: "sha256:abc".into(),
+                stream: 2,
+                msg: b"hello\n".to_vec(),
+                ..Default::default()
+            }],
+            warnings: vec![control::VertexWarning {
+                vertex: "sha256:abc".into(),
+                short: b"warning".to_vec(),
+                ..Default::default()
+            }],
+        };
+        let mut bytes = msg.encode_to_vec();
+        // A field a newer BuildKit might add: skipped.
+        bytes.extend_from_slice(&[0xa2, 0x06, 0x01, b'x']);
+        let decoded = status_response(&bytes).unwrap();
         assert_eq!(
             decoded.vertexes,
             vec![Vertex {
@@ -328,6 +234,7 @@ mod tests {
         );
         assert_eq!(decoded.statuses[0].current, 5);
         assert_eq!(decoded.statuses[0].total, 10);
+        assert!(!decoded.statuses[0].completed);
         assert_eq!(decoded.logs[0].msg, b"hello\n");
         assert_eq!(decoded.logs[0].stream, 2);
     }
@@ -335,27 +242,47 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors_not_panics() {
         for bad in [
-            &[0x0a, 0x05, b'a'][..],       // length beyond the end
-            &[0x0a][..],                   // truncated length
-            &[0x80; 11][..],               // endless varint
-            &[0x0b][..],                   // wire type 3
-            &[0x00, 0x00][..],             // field 0
-            &[0x1a, 0x02, 0xff, 0xfe][..], // name not UTF-8 inside a vertex
+            &[0x0a, 0x05, b'a'][..],                   // length beyond the end
+            &[0x0a][..],                               // truncated length
+            &[0x80; 11][..],                           // endless varint
+            &[0x0b][..],                               // wire type 3
+            &[0x00, 0x00][..],                         // field 0
+            &[0x0a, 0x04, 0x1a, 0x02, 0xff, 0xfe][..], // vertex name not UTF-8
         ] {
-            let mut nested = Vec::new();
-            put_bytes(&mut nested, 1, bad);
-            assert!(status_response(bad).is_err() || status_response(&nested).is_err());
+            assert!(status_response(bad).is_err(), "{bad:?}");
         }
-        assert!(status_response(&[0x0a, 0x03, 0x1a, 0x05, b'x']).is_err());
+        assert!(secret_id(&[0x0a, 0x02, 0xff, 0xfe]).is_err());
     }
 
     #[test]
-    fn string_fields_read_the_request_id() {
-        let mut req = Vec::new();
-        put_bytes(&mut req, 1, b"id_rsa");
-        // annotations map entry: skipped
-        put_bytes(&mut req, 2, b"\x0a\x01k\x12\x01v");
-        assert_eq!(string_field(&req, 1).unwrap(), "id_rsa");
-        assert_eq!(string_field(&[], 1).unwrap(), "");
+    fn session_requests_and_answers_use_buildkits_messages() {
+        let req = GetSecretRequest {
+            id: "id_rsa".into(),
+            annotations: [("k".to_string(), "v".to_string())].into(),
+        };
+        assert_eq!(secret_id(&req.encode_to_vec()).unwrap(), "id_rsa");
+        assert_eq!(secret_id(&[]).unwrap(), "");
+        let host = CredentialsRequest {
+            host: "ghcr.io".into(),
+        };
+        assert_eq!(credentials_host(&host.encode_to_vec()).unwrap(), "ghcr.io");
+        assert_eq!(
+            agent_bytes(&agent_message(b"\x00\x01")).unwrap(),
+            b"\x00\x01"
+        );
+        assert_eq!(
+            HealthCheckResponse::decode(health_serving().as_slice())
+                .unwrap()
+                .status,
+            ServingStatus::Serving as i32
+        );
+        // The hand-made header plus the bytes is the message prost makes.
+        let secret = b"s3cr3t".repeat(40);
+        let mut answer = secret_response_header(secret.len());
+        answer.extend_from_slice(&secret);
+        let expected = bollard_buildkit_proto::moby::buildkit::secrets::v1::GetSecretResponse {
+            data: secret.clone(),
+        };
+        assert_eq!(answer, expected.encode_to_vec());
     }
 }

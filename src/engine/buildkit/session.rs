@@ -16,10 +16,9 @@
 //!   forwards the host's SSH agent (`ssh: true`): each connection a `RUN
 //!   --mount=type=ssh` makes to its socket becomes a stream of bytes to
 //!   and from the agent's socket;
+//! - `moby.filesync.v1.FileSync/DiffCopy`: the build context and the
+//!   rewritten Dockerfile ([`super::filesync`]);
 //! - `grpc.health.v1.Health/Check`, which the daemon polls.
-//!
-//! The build context does not travel here: it is the body of the build
-//! request, as with the classic builder.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +34,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::dial::Dialer;
+use super::filesync::{self, Sources, DIFF_COPY};
 use super::proto;
 use crate::engine::{EngineError, MountSecrets};
 
@@ -70,6 +70,8 @@ struct Offer {
     credentials: Arc<HashMap<String, DockerCredentials>>,
     /// Secret ids the build asked for and this step does not declare.
     refused: Mutex<Vec<String>>,
+    /// The context and the Dockerfile.
+    sources: Arc<Sources>,
 }
 
 /// A running session; dropping it closes the connection, and with it the
@@ -103,6 +105,7 @@ impl Session {
         secrets: MountSecrets,
         ssh_agent: Option<std::path::PathBuf>,
         credentials: Arc<HashMap<String, DockerCredentials>>,
+        sources: Sources,
     ) -> Result<Session, EngineError> {
         let id = new_id();
         let stream = dialer.dial().await?;
@@ -121,7 +124,7 @@ impl Session {
             .header("X-Docker-Expose-Session-Uuid", &id)
             .header("X-Docker-Expose-Session-Name", "habitus")
             .header("X-Docker-Expose-Session-Sharedkey", &id);
-        let mut methods = vec![HEALTH_CHECK, GET_SECRET, CREDENTIALS];
+        let mut methods = vec![HEALTH_CHECK, GET_SECRET, CREDENTIALS, DIFF_COPY];
         if ssh_agent.is_some() {
             methods.extend([CHECK_AGENT, FORWARD_AGENT]);
         }
@@ -151,11 +154,20 @@ impl Session {
             ssh_agent,
             credentials,
             refused: Mutex::new(Vec::new()),
+            sources: Arc::new(sources),
         });
         let served = Arc::clone(&offer);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let offer = Arc::clone(&served);
-            async move { Ok::<_, Infallible>(answer(&offer, request).await) }
+            async move {
+                if request.uri().path() == DIFF_COPY {
+                    return Ok::<_, Infallible>(filesync::diff_copy(
+                        Arc::clone(&offer.sources),
+                        request,
+                    ));
+                }
+                Ok::<_, Infallible>(answer(&offer, request).await)
+            }
         });
         let task = tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -168,6 +180,12 @@ impl Session {
     /// The id a build request names in its `session` parameter.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The first error sending the context or the Dockerfile hit: the
+    /// vertex that shows the transfer, and the message.
+    pub fn sync_failure(&self) -> Option<(String, String)> {
+        self.offer.sources.failure()
     }
 
     /// Secret ids the build asked for that the step does not declare.
@@ -229,7 +247,7 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
     };
     match path.as_str() {
         // BuildKit asks for "" when the mount names no id.
-        CHECK_AGENT => match proto::string_field(&message, 1) {
+        CHECK_AGENT => match proto::agent_id(&message) {
             Ok(id) if id.is_empty() || id == AGENT_ID => {
                 reply(vec![frame(Vec::new())], GRPC_OK, "")
             }
@@ -239,14 +257,9 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
                 "only the default SSH agent is forwarded",
             ),
         },
-        HEALTH_CHECK => {
-            // HealthCheckResponse { status: SERVING }.
-            let mut out = Vec::new();
-            proto::put_varint_field(&mut out, 1, 1);
-            reply(vec![frame(out)], GRPC_OK, "")
-        }
+        HEALTH_CHECK => reply(vec![frame(proto::health_serving())], GRPC_OK, ""),
         GET_SECRET => {
-            let Ok(id) = proto::string_field(&message, 1) else {
+            let Ok(id) = proto::secret_id(&message) else {
                 return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
             };
             let Some(secret) = offer.secrets.secrets.get(&id) else {
@@ -269,8 +282,7 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
             }
             // GetSecretResponse { data }: the field header here, the bytes
             // borrowed from the secret's own buffer (see SecretBytes).
-            let mut header = Vec::new();
-            proto::put_bytes_header(&mut header, 1, secret.len());
+            let header = proto::secret_response_header(secret.len());
             let len = header.len() + secret.len();
             let mut prefix = grpc_prefix(len);
             prefix.extend_from_slice(&header);
@@ -278,21 +290,21 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
             reply(vec![Bytes::from(prefix), data], GRPC_OK, "")
         }
         _ => {
-            let Ok(host) = proto::string_field(&message, 1) else {
+            let Ok(host) = proto::credentials_host(&message) else {
                 return reply(Vec::new(), GRPC_INVALID_ARGUMENT, "malformed request");
             };
-            let mut out = Vec::new();
-            if let Some(creds) = credentials_for(&offer.credentials, &host) {
-                match creds.identitytoken.as_deref().filter(|t| !t.is_empty()) {
-                    Some(token) => proto::put_bytes(&mut out, 2, token.as_bytes()),
-                    None => {
-                        let user = creds.username.as_deref().unwrap_or("");
-                        let password = creds.password.as_deref().unwrap_or("");
-                        proto::put_bytes(&mut out, 1, user.as_bytes());
-                        proto::put_bytes(&mut out, 2, password.as_bytes());
-                    }
-                }
-            }
+            let out = match credentials_for(&offer.credentials, &host) {
+                Some(creds) => match creds.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+                    // An identity token travels as the secret, without a
+                    // user name.
+                    Some(token) => proto::credentials("", token),
+                    None => proto::credentials(
+                        creds.username.as_deref().unwrap_or(""),
+                        creds.password.as_deref().unwrap_or(""),
+                    ),
+                },
+                None => proto::credentials("", ""),
+            };
             reply(vec![frame(out)], GRPC_OK, "")
         }
     }
@@ -386,10 +398,10 @@ async fn forward_agent(
                     break;
                 }
                 let message: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
-                let Ok(bytes) = proto::bytes_field(&message, 1) else {
+                let Ok(bytes) = proto::agent_bytes(&message) else {
                     return;
                 };
-                if to_agent.write_all(bytes).await.is_err() {
+                if to_agent.write_all(&bytes).await.is_err() {
                     return;
                 }
             }
@@ -404,8 +416,7 @@ async fn forward_agent(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut message = Vec::with_capacity(n + 8);
-            proto::put_bytes(&mut message, 1, &buf[..n]);
+            let message = proto::agent_message(&buf[..n]);
             if tx.send(Ok(Frame::data(frame(message)))).await.is_err() {
                 return;
             }
