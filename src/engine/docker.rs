@@ -1088,9 +1088,15 @@ impl DockerEngine {
     /// Attaches to, starts and waits for a created container; returns its
     /// exit code.
     async fn run_created(&self, id: &str, sink: &LineSink) -> Result<i64, EngineError> {
+        // Stream only, as `docker run` attaches: the daemon subscribes to the
+        // container's output before it answers the attach, and the container
+        // starts only after that, so nothing is missed. With `logs` too, the
+        // daemon would replay the log after subscribing, and a line written
+        // in between (a start that follows the attach quickly, as on a
+        // reused connection) would arrive twice.
         let attach = AttachContainerOptions {
             stream: true,
-            logs: true,
+            logs: false,
             stdout: true,
             stderr: true,
             ..Default::default()
