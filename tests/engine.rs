@@ -1,5 +1,6 @@
 //! The bollard engine against the real daemon: connecting (socket, TLS,
-//! unreachable), building, failing builds, running commands, cancellation.
+//! unreachable), building, failing builds, running commands, cancellation;
+//! against a stand-in daemon: the API version every request carries.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use habitus::engine::docker::{parse_api_version, DockerEngine, DockerOptions, MIN_API_VERSION};
 use habitus::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
 
+use crate::common::fake_daemon::{self, FakeDaemon};
 use crate::common::{
     base_image, containers_with_label, docker_available, engine, running_containers_with_label,
     tls_proxy, Cleanup, UID_LABEL,
@@ -450,4 +452,106 @@ async fn dropping_a_run_removes_its_container() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The request lines the stand-in daemon saw after the ping and the
+/// version request, which must go out unversioned (as the docker CLI sends
+/// them) and first.
+fn after_negotiation(daemon: &FakeDaemon) -> Vec<String> {
+    let requests = daemon.requests();
+    assert!(requests.len() > 2, "{requests:?}");
+    assert_eq!(
+        requests[..2],
+        ["GET /_ping HTTP/1.1", "GET /version HTTP/1.1"],
+        "{requests:?}"
+    );
+    requests[2..].to_vec()
+}
+
+/// Regression test for bollard issue #736: bollard 0.21 drops the version
+/// from every request path, so each daemon answered at its own newest API
+/// whatever was negotiated.
+#[tokio::test]
+async fn every_request_after_the_negotiation_carries_the_negotiated_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = fake_daemon::start(dir.path(), "1.41", b"not a tar".to_vec());
+    let opts = DockerOptions {
+        host: Some(daemon.host()),
+        ..Default::default()
+    };
+    let engine = DockerEngine::connect(&opts).await.unwrap();
+    engine.ping().await.unwrap();
+    assert!(engine
+        .inspect_image("hb-no-such-image")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        engine
+            .remove_containers_with_label(UID_LABEL, "hb-none")
+            .await
+            .unwrap(),
+        0
+    );
+    let mut saved = engine.save_image("hb-some-image").await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut saved).await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(bytes, b"not a tar");
+    for _ in 0..8 {
+        engine.ping().await.unwrap();
+    }
+
+    let later = after_negotiation(&daemon);
+    assert!(later.len() >= 12, "{later:?}");
+    for line in &later {
+        let path = line.split(' ').nth(1).unwrap_or_default();
+        assert!(path.starts_with("/v1.41/"), "unversioned: {later:?}");
+    }
+    // Connections are kept and reused, not opened for each request.
+    assert!(
+        daemon.connections() < later.len(),
+        "{} connections for {} requests",
+        daemon.connections(),
+        later.len()
+    );
+}
+
+#[tokio::test]
+async fn a_daemon_newer_than_habitus_is_spoken_to_in_habitus_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = fake_daemon::start(dir.path(), "1.99", Vec::new());
+    let opts = DockerOptions {
+        host: Some(daemon.host()),
+        ..Default::default()
+    };
+    let engine = DockerEngine::connect(&opts).await.unwrap();
+    engine.ping().await.unwrap();
+    let later = after_negotiation(&daemon);
+    let path = later[0].split(' ').nth(1).unwrap_or_default();
+    let version = path
+        .strip_prefix("/v")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(version, _)| parse_api_version(version))
+        .unwrap_or_else(|| panic!("unversioned: {later:?}"));
+    assert!(version >= MIN_API_VERSION && version < (1, 99), "{later:?}");
+}
+
+#[tokio::test]
+async fn a_daemon_older_than_api_1_38_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = fake_daemon::start(dir.path(), "1.30", Vec::new());
+    let opts = DockerOptions {
+        host: Some(daemon.host()),
+        ..Default::default()
+    };
+    let err = DockerEngine::connect(&opts).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "docker: the daemon at `{}` speaks API `1.30`; habitus needs API `1.38` (Docker 18.06) or newer",
+            daemon.host()
+        )
+    );
 }

@@ -3,7 +3,10 @@
 //! client certificate). It owns the translation between habitus requests and
 //! Docker's wire types: the streamed build context, the build output stream
 //! (lines, steps, cache hits, errors), throw-away containers for `command:`,
-//! and registry credentials from `~/.docker/config.json`.
+//! and registry credentials from `~/.docker/config.json`. Like the docker
+//! CLI, it negotiates the API version on connect (unversioned `GET
+//! /version`, the lower of the daemon's and bollard's) and sends every later
+//! request under `/v{negotiated}/` (see `engine::transport`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
@@ -26,12 +29,13 @@ use bollard::query_parameters::{
     RemoveImageOptions, WaitContainerOptions,
 };
 use bollard::query_parameters::{CreateImageOptions, ImportImageOptions};
-use bollard::{body_try_stream, Docker, API_DEFAULT_VERSION};
+use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::buildkit::{self, Dialer};
+use super::transport::Pool;
 use super::{
     BuildRequest, BuiltImage, ContainerRequest, Engine, EngineError, ImageInfo, LineSink,
     RunRequest,
@@ -145,15 +149,21 @@ impl std::fmt::Debug for DockerEngine {
 
 impl DockerEngine {
     /// Connects to the daemon, checks that it answers and settles on the
-    /// highest API version both sides speak.
+    /// highest API version both sides speak, as the docker CLI does: the
+    /// ping and `GET /version` go out unversioned, every later request under
+    /// `/v{negotiated}/`.
     pub async fn connect(opts: &DockerOptions) -> Result<DockerEngine, EngineError> {
         let address = opts.address().to_string();
         let unreachable = |message: String| EngineError::Unreachable {
             address: address.clone(),
             message,
         };
-        let (docker, dialer) = open(opts, &address)?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, docker.ping()).await {
+        let (pool, dialer) = open(opts, &address)?;
+        let timeout = REQUEST_TIMEOUT.as_secs();
+        let probe = pool
+            .docker(None, timeout)
+            .map_err(|err| unreachable(error_chain(&err)))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, probe.ping()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 if let Some(tls) = tls_failure(&err) {
@@ -172,9 +182,24 @@ impl DockerEngine {
                 )))
             }
         }
-        let docker = docker.negotiate_version().await.map_err(|err| {
-            unreachable(format!("API version negotiation: {}", error_chain(&err)))
-        })?;
+        let negotiated = probe
+            .negotiate_version()
+            .await
+            .map_err(|err| unreachable(format!("API version negotiation: {}", error_chain(&err))))?
+            .client_version();
+        let (major, minor) = MIN_API_VERSION;
+        if (
+            negotiated.major_version as u64,
+            negotiated.minor_version as u64,
+        ) < MIN_API_VERSION
+        {
+            return Err(EngineError::Api(format!(
+                "the daemon at `{address}` speaks API `{negotiated}`; habitus needs API `{major}.{minor}` (Docker 18.06) or newer"
+            )));
+        }
+        let docker = pool
+            .docker(Some(&negotiated), timeout)
+            .map_err(|err| unreachable(error_chain(&err)))?;
         Ok(DockerEngine {
             docker,
             address,
@@ -249,61 +274,39 @@ impl DockerEngine {
     }
 }
 
-/// Creates the bollard client for `address` and the dialer for BuildKit's
-/// own connections (no I/O yet, except reading the TLS files).
-fn open(opts: &DockerOptions, address: &str) -> Result<(Docker, Dialer), EngineError> {
-    let unreachable = |message: String| EngineError::Unreachable {
-        address: address.to_string(),
-        message,
-    };
-    let timeout = REQUEST_TIMEOUT.as_secs();
-    let docker = if let Some(path) = address.strip_prefix("unix://") {
+/// Creates the connection pool for bollard's requests and the dialer for
+/// BuildKit's own connections, both opening connections the same way (no
+/// I/O yet, except reading the TLS files).
+fn open(opts: &DockerOptions, address: &str) -> Result<(Pool, Dialer), EngineError> {
+    let dialer = if let Some(path) = address.strip_prefix("unix://") {
         if opts.tls() {
             return Err(EngineError::Tls(format!(
                 "TLS needs a `tcp://` host, not `{address}`"
             )));
         }
-        let dialer = Dialer::unix(address, Path::new(path));
-        (
-            Docker::connect_with_unix(path, timeout, API_DEFAULT_VERSION),
-            dialer,
-        )
+        Dialer::unix(address, Path::new(path))
     } else if let Some(rest) = address
         .strip_prefix("tcp://")
         .or_else(|| address.strip_prefix("http://"))
         .or_else(|| address.strip_prefix("https://"))
     {
         if opts.tls() || address.starts_with("https://") {
-            let dir = opts.cert_dir();
-            let files = tls_files(&dir)?;
-            let dialer = Dialer::tls(address, rest, &files)?;
-            let [ca, cert, key] = files;
-            let docker = Docker::connect_with_ssl(
-                &format!("tcp://{rest}"),
-                &key,
-                &cert,
-                &ca,
-                timeout,
-                API_DEFAULT_VERSION,
-            )
-            .map_err(|err| EngineError::Tls(error_chain(&err)))?;
-            return Ok((docker, dialer));
+            Dialer::tls(address, rest, &tls_files(&opts.cert_dir())?)?
         } else {
-            (
-                Docker::connect_with_http(&format!("tcp://{rest}"), timeout, API_DEFAULT_VERSION),
-                Dialer::tcp(address, rest),
-            )
+            Dialer::tcp(address, rest)
         }
     } else {
-        return Err(unreachable(
-            "unsupported address: use `unix:///path` or `tcp://host:port`".to_string(),
-        ));
+        return Err(EngineError::Unreachable {
+            address: address.to_string(),
+            message: "unsupported address: use `unix:///path` or `tcp://host:port`".to_string(),
+        });
     };
-    let (docker, dialer) = docker;
-    Ok((
-        docker.map_err(|err| unreachable(error_chain(&err)))?,
-        dialer,
-    ))
+    // The `Host` header: what the docker CLI sends.
+    let authority = match address.split_once("://") {
+        Some(("unix", _)) | None => "api.moby.localhost",
+        Some((_, host_port)) => host_port,
+    };
+    Ok((Pool::new(dialer.clone(), authority), dialer))
 }
 
 /// Checks that `ca.pem`, `cert.pem` and `key.pem` exist in `dir` and parse,
@@ -1084,9 +1087,15 @@ impl DockerEngine {
     /// Attaches to, starts and waits for a created container; returns its
     /// exit code.
     async fn run_created(&self, id: &str, sink: &LineSink) -> Result<i64, EngineError> {
+        // Stream only, as `docker run` attaches: the daemon subscribes to the
+        // container's output before it answers the attach, and the container
+        // starts only after that, so nothing is missed. With `logs` too, the
+        // daemon would replay the log after subscribing, and a line written
+        // in between (a start that follows the attach quickly, as on a
+        // reused connection) would arrive twice.
         let attach = AttachContainerOptions {
             stream: true,
-            logs: true,
+            logs: false,
             stdout: true,
             stderr: true,
             ..Default::default()

@@ -5,6 +5,7 @@
 pub mod buildkit;
 pub mod docker;
 pub mod fake;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -113,14 +113,32 @@ impl Dialer {
 
     /// Opens a new connection.
     pub async fn dial(&self) -> Result<Pin<Box<dyn Stream>>, EngineError> {
-        let unreachable = |err: std::io::Error| EngineError::Unreachable {
-            address: self.address.clone(),
-            message: err.to_string(),
-        };
+        self.open().await.map_err(|err| match err {
+            DialError::Connect(err) => EngineError::Unreachable {
+                address: self.address.clone(),
+                message: err.to_string(),
+            },
+            DialError::Handshake(err) => EngineError::Tls(format!(
+                "the TLS handshake with `{}` failed: {err}",
+                self.address
+            )),
+        })
+    }
+
+    /// Opens a new connection, failing with the I/O error itself: the API
+    /// client's pool reports it, and looks for the `rustls::Error` of a
+    /// failed handshake in it to say which certificate to check.
+    pub async fn open(&self) -> Result<Pin<Box<dyn Stream>>, DialError> {
         Ok(match &self.target {
-            Target::Unix(path) => Box::pin(UnixStream::connect(path).await.map_err(unreachable)?),
+            Target::Unix(path) => Box::pin(
+                UnixStream::connect(path)
+                    .await
+                    .map_err(DialError::Connect)?,
+            ),
             Target::Tcp(host_port) => {
-                let tcp = TcpStream::connect(host_port).await.map_err(unreachable)?;
+                let tcp = TcpStream::connect(host_port)
+                    .await
+                    .map_err(DialError::Connect)?;
                 let _ = tcp.set_nodelay(true);
                 Box::pin(tcp)
             }
@@ -129,20 +147,28 @@ impl Dialer {
                 server_name,
                 config,
             } => {
-                let tcp = TcpStream::connect(host_port).await.map_err(unreachable)?;
+                let tcp = TcpStream::connect(host_port)
+                    .await
+                    .map_err(DialError::Connect)?;
                 let _ = tcp.set_nodelay(true);
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
                 let tls = connector
                     .connect(server_name.clone(), tcp)
                     .await
-                    .map_err(|e| {
-                        EngineError::Tls(format!(
-                            "the TLS handshake with `{}` failed: {e}",
-                            self.address
-                        ))
-                    })?;
+                    .map_err(DialError::Handshake)?;
                 Box::pin(tls)
             }
         })
     }
+}
+
+/// Why [`Dialer::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The socket or TCP connection could not be opened.
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    /// The TLS handshake failed; the error wraps rustls's.
+    #[error("the TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
 }
