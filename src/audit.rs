@@ -630,7 +630,7 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
     let mut members: BTreeMap<String, Member> = BTreeMap::new();
     for entry in outer.entries()? {
         let mut entry = entry?;
-        let path = normalize(&entry.path()?.to_string_lossy());
+        let path = crate::layer::member_path(&entry.path()?.to_string_lossy());
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             let target = entry
@@ -638,9 +638,9 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
                 .map(|t| t.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let resolved = if kind.is_hard_link() {
-                normalize(&target)
+                crate::layer::member_path(&target)
             } else {
-                resolve_link(&path, &target)
+                crate::layer::link_target(&path, &target)
             };
             members.insert(path, Member::Link(resolved));
             continue;
@@ -814,29 +814,6 @@ fn display_digest(path: &str) -> String {
         .replacen('/', ":", 1)
 }
 
-/// `./a//b/` → `a/b`, `..` applied.
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    parts.join("/")
-}
-
-/// A symlink's target as an archive path.
-fn resolve_link(link: &str, target: &str) -> String {
-    match link.rsplit_once('/') {
-        Some((dir, _)) if !target.starts_with('/') => normalize(&format!("{dir}/{target}")),
-        _ => normalize(target),
-    }
-}
-
 /// The member behind `path`, following links inside the archive.
 fn follow<'m>(members: &'m BTreeMap<String, Member>, path: &str) -> Option<&'m Member> {
     let mut path = path.to_string();
@@ -866,7 +843,7 @@ fn find_image(members: &BTreeMap<String, Member>) -> Result<ImagePaths, AuditErr
     let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
         v.as_array()?
             .iter()
-            .map(|x| x.as_str().map(normalize))
+            .map(|x| x.as_str().map(crate::layer::member_path))
             .collect()
     };
     if let Some(manifest) = json("manifest.json") {
@@ -876,7 +853,7 @@ fn find_image(members: &BTreeMap<String, Member>) -> Result<ImagePaths, AuditErr
             .ok_or_else(|| AuditError::Format("`manifest.json` lists no image".into()))?;
         let config = first["Config"]
             .as_str()
-            .map(normalize)
+            .map(crate::layer::member_path)
             .ok_or_else(|| AuditError::Format("`manifest.json` names no config".into()))?;
         let layers = strings(&first["Layers"])
             .ok_or_else(|| AuditError::Format("`manifest.json` lists no layers".into()))?;

@@ -131,13 +131,15 @@ pub async fn run(
         "cleanup: squashed {} layer(s) into {} ({} kept)",
         report.layers_before, report.layers_after, report.kept
     ));
+    // The unsquashed image (on the containerd image store it outlives the
+    // tag it lost, and the images its instructions committed are not its
+    // parents): removing it, even when it is already gone, also removes
+    // those, whose layers hold what the commands deleted.
     if let Some(original) = original {
-        if engine.inspect_image(&original).await?.is_some() {
-            if let Err(e) = engine.remove_image(&original, false, false).await {
-                sink(&format!(
-                    "could not remove the unsquashed image `{original}`: {e}"
-                ));
-            }
+        if let Err(e) = engine.remove_image(&original, false, false).await {
+            sink(&format!(
+                "could not remove the unsquashed image `{original}`: {e}"
+            ));
         }
     }
     Ok(())

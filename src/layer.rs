@@ -224,6 +224,31 @@ impl Read for Layer<'_> {
     }
 }
 
+/// A member path of a `docker save` archive in canonical form:
+/// `./a//b/../c/` → `a/c`.
+pub fn member_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
+}
+
+/// The member a symbolic link at `link` pointing to `target` names (Docker
+/// 25+ links `<id>/layer.tar` to `../blobs/sha256/…`).
+pub fn link_target(link: &str, target: &str) -> String {
+    match link.rsplit_once('/') {
+        Some((dir, _)) if !target.starts_with('/') => member_path(&format!("{dir}/{target}")),
+        _ => member_path(target),
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -34,16 +34,7 @@ fn squash(args: &[&str]) -> crate::common::Output {
     Habitus::new().no_workdir().arg("squash").args(args).run()
 }
 
-pub fn layers(image: &str) -> Vec<String> {
-    serde_json::from_str(&docker(&[
-        "image",
-        "inspect",
-        "-f",
-        "{{json .RootFS.Layers}}",
-        image,
-    ]))
-    .unwrap()
-}
+use crate::common::saved::{layers, saved_layers};
 
 fn config(image: &str) -> serde_json::Value {
     serde_json::from_str(&docker(&[
@@ -114,104 +105,6 @@ fn filesystem(image: &str, uid: &str) -> BTreeMap<String, String> {
     child.wait().unwrap();
     docker(&["rm", "-f", &name]);
     listing
-}
-
-/// One layer of a saved image, decompressed.
-pub struct SavedLayer {
-    /// The uncompressed tar.
-    pub tar: Vec<u8>,
-    /// The paths it holds, as written (`./` trimmed).
-    pub names: Vec<String>,
-}
-
-/// Every layer of `docker save IMAGE`, in both layouts and any
-/// compression, bottom first, each read to its end. Panics when a layer
-/// cannot be read, when `manifest.json` names a member the archive lacks,
-/// or when the layers are not those `docker image inspect` lists: a test
-/// that reads no layer must not pass.
-pub fn saved_layers(image: &str) -> Vec<SavedLayer> {
-    use std::collections::HashMap;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("save.tar");
-    docker(&["save", "-o", file.to_str().unwrap(), image]);
-    let mut members: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut links: HashMap<String, String> = HashMap::new();
-    let mut archive = tar::Archive::new(std::fs::File::open(&file).unwrap());
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().to_string_lossy().into_owned();
-        match entry.header().entry_type() {
-            tar::EntryType::Regular => {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).unwrap();
-                members.insert(name, bytes);
-            }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name().unwrap().unwrap();
-                let dir = std::path::Path::new(&name).parent().unwrap();
-                let resolved = dir.join(target).to_string_lossy().into_owned();
-                links.insert(name, resolved);
-            }
-            _ => {}
-        }
-    }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&members["manifest.json"]).expect("manifest.json");
-    let names: Vec<String> = manifest[0]["Layers"]
-        .as_array()
-        .expect("manifest.json lists layers")
-        .iter()
-        .map(|l| l.as_str().unwrap().to_string())
-        .collect();
-    let diff_ids = layers(image);
-    assert!(!diff_ids.is_empty(), "`{image}` has no layer");
-    assert_eq!(names.len(), diff_ids.len(), "layers of `{image}`");
-    names
-        .iter()
-        .zip(&diff_ids)
-        .enumerate()
-        .map(|(i, (name, diff_id))| {
-            let mut member = name.clone();
-            while let Some(target) = links.get(&member) {
-                member = normalize(target);
-            }
-            let bytes = members
-                .get(&member)
-                .unwrap_or_else(|| panic!("layer {i} of `{image}`: no member `{name}`"));
-            let layer = habitus::layer::Layer::open(bytes.as_slice())
-                .unwrap_or_else(|e| panic!("layer {i} of `{image}` (`{name}`): {e}"));
-            let mut tar = Vec::new();
-            let mut layer = layer;
-            layer
-                .read_to_end(&mut tar)
-                .unwrap_or_else(|e| panic!("layer {i} of `{image}` (`{name}`): {e}"));
-            let summary = layer.finish().unwrap();
-            assert_eq!(&summary.diff_id, diff_id, "layer {i} of `{image}`");
-            let mut names = Vec::new();
-            for entry in tar::Archive::new(tar.as_slice()).entries().unwrap() {
-                let entry =
-                    entry.unwrap_or_else(|e| panic!("layer {i} of `{image}` (`{name}`): {e}"));
-                let path = entry.path().unwrap().to_string_lossy().into_owned();
-                names.push(path.trim_start_matches("./").to_string());
-            }
-            SavedLayer { tar, names }
-        })
-        .collect()
-}
-
-/// `a/../b/./c` → `b/c`.
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    parts.join("/")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -132,6 +132,16 @@ pub struct DockerEngine {
     /// The daemon's version and whether it builds with BuildKit, asked
     /// once, on the first BuildKit build.
     buildkit: Arc<tokio::sync::OnceCell<Result<(), EngineError>>>,
+    /// Image id of a classic build → the images of its instructions below
+    /// it (committed by it or taken from the cache), bottom first. On the
+    /// containerd image store (Docker 25+ with `containerd-snapshotter`)
+    /// these are not parents of the final image: `rmi` leaves them behind
+    /// as `<none>` images that still hold every intermediate layer — a
+    /// file a later instruction or a cleanup deleted among them.
+    /// [`Engine::remove_image`] removes the untagged ones with the image
+    /// (unless `noprune`), as the graph drivers' `rmi` prunes untagged
+    /// parents.
+    intermediates: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>>,
 }
 
 /// Shows the address and the registries it holds credentials for, never
@@ -206,6 +216,7 @@ impl DockerEngine {
             credentials: Arc::new(docker_config_credentials()),
             dialer,
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
+            intermediates: Arc::default(),
         })
     }
 
@@ -429,6 +440,18 @@ fn is_not_found(err: &BollardError) -> bool {
     )
 }
 
+/// A container removal that failed because the container is gone, or
+/// because another removal of it (a guard's, in the background) is under
+/// way: either way it will not be left behind.
+fn is_gone_or_going(err: &BollardError) -> bool {
+    is_not_found(err)
+        || matches!(
+            err,
+            BollardError::DockerResponseServerError { status_code: 409, message }
+                if message.contains("already in progress")
+        )
+}
+
 #[async_trait::async_trait]
 impl Engine for DockerEngine {
     async fn ping(&self) -> Result<(), EngineError> {
@@ -557,6 +580,25 @@ impl Engine for DockerEngine {
                 progress.last_step.clone(),
             )
             .await?;
+        let below: Vec<String> = progress
+            .chain
+            .iter()
+            .filter(|fresh| !id.trim_start_matches("sha256:").starts_with(fresh.as_str()))
+            .cloned()
+            .collect();
+        if !below.is_empty() {
+            // Keyed by the id inspect gives (on the containerd store the
+            // build stream's id is the config's, inspect's the manifest's),
+            // which is what `remove_image` looks up.
+            let key = match self.docker.inspect_image(&id).await {
+                Ok(inspected) => inspected.id.unwrap_or_else(|| id.clone()),
+                Err(_) => id.clone(),
+            };
+            self.intermediates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, below);
+        }
         Ok(BuiltImage {
             id,
             cached_steps: progress.cached,
@@ -635,11 +677,31 @@ impl Engine for DockerEngine {
             noprune,
             platforms: None,
         };
-        self.docker
-            .remove_image(image, Some(options), None)
-            .await
-            .map(|_| ())
-            .map_err(api)
+        // The key the build recorded its intermediates under: the id
+        // inspect gives, or `image` itself when it is an id of an image
+        // that is already gone (a squash moved its tag away).
+        let key = match self.docker.inspect_image(image).await {
+            Ok(inspected) => inspected.id,
+            Err(_) => image.starts_with("sha256:").then(|| image.to_string()),
+        };
+        match self.docker.remove_image(image, Some(options), None).await {
+            Ok(_) => {}
+            // Already gone: its intermediates may still be there.
+            Err(err) if is_not_found(&err) => {}
+            Err(err) => return Err(api(err)),
+        }
+        let below = key.and_then(|key| {
+            self.intermediates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key)
+        });
+        if let Some(below) = below.filter(|_| !noprune) {
+            // Untagged ones only, newest first; on a graph driver the
+            // daemon has already pruned them.
+            remove_fresh(&self.docker, below).await;
+        }
+        Ok(())
     }
 
     async fn remove_containers_with_label(
@@ -665,7 +727,7 @@ impl Engine for DockerEngine {
                 .await
             {
                 Ok(()) => removed += 1,
-                Err(err) if is_not_found(&err) => {}
+                Err(err) if is_gone_or_going(&err) => {}
                 Err(err) => return Err(api(err)),
             }
         }
@@ -1025,7 +1087,7 @@ impl Engine for DockerEngine {
 
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
         match self.docker.remove_container(id, Some(force_remove())).await {
-            Err(err) if !is_not_found(&err) => Err(api(err)),
+            Err(err) if !is_gone_or_going(&err) => Err(api(err)),
             _ => Ok(()),
         }
     }
@@ -1373,6 +1435,11 @@ struct BuildProgress {
     /// The current instruction commits an image and did not come from the
     /// cache: the next ` ---> <id>` is fresh.
     committing: bool,
+    /// Every image id the stream named after an instruction other than
+    /// `FROM`, fresh or from the cache, bottom first.
+    chain: Vec<String>,
+    /// The current instruction is not a `FROM`.
+    below: bool,
 }
 
 impl BuildProgress {
@@ -1391,6 +1458,8 @@ impl BuildProgress {
                 cached,
                 fresh,
                 committing,
+                chain,
+                below,
                 ..
             } = self;
             lines.push_with(text.as_bytes(), &mut |line| {
@@ -1406,6 +1475,7 @@ impl BuildProgress {
                             .get(..4)
                             .is_some_and(|k| k.eq_ignore_ascii_case("FROM"))
                     });
+                    *below = *committing;
                 } else if trimmed == "---> Using cache" {
                     *cached += 1;
                     *committing = false;
@@ -1416,7 +1486,11 @@ impl BuildProgress {
                     if *committing {
                         fresh.push(id.to_string());
                     }
+                    if *below {
+                        chain.push(id.to_string());
+                    }
                     *committing = false;
+                    *below = false;
                 }
                 // Other `--->` lines (`Running in …`; Docker 25+ also
                 // prints `---> Removed intermediate container …` before
@@ -1712,6 +1786,8 @@ after
             );
             progress.feed(&stream(&text), &*sink).unwrap();
             assert_eq!(progress.fresh, ["2c3d"], "{removed}");
+            // The images below the result, cached or not; not the base.
+            assert_eq!(progress.chain, ["2c3d", "4e5f"], "{removed}");
         }
     }
 
@@ -1790,6 +1866,7 @@ after
             )),
             dialer: super::Dialer::tcp("tcp://127.0.0.1:1", "127.0.0.1:1"),
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
+            intermediates: Arc::default(),
         };
         assert_eq!(
             format!("{engine:?}"),

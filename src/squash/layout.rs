@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use super::write::Hashing;
 use super::SquashError;
+use crate::layer::{link_target as resolve, member_path as normalize};
 use crate::layer::{Compression, Layer, LayerError};
 
 /// Size of the buffer used to copy members to their spool files.
@@ -275,32 +276,6 @@ fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, Squas
         }
     }
     Ok(members)
-}
-
-/// `./a//b/` → `a/b`.
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    parts.join("/")
-}
-
-/// A symlink target relative to the link's directory, as an archive path.
-fn resolve(link: &str, target: &str) -> String {
-    if target.starts_with('/') {
-        return normalize(target);
-    }
-    match link.rsplit_once('/') {
-        Some((dir, _)) => normalize(&format!("{dir}/{target}")),
-        None => normalize(target),
-    }
 }
 
 /// The file behind an archive path, following links inside the archive.

@@ -19,6 +19,7 @@
 
 pub mod fake_daemon;
 pub mod leak;
+pub mod saved;
 pub mod tls_proxy;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,27 @@ pub fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a listing `docker <args>` for cleanup, asking again when it fails:
+/// the containerd image store fails a listing now and then while another
+/// test removes an image (`content digest …: not found`), and a listing
+/// that failed would leave this test's objects behind.
+fn docker_list(args: &[&str]) -> String {
+    for attempt in 0..5 {
+        let out = Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200 * (attempt + 1)));
+    }
+    String::new()
 }
 
 /// Runs `docker <args>` ignoring failure (cleanup paths).
@@ -211,8 +233,8 @@ impl Cleanup {
     pub fn sweep(&self) {
         let uid = self.uid.as_str();
         let label = format!("label={UID_LABEL}={uid}");
-        let mut containers = words(&docker_quiet(&["ps", "-aq", "--filter", &label]));
-        containers.extend(words(&docker_quiet(&[
+        let mut containers = words(&docker_list(&["ps", "-aq", "--filter", &label]));
+        containers.extend(words(&docker_list(&[
             "ps",
             "-aq",
             "--filter",
@@ -224,28 +246,33 @@ impl Cleanup {
             docker_quiet(&args);
         }
 
-        let mut images: Vec<String> =
-            docker_quiet(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
-                .lines()
-                .filter(|reference| reference.contains(uid))
-                .map(str::to_string)
-                .collect();
-        images.extend(words(&docker_quiet(&[
-            "images",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &label,
-        ])));
-        images.dedup();
-        if !images.is_empty() {
+        // Removal can fail while a parallel test uses the same layers:
+        // list and remove again until nothing is left (a few rounds).
+        for _ in 0..3 {
+            let mut images: Vec<String> =
+                docker_list(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                    .lines()
+                    .filter(|reference| reference.contains(uid))
+                    .map(str::to_string)
+                    .collect();
+            images.extend(words(&docker_list(&[
+                "images",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &label,
+            ])));
+            images.dedup();
+            if images.is_empty() {
+                break;
+            }
             let mut args = vec!["rmi", "-f"];
             args.extend(images.iter().map(String::as_str));
             docker_quiet(&args);
         }
 
-        let mut networks = words(&docker_quiet(&["network", "ls", "-q", "--filter", &label]));
-        networks.extend(words(&docker_quiet(&[
+        let mut networks = words(&docker_list(&["network", "ls", "-q", "--filter", &label]));
+        networks.extend(words(&docker_list(&[
             "network",
             "ls",
             "-q",
