@@ -297,9 +297,9 @@ fn a_key_a_run_reshaped_is_found_and_its_armour_alone_is_not() {
         ),
         ("crlf", words.join("\r\n"), Some("with CRLF line endings")),
         ("line", format!("{}\n", body[2]), Some("line 3 of it alone")),
-        // A key joined by spaces: its lines are found (the first one
-        // found is named).
-        ("key-spaces", body.join(" "), Some("of it alone")),
+        // A key joined by spaces: the whole form is named, not the lines
+        // inside it.
+        ("key-spaces", body.join(" "), Some("its newlines as spaces")),
         (
             "armour",
             format!("{}\n{}\n", body[0], body[body.len() - 1]),
