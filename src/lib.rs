@@ -656,27 +656,21 @@ fn audit_secrets_from_build(
         sec_providers: &config.sec_providers,
     })
     .map_err(Error::Manifest)?;
-    let mut out = Vec::new();
-    for step in &loaded.manifest.steps {
-        for (name, spec) in &step.secrets {
-            let value = match spec.kind.as_str() {
-                "file" => std::fs::read(&spec.value).map_err(|source| Error::Io {
-                    what: format!(
-                        "secret `{name}` of step `{}`: cannot read `{}`",
-                        step.label, spec.value
-                    ),
-                    source,
-                })?,
-                _ => std::env::var_os(format!("HABITUS_{}", spec.value))
-                    .ok_or_else(|| {
-                        Error::Usage(format!(
-                            "secret `{name}` of step `{}`: `HABITUS_{}` is not set",
-                            step.label, spec.value
-                        ))
-                    })?
-                    .into_encoded_bytes(),
-            };
-            out.push((name.clone(), zeroize::Zeroizing::new(value)));
+    // The build's own resolution: the same providers (`--sec-providers`),
+    // paths from the build's work dir, size limit and errors.
+    let store = secrets::provider::resolve(&loaded.manifest, &config.sec_providers, &|name| {
+        std::env::var_os(name)
+    })
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    let mut out: Vec<NamedSecret> = Vec::new();
+    for step in store.steps() {
+        for (key, secret) in store.of_step(step) {
+            if !out.iter().any(|(name, _)| *name == key.name) {
+                out.push((
+                    key.name.clone(),
+                    zeroize::Zeroizing::new(secret.expose().to_vec()),
+                ));
+            }
         }
     }
     Ok(out)

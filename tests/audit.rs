@@ -477,3 +477,50 @@ fn a_key_only_in_a_pax_record_or_an_annotation_is_found() {
         }
     }
 }
+
+#[test]
+fn secrets_from_a_build_yml_are_resolved_as_the_build_resolves_them() {
+    let c = Cleanup::new("audit-from");
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir(project.path().join("keys")).unwrap();
+    std::fs::write(project.path().join("keys/deploy"), format!("{SECRET}\n")).unwrap();
+    // A relative file path is the build's: from the build.yml's work dir,
+    // not from where `habitus audit` runs.
+    std::fs::write(
+        project.path().join("build.yml"),
+        "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: hb/app\n      dockerfile: Dockerfile\n      secrets:\n        deploy:\n          type: file\n          value: keys/deploy\n",
+    )
+    .unwrap();
+    let tag = format!("hb/audit-from-{}", c.uid());
+    build(
+        project.path(),
+        &tag,
+        &format!("FROM {}\nCOPY secret.txt /root/leak\n", base_image()),
+    );
+    let file = project.path().join("build.yml");
+    let out = audit(&[&tag, "--secrets-from", file.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("secret `deploy` (raw) in layer") && out.stdout.contains("/root/leak"),
+        "{}",
+        out.stdout
+    );
+    // `--sec-providers` applies as it does to a build.
+    let out = audit(&[
+        &tag,
+        "--secrets-from",
+        file.to_str().unwrap(),
+        "--sec-providers",
+        "env",
+    ]);
+    // The build.yml diagnostic, with its line, as `habitus check` and a
+    // build give it.
+    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("build.yml:9:17: step `app`: secret type `file` is not enabled"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
+}
