@@ -345,7 +345,12 @@ fn cleanup_commands_run_as_root_in_an_image_with_only_sh() {
     // command's output shows it ran, and no container is left.
     let (h, c) = cleanup_project("cleanup-root", "rm /secret.txt && echo removed-it");
     let out = h.run();
+    out.assert_success();
     assert!(out.stderr.contains("app | removed-it"), "{}", out.stderr);
+    // As root the `rm` worked: the file is gone from the image.
+    let image = format!("hb/cleanup-app-{}", c.uid());
+    let listing = docker(&["run", "--rm", "--user", "0", &image, "ls", "/"]);
+    assert!(!listing.lines().any(|l| l == "secret.txt"), "{listing}");
     assert_no_container_left(&c);
 }
 

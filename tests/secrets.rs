@@ -586,6 +586,21 @@ fn a_secret_printed_by_a_failing_instruction_is_redacted_in_the_error() {
         "{}",
         out.stderr
     );
+    // The same on the machine-readable channel: every event on stdout.
+    let out = h.arg("--json").run();
+    out.assert_failure();
+    assert!(
+        out.stdout.contains("\"event\":\"step_output\""),
+        "no events on stdout: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("RUN echo *** && false"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&secret), "{}", out.stdout);
+    assert!(!out.stderr.contains(&secret), "{}", out.stderr);
 }
 
 #[test]
