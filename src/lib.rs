@@ -307,10 +307,7 @@ fn serve(
     let runtime = runtime()?;
     let reporter = Arc::new(Reporter::stderr(config.level, false));
     runtime.block_on(async {
-        let stop = async {
-            let cancel = CancellationToken::new();
-            watch_signals(cancel.clone(), Arc::new(Mutex::new(None))).await;
-        };
+        let stop = secrets::serve::stop_signals().map_err(|e| Error::Usage(e.to_string()))?;
         secrets::serve::run(&settings, store, reporter, print_stdout, stop)
             .await
             .map_err(|e| Error::Usage(e.to_string()))

@@ -2,8 +2,9 @@
 //! builders. It serves the secrets of build.yml (every step's, under one
 //! token) or those named with `--secret-file`/`--secret-env`, writes the
 //! CA certificate to a private temporary directory, prints the connection
-//! settings, and runs until SIGINT or SIGTERM; then the port closes and
-//! the directory is removed.
+//! settings, and runs until SIGHUP, SIGINT or SIGTERM; then the port
+//! closes and the directory is removed. The directory is created mode
+//! 0700 and the certificate 0600.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,7 +16,7 @@ use crate::progress::{Reporter, Severity};
 
 use super::provider::{self, SecretKey, SecretStore};
 use super::server::{self, AccessRecord, ServerOptions};
-use super::session::{SecretsError, Settings};
+use super::session::{self, SecretsError, Settings};
 
 /// The step name `habitus serve`'s single token is issued to.
 pub const SERVE_STEP: &str = "serve";
@@ -84,6 +85,27 @@ pub enum ServeError {
     /// The CA certificate could not be written.
     #[error("cannot write the CA certificate: {0}")]
     Io(#[from] std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("cannot watch for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Installs handlers for SIGHUP, SIGINT and SIGTERM now (so a signal that
+/// comes once the settings are printed cannot kill the process before
+/// the directory is removed) and returns a future that resolves at the
+/// first of them. Needs a Tokio runtime.
+pub fn stop_signals() -> Result<impl std::future::Future<Output = ()>, ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = hangup.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// Runs the server for `store` on `--binding` (default 127.0.0.1) and
@@ -99,6 +121,9 @@ pub async fn run(
     if store.is_empty() {
         return Err(ServeError::Empty);
     }
+    if let Some(warning) = session::basic_auth_warning(settings) {
+        reporter.message(Severity::Warning, &warning);
+    }
     let bind = settings.binding.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut options = ServerOptions::new(bind, settings.port);
     options.basic_auth = settings.basic_auth.clone();
@@ -109,9 +134,7 @@ pub async fn run(
     let handle = server::start(options, store)
         .await
         .map_err(SecretsError::from)?;
-    let dir = tempfile::Builder::new()
-        .prefix("habitus-serve-")
-        .tempdir()?;
+    let dir = private_dir()?;
     let ca_path = dir.path().join("ca.pem");
     write_private(&ca_path, handle.ca_pem().as_bytes())?;
     let token = handle.issue_token(SERVE_STEP);
@@ -128,7 +151,7 @@ pub async fn run(
     reporter.message(
         Severity::Info,
         &format!(
-            "secrets server listening on {} (Ctrl-C or SIGTERM stops it)",
+            "secrets server listening on {} (Ctrl-C, SIGTERM or SIGHUP stops it)",
             handle.url()
         ),
     );
@@ -144,6 +167,19 @@ pub async fn run(
     Ok(())
 }
 
+/// A new temporary directory only its owner can enter (mode 0700 from
+/// its creation, whatever the umask).
+fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("habitus-serve-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?;
+    // The umask can only take bits away; make sure none is left over.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 /// Writes `data` to a new file readable only by its owner.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -154,4 +190,18 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::private_dir;
+
+    #[test]
+    fn the_ca_directory_is_private() {
+        let dir = private_dir().unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 }

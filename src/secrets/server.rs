@@ -14,10 +14,13 @@
 //! secret the step does not declare, 404 unknown secret or route, 405 any
 //! method but GET, 413 a request with a body, 431 oversized headers.
 //!
-//! Defences against slow or greedy clients: a TLS handshake timeout, a
-//! header read timeout (also covers idle keep-alive connections), a cap
-//! on a connection's lifetime, a cap on concurrent connections (excess
-//! connections wait in the kernel's backlog) and a cap on header size.
+//! Defences against slow or greedy clients: a connection has 2 s to
+//! finish the TLS handshake and get a slot; a header read timeout (also
+//! closes keep-alive connections idle for 10 s); a cap on a connection's
+//! lifetime; a cap on connections being served (those past the handshake)
+//! and a separate cap on connections not yet past it, where a new
+//! connection evicts the oldest waiting one, so sockets that never start
+//! TLS cannot starve real clients; a cap on header size.
 //! Tokens and passwords are compared in constant time. Every request is
 //! reported to the access log with step, secret, peer and status; never
 //! with a value.
@@ -27,7 +30,7 @@
 //! the rest are cut after a short grace period. Tokens and the TLS key are
 //! dropped then; secrets when the last reference goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -102,15 +105,21 @@ impl fmt::Debug for BasicAuth {
 /// Resource limits of the server.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Time for a client to complete the TLS handshake.
+    /// Time for a client to complete the TLS handshake and get one of
+    /// [`Limits::max_connections`]; then the connection is dropped.
     pub handshake_timeout: Duration,
     /// Time for a client to send a request's headers, counted from the
     /// moment the server waits for them (so also idle keep-alive time).
     pub header_read_timeout: Duration,
     /// Longest life of one connection.
     pub max_connection_lifetime: Duration,
-    /// Connections served at once; more wait in the backlog.
+    /// Connections served at once (past the TLS handshake); more wait,
+    /// within [`Limits::handshake_timeout`].
     pub max_connections: usize,
+    /// Connections accepted but not yet served (in the TLS handshake or
+    /// waiting for a slot); a new connection beyond this evicts the
+    /// oldest of them.
+    pub max_pending: usize,
     /// Largest request head (request line and headers), in bytes; larger
     /// gets 431.
     pub max_header_bytes: usize,
@@ -121,10 +130,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             max_connection_lifetime: Duration::from_secs(120),
             max_connections: 256,
+            max_pending: 256,
             max_header_bytes: 8 * 1024,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -395,6 +405,7 @@ async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let pending = Arc::new(Pending::new(limits.max_pending.max(1)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -404,13 +415,6 @@ async fn serve(
     let http = Arc::new(http);
     let mut connections = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -425,19 +429,27 @@ async fn serve(
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
+        let ticket = Pending::admit(&pending);
         let acceptor = acceptor.clone();
+        let slots = Arc::clone(&slots);
         let shared = Arc::clone(&shared);
         let http = Arc::clone(&http);
         let stop = stop.clone();
         let limits = limits.clone();
         connections.spawn(async move {
-            let _permit = permit;
-            let tls = tokio::select! {
-                _ = stop.cancelled() => return,
-                tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => match tls {
-                    Ok(Ok(tls)) => tls,
-                    _ => return,
-                },
+            let setup = async {
+                let tls = acceptor.accept(tcp).await.ok()?;
+                let permit = slots.acquire_owned().await.ok()?;
+                Some((tls, permit))
+            };
+            let ready = tokio::select! {
+                _ = stop.cancelled() => None,
+                _ = ticket.evicted.cancelled() => None,
+                ready = tokio::time::timeout(limits.handshake_timeout, setup) => ready.ok().flatten(),
+            };
+            drop(ticket);
+            let Some((tls, _permit)) = ready else {
+                return;
             };
             let service = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
@@ -467,6 +479,55 @@ async fn serve(
                 break;
             }
         }
+    }
+}
+
+/// Connections accepted but not yet served, oldest first; at most `cap`.
+struct Pending {
+    cap: usize,
+    state: Mutex<(u64, VecDeque<(u64, CancellationToken)>)>,
+}
+
+/// A connection's place in [`Pending`]; leaves it when dropped.
+struct Ticket {
+    id: u64,
+    evicted: CancellationToken,
+    pending: Arc<Pending>,
+}
+
+impl Pending {
+    fn new(cap: usize) -> Pending {
+        Pending {
+            cap,
+            state: Mutex::new((0, VecDeque::new())),
+        }
+    }
+
+    /// Enters a new connection, evicting the oldest ones beyond the cap.
+    fn admit(pending: &Arc<Pending>) -> Ticket {
+        let mut state = pending.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, queue) = &mut *state;
+        while queue.len() >= pending.cap {
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.cancel();
+            }
+        }
+        let id = *next;
+        *next += 1;
+        let evicted = CancellationToken::new();
+        queue.push_back((id, evicted.clone()));
+        Ticket {
+            id,
+            evicted,
+            pending: Arc::clone(pending),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut state = self.pending.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1.retain(|(id, _)| *id != self.id);
     }
 }
 

@@ -65,6 +65,25 @@ impl Settings {
     }
 }
 
+/// Go Habitus's password for basic-auth compatibility mode, the default
+/// of `--password-secret-server`.
+pub const DEFAULT_PASSWORD: &str = "admin";
+
+/// The warning for basic-auth compatibility mode with the default (or an
+/// empty) password: anyone who reaches the server can fetch every
+/// secret with well-known credentials. `None` without the mode or with
+/// another password. The password itself is never part of the text.
+pub fn basic_auth_warning(settings: &Settings) -> Option<String> {
+    let basic = settings.basic_auth.as_ref()?;
+    let password = basic.expose_password();
+    (password.is_empty() || password == DEFAULT_PASSWORD).then(|| {
+        format!(
+            "--authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `{}`); anyone who can reach it can fetch them. Give --password-secret-server a strong password",
+            basic.user()
+        )
+    })
+}
+
 /// Errors of the secrets side of a build.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -181,6 +200,11 @@ pub fn prepare(
         }
         Some(true) => true,
     };
+    if server {
+        if let Some(warning) = basic_auth_warning(settings) {
+            notices.push((Severity::Warning, warning));
+        }
+    }
     if !mounting.is_empty() {
         notices.push((
             Severity::Info,
@@ -433,10 +457,11 @@ mod tests {
     use std::collections::BTreeMap;
     use std::ffi::OsString;
 
-    use super::{prepare, Settings};
+    use super::{basic_auth_warning, prepare, Settings};
     use crate::engine::Builder;
     use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
     use crate::progress::Severity;
+    use crate::secrets::server::BasicAuth;
 
     fn step(label: &str, builder: Option<Builder>) -> Step {
         Step {
@@ -504,5 +529,37 @@ mod tests {
         // --builder buildkit: both mount.
         let p = prepare(&m, &settings(None), None, Builder::BuildKit, &env).unwrap();
         assert!(!p.server && p.store.is_some());
+    }
+
+    #[test]
+    fn basic_auth_with_the_default_password_is_warned_about_without_showing_it() {
+        let with = |password: &str| Settings {
+            basic_auth: Some(BasicAuth::new("habitus", password)),
+            ..settings(None)
+        };
+        let expected = "--authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `habitus`); anyone who can reach it can fetch them. Give --password-secret-server a strong password";
+        assert_eq!(
+            basic_auth_warning(&with("admin")).as_deref(),
+            Some(expected)
+        );
+        assert_eq!(basic_auth_warning(&with("")).as_deref(), Some(expected));
+        assert_eq!(basic_auth_warning(&with("Zq8-long-and-random")), None);
+        assert_eq!(basic_auth_warning(&settings(None)), None);
+        // In a build, the warning comes with the server.
+        let m = manifest(vec![step("a", None)]);
+        let p = prepare(&m, &with("admin"), None, Builder::Legacy, &env).unwrap();
+        assert!(p.server);
+        assert!(p
+            .notices
+            .contains(&(Severity::Warning, expected.to_string())));
+        let p = prepare(
+            &m,
+            &with("Zq8-long-and-random"),
+            None,
+            Builder::Legacy,
+            &env,
+        )
+        .unwrap();
+        assert!(p.notices.iter().all(|(s, _)| *s != Severity::Warning));
     }
 }
