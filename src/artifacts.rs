@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{ContainerGuard, ContainerRequest, Engine, EngineError, LineSink};
 use crate::manifest::{Artifact, Step};
+use crate::workpath::{self, DirError};
 
 /// Chunks of archive in flight between the daemon and the extractor. The
 /// daemon's chunks are at most a few tens of KiB, so this bounds memory to
@@ -132,15 +133,16 @@ pub enum ArtifactError {
         /// What went wrong.
         error: ExtractError,
     },
-    /// The destination directory could not be created.
-    #[error("artifact `{source_path}`: cannot create `{}`: {error}", dest.display())]
+    /// The destination directory could not be created, or a component of
+    /// it is a symlink (never written through) or not a directory.
+    #[error("artifact `{source_path}`: cannot create `{}`: {error}\n  help: an artifact destination must be real folders inside the work directory", dest.display())]
     Destination {
         /// The artifact's path in the image.
         source_path: String,
         /// The destination directory.
         dest: PathBuf,
-        /// The underlying error.
-        error: std::io::Error,
+        /// What is wrong with it.
+        error: DirError,
     },
 }
 
@@ -641,7 +643,9 @@ pub async fn copy(
     for artifact in artifacts {
         let started = Instant::now();
         let dest = destination(workdir, artifact);
-        if let Err(error) = std::fs::create_dir_all(&dest) {
+        // Checked right before use: a symlink made since `habitus check`
+        // (by an earlier step's artifact, say) is refused all the same.
+        if let Err(error) = workpath::create_dirs(workdir, &artifact.dest) {
             result = Err(ArtifactError::Destination {
                 source_path: artifact.source.clone(),
                 dest,
@@ -707,7 +711,13 @@ impl HostArtifacts {
             let mut path = workdir.to_path_buf();
             for component in rel.components() {
                 path.push(component);
-                if std::fs::symlink_metadata(&path).is_err() {
+                let meta = std::fs::symlink_metadata(&path);
+                // Nothing is ever written through a symlink, so nothing
+                // beyond one is removed either.
+                if meta.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+                    break;
+                }
+                if meta.is_err() {
                     if !roots.iter().any(|r| path.starts_with(r)) {
                         roots.retain(|r| !r.starts_with(&path));
                         roots.push(path.clone());

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod runner;
 pub mod secrets;
 pub mod squash;
+pub mod workpath;
 
 use std::ffi::OsString;
 use std::io::Write;

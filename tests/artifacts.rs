@@ -435,3 +435,105 @@ fn cleanup_removes_a_secret(prefix: &str, builder: &str) {
     assert_eq!(docker(&["run", "--rm", &image]), "data\n");
     assert_no_container_left(&c);
 }
+
+/// Security round 2: a repository that commits `out -> <elsewhere>` cannot
+/// make the build write an artifact through it: the build fails before the
+/// daemon is asked for anything (`habitus check` refuses it), and with the
+/// check passed, an artifact destination that became a symlink since is
+/// refused at write time. Nothing is created outside the work directory.
+#[test]
+fn an_artifact_destination_that_is_a_symlink_is_never_written_through() {
+    for (prefix, builder) in [("art-link", "legacy"), ("art-link-bk", "buildkit")] {
+        symlinked_destination(prefix, builder);
+    }
+}
+
+fn symlinked_destination(prefix: &str, builder: &str) {
+    let outside = tempfile::tempdir().unwrap();
+    let (h, c) = project(
+        prefix,
+        &format!(
+            "build:
+  version: 2016-03-14
+  steps:
+    plant:
+      name: hb/{prefix}-plant
+      dockerfile: Dockerfile.plant
+      builder: {builder}
+      artifacts:
+        - /planted/out:dest
+    keys:
+      name: hb/{prefix}-keys
+      dockerfile: Dockerfile.keys
+      builder: {builder}
+      depends_on: [plant]
+      artifacts:
+        - /authorized_keys:dest/out
+"
+        ),
+    );
+    // At check time `dest/out` does not exist; the first step's artifact
+    // is a symlink `out -> <outside>` that lands at `dest/out`.
+    let h = h
+        .file(
+            "Dockerfile.plant",
+            from_base(&format!(
+                "RUN mkdir /planted && ln -s {} /planted/out\n",
+                outside.path().display()
+            )),
+        )
+        .file(
+            "Dockerfile.keys",
+            from_base("RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n"),
+        )
+        .arg("--keep-artifacts");
+    let out = h.run();
+    out.assert_failure();
+    assert!(
+        out.stderr
+            .contains("artifact `/authorized_keys`: cannot create `")
+            && out
+                .stderr
+                .contains("`dest/out` is a symlink; artifacts are never written through one"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "something was written outside the work directory"
+    );
+    assert_no_container_left(&c);
+
+    // A symlink committed in the repository is refused before any build.
+    let (h, _c) = project(
+        &format!("{prefix}-c"),
+        &format!(
+            "build:
+  version: 2016-03-14
+  steps:
+    keys:
+      name: hb/{prefix}-c
+      dockerfile: Dockerfile
+      builder: {builder}
+      artifacts:
+        - /authorized_keys:out
+"
+        ),
+    );
+    let h = h.file(
+        "Dockerfile",
+        from_base("RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n"),
+    );
+    std::os::unix::fs::symlink(outside.path(), h.dir().join("out")).unwrap();
+    let out = h.run();
+    out.assert_failure();
+    assert!(
+        out.stderr.contains(
+            "artifact destination `out` leads out of the work directory through the symlink `out`"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

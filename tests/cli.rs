@@ -305,3 +305,35 @@ fn verbose_is_level_debug() {
     );
     assert_eq!(config(&["habitus"]).level, Level::Info);
 }
+
+/// Security round 2: `habitus check` fails on an artifact destination that
+/// is a symlink out of the work directory, naming file:line and the link.
+#[test]
+fn check_fails_on_a_symlinked_artifact_destination_naming_the_line_and_link() {
+    let work = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), work.path().join("out")).unwrap();
+    let yml = work.path().join("build.yml");
+    std::fs::write(
+        &yml,
+        "build:\n  version: 2016-03-14\n  steps:\n    a:\n      name: a\n      dockerfile: Dockerfile\n      artifacts: [\"/authorized_keys:out/authorized_keys\"]\n",
+    )
+    .unwrap();
+    let out = habitus(&[
+        "check",
+        "-f",
+        yml.to_str().unwrap(),
+        "-d",
+        work.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!(
+        "error: {}:7:19: step `a`: artifact destination `out/authorized_keys` leads out of the work directory through the symlink `out` -> `{}`",
+        yml.display(),
+        outside.path().display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

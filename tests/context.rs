@@ -596,3 +596,24 @@ proptest! {
         prop_assert_eq!(ignore.matches(&path), lines % 2 == 1);
     }
 }
+
+/// Security round 2: a symlinked directory that leads out of the context is
+/// sent as a symlink; nothing beyond it is read.
+#[test]
+fn a_symlinked_directory_out_of_the_context_is_sent_as_a_symlink() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    tree(outside.path(), &[("secret", "not for the image")]);
+    tree(root.path(), &[("f", "x")]);
+    symlink(outside.path(), root.path().join("escape")).unwrap();
+    symlink("..", root.path().join("up")).unwrap();
+    let target = outside.path().to_str().unwrap();
+    assert_eq!(
+        entries(&tar_of(root.path(), &[])),
+        [
+            link("escape", target),
+            file("f", 0o644, "x"),
+            link("up", ".."),
+        ]
+    );
+}

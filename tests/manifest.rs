@@ -927,3 +927,84 @@ fn sec_providers_may_be_given_comma_separated() {
     .expect("valid");
     assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
 }
+
+/// Security round 2: a repository that commits symlinks cannot make a path
+/// build.yml names lead out of the work directory; each is reported at its
+/// line with the symlink.
+#[test]
+fn symlinks_that_lead_out_of_the_work_directory_are_reported_with_the_link() {
+    use std::os::unix::fs::symlink;
+    let dir = workdir(&["Dockerfile", "sub/Dockerfile"]);
+    let outside = tempfile::tempdir().unwrap();
+    let outside_real = fs::canonicalize(outside.path()).unwrap();
+    fs::write(outside.path().join("passwd"), "root:x:0:0\n").unwrap();
+    fs::write(outside.path().join("id_rsa"), "key\n").unwrap();
+    symlink(outside.path(), dir.path().join("out")).unwrap();
+    symlink("..", dir.path().join("sub/ctx")).unwrap();
+    symlink("..", dir.path().join("up")).unwrap();
+    symlink(
+        outside.path().join("passwd"),
+        dir.path().join("Dockerfile.evil"),
+    )
+    .unwrap();
+    symlink(outside.path().join("id_rsa"), dir.path().join("key")).unwrap();
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    keys:
+      name: keys
+      dockerfile: Dockerfile
+      artifacts:
+        - /authorized_keys:out
+        - /x:out/deeper
+    ctx:
+      name: ctx
+      context: up
+      dockerfile: Dockerfile
+    evil:
+      name: evil
+      dockerfile: Dockerfile.evil
+      secrets:
+        k:
+          type: file
+          value: key
+";
+    let text = errors(dir.path(), yml);
+    let w = dir.path().display();
+    let o = outside_real.display();
+    let help = |link: &str| {
+        format!("  help: paths are resolved, not read: remove the symlink `{link}` or name a path that stays inside the work directory `{w}`")
+    };
+    let want = [
+        format!("error: build.yml:8:11: step `keys`: artifact destination `out` leads out of the work directory through the symlink `out` -> `{}`", outside.path().display()),
+        help("out"),
+        format!("error: build.yml:9:11: step `keys`: artifact destination `out/deeper` leads out of the work directory through the symlink `out` -> `{}`", outside.path().display()),
+        help("out"),
+        "error: build.yml:12:16: step `ctx`: context `up` leads out of the work directory through the symlink `up` -> `..`".to_string(),
+        help("up"),
+        format!("error: build.yml:16:19: step `evil`: dockerfile `Dockerfile.evil` leads out of the work directory through the symlink `Dockerfile.evil` -> `{}/passwd`", outside.path().display()),
+        help("Dockerfile.evil"),
+        format!("error: build.yml:20:18: step `evil`: secret file `key` leads out of the work directory through the symlink `key` -> `{}/id_rsa`", outside.path().display()),
+        help("key"),
+    ]
+    .join("\n");
+    assert_eq!(text, want, "outside: {o}");
+    // A link below the context (`sub/ctx -> ..`) leads back into the work
+    // directory: allowed, and the context is the resolved folder.
+    let ok = "\
+build:
+  version: 2016-03-14
+  steps:
+    a:
+      name: a
+      context: sub/ctx
+      dockerfile: Dockerfile
+";
+    let loaded = check(dir.path(), ok).unwrap();
+    assert_eq!(loaded.manifest.steps[0].context, dir.path());
+    assert_eq!(
+        loaded.manifest.steps[0].dockerfile_path,
+        dir.path().join("Dockerfile")
+    );
+}

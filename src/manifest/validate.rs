@@ -12,6 +12,7 @@ use super::locate::{item_path, key_path, Index, Pos};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
 use crate::engine::Builder;
 use crate::plan::{Plan, PlanError};
+use crate::workpath;
 
 /// The schema versions habitus reads.
 pub const SCHEMA_VERSIONS: &[&str] = &["2016-02-13", "2016-03-14"];
@@ -49,6 +50,8 @@ struct Draft {
     context: Option<String>,
     /// `depends_on` entries and their paths.
     deps: Vec<(String, String)>,
+    /// The path of each entry of `step.artifacts`.
+    artifact_paths: Vec<String>,
 }
 
 struct Checker<'a> {
@@ -407,8 +410,21 @@ impl Checker<'_> {
         self.unique_names(&drafts);
         self.dependencies(&drafts);
         if workdir_ok {
-            for draft in &mut drafts {
-                self.paths(draft, &workdir);
+            match workpath::real_root(&workdir) {
+                Ok(real) => {
+                    for draft in &mut drafts {
+                        self.paths(draft, &workdir, &real);
+                    }
+                }
+                Err(e) => self.report(
+                    None,
+                    None,
+                    format!(
+                        "cannot resolve the work directory `{}`: {e}",
+                        workdir.display()
+                    ),
+                    Some("set the work directory with `-d`".into()),
+                ),
             }
         }
 
@@ -480,6 +496,7 @@ impl Checker<'_> {
             path,
             context: None,
             deps: Vec::new(),
+            artifact_paths: Vec::new(),
         };
         let empty = Mapping::new();
         let map = match value {
@@ -546,6 +563,7 @@ impl Checker<'_> {
                     for (artifact, item) in self.strings(value, &path, step, &key, "/usr/bin/app") {
                         if let Some(artifact) = self.artifact(&artifact, &item, step, workdir) {
                             draft.step.artifacts.push(artifact);
+                            draft.artifact_paths.push(item);
                         }
                     }
                 }
@@ -958,15 +976,101 @@ impl Checker<'_> {
         }
     }
 
-    /// Resolves and checks the context and the Dockerfile on disk.
-    fn paths(&mut self, draft: &mut Draft, workdir: &Path) {
+    /// Resolves `rel` under the work directory `real` (symlinks resolved)
+    /// as the kernel would; reports a symlink that leads out of it at
+    /// `path`. Returns the resolved path under `workdir` as written.
+    fn confine(
+        &mut self,
+        (workdir, real): (&Path, &Path),
+        rel: &Path,
+        path: &str,
+        step: Option<&str>,
+        what: &str,
+    ) -> Option<PathBuf> {
+        let resolved = match workpath::resolve(real, rel) {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                self.at_value(
+                    path,
+                    step,
+                    format!("cannot resolve {what}: {e}"),
+                    Some("remove the symlink loop".into()),
+                );
+                return None;
+            }
+        };
+        match resolved.escape {
+            None => Some(match resolved.path.strip_prefix(real) {
+                Ok(inside) => normalize(&workdir.join(inside)),
+                Err(_) => resolved.path,
+            }),
+            Some(escape) => {
+                let (message, help) = match &escape.link {
+                    Some(link) => (
+                        format!(
+                            "{what} leads out of the work directory through the symlink `{}` -> `{}`",
+                            link.display(),
+                            escape.target.display()
+                        ),
+                        format!(
+                            "paths are resolved, not read: remove the symlink `{}` or name a path that stays inside the work directory `{}`",
+                            link.display(),
+                            workdir.display()
+                        ),
+                    ),
+                    None => (
+                        format!(
+                            "{what} resolves outside the work directory, to `{}`",
+                            escape.target.display()
+                        ),
+                        format!("name a path inside the work directory `{}`", workdir.display()),
+                    ),
+                };
+                self.at_value(path, step, message, Some(help));
+                None
+            }
+        }
+    }
+
+    /// Resolves and checks, on disk and following symlinks, the artifact
+    /// destinations, the context, the Dockerfile and relative secret files:
+    /// each must stay inside the work directory `workdir` (`real` once its
+    /// own symlinks are resolved).
+    fn paths(&mut self, draft: &mut Draft, workdir: &Path, real: &Path) {
         let label = draft.step.label.clone();
         let step = Some(label.as_str());
+        let roots = (workdir, real);
+        for (artifact, path) in draft.step.artifacts.iter().zip(&draft.artifact_paths) {
+            let what = format!(
+                "artifact destination `{}`",
+                if artifact.dest.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    artifact.dest.display().to_string()
+                }
+            );
+            self.confine(roots, &artifact.dest, path, step, &what);
+        }
+        for (name, spec) in &draft.step.secrets {
+            let value = Path::new(&spec.value);
+            if spec.kind != "file" || value.is_absolute() {
+                continue;
+            }
+            // `../keys/id` names a file outside on purpose; a symlink that
+            // leads out of a path written inside is what is refused.
+            let lexical = normalize(&workdir.join(value));
+            let Ok(rel) = lexical.strip_prefix(workdir) else {
+                continue;
+            };
+            let path = key_path(&key_path(&key_path(&draft.path, "secrets"), name), "value");
+            let what = format!("secret file `{}`", spec.value);
+            self.confine(roots, rel, &path, step, &what);
+        }
         if let Some(context) = &draft.context {
             let path = key_path(&draft.path, "context");
             // As Go Habitus (filepath.Join): always inside the work dir's tree.
             let resolved = normalize(&workdir.join(context.trim_start_matches('/')));
-            if !resolved.starts_with(workdir) {
+            let Ok(rel) = resolved.strip_prefix(workdir) else {
                 self.at_value(
                     &path,
                     step,
@@ -977,7 +1081,11 @@ impl Checker<'_> {
                     Some("the context must be the work directory or a folder inside it".into()),
                 );
                 return;
-            }
+            };
+            let what = format!("context `{context}`");
+            let Some(resolved) = self.confine(roots, rel, &path, step, &what) else {
+                return;
+            };
             if !resolved.is_dir() {
                 let message = if resolved.exists() {
                     format!(
@@ -1004,7 +1112,26 @@ impl Checker<'_> {
             return;
         }
         let dockerfile = &draft.step.dockerfile;
+        let dockerfile_key = key_path(&draft.path, "dockerfile");
         let resolved = normalize(&draft.step.context.join(dockerfile.trim_start_matches('/')));
+        let Ok(rel) = resolved.strip_prefix(workdir) else {
+            self.at_value(
+                &dockerfile_key,
+                step,
+                format!(
+                    "dockerfile `{dockerfile}` is outside the work directory `{}`",
+                    workdir.display()
+                ),
+                Some("the Dockerfile must be a file inside the work directory".into()),
+            );
+            return;
+        };
+        let what = format!("dockerfile `{dockerfile}`");
+        let rel = rel.to_path_buf();
+        let Some(resolved) = self.confine(roots, &rel, &dockerfile_key, step, &what) else {
+            return;
+        };
+        let dockerfile = &draft.step.dockerfile;
         if !resolved.is_file() {
             let message = if resolved.exists() {
                 format!(
@@ -1021,12 +1148,7 @@ impl Checker<'_> {
                 "`dockerfile` is relative to the build context `{}`",
                 draft.step.context.display()
             );
-            self.at_value(
-                &key_path(&draft.path, "dockerfile"),
-                step,
-                message,
-                Some(help),
-            );
+            self.at_value(&dockerfile_key, step, message, Some(help));
             return;
         }
         draft.step.dockerfile_path = resolved;

@@ -1058,6 +1058,34 @@ mod tests {
         assert!(all.iter().all(|e| e.stat.uid == 0 && e.stat.gid == 0));
     }
 
+    /// Security round 2: a symlinked directory that leads out of the
+    /// context (to another directory, or `..`) is sent as a symlink and
+    /// nothing beyond it is read, even when the daemon follows paths.
+    #[test]
+    fn a_symlinked_directory_out_of_the_context_is_sent_as_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "not for the image").unwrap();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        symlink(outside.path(), dir.path().join("escape")).unwrap();
+        symlink("..", dir.path().join("up")).unwrap();
+        let all = entries(&sources(dir.path()), &wanted(CONTEXT)).unwrap();
+        assert_eq!(paths(&all), ["escape", "f", "up"]);
+        for i in [0, 2] {
+            assert_eq!(all[i].stat.mode & mode::TYPE, mode::SYMLINK);
+            assert_eq!(all[i].source, Source::None);
+        }
+        assert_eq!(all[0].stat.linkname, outside.path().to_str().unwrap());
+        let mut w = wanted(CONTEXT);
+        w.follow_paths = vec!["escape/secret".into(), "up".into()];
+        let followed = entries(&sources(dir.path()), &w).unwrap();
+        assert!(
+            followed.iter().all(|e| !e.stat.path.contains("secret")),
+            "{:?}",
+            paths(&followed)
+        );
+    }
+
     #[test]
     fn exclude_patterns_and_their_exceptions_are_honoured() {
         let dir = tree();

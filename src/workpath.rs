@@ -1,0 +1,330 @@
+//! Paths under the work directory, resolved the way the kernel resolves
+//! them rather than read as text. A repository can commit a symlink
+//! (`out -> /home/ci/.ssh`, `ctx -> ..`, `Dockerfile -> /etc/passwd`), so a
+//! path that looks inside the work directory may lead out of it.
+//!
+//! [`resolve`] follows symlinks component by component, as `open(2)` would,
+//! and names the symlink that leads out; `habitus check` reports it.
+//! [`create_dirs`] makes artifact destinations at write time and refuses a
+//! symlink in any component, checked right before use.
+
+use std::ffi::OsString;
+use std::io::{self, ErrorKind};
+use std::path::{Component, Path, PathBuf};
+
+/// Symlinks followed before giving up, as Linux's `MAXSYMLINKS`.
+const MAX_LINKS: usize = 40;
+
+/// A path under a root, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The real path: no symlinks in the components that exist; missing
+    /// components are appended as written.
+    pub path: PathBuf,
+    /// Set when `path` is outside the root.
+    pub escape: Option<Escape>,
+}
+
+/// How a resolved path left the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escape {
+    /// The symlink that led out, relative to the root, if one did.
+    pub link: Option<PathBuf>,
+    /// What that symlink points to, as stored in it.
+    pub target: PathBuf,
+}
+
+/// Resolves `rel` below `root` following symlinks as the kernel does (a
+/// `..` after a symlink goes up from the symlink's target). `root` must be
+/// a real path (see [`real_root`]); `rel` is taken relative to it even when
+/// it starts with `/`.
+pub fn resolve(root: &Path, rel: &Path) -> io::Result<Resolved> {
+    let mut pending: Vec<OsString> = Vec::new();
+    push_front(&mut pending, rel);
+    let mut current = root.to_path_buf();
+    let mut links = 0;
+    let mut missing = false;
+    // The last symlink inside the root that was expanded, and the one in
+    // effect when the path last left the root.
+    let mut last_link: Option<(PathBuf, PathBuf)> = None;
+    let mut culprit: Option<(PathBuf, PathBuf)> = None;
+    while let Some(part) = pending.pop() {
+        let was_inside = current.starts_with(root);
+        if part == ".." {
+            current.pop();
+        } else if part == "/" {
+            current = PathBuf::from("/");
+        } else {
+            let next = current.join(&part);
+            if missing {
+                current = next;
+                continue;
+            }
+            match std::fs::symlink_metadata(&next) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(io::Error::new(
+                            ErrorKind::InvalidInput,
+                            format!("too many levels of symlinks at `{}`", next.display()),
+                        ));
+                    }
+                    let target = std::fs::read_link(&next)?;
+                    if let Ok(inside) = next.strip_prefix(root) {
+                        last_link = Some((inside.to_path_buf(), target.clone()));
+                    }
+                    push_front(&mut pending, &target);
+                    if target.is_absolute() {
+                        current = PathBuf::from("/");
+                    }
+                }
+                Ok(_) => current = next,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    missing = true;
+                    current = next;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if was_inside && !current.starts_with(root) {
+            culprit.clone_from(&last_link);
+        }
+    }
+    let escape = (!current.starts_with(root)).then(|| match culprit {
+        Some((link, target)) => Escape {
+            link: Some(link),
+            target,
+        },
+        None => Escape {
+            link: None,
+            target: current.clone(),
+        },
+    });
+    Ok(Resolved {
+        path: current,
+        escape,
+    })
+}
+
+/// Puts `path`'s components on the stack so that its first component is
+/// popped next; an absolute path starts with `/`.
+fn push_front(pending: &mut Vec<OsString>, path: &Path) {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir => parts.push(OsString::from("/")),
+            Component::Prefix(_) | Component::CurDir => {}
+            Component::ParentDir => parts.push(OsString::from("..")),
+            Component::Normal(part) => parts.push(part.to_os_string()),
+        }
+    }
+    pending.extend(parts.into_iter().rev());
+}
+
+/// The work directory with every symlink in it resolved.
+pub fn real_root(workdir: &Path) -> io::Result<PathBuf> {
+    std::fs::canonicalize(workdir)
+}
+
+/// Why a destination directory could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// A component is a symlink, which could point anywhere.
+    #[error("`{}` is a symlink; artifacts are never written through one", link.display())]
+    Symlink {
+        /// The symlink, relative to the root.
+        link: PathBuf,
+    },
+    /// A component is something other than a directory.
+    #[error("`{}` is not a directory", path.display())]
+    NotDir {
+        /// The component, relative to the root.
+        path: PathBuf,
+    },
+    /// Reading or creating a component failed.
+    #[error("`{}`: {source}", path.display())]
+    Io {
+        /// The component, relative to the root.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Creates `root/rel` as real directories, checking every component below
+/// `root` with `symlink_metadata` right before use: a symlink or a
+/// non-directory is refused, a missing directory created. `rel` must not
+/// hold `..` (a validated artifact destination does not). Returns
+/// `root.join(rel)`.
+pub fn create_dirs(root: &Path, rel: &Path) -> Result<PathBuf, DirError> {
+    let mut prefix = PathBuf::new();
+    for component in rel.components() {
+        let Component::Normal(part) = component else {
+            if component == Component::ParentDir {
+                return Err(DirError::Io {
+                    path: rel.to_path_buf(),
+                    source: io::Error::new(ErrorKind::InvalidInput, "`..` in a destination"),
+                });
+            }
+            continue;
+        };
+        prefix.push(part);
+        let path = root.join(&prefix);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(DirError::Symlink { link: prefix })
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(DirError::NotDir { path: prefix }),
+            Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(&path) {
+                Ok(()) => {}
+                // Made by someone else since: check it again.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let meta = std::fs::symlink_metadata(&path).map_err(|source| DirError::Io {
+                        path: prefix.clone(),
+                        source,
+                    })?;
+                    if meta.file_type().is_symlink() {
+                        return Err(DirError::Symlink { link: prefix });
+                    }
+                    if !meta.is_dir() {
+                        return Err(DirError::NotDir { path: prefix });
+                    }
+                }
+                Err(source) => {
+                    return Err(DirError::Io {
+                        path: prefix,
+                        source,
+                    })
+                }
+            },
+            Err(source) => {
+                return Err(DirError::Io {
+                    path: prefix,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(root.join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{create_dirs, real_root, resolve, DirError, Escape};
+    use std::os::unix::fs::symlink;
+    use std::path::{Path, PathBuf};
+
+    fn dirs() -> (tempfile::TempDir, PathBuf, tempfile::TempDir, PathBuf) {
+        let work = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = real_root(work.path()).unwrap();
+        let out = real_root(outside.path()).unwrap();
+        (work, root, outside, out)
+    }
+
+    #[test]
+    fn a_plain_path_resolves_inside() {
+        let (_w, root, _o, _out) = dirs();
+        std::fs::create_dir(root.join("a")).unwrap();
+        let r = resolve(&root, Path::new("a/missing/deeper")).unwrap();
+        assert_eq!(r.path, root.join("a/missing/deeper"));
+        assert_eq!(r.escape, None);
+    }
+
+    #[test]
+    fn a_link_to_another_directory_escapes_naming_the_link() {
+        let (_w, root, _o, out) = dirs();
+        symlink(&out, root.join("out")).unwrap();
+        let r = resolve(&root, Path::new("out/authorized_keys")).unwrap();
+        assert_eq!(r.path, out.join("authorized_keys"));
+        assert_eq!(
+            r.escape,
+            Some(Escape {
+                link: Some("out".into()),
+                target: out.clone(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_link_to_the_parent_escapes() {
+        let (_w, root, _o, _out) = dirs();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        symlink("../..", root.join("sub/ctx")).unwrap();
+        let r = resolve(&root, Path::new("sub/ctx")).unwrap();
+        assert_eq!(Some(r.path.as_path()), root.parent());
+        let escape = r.escape.unwrap();
+        assert_eq!(escape.link, Some(PathBuf::from("sub/ctx")));
+        assert_eq!(escape.target, PathBuf::from("../.."));
+    }
+
+    #[test]
+    fn a_link_to_a_file_outside_escapes() {
+        let (_w, root, _o, out) = dirs();
+        std::fs::write(out.join("passwd"), "root:x:0:0\n").unwrap();
+        symlink(out.join("passwd"), root.join("Dockerfile")).unwrap();
+        let r = resolve(&root, Path::new("Dockerfile")).unwrap();
+        assert_eq!(r.escape.unwrap().link, Some(PathBuf::from("Dockerfile")));
+    }
+
+    #[test]
+    fn links_that_stay_inside_are_fine() {
+        let (_w, root, _o, _out) = dirs();
+        std::fs::create_dir_all(root.join("real/deep")).unwrap();
+        symlink("real/deep", root.join("short")).unwrap();
+        symlink(root.join("real"), root.join("abs")).unwrap();
+        symlink("..", root.join("real/up")).unwrap();
+        for rel in ["short", "abs/deep", "real/up/short", "short/../deep"] {
+            let r = resolve(&root, Path::new(rel)).unwrap();
+            assert_eq!(r.escape, None, "{rel}");
+        }
+        assert_eq!(
+            resolve(&root, Path::new("short/..")).unwrap().path,
+            root.join("real")
+        );
+    }
+
+    #[test]
+    fn a_chain_names_the_link_inside_that_leads_out() {
+        let (_w, root, _o, out) = dirs();
+        std::fs::create_dir(root.join("real")).unwrap();
+        symlink("real", root.join("innocent")).unwrap();
+        symlink(&out, root.join("real/bad")).unwrap();
+        let r = resolve(&root, Path::new("innocent/bad/x")).unwrap();
+        assert_eq!(r.escape.unwrap().link, Some(PathBuf::from("real/bad")));
+    }
+
+    #[test]
+    fn a_symlink_loop_is_an_error() {
+        let (_w, root, _o, _out) = dirs();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert!(resolve(&root, Path::new("a/x")).is_err());
+    }
+
+    #[test]
+    fn create_dirs_refuses_a_symlink_and_creates_nothing_through_it() {
+        let (_w, root, _o, out) = dirs();
+        symlink(&out, root.join("out")).unwrap();
+        let err = create_dirs(&root, Path::new("out/deeper")).unwrap_err();
+        assert!(matches!(&err, DirError::Symlink { link } if link == Path::new("out")));
+        assert_eq!(
+            err.to_string(),
+            "`out` is a symlink; artifacts are never written through one"
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn create_dirs_makes_real_directories() {
+        let (_w, root, _o, _out) = dirs();
+        let made = create_dirs(&root, Path::new("a/b/c")).unwrap();
+        assert!(made.is_dir());
+        std::fs::write(root.join("file"), "").unwrap();
+        assert!(matches!(
+            create_dirs(&root, Path::new("file/x")),
+            Err(DirError::NotDir { .. })
+        ));
+    }
+}
