@@ -1,7 +1,7 @@
 //! The top-level error and its mapping to exit codes (Go Habitus's: 2 for
 //! bad usage or an unreachable daemon, 1 for a bad build.yml or a failed
-//! build; a failed `command:` passes its own code through; 130/143 for
-//! SIGINT/SIGTERM).
+//! build; a failed `command:` passes its own code through; 130/143/129 for
+//! SIGINT/SIGTERM/SIGHUP).
 
 use crate::engine::EngineError;
 use crate::manifest::Diagnostics;

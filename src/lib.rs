@@ -508,15 +508,17 @@ fn print_summary(reporter: &Reporter, summary: &Summary) {
 /// Cancels the build on the first SIGINT or SIGTERM, remembering which.
 async fn watch_signals(cancel: CancellationToken, signal: Arc<Mutex<Option<Signal>>>) {
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         unix_signal(SignalKind::interrupt()),
         unix_signal(SignalKind::terminate()),
+        unix_signal(SignalKind::hangup()),
     ) else {
         return;
     };
     let which = tokio::select! {
         _ = int.recv() => Signal::Interrupt,
         _ = term.recv() => Signal::Terminate,
+        _ = hup.recv() => Signal::Hangup,
     };
     *signal.lock().unwrap_or_else(|e| e.into_inner()) = Some(which);
     cancel.cancel();

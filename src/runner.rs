@@ -45,6 +45,8 @@ pub enum Signal {
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// SIGHUP: the terminal the build ran in went away.
+    Hangup,
 }
 
 /// Build options that come from the command line.
@@ -199,7 +201,7 @@ pub enum BuildError {
         message: String,
     },
     /// Ctrl-C or SIGTERM.
-    #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" })]
+    #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM", Signal::Hangup => "SIGHUP" })]
     Interrupted {
         /// Which signal.
         signal: Signal,
@@ -208,7 +210,8 @@ pub enum BuildError {
 
 impl BuildError {
     /// The exit code habitus ends with: a failed `command:` passes its own
-    /// code through; signals give 130/143; everything else 1.
+    /// code through; signals give 128 + their number (130 SIGINT, 143
+    /// SIGTERM, 129 SIGHUP); everything else 1.
     pub fn code(&self) -> i32 {
         match self {
             BuildError::Command { code, .. } => clamp_code(*code),
@@ -219,6 +222,9 @@ impl BuildError {
             BuildError::Interrupted {
                 signal: Signal::Terminate,
             } => 143,
+            BuildError::Interrupted {
+                signal: Signal::Hangup,
+            } => 129,
             _ => 1,
         }
     }

@@ -725,8 +725,19 @@ fn a_secret_printed_by_a_failing_instruction_is_redacted_in_the_error() {
 
 #[test]
 fn sigint_mid_build_tears_the_server_and_network_down() {
+    signal_mid_build_tears_down("INT", 130);
+}
+
+/// SIGHUP is what a build gets when the terminal it runs in closes (an
+/// SSH session dropped): it ends the build as SIGTERM does.
+#[test]
+fn sighup_mid_build_tears_the_server_and_network_down() {
+    signal_mid_build_tears_down("HUP", 129);
+}
+
+fn signal_mid_build_tears_down(signal: &str, code: i32) {
     let (h, c) = project(
-        "sec-int",
+        &format!("sec-{}", signal.to_lowercase()),
         "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/secrets-int\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n",
     );
     let marker = format!("marker-{}", c.uid());
@@ -759,14 +770,14 @@ fn sigint_mid_build_tears_the_server_and_network_down() {
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
     let pid = child.id().to_string();
     assert!(Command::new("kill")
-        .args(["-INT", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap()
         .success());
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert_eq!(status.code(), Some(code), "{seen}{rest}");
     assert_torn_down(&format!("{seen}{rest}"), c.uid());
     assert!(!image_exists(&format!("hb/secrets-int-{}", c.uid())));
 }
