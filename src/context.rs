@@ -318,15 +318,19 @@ pub fn device_numbers(rdev: u64) -> (u32, u32) {
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<OsString>, ContextError> {
-    let io = |source| ContextError::Io {
+    sorted_names(dir).map_err(|source| ContextError::Io {
         path: dir.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// The names in `dir`, in reverse byte order: walkers pop them from the
+/// end, so they come out sorted (the order Docker and fsutil walk in).
+pub(crate) fn sorted_names(dir: &Path) -> io::Result<Vec<OsString>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io)? {
-        names.push(entry.map_err(io)?.file_name());
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name());
     }
-    // Reverse order: names are popped from the end.
     names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
     Ok(names)
 }

@@ -15,6 +15,21 @@ fn audit(args: &[&str]) -> crate::common::Output {
     Habitus::new().no_workdir().arg("audit").args(args).run()
 }
 
+/// `habitus audit ARGS` against a stand-in daemon whose `docker save` of
+/// any image is `archive` (`AUDIT_TOKEN` set to the secret).
+fn audit_served(archive: Vec<u8>, args: &[&str]) -> crate::common::Output {
+    let fake = tempfile::tempdir().unwrap();
+    let daemon = crate::common::fake_daemon::start(fake.path(), "1.41", archive);
+    Habitus::new()
+        .no_workdir()
+        .env("AUDIT_TOKEN", SECRET)
+        .arg("--host")
+        .arg(daemon.host())
+        .arg("audit")
+        .args(args)
+        .run()
+}
+
 #[test]
 fn a_secret_deleted_by_a_later_layer_is_found_in_its_layer() {
     let c = Cleanup::new("audit-del");
@@ -229,15 +244,7 @@ fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
                 }
             }
         }
-        let fake = tempfile::tempdir().unwrap();
-        let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive_of(&changed));
-        let out = Habitus::new()
-            .no_workdir()
-            .env("AUDIT_TOKEN", SECRET)
-            .arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["audit", &tag, "--secret-env", "AUDIT_TOKEN"])
-            .run();
+        let out = audit_served(archive_of(&changed), &[&tag, "--secret-env", "AUDIT_TOKEN"]);
         assert_eq!(out.code(), Some(2), "layer {what}: {}", out.stderr);
         assert!(
             out.stderr
@@ -249,15 +256,7 @@ fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
     }
     // The untouched archive, served the same way, is clean: the failures
     // above come from the tampering, not from the stand-in daemon.
-    let fake = tempfile::tempdir().unwrap();
-    let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive_of(&members));
-    let out = Habitus::new()
-        .no_workdir()
-        .env("AUDIT_TOKEN", SECRET)
-        .arg("--host")
-        .arg(format!("unix://{}", socket.display()))
-        .args(["audit", &tag, "--secret-env", "AUDIT_TOKEN"])
-        .run();
+    let out = audit_served(archive_of(&members), &[&tag, "--secret-env", "AUDIT_TOKEN"]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(
         out.stderr
@@ -438,19 +437,10 @@ fn a_key_only_in_a_pax_record_or_an_annotation_is_found() {
         ("clean", oci_save(&layer(None), serde_json::json!({})), None),
     ];
     for (name, archive, expected) in cases {
-        let fake = tempfile::tempdir().unwrap();
-        let socket = crate::common::fake_daemon::serving_archive(fake.path(), archive);
-        let out = Habitus::new()
-            .no_workdir()
-            .arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .args([
-                "audit",
-                "hb/crafted",
-                "--secret-file",
-                key_file.to_str().unwrap(),
-            ])
-            .run();
+        let out = audit_served(
+            archive,
+            &["hb/crafted", "--secret-file", key_file.to_str().unwrap()],
+        );
         match expected {
             Some(place) => {
                 assert_eq!(

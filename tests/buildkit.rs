@@ -444,72 +444,12 @@ fn buildkit_builds_reach_a_remote_daemon_over_tls() {
     );
 }
 
-/// A daemon that speaks API 1.38 (Docker 18.06): answers the ping and the
-/// version request, 404 to everything else.
-fn old_daemon(dir: &std::path::Path) -> std::path::PathBuf {
-    let socket = dir.join("docker.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut length = 0usize;
-                    loop {
-                        let mut header = String::new();
-                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
-                        {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    let _ = std::io::Read::read_exact(&mut reader, &mut body);
-                    let (status, text) = if request_line.contains("/_ping") {
-                        ("200 OK", "OK".to_string())
-                    } else if request_line.contains("/version") {
-                        (
-                            "200 OK",
-                            r#"{"Version":"18.06.3-ce","ApiVersion":"1.38","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}"#
-                                .to_string(),
-                        )
-                    } else if request_line.contains("/containers/json") {
-                        ("200 OK", "[]".to_string())
-                    } else {
-                        (
-                            "404 Not Found",
-                            r#"{"message":"page not found"}"#.to_string(),
-                        )
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nApi-Version: 1.38\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-                        text.len()
-                    );
-                    if writer.write_all(response.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    socket
-}
-
 #[test]
 fn a_daemon_without_buildkit_is_named_with_its_version() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = old_daemon(dir.path());
+    // Docker 18.06: API 1.38, no BuildKit sessions.
+    let socket =
+        crate::common::fake_daemon::start_as(dir.path(), "18.06.3-ce", "1.38", Vec::new()).socket;
     let h = Habitus::new()
         .file(
             "build.yml",

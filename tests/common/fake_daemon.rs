@@ -13,12 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Starts the daemon (API 1.41) on `dir/docker.sock`; it serves until the
-/// process ends. Returns the socket's path.
-pub fn serving_archive(dir: &Path, archive: Vec<u8>) -> PathBuf {
-    start(dir, "1.41", archive).socket
-}
-
 /// A running stand-in daemon.
 pub struct FakeDaemon {
     /// Its socket.
@@ -44,16 +38,26 @@ impl FakeDaemon {
     }
 }
 
-/// Starts a daemon that speaks up to `api_version` on `dir/docker.sock`; it
-/// serves until the process ends.
+/// Starts a Docker 20.10 that speaks up to `api_version` on
+/// `dir/docker.sock`; it serves until the process ends.
 pub fn start(dir: &Path, api_version: &'static str, archive: Vec<u8>) -> FakeDaemon {
+    start_as(dir, "20.10.24", api_version, archive)
+}
+
+/// [`start`], for a daemon that says it is Docker `docker_version`.
+pub fn start_as(
+    dir: &Path,
+    docker_version: &str,
+    api_version: &'static str,
+    archive: Vec<u8>,
+) -> FakeDaemon {
     let socket = dir.join("docker.sock");
     let listener = UnixListener::bind(&socket).expect("bind the fake daemon's socket");
     let archive = Arc::new(archive);
     let requests = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(AtomicUsize::new(0));
     let version = Arc::new(format!(
-        r#"{{"Version":"20.10.24","ApiVersion":"{api_version}","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}}"#
+        r#"{{"Version":"{docker_version}","ApiVersion":"{api_version}","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}}"#
     ));
     let (log, count) = (Arc::clone(&requests), Arc::clone(&connections));
     std::thread::spawn(move || {

@@ -551,16 +551,10 @@ fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, SyncError> {
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, SyncError> {
-    let io = |source| SyncError::Io {
+    crate::context::sorted_names(dir).map_err(|source| SyncError::Io {
         path: dir.to_path_buf(),
         source,
-    };
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io)? {
-        names.push(entry.map_err(io)?.file_name());
-    }
-    names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
-    Ok(names)
+    })
 }
 
 /// The entry of a file on disk, owned by root as the docker CLI sends it.
