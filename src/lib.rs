@@ -169,13 +169,15 @@ fn check(config: &Config) -> Result<(), Error> {
     // What a build would refuse in the Dockerfiles before contacting the
     // daemon: secret and SSH mounts a step is not entitled to.
     for step in &loaded.manifest.steps {
-        let text = std::fs::read_to_string(&step.dockerfile_path).map_err(|e| {
-            Error::Build(runner::BuildError::Dockerfile {
-                step: step.label.clone(),
-                dockerfile: step.dockerfile_path.clone(),
-                message: e.to_string(),
-            })
-        })?;
+        let text = workpath::confine(&loaded.manifest.workdir, &step.dockerfile_path)
+            .and_then(std::fs::read_to_string)
+            .map_err(|e| {
+                Error::Build(runner::BuildError::Dockerfile {
+                    step: step.label.clone(),
+                    dockerfile: step.dockerfile_path.clone(),
+                    message: e.to_string(),
+                })
+            })?;
         let builder = step.builder.unwrap_or(config.builder);
         runner::check_mounts(step, builder, &text).map_err(Error::Build)?;
     }

@@ -160,6 +160,17 @@ pub enum BuildError {
         /// The engine's error.
         source: EngineError,
     },
+    /// A step's context directory cannot be used (it leads out of the
+    /// work directory through a symlink planted since the build started).
+    #[error("step `{step}`: context `{}`: {message}", context.display())]
+    Context {
+        /// The step label.
+        step: String,
+        /// The context directory as build.yml names it, resolved.
+        context: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A step's task panicked (a bug in habitus).
     #[error("step `{step}`: internal error: {message}")]
     Panic {
@@ -673,8 +684,8 @@ impl Runner {
                 continue;
             }
             let (Ok(x_text), Ok(y_text)) = (
-                tokio::fs::read_to_string(&x.dockerfile_path).await,
-                tokio::fs::read_to_string(&y.dockerfile_path).await,
+                crate::workpath::read_inside(&self.manifest.workdir, &x.dockerfile_path).await,
+                crate::workpath::read_inside(&self.manifest.workdir, &y.dockerfile_path).await,
             ) else {
                 continue;
             };
@@ -1141,7 +1152,7 @@ impl StepContext {
         );
         self.reporter.step_started(&label, &image, &step.dockerfile);
 
-        let source = tokio::fs::read_to_string(&step.dockerfile_path)
+        let source = crate::workpath::read_inside(&self.manifest.workdir, &step.dockerfile_path)
             .await
             .map_err(|e| BuildError::Dockerfile {
                 step: label.clone(),
@@ -1173,7 +1184,7 @@ impl StepContext {
                 dockerfile: s.dockerfile_path.clone(),
                 message,
             };
-            let text = tokio::fs::read_to_string(&s.dockerfile_path)
+            let text = crate::workpath::read_inside(&self.manifest.workdir, &s.dockerfile_path)
                 .await
                 .map_err(|e| error(e.to_string()))?;
             let text = dockerfile::rewrite(&text, &images)
@@ -1229,10 +1240,18 @@ impl StepContext {
         if let Some(grant) = &grant {
             build_args.extend(grant.build_args.clone());
         }
+        let context_dir =
+            crate::workpath::confine(&self.manifest.workdir, &step.context).map_err(|e| {
+                BuildError::Context {
+                    step: label.clone(),
+                    context: step.context.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let dockerfile_name = format!(".habitus-{}-{}.Dockerfile", self.build_id, label);
         let request = BuildRequest {
             tag: image.clone(),
-            context_dir: step.context.clone(),
+            context_dir,
             extra_files: vec![(
                 dockerfile_name.clone(),
                 format!("{stages}{}", rewritten.text).into_bytes(),

@@ -126,6 +126,50 @@ pub fn real_root(workdir: &Path) -> io::Result<PathBuf> {
     std::fs::canonicalize(workdir)
 }
 
+/// Resolves `path` (the work directory `workdir` joined with a path that
+/// build.yml names) again right before it is used, and returns the real
+/// path, or an error naming the symlink that now leads out of the work
+/// directory. `habitus check` ran the same resolution at load time; an
+/// artifact extracted by an earlier step may have planted a link since.
+pub fn confine(workdir: &Path, path: &Path) -> io::Result<PathBuf> {
+    let root = real_root(workdir)?;
+    let rel = path.strip_prefix(workdir).map_err(|_| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("is not under the work directory `{}`", workdir.display()),
+        )
+    })?;
+    let resolved = resolve(&root, rel)?;
+    match resolved.escape {
+        None => Ok(resolved.path),
+        Some(Escape {
+            link: Some(link),
+            target,
+        }) => Err(io::Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "leads out of the work directory through the symlink `{}` -> `{}`; paths are resolved, not read: remove the symlink",
+                link.display(),
+                target.display()
+            ),
+        )),
+        Some(Escape { link: None, target }) => Err(io::Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "resolves outside the work directory, to `{}`",
+                target.display()
+            ),
+        )),
+    }
+}
+
+/// Reads the text file at `path` under `workdir` after [`confine`]: a
+/// Dockerfile never comes from outside the work directory.
+pub async fn read_inside(workdir: &Path, path: &Path) -> io::Result<String> {
+    let real = confine(workdir, path)?;
+    tokio::fs::read_to_string(real).await
+}
+
 /// Why a destination directory could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -211,7 +255,7 @@ pub fn create_dirs(root: &Path, rel: &Path) -> Result<PathBuf, DirError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{create_dirs, real_root, resolve, DirError, Escape};
+    use super::{confine, create_dirs, real_root, resolve, DirError, Escape};
     use std::os::unix::fs::symlink;
     use std::path::{Path, PathBuf};
 
@@ -326,5 +370,31 @@ mod tests {
             create_dirs(&root, Path::new("file/x")),
             Err(DirError::NotDir { .. })
         ));
+    }
+
+    #[test]
+    fn confine_resolves_again_and_names_a_link_out() {
+        let (work, root, outside, out) = dirs();
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        symlink("real", root.join("inside")).unwrap();
+        assert_eq!(
+            confine(work.path(), &work.path().join("inside")).unwrap(),
+            root.join("real")
+        );
+        symlink(outside.path(), root.join("ctx")).unwrap();
+        let err = confine(work.path(), &work.path().join("ctx/Dockerfile")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "leads out of the work directory through the symlink `ctx` -> `{}`; paths are resolved, not read: remove the symlink",
+                outside.path().display()
+            )
+        );
+        let err = confine(work.path(), &out.join("x")).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("is not under the work directory"));
     }
 }

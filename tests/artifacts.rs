@@ -537,3 +537,72 @@ fn symlinked_destination(prefix: &str, builder: &str) {
     );
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+/// Security round 2: a Dockerfile or a context that becomes a symlink out
+/// of the work directory after `habitus check` passed (here swapped while
+/// the first step runs, as a planted link would be) is resolved again
+/// right before use: the step fails naming the link, and nothing outside
+/// is read.
+#[test]
+fn a_dockerfile_or_context_turned_symlink_mid_build_is_never_followed() {
+    for (what, swap) in [("dockerfile", "Dockerfile.late"), ("context", "ctx")] {
+        let outside = tempfile::tempdir().unwrap();
+        let marker = format!("outside-{what}-{:08x}", rand::random::<u32>());
+        std::fs::create_dir(outside.path().join("ctx")).unwrap();
+        for dockerfile in [
+            outside.path().join("Dockerfile.late"),
+            outside.path().join("ctx/Dockerfile"),
+        ] {
+            std::fs::write(dockerfile, from_base(&format!("RUN echo {marker}\n"))).unwrap();
+        }
+        let prefix = format!("late-{what}");
+        let (h, c) = project(
+            &prefix,
+            &format!(
+                "build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: hb/{prefix}-first
+      dockerfile: Dockerfile
+    late:
+      name: hb/{prefix}-late
+      context: ctx
+      dockerfile: ../Dockerfile.late
+      depends_on: [first]
+"
+            ),
+        );
+        let h = h
+            .file("Dockerfile", from_base("RUN echo swap-now && sleep 3\n"))
+            .file("Dockerfile.late", from_base("RUN echo inside\n"))
+            .file("ctx/Dockerfile", from_base("RUN echo inside\n"));
+        let out = h.run_when("first | swap-now", |dir| {
+            let target = outside.path().join(swap);
+            std::fs::rename(dir.join(swap), dir.join(format!("{swap}.moved"))).unwrap();
+            std::os::unix::fs::symlink(&target, dir.join(swap)).unwrap();
+        });
+        out.assert_failure();
+        let link = format!(
+            "leads out of the work directory through the symlink `{swap}` -> `{}`",
+            outside.path().join(swap).display()
+        );
+        let context = h.dir().join("ctx");
+        let expected = match what {
+            "dockerfile" => format!(
+                "error: step `late`: dockerfile `{}`: {link}",
+                h.dir().join("Dockerfile.late").display()
+            ),
+            _ => format!(
+                "error: step `late`: context `{}`: {link}",
+                context.display()
+            ),
+        };
+        assert!(out.stderr.contains(&expected), "{expected}\n{}", out.stderr);
+        assert!(!out.stderr.contains(&marker), "{}", out.stderr);
+        assert!(!crate::common::image_exists(&format!(
+            "hb/{prefix}-late-{}",
+            c.uid()
+        )));
+    }
+}

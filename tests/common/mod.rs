@@ -528,6 +528,54 @@ impl Habitus {
 
     /// Runs the binary in the work directory and collects its output.
     pub fn run(&self) -> Output {
+        let out = self.command().output().expect("run habitus");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the binary as [`Habitus::run`] does, calling `action` with the
+    /// work directory once, when a stderr line contains `needle` (while
+    /// the build goes on).
+    pub fn run_when(&self, needle: &str, action: impl FnOnce(&Path)) -> Output {
+        use std::io::{BufRead, Read};
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run habitus");
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut action = Some(action);
+        let mut seen = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains(needle) {
+                if let Some(action) = action.take() {
+                    action(self.dir.path());
+                }
+            }
+            seen.push_str(&line);
+            line.clear();
+        }
+        let status = child.wait().expect("wait for habitus");
+        assert!(action.is_none(), "no stderr line with `{needle}`:\n{seen}");
+        Output {
+            status,
+            stdout: reader.join().unwrap(),
+            stderr: seen,
+        }
+    }
+
+    fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
         cmd.current_dir(self.dir.path()).stdin(Stdio::null());
         if self.workdir_flag {
@@ -540,12 +588,7 @@ impl Habitus {
                 None => cmd.env_remove(key),
             };
         }
-        let out = cmd.output().expect("run habitus");
-        Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd
     }
 }
 
