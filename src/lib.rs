@@ -258,27 +258,16 @@ fn build(config: &Config, flags: &cli::Flags) -> Result<(), Error> {
         reporter = reporter.with_json(Box::new(std::io::stdout()));
     }
     let reporter = Arc::new(reporter);
-    let result = load(config).and_then(|(loaded, plan)| {
-        // Secrets are resolved before anything else happens: a missing one
-        // stops the build before the daemon is even contacted.
-        let settings =
-            secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
-        let prepared = secrets::session::prepare(
-            &loaded.manifest,
-            &settings,
-            config.network.as_deref(),
-            config.builder,
-            &|name| std::env::var_os(name),
-        )
-        .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
-        let runtime = runtime()?;
-        runtime.block_on(build_async(
-            config,
-            loaded,
-            plan,
-            Arc::clone(&reporter),
-            (settings, prepared),
-        ))
+    let result = runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let cancel = CancellationToken::new();
+            let signal = Arc::new(Mutex::new(None));
+            let watcher = tokio::spawn(watch_signals(cancel.clone(), Arc::clone(&signal)));
+            let env = |name: &str| std::env::var_os(name);
+            let result = build_in(config, flags, &env, Arc::clone(&reporter), cancel, signal).await;
+            watcher.abort();
+            result
+        })
     });
     let (status, code) = match &result {
         Ok(()) => ("success", 0),
@@ -317,22 +306,36 @@ fn serve(
     })
 }
 
-async fn build_async(
+/// The `build` command's work: loads build.yml, resolves the secrets
+/// (`env` reads variables), connects and runs every step, then tears down.
+/// The caller owns the async runtime and the cancellation (a signal, or an
+/// in-process test that checks teardown while the runtime still serves):
+/// `cancel` stops the build, with `signal` saying why.
+pub async fn build_in(
     config: &Config,
-    loaded: Loaded,
-    plan: Plan,
+    flags: &cli::Flags,
+    env: &(dyn Fn(&str) -> Option<OsString> + Sync),
     reporter: Arc<Reporter>,
-    (settings, prepared): (secrets::Settings, secrets::session::Prepared),
+    cancel: CancellationToken,
+    signal: Arc<Mutex<Option<Signal>>>,
 ) -> Result<(), Error> {
+    let (loaded, plan) = load(config)?;
+    // Secrets are resolved before anything else happens: a missing one
+    // stops the build before the daemon is even contacted.
+    let settings = secrets::Settings::from_flags(flags).map_err(|e| Error::Usage(e.to_string()))?;
+    let prepared = secrets::session::prepare(
+        &loaded.manifest,
+        &settings,
+        config.network.as_deref(),
+        config.builder,
+        env,
+    )
+    .map_err(|e| Error::Build(runner::BuildError::Secrets(e)))?;
     for (severity, notice) in &prepared.notices {
         reporter.message(*severity, notice);
     }
     let engine = connect(config).await?;
     let engine: Arc<dyn Engine> = Arc::new(engine);
-
-    let cancel = CancellationToken::new();
-    let signal = Arc::new(Mutex::new(None));
-    let watcher = tokio::spawn(watch_signals(cancel.clone(), Arc::clone(&signal)));
 
     let options = BuildOptions {
         uid: config.uid.clone(),
@@ -377,9 +380,7 @@ async fn build_async(
             config.file.display()
         ),
     );
-    let result = runner.run(cancel, signal).await;
-    watcher.abort();
-    match result {
+    match runner.run(cancel, signal).await {
         Ok(summary) => {
             print_summary(&reporter, &summary);
             Ok(())

@@ -5,7 +5,7 @@
 //! build's own Docker network gateway.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
+use crate::common::in_process::{self, InProcess};
 use crate::common::{
     docker, from_base, networks_with_label, sha256_hex, tls_proxy, Cleanup, UID_LABEL,
 };
@@ -424,16 +425,18 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
     assert!(requests >= 200, "only {requests} requests were answered");
     assert!(pings > 0);
     assert!(peak_mb > 0 && peak_mb < 200, "peak RSS {peak_mb} MB");
-    // The port is closed and the network is gone.
-    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
+    // The network is gone (the port closed with the process; the
+    // in-process tests in secrets.rs check the server's own teardown).
     assert_eq!(networks_with_label(UID_LABEL, &uid), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------------------
 // The daemon connection cut mid-build.
 
-#[test]
-fn the_daemon_connection_cut_mid_build_fails_clearly_and_closes_the_server() {
+/// Run in-process, so that a server that outlived the cut would still be
+/// seen listening after the build returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_connection_cut_mid_build_fails_clearly_and_closes_the_server() {
     let c = Cleanup::new("faults-daemon");
     let uid = c.uid().to_string();
     let proxy = tls_proxy::start();
@@ -451,47 +454,58 @@ fn the_daemon_connection_cut_mid_build_fails_clearly_and_closes_the_server() {
     .unwrap();
     let host = proxy.host();
     let certs = proxy.cert_dir.display().to_string();
-    let (running, lines) = Running::spawn(
-        work.path(),
-        &[
-            "--uid",
-            &uid,
-            "--use-tls",
-            "--host",
-            &host,
-            "--certs",
-            &certs,
-        ],
-        &[("HABITUS_K", "cut-value")],
+    let args = [
+        "--uid",
+        &uid,
+        "--use-tls",
+        "--host",
+        &host,
+        "--certs",
+        &certs,
+    ];
+    let build = InProcess::new();
+    let proxy = std::sync::Mutex::new(Some(proxy));
+    let mut cut = None;
+    let (result, ()) = tokio::join!(
+        build.build(work.path(), &args, &[("HABITUS_K", "cut-value")]),
+        async {
+            build
+                .wait_for(&format!("slow | {marker}"), Duration::from_secs(120))
+                .await;
+            let addr = in_process::server_addr(&build.output());
+            assert!(in_process::listening(addr), "{addr} does not listen");
+            cut = Some(Instant::now());
+            // Closing the proxy cuts every connection to the daemon.
+            let proxy = proxy.lock().unwrap().take();
+            tokio::task::spawn_blocking(move || drop(proxy))
+                .await
+                .unwrap();
+        }
     );
-    let line = running.wait_for(
-        &lines,
-        "secrets server listening on",
-        Duration::from_secs(60),
+    let output = build.output();
+    let error = result.expect_err("the build fails");
+    eprintln!(
+        "{:?} after the cut: {error}\n{output}",
+        cut.map(|c| c.elapsed())
     );
-    let addr = server_addr(&line).unwrap();
-    running.wait_for(&lines, &format!("slow | {marker}"), Duration::from_secs(60));
-    let cut = Instant::now();
-    drop(proxy);
-    let (status, stderr) = running.finish(Duration::from_secs(120));
-    let took = cut.elapsed();
-    eprintln!("exit {status} {took:?} after the cut:\n{stderr}");
-
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(error.code(), 1, "{error}");
     assert!(
-        stderr.contains("error: step `slow`: docker: the connection to the Docker daemon failed: "),
-        "{stderr}"
+        error
+            .to_string()
+            .starts_with("step `slow`: docker: the connection to the Docker daemon failed: "),
+        "{error}"
     );
     // Teardown closed the server although the daemon is out of reach.
+    let addr = in_process::server_addr(&output);
     assert!(
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
-        "{addr} still accepts connections"
+        !in_process::listening(addr),
+        "{addr} still listens\n{output}"
     );
     // The network could not be removed through the dead connection, and
     // habitus says so; the guard removes it.
     assert!(
-        stderr.contains("secrets server stopped, but the build's network remains: "),
-        "{stderr}"
+        output.contains("secrets server stopped, but the build's network remains: "),
+        "{output}"
     );
 }
 

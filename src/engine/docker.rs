@@ -176,7 +176,11 @@ impl DockerEngine {
         match tokio::time::timeout(CONNECT_TIMEOUT, probe.ping()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
-                if let Some(tls) = tls_failure(&err) {
+                let tls = match tls_failure(&err) {
+                    Some(tls) => Some(tls),
+                    None => dialer.probe_tls().await,
+                };
+                if let Some(tls) = tls {
                     return Err(EngineError::Tls(describe_tls_failure(
                         &address,
                         &opts.cert_dir(),

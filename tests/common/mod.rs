@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod fake_daemon;
+pub mod in_process;
 pub mod leak;
 pub mod saved;
 pub mod tls_proxy;

@@ -162,6 +162,50 @@ impl Dialer {
     }
 }
 
+impl Dialer {
+    /// After a request over TLS failed without saying why (TLS 1.3 lets
+    /// the server reject the client certificate after the client has
+    /// finished its handshake, so the first request may see only a closed
+    /// connection): opens one connection, sends a ping and reads the
+    /// answer, and returns the TLS error that ends it, if one does.
+    pub async fn probe_tls(&self) -> Option<rustls::Error> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        if !matches!(self.target, Target::Tls { .. }) {
+            return None;
+        }
+        let probe = async {
+            let mut stream = match self.open().await {
+                Ok(stream) => stream,
+                Err(DialError::Handshake(err)) => return tls_error(&err),
+                Err(DialError::Connect(_)) => return None,
+            };
+            let ping =
+                b"GET /_ping HTTP/1.1\r\nHost: api.moby.localhost\r\nConnection: close\r\n\r\n";
+            if let Err(err) = stream.write_all(ping).await {
+                return tls_error(&err);
+            }
+            let mut buf = [0u8; 512];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(err) => return tls_error(&err),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), probe)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// The rustls error an I/O error of a TLS stream wraps.
+fn tls_error(err: &std::io::Error) -> Option<rustls::Error> {
+    err.get_ref()?.downcast_ref::<rustls::Error>().cloned()
+}
+
 /// Why [`Dialer::open`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
