@@ -94,6 +94,15 @@ pub enum Command {
         #[arg(long)]
         shadowed: bool,
     },
+    /// Remove the networks and containers that killed habitus builds left
+    /// behind (what every build also does when it starts): those of a
+    /// build on this host whose process is gone, and those of other hosts
+    /// older than --stale-after. Never a network a container still uses.
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Squash an image's layers into one, applying deletions, keeping the
     /// config. Without `--all` or `--from`, the layers of the newest tagged
     /// image in IMAGE's history (its `FROM`) are kept.
@@ -302,6 +311,19 @@ pub struct Flags {
     /// build's own network).
     #[arg(long, global = true, value_name = "ADDR")]
     pub binding: Option<String>,
+
+    /// Where build networks come from: /28 subnets of this IPv4 CIDR, or
+    /// `docker` to let Docker pick from its own pools.
+    #[arg(long, global = true, value_name = "CIDR", default_value = crate::netpool::DEFAULT_POOL,
+          value_parser = crate::netpool::Pool::parse)]
+    pub network_pool: crate::netpool::Pool,
+
+    /// Networks and containers left by a habitus build on another host (a
+    /// shared daemon) are removed once older than this (`90s`, `30m`,
+    /// `24h`, `7d`).
+    #[arg(long, global = true, value_name = "AGE", default_value = "24h",
+          value_parser = crate::owner::parse_duration)]
+    pub stale_after: std::time::Duration,
 
     /// Turn the secrets server on or off.
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,

@@ -18,11 +18,14 @@ pub mod engine;
 pub mod error;
 pub mod layer;
 pub mod manifest;
+pub mod netpool;
+pub mod owner;
 pub mod plan;
 pub mod progress;
 pub mod runner;
 pub mod secrets;
 pub mod squash;
+pub mod sweep;
 pub mod workpath;
 
 use std::ffi::OsString;
@@ -114,6 +117,7 @@ where
             },
             shadowed,
         ),
+        Command::Prune { dry_run } => prune(&config, &cli.flags, dry_run),
         Command::Squash {
             image,
             tag,
@@ -335,6 +339,34 @@ pub async fn build_in(
         reporter.message(*severity, notice);
     }
     let engine = connect(config).await?;
+    // What killed builds left on this daemon goes first (their networks
+    // would fill the address pool).
+    match sweep::sweep(&engine, &owner::Owner::current(), flags.stale_after, false).await {
+        Ok(report) => {
+            for swept in &report.removed {
+                reporter.message(
+                    Severity::Info,
+                    &format!(
+                        "swept {} `{}` left by an earlier build: {}",
+                        swept.kind, swept.name, swept.why
+                    ),
+                );
+            }
+            for failed in &report.failed {
+                reporter.message(
+                    Severity::Warning,
+                    &format!(
+                        "could not remove {} `{}` left by an earlier build: {}",
+                        failed.kind, failed.name, failed.why
+                    ),
+                );
+            }
+        }
+        Err(e) => reporter.message(
+            Severity::Warning,
+            &format!("could not look for what earlier builds left behind: {e}"),
+        ),
+    }
     let engine: Arc<dyn Engine> = Arc::new(engine);
 
     let options = BuildOptions {
@@ -386,6 +418,50 @@ pub async fn build_in(
             Ok(())
         }
         Err(e) => Err(Error::Build(e)),
+    }
+}
+
+/// `habitus prune [--dry-run]`: see [`sweep`].
+fn prune(config: &Config, flags: &cli::Flags, dry_run: bool) -> Result<(), Error> {
+    let runtime = runtime()?;
+    let report = runtime.block_on(async {
+        let engine = connect(config).await?;
+        sweep::sweep(
+            &engine,
+            &owner::Owner::current(),
+            flags.stale_after,
+            dry_run,
+        )
+        .await
+    })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = String::new();
+    for s in &report.removed {
+        out.push_str(&format!("{verb} {} `{}`: {}\n", s.kind, s.name, s.why));
+    }
+    for s in &report.kept {
+        out.push_str(&format!("kept {} `{}`: {}\n", s.kind, s.name, s.why));
+    }
+    for s in &report.failed {
+        out.push_str(&format!(
+            "could not remove {} `{}`: {}\n",
+            s.kind, s.name, s.why
+        ));
+    }
+    out.push_str(&format!(
+        "{} {verb}, {} kept, {} failed",
+        report.removed.len(),
+        report.kept.len(),
+        report.failed.len()
+    ));
+    print_stdout(&out);
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{} object(s) could not be removed",
+            report.failed.len()
+        )))
     }
 }
 

@@ -308,6 +308,8 @@ pub struct Runner {
     audit: Mutex<Option<Arc<crate::audit::Scanner>>>,
     /// Successful secret fetches: (step, `type/name`) → count.
     served: Arc<Mutex<BTreeMap<(String, String), usize>>>,
+    /// Ownership labels of the networks and containers this build makes.
+    owner: Arc<BTreeMap<String, String>>,
 }
 
 impl Runner {
@@ -347,6 +349,7 @@ impl Runner {
             session: Mutex::new(None),
             audit: Mutex::new(None),
             served: Arc::default(),
+            owner: Arc::new(crate::owner::Owner::current().labels(std::time::SystemTime::now())),
         }
     }
 
@@ -764,6 +767,7 @@ impl Runner {
             user_network: self.options.network.as_deref(),
             settings: &settings,
             store,
+            owner: (*self.owner).clone(),
         };
         match BuildSession::start(&*self.engine, options, log).await {
             Ok(session) => {
@@ -820,6 +824,7 @@ impl Runner {
             redactor: lock(&self.redactor).clone(),
             folds: lock(&self.folds).clone(),
             served: Arc::clone(&self.served),
+            owner: Arc::clone(&self.owner),
         }
     }
 
@@ -1000,9 +1005,19 @@ struct StepContext {
     folds: Arc<BTreeMap<String, String>>,
     /// Successful secret fetches: (step, `type/name`) → count.
     served: Arc<Mutex<BTreeMap<(String, String), usize>>>,
+    /// Ownership labels for containers (see [`crate::owner`]).
+    owner: Arc<BTreeMap<String, String>>,
 }
 
 impl StepContext {
+    /// The labels of a container this step makes: the image labels and
+    /// who owns it, so that a later build can sweep it if this one dies.
+    fn container_labels(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut labels = (*self.owner).clone();
+        labels.extend(self.labels(step));
+        labels
+    }
+
     fn labels(&self, step: &Step) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_BUILD.to_string(), self.build_id.clone());
@@ -1347,7 +1362,7 @@ impl StepContext {
             let extracted = crate::artifacts::copy(
                 Arc::clone(&self.engine),
                 &image,
-                self.labels(&step),
+                self.container_labels(&step),
                 &self.manifest.workdir,
                 &step.artifacts,
                 Arc::new(move |line: &str| reporter.step(Severity::Info, &step_label, line)),
@@ -1390,7 +1405,7 @@ impl StepContext {
                 crate::cleanup::run(
                     Arc::clone(&self.engine),
                     &image,
-                    self.labels(&step),
+                    self.container_labels(&step),
                     &step.cleanup,
                     keep,
                     self.sink(&label),
@@ -1418,7 +1433,7 @@ impl StepContext {
                     RunRequest {
                         image: image.clone(),
                         command: command.clone(),
-                        labels: self.labels(&step),
+                        labels: self.container_labels(&step),
                         network_mode: self.options.network.clone(),
                     },
                     self.sink(&label),
@@ -2019,6 +2034,7 @@ mod tests {
             port: 0,
             basic_auth: None,
             providers: vec!["env".into()],
+            network_pool: crate::netpool::Pool::default(),
         };
         (settings, store)
     }

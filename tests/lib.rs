@@ -31,3 +31,5 @@ mod plan;
 mod secrets;
 /// `habitus squash` on the real daemon: filesystem, shared layers, config, secrets.
 mod squash;
+/// Crash safety: killed builds' leftovers swept, `habitus prune`, the network pool.
+mod sweep;

@@ -16,17 +16,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::Leftover;
+
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    BuildInfo, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, NetworkCreateRequest,
+    BuildInfo, ContainerConfig, ContainerCreateBody, ContainerSummaryStateEnum, ExecConfig,
+    HostConfig, Ipam, IpamConfig, NetworkCreateRequest,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CommitContainerOptions, CreateContainerOptions,
-    DownloadFromContainerOptions, ListContainersOptions, RemoveContainerOptions,
-    RemoveImageOptions, WaitContainerOptions,
+    DownloadFromContainerOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, RemoveImageOptions, WaitContainerOptions,
 };
 use bollard::query_parameters::{CreateImageOptions, ImportImageOptions};
 use bollard::{body_try_stream, Docker};
@@ -356,6 +359,40 @@ fn tls_files(dir: &Path) -> Result<[PathBuf; 3], EngineError> {
         ))
     })?;
     Ok([ca, cert, key])
+}
+
+/// `2026-11-30T22:23:10.149679216Z` (or with a `+01:00` offset) as a time.
+fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(str::parse::<i64>);
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (clock, offset) = match time.find(['Z', '+', '-']) {
+        Some(at) => time.split_at(at),
+        None => (time, "Z"),
+    };
+    let mut t = clock
+        .split('.')
+        .next()?
+        .splitn(3, ':')
+        .map(str::parse::<i64>);
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let offset_secs = match offset {
+        "Z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 /// Joins an error and its sources into one line, skipping repeats.
@@ -742,11 +779,24 @@ impl Engine for DockerEngine {
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
+        subnet: Option<&str>,
     ) -> Result<String, EngineError> {
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".to_string()),
             labels: Some(labels.clone().into_iter().collect()),
+            // The first address of the subnet is the gateway, as Docker
+            // would choose; given explicitly, it shows in the IPAM config.
+            ipam: subnet.map(|subnet| Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: crate::netpool::Net::parse(subnet)
+                        .ok()
+                        .map(|net| std::net::Ipv4Addr::from(net.addr + 1).to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         self.docker.create_network(request).await.map_err(api)?;
@@ -772,6 +822,104 @@ impl Engine for DockerEngine {
                 )))
             }
         }
+    }
+
+    async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(api)?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| n.ipam?.config)
+            .flatten()
+            .filter_map(|c| c.subnet)
+            .collect())
+    }
+
+    async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![key.to_string()])]);
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(api)?;
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api)?;
+        let mut out: Vec<Leftover> = networks
+            .into_iter()
+            .map(|n| Leftover {
+                kind: "network",
+                id: n.id.unwrap_or_default(),
+                name: n.name.unwrap_or_default(),
+                labels: n.labels.unwrap_or_default().into_iter().collect(),
+                created: n.created.as_deref().and_then(parse_rfc3339),
+                running: false,
+            })
+            .collect();
+        out.extend(containers.into_iter().map(|c| {
+            Leftover {
+                kind: "container",
+                name: c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                id: c.id.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+                created: c
+                    .created
+                    .and_then(|secs| u64::try_from(secs).ok())
+                    .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs)),
+                running: matches!(
+                    c.state,
+                    Some(
+                        ContainerSummaryStateEnum::RUNNING
+                            | ContainerSummaryStateEnum::RESTARTING
+                            | ContainerSummaryStateEnum::PAUSED
+                    )
+                ),
+            }
+        }));
+        Ok(out)
+    }
+
+    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api)?;
+        Ok(containers
+            .into_iter()
+            .map(|c| {
+                let running = !matches!(
+                    c.state,
+                    Some(
+                        ContainerSummaryStateEnum::EXITED
+                            | ContainerSummaryStateEnum::CREATED
+                            | ContainerSummaryStateEnum::DEAD
+                    )
+                );
+                (c.id.unwrap_or_default(), running)
+            })
+            .collect())
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {

@@ -274,6 +274,7 @@ impl Engine for FakeEngine {
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
+        _subnet: Option<&str>,
     ) -> Result<String, EngineError> {
         lock(&self.networks).insert(name.to_string(), labels.clone());
         Ok("127.0.0.1".to_string())

@@ -189,6 +189,20 @@ pub struct ImageInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A network or a container a habitus build made, as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// `network` or `container`.
+    pub kind: &'static str,
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// When the daemon created it.
+    pub created: Option<std::time::SystemTime>,
+    /// A container that runs (networks: false).
+    pub running: bool,
+}
+
 /// A command to run in a fresh container of an image.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -285,19 +299,39 @@ pub trait Engine: Send + Sync {
         Err(unsupported("remove", id))
     }
 
-    /// Creates a bridge network `name` with `labels` and returns its
-    /// gateway address (from its IPAM config), e.g. `172.18.0.1`.
-    /// The default fails, so engines that never serve secrets need not
-    /// implement it.
+    /// Creates a bridge network `name` with `labels` (on `subnet` when
+    /// given, e.g. `10.213.0.16/28`) and returns its gateway address (from
+    /// its IPAM config), e.g. `172.18.0.1`. The default fails, so engines
+    /// that never serve secrets need not implement it.
     async fn create_network(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
+        subnet: Option<&str>,
     ) -> Result<String, EngineError> {
-        let _ = labels;
+        let _ = (labels, subnet);
         Err(EngineError::Api(format!(
             "this engine cannot create network `{name}`"
         )))
+    }
+
+    /// The IPv4 subnets of every network the daemon has (`172.17.0.0/16`).
+    async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    /// Networks and containers that carry the label `key`, whatever its
+    /// value: what builds left behind is found by `habitus.build`.
+    async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError> {
+        let _ = key;
+        Ok(Vec::new())
+    }
+
+    /// Containers (in any state) attached to network `name`: id and
+    /// whether it runs.
+    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        let _ = name;
+        Ok(Vec::new())
     }
 
     /// Removes network `name`; a network that does not exist is not an error.

@@ -40,6 +40,8 @@ pub struct Settings {
     pub basic_auth: Option<BasicAuth>,
     /// `--sec-providers`.
     pub providers: Vec<String>,
+    /// `--network-pool`.
+    pub network_pool: crate::netpool::Pool,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
                 .authentication_secret_server
                 .then(|| BasicAuth::new(&flags.user_secret_server, &flags.password_secret_server)),
             providers: flags.sec_providers.0.clone(),
+            network_pool: flags.network_pool,
         })
     }
 }
@@ -264,6 +267,8 @@ pub struct SessionOptions<'a> {
     pub user_network: Option<&'a str>,
     pub settings: &'a Settings,
     pub store: SecretStore,
+    /// Ownership labels for the network (see [`crate::owner`]).
+    pub owner: BTreeMap<String, String>,
 }
 
 impl BuildSession {
@@ -281,18 +286,13 @@ impl BuildSession {
             Some(network) => (None, network.to_string(), None),
             None => {
                 let name = network_name(options.build_id);
-                let mut labels = BTreeMap::new();
+                let mut labels = options.owner.clone();
                 labels.insert(LABEL_BUILD.to_string(), options.build_id.to_string());
                 if let Some(uid) = options.uid {
                     labels.insert(LABEL_UID.to_string(), uid.to_string());
                 }
-                let gateway = engine
-                    .create_network(&name, &labels)
-                    .await
-                    .map_err(|source| SecretsError::Network {
-                        network: name.clone(),
-                        source,
-                    })?;
+                let gateway =
+                    create_network(engine, &name, &labels, options.settings.network_pool).await?;
                 let parsed = match gateway.split('/').next().unwrap_or("").parse::<IpAddr>() {
                     Ok(ip) => ip,
                     Err(_) => {
@@ -420,6 +420,63 @@ impl BuildSession {
 }
 
 /// `habitus-<build id>`.
+/// Creates the build network `name`: on a free /28 of `pool` (skipping
+/// the daemon's networks and this host's routes, and moving on when
+/// another habitus took the same subnet meanwhile), or where Docker
+/// chooses for [`Pool::Docker`](crate::netpool::Pool). Returns the gateway.
+async fn create_network(
+    engine: &dyn Engine,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    pool: crate::netpool::Pool,
+) -> Result<String, SecretsError> {
+    use crate::netpool::{host_routes, Net, Pool};
+    let failed = |source| SecretsError::Network {
+        network: name.to_string(),
+        source,
+    };
+    if pool == Pool::Docker {
+        return engine
+            .create_network(name, labels, None)
+            .await
+            .map_err(failed);
+    }
+    let mut taken: Vec<Net> = engine
+        .network_subnets()
+        .await
+        .map_err(failed)?
+        .iter()
+        .filter_map(|s| Net::parse(s).ok())
+        .collect();
+    taken.extend(host_routes());
+    let candidates = pool.candidates(rand::random::<u64>());
+    let total = candidates.len();
+    let mut races = 0;
+    for subnet in candidates {
+        if taken.iter().any(|t| t.overlaps(subnet)) {
+            continue;
+        }
+        match engine
+            .create_network(name, labels, Some(&subnet.to_string()))
+            .await
+        {
+            Ok(gateway) => return Ok(gateway),
+            // Another build took it since the list: try the next one.
+            Err(e) if races < 32 && e.to_string().contains("overlap") => races += 1,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Err(failed(EngineError::Api(format!(
+        "no free /{} left in --network-pool {} ({total} subnets; {} networks and routes overlap it)\nhint: `habitus prune` removes what killed builds left; or give a larger --network-pool",
+        crate::netpool::PREFIX,
+        match pool {
+            Pool::Subnets(net) => net.to_string(),
+            Pool::Docker => "docker".into(),
+        },
+        taken.len()
+    ))))
+}
+
 pub fn network_name(build_id: &str) -> String {
     format!("habitus-{build_id}")
 }
@@ -493,6 +550,7 @@ mod tests {
             port: 0,
             basic_auth: None,
             providers: vec!["file".into(), "env".into()],
+            network_pool: crate::netpool::Pool::default(),
         }
     }
 

@@ -1,0 +1,350 @@
+//! Crash safety on the real daemon: what a build killed with SIGKILL left
+//! behind goes with the next build; `habitus prune` keeps what live builds
+//! and running containers use; build networks come from habitus's own
+//! pool, so Docker's pools running out does not stop secrets builds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use habitus::owner::Owner;
+
+use crate::common::{base_image, docker, from_base, project, Cleanup, Habitus, UID_LABEL};
+
+const SLOW_SECRETS_YML: &str = "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sweep-slow\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n";
+
+/// A habitus build spawned in `h`'s work dir, read until `needle`.
+fn spawn_until(h: &Habitus, uid: &str, needle: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .args(["--uid", uid])
+        .env("HABITUS_K", "sweep-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains(needle) {
+            // Keep draining, so that the build never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            return (child, seen);
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no line with `{needle}`:\n{seen}");
+}
+
+/// The build's network, as announced on stderr.
+fn network_of(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("steps build on network `"))
+        .unwrap_or_else(|| panic!("no network line:\n{stderr}"));
+    line.split('`').nth(1).unwrap().to_string()
+}
+
+fn network_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["network", "inspect", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn inspect_network(name: &str, format: &str) -> String {
+    docker(&["network", "inspect", "-f", format, name])
+        .trim()
+        .to_string()
+}
+
+/// Containers (any state) attached to `network`.
+fn containers_on(network: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("network={network}")])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (at most `limit`) until `done` holds.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "still not {what} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn habitus(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--label k=v` arguments for the owner labels `owner` would set,
+/// created `age` ago, plus the test's uid.
+fn owner_labels(owner: &Owner, age: Duration, uid: &str, build: &str) -> Vec<String> {
+    let mut labels: BTreeMap<String, String> = owner.labels(SystemTime::now() - age);
+    labels.insert("habitus.build".into(), build.into());
+    labels.insert(UID_LABEL.into(), uid.into());
+    labels
+        .into_iter()
+        .flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// The pid and start time of a process that has exited.
+fn dead_owner() -> Owner {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    Owner {
+        pid,
+        start: 1,
+        ..Owner::current()
+    }
+}
+
+/// `kill -9` of habitus mid-build (what CI does to a cancelled job) leaves
+/// its network and containers; the next build removes them. The network
+/// was a /28 of habitus's pool, owned by the killed process.
+#[test]
+fn what_a_killed_build_left_goes_with_the_next_build() {
+    let (h, c) = project("sweep-kill", SLOW_SECRETS_YML);
+    let marker = format!("marker-{}", c.uid());
+    let h = h.file(
+        "Dockerfile",
+        from_base(&format!(
+            "ARG HABITUS_TOKEN\nRUN echo {marker} && sleep 60\n"
+        )),
+    );
+    let (mut child, seen) = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
+    let network = network_of(&seen);
+    let pid = child.id().to_string();
+    assert_eq!(
+        inspect_network(&network, "{{index .Labels \"habitus.owner.pid\"}}"),
+        pid
+    );
+    let subnet = inspect_network(&network, "{{range .IPAM.Config}}{{.Subnet}}{{end}}");
+    assert!(
+        subnet.starts_with("10.213.") && subnet.ends_with("/28"),
+        "{subnet}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The daemon ends the killed build's RUN on its own; its container
+    // stays, attached to the network.
+    wait_until(Duration::from_secs(60), "stopped", || {
+        docker(&["ps", "-q", "--filter", &format!("network={network}")])
+            .trim()
+            .is_empty()
+    });
+
+    let (next, _c2) = project(
+        "sweep-next",
+        "build:\n  version: 2016-03-14\n  steps:\n    quick:\n      name: hb/sweep-next\n      dockerfile: Dockerfile\n",
+    );
+    let out = next.file("Dockerfile", from_base("RUN true\n")).run();
+    out.assert_success();
+    // Builds of other tests sweep too; whichever came first, it is gone.
+    assert!(!network_exists(&network), "{}", out.stderr);
+    assert_eq!(containers_on(&network), Vec::<String>::new());
+    let build = network.trim_start_matches("habitus-");
+    assert_eq!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=habitus.build={build}")
+        ])
+        .trim(),
+        ""
+    );
+    if out.stderr.contains(&format!("network `{network}`")) {
+        assert!(
+            out.stderr.contains(&format!(
+                "swept network `{network}` left by an earlier build: its build (pid {pid}) is gone"
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// A running build's network is kept by `habitus prune` and by other
+/// builds' sweeps, and the build finishes unharmed.
+#[test]
+fn the_sweep_never_touches_a_running_build() {
+    let (h, c) = project("sweep-live", SLOW_SECRETS_YML);
+    let marker = format!("marker-{}", c.uid());
+    let h = h.file(
+        "Dockerfile",
+        from_base(&format!(
+            "ARG HABITUS_URL\nARG HABITUS_CA\nARG HABITUS_TOKEN\nRUN echo {marker} && sleep 6 && printf '%s' \"$HABITUS_CA\" > /tmp/ca.pem && curl -fsS --cacert /tmp/ca.pem -H \"Authorization: Bearer $HABITUS_TOKEN\" \"$HABITUS_URL/v1/secrets/env/k\" >/dev/null && rm /tmp/ca.pem\n"
+        )),
+    );
+    let (mut child, seen) = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
+    let network = network_of(&seen);
+    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "kept network `{network}`: its build still runs (pid {})",
+            child.id()
+        )),
+        "{stdout}"
+    );
+    let (code, _, stderr) = habitus(&["prune"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(network_exists(&network));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the running build failed: {status}");
+}
+
+/// A network of a dead build that a running container still uses is
+/// kept; once the container is gone, it goes. Another host's network goes
+/// only when older than --stale-after.
+#[test]
+fn prune_keeps_networks_in_use_and_young_ones_from_other_hosts() {
+    let c = Cleanup::new("sweep-prune");
+    let uid = c.uid().to_string();
+    let dead = format!("hb-dead-{uid}");
+    let args = owner_labels(&dead_owner(), Duration::ZERO, &uid, "deadbuild");
+    let mut create = vec!["network", "create"];
+    create.extend(args.iter().map(String::as_str));
+    create.push(&dead);
+    docker(&create);
+    let container = format!("hb-user-{uid}");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &container,
+        "--label",
+        &format!("{UID_LABEL}={uid}"),
+        "--network",
+        &dead,
+        &base_image(),
+        "sleep",
+        "120",
+    ]);
+    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    let pid = inspect_network(&dead, "{{index .Labels \"habitus.owner.pid\"}}");
+    assert!(
+        stdout.contains(&format!(
+            "kept network `{dead}`: its build (pid {pid}) is gone, but a running container still uses it"
+        )),
+        "{stdout}"
+    );
+    let (code, _, stderr) = habitus(&["prune"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(network_exists(&dead));
+    docker(&["rm", "-f", &container]);
+
+    // Made on another host two hours ago: kept by the default 24 h, removed
+    // with --stale-after 1h (other tests' sweeps keep it).
+    let foreign = format!("hb-foreign-{uid}");
+    let other = Owner {
+        host: format!("other-host-{uid}"),
+        ..Owner::current()
+    };
+    let args = owner_labels(&other, Duration::from_secs(7200), &uid, "foreignbuild");
+    let mut create = vec!["network", "create"];
+    create.extend(args.iter().map(String::as_str));
+    create.push(&foreign);
+    docker(&create);
+    let (_, stdout, _) = habitus(&["prune", "--dry-run"]);
+    assert!(
+        stdout.contains(&format!(
+            "kept network `{foreign}`: made on host `other-host-{uid}` 2h ago"
+        )),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = habitus(&["prune", "--stale-after=1h"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "removed network `{foreign}`: made on host `other-host-{uid}` 2h ago (older than --stale-after 1h)"
+        )),
+        "{stdout}"
+    );
+    assert!(!network_exists(&foreign));
+    // The dead build's network, now unused, went with that prune or with
+    // another test's sweep.
+    assert!(!network_exists(&dead));
+}
+
+/// With 25 networks taken from Docker's own pools (about 30 exist), 10
+/// secrets builds at once all get a network: they come from habitus's pool.
+#[test]
+fn ten_concurrent_secrets_builds_succeed_with_dockers_pools_nearly_full() {
+    let c = Cleanup::new("sweep-pool");
+    let uid = c.uid().to_string();
+    for i in 0..25 {
+        docker(&[
+            "network",
+            "create",
+            "--label",
+            &format!("{UID_LABEL}={uid}"),
+            &format!("hb-fill-{i}-{uid}"),
+        ]);
+    }
+    let fetch = r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$HABITUS_URL/v1/secrets/env/k" > /dev/null \
+ && rm /tmp/ca.pem
+"#;
+    let builds: Vec<_> = (0..10)
+        .map(|i| {
+            let (h, c) = project(&format!("sweep-pool{i}"), SLOW_SECRETS_YML);
+            let h = h.file("Dockerfile", from_base(fetch));
+            let child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+                .arg("-d")
+                .arg(h.dir())
+                .args(["--uid", c.uid()])
+                .env("HABITUS_K", "pool-value")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (h, c, child)
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (_h, _c, child) in builds {
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n---\n")
+    );
+}
