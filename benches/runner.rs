@@ -12,6 +12,12 @@
 //! `/bin/busybox`, from Debian's busybox-static). `RUNS=N` sets the number
 //! of measured runs (default 5). Everything it creates is named
 //! `habitus-bench-*` and removed at the end.
+//!
+//! `cargo bench --bench runner -- fanout` measures instead N independent
+//! trivial uncached steps (`WIDTHS`, default `4 16 64`) built by habitus
+//! with several `--jobs` (`JOBS`, default `2 4 8 16 32` and the default)
+//! against the same `docker build`s run by `xargs -P` (`PARALLEL`, default
+//! `4 8 16`): how many steps at once suit work the daemon does.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -265,8 +271,135 @@ fn compare(name: &str, p: &Project, no_cache: bool, runs: usize, target: f64, ex
     );
 }
 
+/// `n` independent trivial steps.
+fn fanout(n: usize) -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut yml = String::from("build:\n  version: 2016-03-14\n  steps:\n");
+    let mut steps = Vec::new();
+    for i in 0..n {
+        let tag = format!("habitus-bench-fan-{i}");
+        let dockerfile = format!("Dockerfile.{i}");
+        yml.push_str(&format!(
+            "    s{i}:\n      name: {tag}\n      dockerfile: {dockerfile}\n"
+        ));
+        write(d, &dockerfile, &format!("FROM {BASE}\nRUN echo {i} > /f\n"));
+        steps.push((tag, dockerfile));
+    }
+    write(d, "build.yml", &yml);
+    Project { dir, steps }
+}
+
+/// The steps' `docker build --no-cache`s run by `xargs -P parallel`.
+fn time_xargs(p: &Project, parallel: usize) -> Duration {
+    let input: String = p
+        .steps
+        .iter()
+        .map(|(tag, dockerfile)| format!("{tag} {dockerfile}\n"))
+        .collect();
+    let start = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &parallel.to_string(), "-n", "2", "sh", "-c"])
+        .arg("docker build -q --no-cache -t \"$0\" -f \"$1\" . >/dev/null")
+        .current_dir(p.dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let status = child.wait().unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        status.success(),
+        "xargs -P {parallel}: a docker build failed"
+    );
+    elapsed
+}
+
+fn fanout_main(runs: usize) {
+    let list = |name: &str, default: &str| -> Vec<usize> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.to_string())
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    let widths = list("WIDTHS", "4 16 64");
+    let jobs = list("JOBS", "2 4 8 16 32");
+    let parallel = list("PARALLEL", "4 8 16");
+    build_base();
+    println!(
+        "fan-out: independent trivial steps, --no-cache, medians of {runs} run(s), alternating"
+    );
+    for width in widths {
+        let p = fanout(width);
+        // Warm-up: the base image's layers in the page cache.
+        time_habitus(&p, true, &[]);
+        remove_images(&p);
+        let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
+        for j in &jobs {
+            rows.push((format!("habitus --jobs {j}"), Vec::new()));
+        }
+        rows.push(("habitus (default --jobs)".into(), Vec::new()));
+        for x in &parallel {
+            rows.push((format!("xargs -P {x} docker build"), Vec::new()));
+        }
+        for _ in 0..runs {
+            let mut r = 0;
+            for j in &jobs {
+                rows[r]
+                    .1
+                    .push(time_habitus(&p, true, &["--jobs", &j.to_string()]));
+                remove_images(&p);
+                r += 1;
+            }
+            rows[r].1.push(time_habitus(&p, true, &[]));
+            remove_images(&p);
+            r += 1;
+            for x in &parallel {
+                rows[r].1.push(time_xargs(&p, *x));
+                remove_images(&p);
+                r += 1;
+            }
+        }
+        let medians: Vec<(String, Duration)> = rows
+            .into_iter()
+            .map(|(name, v)| (name, median(v)))
+            .collect();
+        let best_xargs = medians
+            .iter()
+            .filter(|(name, _)| name.starts_with("xargs"))
+            .map(|(_, d)| *d)
+            .min()
+            .unwrap_or(Duration::MAX);
+        for (name, d) in &medians {
+            println!(
+                "{width:>3} steps  {name:<30} {:>7.2}s  {:.2}x the best xargs",
+                d.as_secs_f64(),
+                d.as_secs_f64() / best_xargs.as_secs_f64()
+            );
+        }
+    }
+    docker_quiet(&["rmi", BASE]);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::args().any(|a| a == "fanout") {
+        let runs = std::env::var("RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        fanout_main(runs);
         return;
     }
     let runs: usize = std::env::var("RUNS")

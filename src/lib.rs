@@ -412,14 +412,31 @@ pub async fn build_in(
             config.file.display()
         ),
     );
+    let engine = runner.engine();
     match runner.run(cancel, signal).await {
         Ok(summary) => {
             print_summary(&reporter, &summary);
             Ok(())
         }
-        Err(e) => Err(Error::Build(e)),
+        Err(e @ runner::BuildError::Interrupted { .. }) => Err(Error::Build(e)),
+        // A step killed with 137 or a broken stream may mean the daemon
+        // itself went away: ask it, and say so.
+        Err(e) => match tokio::time::timeout(DAEMON_CHECK, engine.ping()).await {
+            Ok(Ok(())) => Err(Error::Build(e)),
+            answer => Err(Error::Build(runner::BuildError::DaemonLost {
+                error: e.to_string(),
+                address: config.docker.host.clone(),
+                message: match answer {
+                    Ok(Err(ping)) => ping.to_string(),
+                    _ => format!("no answer within {} s", DAEMON_CHECK.as_secs()),
+                },
+            })),
+        },
     }
 }
+
+/// How long a failed build waits for the daemon to answer a ping.
+const DAEMON_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `habitus prune [--dry-run]`: see [`sweep`].
 fn prune(config: &Config, flags: &cli::Flags, dry_run: bool) -> Result<(), Error> {

@@ -171,6 +171,17 @@ pub enum BuildError {
         /// What is wrong with it.
         message: String,
     },
+    /// The build failed and the daemon no longer answers: it was stopped
+    /// or restarted under the build.
+    #[error("{error}\nthe Docker daemon at `{address}` stopped answering during the build: {message}\nhint: it was stopped or restarted; once it is back, the next build (or `habitus prune`) removes what this one left")]
+    DaemonLost {
+        /// The build's own error.
+        error: String,
+        /// The daemon address.
+        address: String,
+        /// Why the ping after the failure failed.
+        message: String,
+    },
     /// A step's task panicked (a bug in habitus).
     #[error("step `{step}`: internal error: {message}")]
     Panic {
@@ -392,6 +403,11 @@ impl Runner {
     /// The id that labels this build's objects.
     pub fn build_id(&self) -> &str {
         &self.build_id
+    }
+
+    /// The engine the build runs on.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        Arc::clone(&self.engine)
     }
 
     /// The unique image name of step `label`.

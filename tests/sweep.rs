@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -347,4 +348,206 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
         failures.len(),
         failures.join("\n---\n")
     );
+}
+
+/// A private Docker 26 (tests/daemons/docker26.sh with its own root,
+/// socket and bridge) that this test may stop and start; stopped and
+/// removed when dropped.
+struct PrivateDaemon {
+    env: Vec<(String, String)>,
+    root: std::path::PathBuf,
+}
+
+impl PrivateDaemon {
+    fn script(&self, command: &str) -> std::process::Output {
+        let mut cmd = Command::new("bash");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/daemons/docker26.sh"
+        ))
+        .arg(command)
+        .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn start(&self) -> String {
+        let out = self.script("start");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().trim_start_matches("DOCKER_HOST=").to_string()
+    }
+
+    fn stop(&self) {
+        self.script("stop");
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(&self.root)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn docker_at(host: &str, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", host)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The daemon stopped mid-build: habitus fails within 30 s naming the
+/// daemon, and once the daemon is back the next build sweeps the network
+/// the failed one could not remove. Runs in the Docker 26 pass of the
+/// suite (as root), on a daemon of its own.
+#[test]
+fn a_daemon_restart_mid_build_fails_fast_and_the_next_build_sweeps() {
+    let shared = "/var/lib/habitus-docker26/prefix";
+    let on_docker26 = std::env::var("DOCKER_HOST").is_ok_and(|h| h.contains("habitus-docker26"));
+    if !on_docker26 {
+        eprintln!("runs in the Docker 26 pass only (tests/daemons/docker26.sh)");
+        return;
+    }
+    assert!(
+        Path::new(shared).join("usr/sbin/dockerd").exists(),
+        "Docker 26 is not installed at {shared}"
+    );
+    let c = Cleanup::new("sweep-restart");
+    let n = std::process::id() % 200 + 20;
+    let root = std::path::PathBuf::from(format!("/var/lib/habitus-restart-{}", c.uid()));
+    let daemon = PrivateDaemon {
+        env: vec![
+            ("HABITUS_DOCKER26_ROOT".into(), root.display().to_string()),
+            ("HABITUS_DOCKER26_PREFIX".into(), shared.into()),
+            ("HABITUS_DOCKER26_BRIDGE".into(), format!("hbrestart{n}")),
+            (
+                "HABITUS_DOCKER26_BRIDGE_ADDR".into(),
+                format!("172.30.{n}.1/24"),
+            ),
+        ],
+        root,
+    };
+    let host = daemon.start();
+
+    // A busybox image on that daemon, built from scratch.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n",
+    )
+    .unwrap();
+    docker_at(
+        &host,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "hb-restart-base",
+            &ctx.path().display().to_string(),
+        ],
+    );
+
+    let (h, c1) = project("sweep-restart1", SLOW_SECRETS_YML);
+    let marker = format!("marker-{}", c1.uid());
+    let h = h.file(
+        "Dockerfile",
+        format!("FROM hb-restart-base\nARG HABITUS_TOKEN\nRUN echo {marker} && sleep 120\n"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .args(["--uid", c1.uid(), "--host", &host])
+        .env("HABITUS_K", "restart-value")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains(&format!("slow | {marker}")) {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains(&marker), "{seen}");
+    let network = network_of(&seen);
+    let stopped = Instant::now();
+    daemon.stop();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let took = stopped.elapsed();
+    let all = format!("{seen}{rest}");
+    assert!(!status.success(), "{all}");
+    assert!(
+        took < Duration::from_secs(30),
+        "failed only after {took:?}:\n{all}"
+    );
+    assert_eq!(status.code(), Some(1), "{all}");
+    assert!(
+        rest.contains("error: step `slow`")
+            && rest.contains(&format!(
+                "the Docker daemon at `{host}` stopped answering during the build: "
+            )),
+        "{all}"
+    );
+    assert!(
+        rest.contains("secrets server stopped, but the build's network remains"),
+        "{all}"
+    );
+
+    let host = daemon.start();
+    assert!(
+        docker_at(&host, &["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .any(|n| n == network)
+    );
+    let (next, c2) = project(
+        "sweep-restart2",
+        "build:\n  version: 2016-03-14\n  steps:\n    quick:\n      name: hb/sweep-restart\n      dockerfile: Dockerfile\n",
+    );
+    let out = next
+        .file("Dockerfile", "FROM hb-restart-base\nRUN true\n")
+        .env("DOCKER_HOST", &host)
+        .run();
+    out.assert_success();
+    assert!(
+        out.stderr.contains(&format!(
+            "swept network `{network}` left by an earlier build: its build (pid {}) is gone",
+            child.id()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !docker_at(&host, &["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .any(|n| n == network)
+    );
+    drop((c1, c2));
 }

@@ -11,10 +11,13 @@
 # to trixie) and unpacked into a private prefix; nothing is installed over the
 # system's packages. trixie's runc needs a newer glibc than bookworm's, so the
 # system's runc is used instead.
+#
+# HABITUS_DOCKER26_ROOT, _PREFIX, _BRIDGE and _BRIDGE_ADDR run another
+# instance (a test that stops and restarts its own daemon uses them).
 set -euo pipefail
 
 root="${HABITUS_DOCKER26_ROOT:-/var/lib/habitus-docker26}"
-prefix="$root/prefix"
+prefix="${HABITUS_DOCKER26_PREFIX:-$root/prefix}"
 sock="$root/run/docker.sock"
 bridge="${HABITUS_DOCKER26_BRIDGE:-docker26}"
 bridge_addr="${HABITUS_DOCKER26_BRIDGE_ADDR:-172.31.250.1/24}"
