@@ -18,6 +18,11 @@
 //! with several `--jobs` (`JOBS`, default `2 4 8 16 32` and the default)
 //! against the same `docker build`s run by `xargs -P` (`PARALLEL`, default
 //! `4 8 16`): how many steps at once suit work the daemon does.
+//!
+//! `cargo bench --bench runner -- concurrent` starts `BUILDS` (default 50)
+//! habitus secrets builds at once on one daemon, each one step that
+//! fetches its secret over TLS, and reports the wall time and failures:
+//! every build gets its own network from habitus's pool.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -390,8 +395,98 @@ fn fanout_main(runs: usize) {
     docker_quiet(&["rmi", BASE]);
 }
 
+fn concurrent_main() {
+    let builds: usize = std::env::var("BUILDS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(50);
+    // The secrets step needs curl: the host's, with its libraries.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let libs = Command::new("ldd").arg("/usr/bin/curl").output().unwrap();
+    let mut copy = String::new();
+    for path in String::from_utf8_lossy(&libs.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let rel = path.trim_start_matches('/');
+        std::fs::create_dir_all(d.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(path, d.join(rel)).unwrap();
+        copy.push_str(&format!("COPY {rel} /{rel}\n"));
+    }
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", d.join("bin/busybox")).unwrap();
+    std::fs::copy("/usr/bin/curl", d.join("bin/curl")).unwrap();
+    write(
+        d,
+        "Dockerfile",
+        &format!("FROM scratch\nCOPY bin/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p /tmp && chmod 1777 /tmp\nCOPY bin/curl /usr/bin/curl\n{copy}"),
+    );
+    let base = "habitus-bench-curl:latest";
+    docker(&["build", "-q", "-t", base, d.to_str().unwrap()]);
+    let fetch = r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$HABITUS_URL/v1/secrets/env/k" > /dev/null \
+ && rm /tmp/ca.pem
+"#;
+    let projects: Vec<tempfile::TempDir> = (0..builds)
+        .map(|i| {
+            let p = tempfile::tempdir().unwrap();
+            write(
+                p.path(),
+                "build.yml",
+                &format!("build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: habitus-bench-conc-{i}\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n"),
+            );
+            write(p.path(), "Dockerfile", &format!("FROM {base}\n{fetch}"));
+            p
+        })
+        .collect();
+    let start = Instant::now();
+    let children: Vec<_> = projects
+        .iter()
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_habitus"))
+                .arg("-d")
+                .arg(p.path())
+                .args(["--no-cache", "--level", "warning"])
+                .env("HABITUS_K", "bench-secret")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    let took = start.elapsed();
+    println!(
+        "{builds} concurrent secrets builds: {:.1}s, {} failed",
+        took.as_secs_f64(),
+        failures.len()
+    );
+    for f in failures.iter().take(3) {
+        println!("--- a failure:\n{f}");
+    }
+    for i in 0..builds {
+        docker_quiet(&["rmi", "-f", &format!("habitus-bench-conc-{i}")]);
+    }
+    docker_quiet(&["rmi", base]);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::args().any(|a| a == "concurrent") {
+        concurrent_main();
         return;
     }
     if std::env::args().any(|a| a == "fanout") {

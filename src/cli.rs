@@ -405,7 +405,7 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub json: bool,
 
-    /// Steps built at the same time (default: the number of CPUs).
+    /// Steps built at the same time (default: 4 per CPU, at most 32).
     #[arg(long, short = 'j', global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
 }

@@ -113,11 +113,7 @@ impl Config {
         } else {
             EnvSource::Given(flags.env.iter().cloned().collect())
         };
-        let jobs = flags.jobs.map(usize::from).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        });
+        let jobs = flags.jobs.map(usize::from).unwrap_or_else(default_jobs);
         Config {
             file: normalize(&file),
             workdir,
@@ -176,6 +172,18 @@ pub fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Steps built at once by default: four per CPU, at most 32. A step's
+/// cost is mostly the daemon's (a container start, a commit), not
+/// habitus's CPU: `cargo bench --bench runner -- fanout` measured 16
+/// independent steps on 2 CPUs at 2 at a time 1.15–1.2× slower than the
+/// best `xargs -P` of `docker build`s, and 8 at a time on par.
+pub fn default_jobs() -> usize {
+    let cpus = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    (cpus * 4).min(32)
 }
 
 #[cfg(test)]

@@ -442,7 +442,7 @@ fn a_daemon_restart_mid_build_fails_fast_and_the_next_build_sweeps() {
             ("HABITUS_DOCKER26_BRIDGE".into(), format!("hbrestart{n}")),
             (
                 "HABITUS_DOCKER26_BRIDGE_ADDR".into(),
-                format!("172.30.{n}.1/24"),
+                format!("10.214.{n}.1/24"),
             ),
         ],
         root,
