@@ -129,7 +129,7 @@ where
         Ok(()) => 0,
         Err(e) => {
             match &e {
-                Error::Manifest(diagnostics) => eprint!("{diagnostics}"),
+                Error::Manifest(diagnostics) => eprintln!("{diagnostics}"),
                 other => eprintln!("error: {other}"),
             }
             e.code()

@@ -754,12 +754,25 @@ fn an_empty_or_shapeless_file_says_what_a_build_yml_looks_like() {
         "error: build.yml: the file is empty\n  \
          help: a build.yml starts with `build:`, holding `version:` and `steps:`"
     );
+    // Top-level `steps` is an older format: one error, with the form.
     assert_eq!(
         errors(dir.path(), "steps: {}\n"),
         "\
+error: build.yml:1:1: this looks like an older build.yml format: `steps` at the top level, without `build:` and `version:`
+  help: habitus reads the 2016-03-14 format (Go Habitus's `build:` with `version:` and a mapping of `steps:`); the first step in it:
+    build:
+      version: 2016-03-14
+      steps:
+        compile:
+          name: myorg/app
+          dockerfile: Dockerfile"
+    );
+    assert_eq!(
+        errors(dir.path(), "stages: {}\n"),
+        "\
 error: build.yml: missing key `build`
   help: a build.yml starts with `build:`, holding `version:` and `steps:`
-error: build.yml:1:1: unknown key `steps`
+error: build.yml:1:1: unknown key `stages`
   help: valid keys: `build`"
     );
 }
@@ -1006,5 +1019,71 @@ build:
     assert_eq!(
         loaded.manifest.steps[0].dockerfile_path,
         dir.path().join("Dockerfile")
+    );
+}
+
+/// `depends_on` names another step's image (a common mistake, also in Go
+/// Habitus's own examples): the help names the step that builds it.
+#[test]
+fn depends_on_an_image_name_suggests_the_step_that_builds_it() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    deployment:
+      name: ironmountain:latest
+      dockerfile: Dockerfile
+    tests:
+      name: tests
+      dockerfile: Dockerfile
+      depends_on:
+        - ironmountain
+";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:11:11: step `tests`: `depends_on` names unknown step `ironmountain`\n  help: `depends_on` takes step keys: `ironmountain` is the image of step `deployment`"
+    );
+}
+
+/// A build.yml in an older format (top-level `steps`, or `steps` as a
+/// list) gets one error that shows its first step in the 2016-03-14 form.
+#[test]
+fn an_older_format_gets_one_error_with_its_first_step_converted() {
+    let dir = workdir(&["Dockerfile"]);
+    let top = "\
+steps:
+  - name: myorg/builder:1.0
+    dockerfile: Dockerfile
+    artifacts:
+      - /go/bin/app
+  - name: runtime
+    dockerfile: Dockerfile.run
+";
+    let converted = "  help: habitus reads the 2016-03-14 format (Go Habitus's `build:` with `version:` and a mapping of `steps:`); the first step in it:
+    build:
+      version: 2016-03-14
+      steps:
+        builder:
+          name: myorg/builder:1.0
+          dockerfile: Dockerfile
+          artifacts:
+          - /go/bin/app";
+    assert_eq!(
+        errors(dir.path(), top),
+        format!("error: build.yml:1:1: this looks like an older build.yml format: `steps` at the top level, without `build:` and `version:`\n{converted}")
+    );
+    let list = "\
+build:
+  version: 2016-03-14
+  steps:
+    - name: myorg/builder:1.0
+      dockerfile: Dockerfile
+      artifacts:
+        - /go/bin/app
+";
+    assert_eq!(
+        errors(dir.path(), list),
+        format!("error: build.yml:3:3: `steps` is a list, as in an older build.yml format; it must be a mapping of step labels to steps\n{converted}")
     );
 }

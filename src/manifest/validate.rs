@@ -297,15 +297,27 @@ impl Checker<'_> {
             }
         };
         let mut build = None;
+        let mut old_steps = None;
+        let has_build = root_map.contains_key(Value::from("build"));
         for (key, path, value) in self.entries(root_map, "", None) {
             if key == "build" {
                 build = Some((path, value));
+            } else if key == "steps" && !has_build {
+                old_steps = Some((path, value));
             } else if !key.starts_with("x-") {
                 self.unknown_key(&path, None, &key, TOP_KEYS, "");
             }
         }
         let Some((build_path, build)) = build else {
-            self.report(None, None, "missing key `build`".into(), build_help());
+            match old_steps {
+                Some((path, steps)) => self.at_key(
+                    &path,
+                    None,
+                    "this looks like an older build.yml format: `steps` at the top level, without `build:` and `version:`".into(),
+                    Some(modern_form(steps)),
+                ),
+                None => self.report(None, None, "missing key `build`".into(), build_help()),
+            }
             return None;
         };
         let build = match build {
@@ -378,6 +390,15 @@ impl Checker<'_> {
                     None,
                     "`steps` is empty".into(),
                     Some("add at least one step with a `name` and a `dockerfile`".into()),
+                );
+                return None;
+            }
+            list @ Value::Sequence(_) => {
+                self.at_key(
+                    &steps_path,
+                    None,
+                    "`steps` is a list, as in an older build.yml format; it must be a mapping of step labels to steps".into(),
+                    Some(modern_form(list)),
                 );
                 return None;
             }
@@ -921,9 +942,17 @@ impl Checker<'_> {
                 } else {
                     None
                 };
-                let help = match close {
-                    Some(close) => Some(format!("did you mean `{close}`?")),
-                    None if drafts.len() <= 10 => Some(format!(
+                let image_of = drafts.iter().find(|d| {
+                    !d.step.name.is_empty()
+                        && (d.step.name == *dep || without_tag(&d.step.name) == without_tag(dep))
+                });
+                let help = match (image_of, close) {
+                    (Some(builder), _) => Some(format!(
+                        "`depends_on` takes step keys: `{dep}` is the image of step `{}`",
+                        builder.step.label
+                    )),
+                    (None, Some(close)) => Some(format!("did you mean `{close}`?")),
+                    (None, None) if drafts.len() <= 10 => Some(format!(
                         "known steps: {}",
                         list(
                             &drafts
@@ -932,7 +961,7 @@ impl Checker<'_> {
                                 .collect::<Vec<_>>()
                         )
                     )),
-                    None => None,
+                    (None, None) => None,
                 };
                 self.at_value(
                     path,
@@ -1152,6 +1181,71 @@ impl Checker<'_> {
             return;
         }
         draft.step.dockerfile_path = resolved;
+    }
+}
+
+/// The help for a build.yml in an older format: its first step in the
+/// 2016-03-14 form. `steps` is what the file has (a list of steps with
+/// `name`, or a mapping).
+fn modern_form(steps: &Value) -> String {
+    let first = match steps {
+        Value::Sequence(list) => list.first().map(|step| {
+            let name = step.get("name").and_then(Value::as_str).unwrap_or("");
+            (label_for(name), step.clone())
+        }),
+        Value::Mapping(map) => map.iter().next().map(|(k, v)| {
+            (
+                k.as_str()
+                    .map_or_else(|| "step1".to_string(), str::to_owned),
+                v.clone(),
+            )
+        }),
+        _ => None,
+    };
+    let mut text = String::from(
+        "habitus reads the 2016-03-14 format (Go Habitus's `build:` with `version:` and a mapping of `steps:`); the first step in it:\n    build:\n      version: 2016-03-14\n      steps:\n",
+    );
+    match first {
+        Some((label, step)) => {
+            text.push_str(&format!("        {label}:\n"));
+            let body = serde_yaml::to_string(&step).unwrap_or_default();
+            for line in body.lines().filter(|l| !l.is_empty()) {
+                text.push_str(&format!("          {line}\n"));
+            }
+        }
+        None => text.push_str(
+            "        compile:\n          name: myorg/app\n          dockerfile: Dockerfile\n",
+        ),
+    }
+    text.trim_end().to_string()
+}
+
+/// An image name without its tag: `host:5000/a/b:1.2` → `host:5000/a/b`.
+fn without_tag(name: &str) -> &str {
+    match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
+}
+
+/// A step label from an image name: `myorg/builder:1.2` → `builder`.
+fn label_for(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let bare = last.split(':').next().unwrap_or(last);
+    let label: String = bare
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if label.is_empty() {
+        "step1".to_string()
+    } else {
+        label
     }
 }
 
