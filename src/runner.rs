@@ -2055,6 +2055,44 @@ mod tests {
         (settings, store)
     }
 
+    /// A daemon elsewhere (its network's gateway is not an address of this
+    /// host): the build stops before any step, naming `--binding`, and
+    /// removes the network it made.
+    #[tokio::test]
+    async fn a_gateway_that_is_not_local_stops_the_build_naming_binding() {
+        use crate::manifest::SecretSpec;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = step(dir.path(), "a", &[]);
+        a.secrets.insert(
+            "k".into(),
+            SecretSpec {
+                kind: "env".into(),
+                value: "K".into(),
+            },
+        );
+        let Fixture { engine, runner } = fixture(vec![a], opts(1));
+        // TEST-NET-1: never an address of this host.
+        engine.on_network_gateway("192.0.2.1");
+        let (settings, store) = env_secret("a", "k", b"v");
+        let runner = runner.with_secrets(settings, store, true);
+        let err = runner
+            .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the build network's gateway `192.0.2.1` is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere"),
+            "{err}"
+        );
+        assert!(
+            err.contains("\nhint: give --binding ADDR, an address of this host that the daemon's containers reach"),
+            "{err}"
+        );
+        assert!(engine.builds().is_empty(), "no step ran");
+        assert!(engine.networks().is_empty(), "the network is removed");
+    }
+
     #[tokio::test]
     async fn steps_with_secrets_get_connection_args_on_the_build_network() {
         use crate::manifest::SecretSpec;

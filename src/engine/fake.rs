@@ -57,6 +57,8 @@ pub struct FakeEngine {
     commits: Mutex<Vec<(String, String)>>,
     networks: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     removed_networks: Mutex<Vec<String>>,
+    /// The gateway `create_network` reports (default `127.0.0.1`).
+    gateway: Mutex<Option<String>>,
 }
 
 impl FakeEngine {
@@ -87,6 +89,10 @@ impl FakeEngine {
     /// `(label, value)` pairs swept with `remove_containers_with_label`.
     pub fn label_sweeps(&self) -> Vec<(String, String)> {
         lock(&self.label_sweeps).clone()
+    }
+    /// Makes `create_network` report `gateway` as the network's gateway.
+    pub fn on_network_gateway(&self, gateway: &str) {
+        *lock(&self.gateway) = Some(gateway.to_string());
     }
     /// Makes `save_image` of `image` return a one-layer archive with these
     /// files (by default the layer is empty).
@@ -277,7 +283,9 @@ impl Engine for FakeEngine {
         _subnet: Option<&str>,
     ) -> Result<String, EngineError> {
         lock(&self.networks).insert(name.to_string(), labels.clone());
-        Ok("127.0.0.1".to_string())
+        Ok(lock(&self.gateway)
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_string()))
     }
 
     async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {

@@ -120,6 +120,13 @@ pub enum SecretsError {
         /// What the daemon reported.
         gateway: String,
     },
+    /// The build network's gateway is not an address of this host: the
+    /// daemon runs elsewhere, so the server cannot listen there.
+    #[error("the build network's gateway `{gateway}` is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere (a remote daemon, such as GitLab CI's `docker:dind` service over tcp://…:2376, or a daemon in another network namespace)\nhint: give --binding ADDR, an address of this host that the daemon's containers reach (in a GitLab CI job: the job container's own address, `--binding $(hostname -i)`)")]
+    GatewayNotLocal {
+        /// The gateway address.
+        gateway: IpAddr,
+    },
     /// The server could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -320,7 +327,14 @@ impl BuildSession {
                 if let Some(name) = &created_network {
                     let _ = engine.remove_network(name).await;
                 }
-                return Err(e.into());
+                return Err(match (&e, gateway, options.settings.binding) {
+                    (ServerError::Bind { source, .. }, Some(gateway), None)
+                        if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                    {
+                        SecretsError::GatewayNotLocal { gateway }
+                    }
+                    _ => e.into(),
+                });
             }
         };
         Ok(BuildSession {
