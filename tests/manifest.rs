@@ -1087,3 +1087,53 @@ build:
         format!("error: build.yml:3:3: `steps` is a list, as in an older build.yml format; it must be a mapping of step labels to steps\n{converted}")
     );
 }
+
+/// An `_env()` variable that is not set is named in every error about the
+/// value it emptied, and positions (YAML errors too) are the file's own.
+#[test]
+fn errors_name_the_unset_variable_at_the_files_own_position() {
+    let dir = workdir(&["Dockerfile"]);
+    let head = "build:\n  version: 2016-03-14\n  steps:\n    step1:\n";
+    let fix = |name: &str, line: usize| {
+        format!("  help: `{name}` is not set, so `_env({name})` on line {line} is empty: `export {name}=…` or pass `--env {name}=…`")
+    };
+    assert_eq!(
+        errors(dir.path(), &format!("{head}      name: _env(NAME)\n      dockerfile: Dockerfile\n")),
+        format!("error: build.yml:4:5: step `step1`: missing `name`\n  help: `name` is the image name to build, e.g. `name: myorg/app`\n{}", fix("NAME", 5))
+    );
+    assert_eq!(
+        errors(dir.path(), &format!("{head}      name: _env(IMAGE):_env(TAG)\n      dockerfile: Dockerfile\n")),
+        format!("error: build.yml:5:13: invalid YAML: mapping values are not allowed in this context\n{}\n{}", fix("IMAGE", 5), fix("TAG", 5))
+    );
+    assert_eq!(
+        errors(dir.path(), &format!("{head}      name: b.gcr.io/x/y:_env(GIT_LABEL)\n      dockerfile: Dockerfile\n")),
+        format!("error: build.yml:5:25: invalid YAML: mapping values are not allowed in this context\n{}", fix("GIT_LABEL", 5))
+    );
+    assert_eq!(
+        errors(dir.path(), &format!("{head}      name: app\n      dockerfile: Dockerfile\n      secrets:\n        ssh_key:\n          type: file\n          value: _env(GIT_SSH_KEY)\n")),
+        format!("error: build.yml:8:9: step `step1`: secret `ssh_key` is missing `value`\n  help: for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`\n{}", fix("GIT_SSH_KEY", 10))
+    );
+    // A set variable moves what follows it: the position is the file's.
+    let long = EnvSource::Given(BTreeMap::from([(
+        "IMAGE".to_string(),
+        "a-much-longer-image-name".to_string(),
+    )]));
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    step1: { name: _env(IMAGE), dockerfile: Dockerfile, bogus: 1 }\n";
+    let text = check_with(dir.path(), yml, &long, &providers())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.starts_with("error: build.yml:4:57: step `step1`: unknown key `bogus`"),
+        "{text}"
+    );
+    let yml = format!(
+        "{head}      name: app\n      dockerfile: Dockerfile\n      args: {{ A: _env(IMAGE), B: [ }}\n"
+    );
+    let text = check_with(dir.path(), &yml, &long, &providers())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.starts_with("error: build.yml:7:36: invalid YAML: did not find expected node content"),
+        "{text}"
+    );
+}

@@ -53,20 +53,118 @@ pub(crate) struct Unset {
     pub name: String,
 }
 
+/// Where the substituted text came from: every `_env(NAME)` occurrence,
+/// so that positions in the substituted text (YAML errors, diagnostics)
+/// point back at the file as written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SourceMap {
+    occurrences: Vec<Occurrence>,
+}
+
+/// One `_env(NAME)` in the file.
+#[derive(Debug, Clone)]
+pub(crate) struct Occurrence {
+    /// Its value's bytes in the substituted text.
+    out: std::ops::Range<usize>,
+    /// `_env(NAME)`'s bytes in the file.
+    src: std::ops::Range<usize>,
+    /// 1-based line in the file.
+    pub line: usize,
+    pub name: String,
+    /// NAME was not set: the value is empty.
+    pub unset: bool,
+}
+
+impl SourceMap {
+    /// The byte of the file that byte `out` of the substituted text came
+    /// from; a byte of a substituted value maps to its `_env(`.
+    fn src_offset(&self, out: usize) -> usize {
+        let mut src = out;
+        for o in &self.occurrences {
+            if out < o.out.start {
+                break;
+            }
+            if out < o.out.end || out == o.out.start {
+                return o.src.start;
+            }
+            src = out - o.out.end + o.src.end;
+        }
+        src
+    }
+
+    /// Maps a 1-based line and character column of `out_text` (the
+    /// substituted text) to the same in `src_text` (the file).
+    pub(crate) fn position(
+        &self,
+        out_text: &str,
+        src_text: &str,
+        line: usize,
+        column: usize,
+    ) -> (usize, usize) {
+        if self.occurrences.is_empty() {
+            return (line, column);
+        }
+        let offset = byte_offset(out_text, line, column);
+        line_column(src_text, self.src_offset(offset))
+    }
+
+    /// The `_env()` occurrences whose variable was not set.
+    pub(crate) fn unset(&self) -> impl Iterator<Item = &Occurrence> {
+        self.occurrences.iter().filter(|o| o.unset)
+    }
+}
+
+/// The byte offset of a 1-based line and character column.
+fn byte_offset(text: &str, line: usize, column: usize) -> usize {
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].find('\n') {
+            Some(i) => start += i + 1,
+            None => return text.len(),
+        }
+    }
+    let rest = &text[start..];
+    start
+        + rest
+            .char_indices()
+            .nth(column.saturating_sub(1))
+            .map_or(rest.len(), |(i, _)| i)
+}
+
+/// The 1-based line and character column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, text[line_start..offset].chars().count() + 1)
+}
+
 /// The substituted text grew beyond `limit` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TooLarge;
 
 /// Replaces every `_env(NAME)` in `text`. Unset names become "" and are
 /// returned, in file order.
+#[cfg(test)]
 pub(crate) fn substitute(
     text: &str,
     env: &EnvSource,
     limit: usize,
 ) -> Result<(String, Vec<Unset>), TooLarge> {
+    substitute_mapped(text, env, limit).map(|(out, unset, _)| (out, unset))
+}
+
+/// As [`substitute`], also returning where the result came from.
+pub(crate) fn substitute_mapped(
+    text: &str,
+    env: &EnvSource,
+    limit: usize,
+) -> Result<(String, Vec<Unset>, SourceMap), TooLarge> {
     const OPEN: &str = "_env(";
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
+    let mut map = SourceMap::default();
     let mut line = 1;
     let mut pos = 0;
     while let Some(found) = text[pos..].find(OPEN) {
@@ -80,14 +178,23 @@ pub(crate) fn substitute(
         match text[name_start..line_end].find(')') {
             Some(close) => {
                 let name = &text[name_start..name_start + close];
-                match env.get(name) {
-                    Some(value) => out.push_str(&value),
+                let value_start = out.len();
+                let value = env.get(name);
+                match &value {
+                    Some(value) => out.push_str(value),
                     None => unset.push(Unset {
                         line,
                         name: name.to_owned(),
                     }),
                 }
                 pos = name_start + close + 1;
+                map.occurrences.push(Occurrence {
+                    out: value_start..out.len(),
+                    src: start..pos,
+                    line,
+                    name: name.to_owned(),
+                    unset: value.is_none(),
+                });
             }
             None => {
                 out.push_str(OPEN);
@@ -102,7 +209,7 @@ pub(crate) fn substitute(
     if out.len() > limit {
         return Err(TooLarge);
     }
-    Ok((out, unset))
+    Ok((out, unset, map))
 }
 
 #[cfg(test)]
@@ -166,5 +273,22 @@ mod tests {
     fn debug_shows_names_only() {
         let env = given(&[("TOKEN", "s3cr3t")]);
         assert_eq!(format!("{env:?}"), "Given([\"TOKEN\"])");
+    }
+
+    #[test]
+    fn positions_map_back_to_the_file() {
+        use super::substitute_mapped;
+        let src = "a: _env(IMAGE):_env(TAG)\nb: _env(LONG) x: y\n";
+        let env = given(&[("IMAGE", "img"), ("LONG", "a-much-longer-value")]);
+        let (out, _, map) = substitute_mapped(src, &env, 1000).unwrap();
+        assert_eq!(out, "a: img:\nb: a-much-longer-value x: y\n");
+        // `x:` on line 2: column 25 of the result, column 16 of the file.
+        assert_eq!(map.position(&out, src, 2, 25), (2, 16));
+        // Inside a value: its `_env(`.
+        assert_eq!(map.position(&out, src, 2, 6), (2, 4));
+        // The empty TAG at the end of line 1: its `_env(`.
+        assert_eq!(map.position(&out, src, 1, 8), (1, 16));
+        let unset: Vec<_> = map.unset().map(|o| (o.line, o.name.as_str())).collect();
+        assert_eq!(unset, [(1, "TAG")]);
     }
 }

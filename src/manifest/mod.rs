@@ -84,8 +84,9 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
     if text.len() > MAX_FILE_SIZE {
         return Err(too_large(opts.file));
     }
-    let (text, unset) =
-        env::substitute(text, opts.env, MAX_SUBSTITUTED_SIZE).map_err(|env::TooLarge| {
+    let src = text;
+    let (text, unset, map) =
+        env::substitute_mapped(text, opts.env, MAX_SUBSTITUTED_SIZE).map_err(|env::TooLarge| {
             Diagnostics(vec![file_diagnostic(
                 opts.file,
                 None,
@@ -119,10 +120,69 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
             help: None,
         }])
     };
-    let mut root: serde_yaml::Value = serde_yaml::from_str(&text).map_err(yaml_error)?;
-    root.apply_merge().map_err(yaml_error)?;
+    // Positions found in the substituted text point at the file as written,
+    // and an error on a value that an unset variable emptied says so.
+    let in_file = |Diagnostics(list): Diagnostics| {
+        Diagnostics(
+            list.into_iter()
+                .map(|mut d| {
+                    if let (Some(line), Some(column)) = (d.line, d.column) {
+                        let (line, column) = map.position(&text, src, line, column);
+                        d.line = Some(line);
+                        d.column = Some(column);
+                    }
+                    explain_unset(&mut d, src, &map);
+                    d
+                })
+                .collect(),
+        )
+    };
+    let mut root: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| in_file(yaml_error(e)))?;
+    root.apply_merge().map_err(|e| in_file(yaml_error(e)))?;
     let index = Index::scan(&text);
-    validate::validate(&root, &index, opts, warnings)
+    validate::validate(&root, &index, opts, warnings).map_err(in_file)
+}
+
+/// Adds to `d` which unset `_env()` variable emptied the value it is
+/// about: one on the diagnostic's own line, or, for ``missing `KEY` ``,
+/// on a `KEY:` line of the block below it.
+fn explain_unset(d: &mut Diagnostic, src: &str, map: &env::SourceMap) {
+    let Some(line) = d.line else { return };
+    let lines: Vec<&str> = src.lines().collect();
+    let unset: Vec<&env::Occurrence> = map.unset().collect();
+    let mut culprits: Vec<&env::Occurrence> =
+        unset.iter().copied().filter(|o| o.line == line).collect();
+    if culprits.is_empty() {
+        if let Some(key) = d
+            .message
+            .split("missing `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
+            let indent = |l: &str| l.len() - l.trim_start().len();
+            let own = lines.get(line - 1).map_or(0, |l| indent(l));
+            for (i, text) in lines.iter().enumerate().skip(line) {
+                if !text.trim().is_empty() && indent(text) <= own {
+                    break;
+                }
+                let field = text.trim_start().trim_start_matches("- ");
+                if field.starts_with(&format!("{key}:")) {
+                    culprits.extend(unset.iter().copied().filter(|o| o.line == i + 1));
+                }
+            }
+        }
+    }
+    for o in culprits {
+        let note = format!(
+            "`{}` is not set, so `_env({})` on line {} is empty: `export {}=…` or pass `--env {}=…`",
+            o.name, o.name, o.line, o.name, o.name
+        );
+        d.help = Some(match d.help.take() {
+            Some(help) => format!("{help}\n  help: {note}"),
+            None => note,
+        });
+    }
 }
 
 fn file_diagnostic(
