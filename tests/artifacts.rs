@@ -401,7 +401,27 @@ fn cleanup_removes_a_secret(prefix: &str, builder: &str) {
     // image with the same layers, such as another test's image built on
     // the base).
     let squashed = crate::common::saved::layers(&image);
-    for id in docker(&["history", "-q", &image]).lines() {
+    // The containerd store fails `docker history` that meets another
+    // test's image being deleted (`snapshot …: not found`): ask again.
+    let history = (0..5)
+        .find_map(|attempt| {
+            let out = std::process::Command::new("docker")
+                .args(["history", "-q", &image])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("not found") && attempt < 4,
+                "`docker history -q {image}` failed: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            None
+        })
+        .unwrap();
+    for id in history.lines() {
         if id == "<missing>" {
             continue;
         }
