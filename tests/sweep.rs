@@ -153,12 +153,19 @@ fn what_a_killed_build_left_goes_with_the_next_build() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    // The daemon ends the killed build's RUN on its own; its container
-    // stays, attached to the network.
+    // The daemon ends the killed build's RUN on its own (and may remove
+    // its container); until it has, the sweep keeps the network in use.
     wait_until(Duration::from_secs(60), "stopped", || {
-        docker(&["ps", "-q", "--filter", &format!("network={network}")])
-            .trim()
-            .is_empty()
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("network={network}"),
+            "--format",
+            "{{.State}}",
+        ])
+        .lines()
+        .all(|state| matches!(state.trim(), "exited" | "created" | "dead"))
     });
 
     let (next, _c2) = project(
