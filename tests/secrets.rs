@@ -16,8 +16,8 @@ use habitus::secrets::{start, tls, Secret};
 use crate::common::in_process::{self, InProcess};
 use crate::common::leak::assert_no_secret_in_image;
 use crate::common::{
-    docker, from_base, image_exists, networks_with_label, project, sha256_hex, Habitus, Output,
-    UID_LABEL,
+    docker, from_base, image_exists, network_of, networks_with_label, project, sha256_hex, Habitus,
+    Output, UID_LABEL,
 };
 
 // ---------------------------------------------------------------------------
@@ -455,15 +455,6 @@ async fn keep_alive_connections_close_after_10_s_without_a_request() {
 
 // ---------------------------------------------------------------------------
 // Real builds.
-
-/// The build's network, as announced on stderr.
-fn network_of(stderr: &str) -> String {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("steps build on network `"))
-        .unwrap_or_else(|| panic!("no network line:\n{stderr}"));
-    line.split('`').nth(1).unwrap().to_string()
-}
 
 /// The build's network is gone from the daemon. (Whether the server
 /// still listens cannot be seen once the habitus process has exited, which

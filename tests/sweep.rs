@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use habitus::owner::Owner;
 
-use crate::common::{base_image, docker, from_base, project, Cleanup, Habitus, UID_LABEL};
+use crate::common::{
+    base_image, docker, from_base, network_of, project, Cleanup, Habitus, UID_LABEL,
+};
 
 const SLOW_SECRETS_YML: &str = "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sweep-slow\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n";
 
@@ -42,15 +44,6 @@ fn spawn_until(h: &Habitus, uid: &str, needle: &str) -> (Child, String) {
     let _ = child.kill();
     let _ = child.wait();
     panic!("no line with `{needle}`:\n{seen}");
-}
-
-/// The build's network, as announced on stderr.
-fn network_of(stderr: &str) -> String {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("steps build on network `"))
-        .unwrap_or_else(|| panic!("no network line:\n{stderr}"));
-    line.split('`').nth(1).unwrap().to_string()
 }
 
 fn network_exists(name: &str) -> bool {

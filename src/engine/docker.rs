@@ -265,6 +265,21 @@ pub fn parse_api_version(version: &str) -> Option<(u64, u64)> {
 }
 
 impl DockerEngine {
+    /// Every container (running or not) that `filters` select.
+    async fn all_containers(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(api)
+    }
+
     /// Asks the daemon for its versions, storage and BuildKit support.
     pub async fn daemon_info(&self) -> Result<DaemonInfo, EngineError> {
         let version = self.docker.version().await.map_err(api)?;
@@ -751,15 +766,7 @@ impl Engine for DockerEngine {
         value: &str,
     ) -> Result<usize, EngineError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(api)?;
+        let containers = self.all_containers(filters).await?;
         let mut removed = 0;
         for id in containers.into_iter().filter_map(|c| c.id) {
             match self
@@ -847,15 +854,7 @@ impl Engine for DockerEngine {
             }))
             .await
             .map_err(api)?;
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(api)?;
+        let containers = self.all_containers(filters).await?;
         let mut out: Vec<Leftover> = networks
             .into_iter()
             .map(|n| Leftover {
@@ -897,15 +896,7 @@ impl Engine for DockerEngine {
 
     async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError> {
         let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(api)?;
+        let containers = self.all_containers(filters).await?;
         Ok(containers
             .into_iter()
             .map(|c| {

@@ -602,6 +602,15 @@ pub fn project(prefix: &str, build_yml: &str) -> (Habitus, Cleanup) {
     (h, cleanup)
 }
 
+/// The build's network, as announced on stderr.
+pub fn network_of(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("steps build on network `"))
+        .unwrap_or_else(|| panic!("no network line:\n{stderr}"));
+    line.split('`').nth(1).unwrap().to_string()
+}
+
 /// A Dockerfile starting `FROM` the test base image.
 pub fn from_base(rest: &str) -> String {
     format!("FROM {}\n{rest}", base_image())
