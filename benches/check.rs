@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use habitus::manifest::{load, EnvSource, LoadOptions};
-use habitus::plan::{render, Plan};
+use habitus::plan::Plan;
+use habitus::render;
 use rand::rngs::StdRng;
 use rand::seq::{index, SliceRandom};
 use rand::{Rng, SeedableRng};

@@ -134,9 +134,10 @@ pub enum PlanFormat {
     Mermaid,
 }
 
-/// Log levels accepted by `--level` (Go Habitus's names, plus `warn` and `trace`).
+/// Log levels accepted by `--level` (Go Habitus's names, plus `warn` and
+/// `trace`); the configuration maps them to [`crate::model::Level`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Level {
+pub enum LevelArg {
     Trace,
     Debug,
     Info,
@@ -214,7 +215,7 @@ pub struct Flags {
         ignore_case = true,
         default_value = "info"
     )]
-    pub level: Level,
+    pub level: LevelArg,
 
     /// Show the daemon's whole output stream, also on a terminal (same as
     /// `--level debug`).
@@ -309,8 +310,8 @@ pub struct Flags {
 
     /// Address the secrets server binds to (default: the gateway of the
     /// build's own network).
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub binding: Option<String>,
+    #[arg(long, global = true, value_name = "ADDR", value_parser = parse_binding)]
+    pub binding: Option<Binding>,
 
     /// Where build networks come from: /28 subnets of this IPv4 CIDR, or
     /// `docker` to let Docker pick from its own pools.
@@ -383,7 +384,7 @@ pub struct Flags {
         value_enum,
         default_value = "legacy"
     )]
-    pub builder: crate::engine::Builder,
+    pub builder: BuilderArg,
 
     /// Label images with `habitus.build`, `habitus.step` and `habitus.uid`.
     /// Off by default: the classic builder turns each label into an extra
@@ -431,6 +432,31 @@ fn parse_providers(value: &str) -> Result<Providers, String> {
         }
     }
     Ok(Providers(out))
+}
+
+/// `--binding`: an IP address; empty means none (as Go Habitus's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding(pub Option<std::net::IpAddr>);
+
+fn parse_binding(value: &str) -> Result<Binding, String> {
+    if value.is_empty() {
+        return Ok(Binding(None));
+    }
+    value
+        .parse()
+        .map(|ip| Binding(Some(ip)))
+        .map_err(|_| format!("`{value}` is not an IP address"))
+}
+
+/// Builders accepted by `--builder`; the configuration maps them to
+/// [`crate::model::Builder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuilderArg {
+    /// The classic builder (`docker build` without BuildKit), as Go Habitus.
+    Legacy,
+    /// The daemon's BuildKit, with a session serving secret mounts.
+    #[value(name = "buildkit")]
+    BuildKit,
 }
 
 /// Go's `strconv.ParseBool`.

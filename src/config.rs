@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Flags, Level};
+use crate::cli::{BuilderArg, Flags, LevelArg};
 use crate::manifest::EnvSource;
+use crate::model::{Builder, Level};
+use crate::secrets::server::BasicAuth;
+use crate::secrets::Settings as SecretsSettings;
 
 /// Where and how to reach the Docker daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,40 +57,96 @@ impl DockerSettings {
     }
 }
 
-/// Everything a habitus run needs, resolved.
+/// Everything a habitus run needs, resolved. Only this module reads the
+/// command line's flags and `DOCKER_*`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
     pub file: PathBuf,
     /// The work directory, absolute.
     pub workdir: PathBuf,
+    /// Where `_env(NAME)` in build.yml reads.
     pub env: EnvSource,
-    /// `--build` arguments (later ones win).
-    pub build_args: BTreeMap<String, String>,
-    pub sec_providers: Vec<String>,
-    pub uid: Option<String>,
+    /// Where and how to reach the Docker daemon.
     pub docker: DockerSettings,
+    /// How steps are built.
+    pub build: BuildSettings,
+    /// The secrets server's settings (`--secrets`, `--binding`, `--port`,
+    /// basic auth, `--sec-providers`, `--network-pool`).
+    pub secrets: SecretsSettings,
+    /// What habitus prints, and how.
+    pub output: OutputSettings,
+    /// `--stale-after`: when another host's leftovers may be swept.
+    pub stale_after: std::time::Duration,
+}
+
+/// How the steps of a build are built: the command line's build options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildSettings {
+    pub uid: Option<String>,
+    /// `--build` arguments; they win over `args:` in build.yml.
+    pub build_args: BTreeMap<String, String>,
     pub no_cache: bool,
-    pub suppress: bool,
     pub rm: bool,
     pub force_rm: bool,
     pub network: Option<String>,
     pub memory: Option<i64>,
     pub cpuset_cpus: Option<String>,
     pub cpu_shares: Option<i64>,
+    /// Steps built at the same time.
+    pub jobs: usize,
     pub keep_all: bool,
-    pub keep_artifacts: bool,
-    pub no_cleanup: bool,
     pub force_rmi: bool,
     pub noprune_rmi: bool,
     pub after_build_commands: bool,
+    /// Label images too (costs one commit per label with the classic builder).
     pub image_labels: bool,
-    pub builder: crate::engine::Builder,
+    /// The builder of steps that do not choose one in build.yml.
+    pub builder: Builder,
+    /// Skip the audit of the images of a build that served secrets.
     pub no_audit: bool,
-    pub json: bool,
-    pub jobs: usize,
+    /// Leave the artifacts on the host after the build (`--keep-artifacts`).
+    pub keep_artifacts: bool,
+    /// Skip `cleanup.commands` (`--no-cleanup`).
+    pub no_cleanup: bool,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            uid: None,
+            build_args: BTreeMap::new(),
+            no_cache: false,
+            rm: true,
+            force_rm: false,
+            network: None,
+            memory: None,
+            cpuset_cpus: None,
+            cpu_shares: None,
+            jobs: 1,
+            keep_all: false,
+            force_rmi: false,
+            noprune_rmi: false,
+            after_build_commands: false,
+            image_labels: false,
+            builder: Builder::Legacy,
+            no_audit: false,
+            keep_artifacts: false,
+            no_cleanup: false,
+        }
+    }
+}
+
+/// What habitus prints, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputSettings {
     pub level: Level,
+    /// Colours and the live view on a terminal.
     pub pretty: bool,
+    /// Hide the daemon's build output.
+    pub suppress: bool,
+    /// Also write every event to stdout as JSON lines.
+    pub json: bool,
 }
 
 impl Config {
@@ -113,46 +172,82 @@ impl Config {
         } else {
             EnvSource::Given(flags.env.iter().cloned().collect())
         };
-        let jobs = flags.jobs.map(usize::from).unwrap_or_else(default_jobs);
         Config {
             file: normalize(&file),
             workdir,
             env: env_source,
-            build_args: flags.build_args.iter().cloned().collect(),
-            sec_providers: flags.sec_providers.0.clone(),
-            uid: flags.uid.clone(),
             docker: DockerSettings::resolve(
                 flags.host.as_deref(),
                 flags.use_tls,
                 flags.certs.as_deref(),
                 env,
             ),
-            no_cache: flags.no_cache,
-            suppress: flags.suppress,
-            rm: flags.rm,
-            force_rm: flags.force_rm,
-            network: flags.network.clone().filter(|n| !n.is_empty()),
-            memory: flags.docker_memory,
-            cpuset_cpus: flags.docker_cpuset_cpus.clone().filter(|c| !c.is_empty()),
-            cpu_shares: Some(flags.docker_cpu_shares).filter(|s| *s > 0),
-            keep_all: flags.keep_all,
-            keep_artifacts: flags.keep_artifacts,
-            no_cleanup: flags.no_cleanup,
-            force_rmi: flags.force_rmi,
-            noprune_rmi: flags.noprune_rmi,
-            after_build_commands: flags.after_build_commands,
-            image_labels: flags.image_labels,
-            builder: flags.builder,
-            no_audit: flags.no_audit,
-            json: flags.json,
-            jobs,
-            level: match (flags.verbose, flags.level) {
-                (true, Level::Trace) => Level::Trace,
-                (true, _) => Level::Debug,
-                (false, level) => level,
+            build: build_settings(flags),
+            secrets: secrets_settings(flags),
+            output: OutputSettings {
+                level: match (flags.verbose, flags.level) {
+                    (true, LevelArg::Trace) => Level::Trace,
+                    (true, _) => Level::Debug,
+                    (false, level) => level_of(level),
+                },
+                pretty: flags.pretty,
+                suppress: flags.suppress,
+                json: flags.json,
             },
-            pretty: flags.pretty,
+            stale_after: flags.stale_after,
         }
+    }
+}
+
+fn build_settings(flags: &Flags) -> BuildSettings {
+    BuildSettings {
+        uid: flags.uid.clone(),
+        build_args: flags.build_args.iter().cloned().collect(),
+        no_cache: flags.no_cache,
+        rm: flags.rm,
+        force_rm: flags.force_rm,
+        network: flags.network.clone().filter(|n| !n.is_empty()),
+        memory: flags.docker_memory,
+        cpuset_cpus: flags.docker_cpuset_cpus.clone().filter(|c| !c.is_empty()),
+        cpu_shares: Some(flags.docker_cpu_shares).filter(|s| *s > 0),
+        jobs: flags.jobs.map(usize::from).unwrap_or_else(default_jobs),
+        keep_all: flags.keep_all,
+        force_rmi: flags.force_rmi,
+        noprune_rmi: flags.noprune_rmi,
+        after_build_commands: flags.after_build_commands,
+        image_labels: flags.image_labels,
+        builder: match flags.builder {
+            BuilderArg::Legacy => Builder::Legacy,
+            BuilderArg::BuildKit => Builder::BuildKit,
+        },
+        no_audit: flags.no_audit,
+        keep_artifacts: flags.keep_artifacts,
+        no_cleanup: flags.no_cleanup,
+    }
+}
+
+fn secrets_settings(flags: &Flags) -> SecretsSettings {
+    SecretsSettings {
+        enabled: flags.secrets,
+        binding: flags.binding.and_then(|b| b.0),
+        port: flags.port.unwrap_or(0),
+        basic_auth: flags
+            .authentication_secret_server
+            .then(|| BasicAuth::new(&flags.user_secret_server, &flags.password_secret_server)),
+        providers: flags.sec_providers.0.clone(),
+        network_pool: flags.network_pool,
+    }
+}
+
+fn level_of(level: LevelArg) -> Level {
+    match level {
+        LevelArg::Trace => Level::Trace,
+        LevelArg::Debug => Level::Debug,
+        LevelArg::Info => Level::Info,
+        LevelArg::Notice => Level::Notice,
+        LevelArg::Warning => Level::Warning,
+        LevelArg::Error => Level::Error,
+        LevelArg::Critical => Level::Critical,
     }
 }
 

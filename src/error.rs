@@ -1,7 +1,8 @@
 //! The top-level error and its mapping to exit codes (Go Habitus's: 2 for
 //! bad usage or an unreachable daemon, 1 for a bad build.yml or a failed
 //! build; a failed `command:` passes its own code through; 130/143/129 for
-//! SIGINT/SIGTERM/SIGHUP).
+//! SIGINT/SIGTERM/SIGHUP). A secrets server that cannot start and objects
+//! `prune` could not remove are failures (1), not usage errors.
 
 use crate::engine::EngineError;
 use crate::manifest::Diagnostics;
@@ -35,6 +36,15 @@ pub enum Error {
         /// How many hits.
         hits: usize,
     },
+    /// `habitus serve` could not resolve its secrets or start.
+    #[error(transparent)]
+    Serve(#[from] crate::secrets::serve::ServeError),
+    /// `habitus prune` could not remove some objects (each was named).
+    #[error("{failed} object(s) could not be removed")]
+    Prune {
+        /// How many.
+        failed: usize,
+    },
     /// A local I/O error outside any step.
     #[error("{what}: {source}")]
     Io {
@@ -59,6 +69,8 @@ impl Error {
             | Error::Engine(_)
             | Error::Squash(_)
             | Error::Leak { .. }
+            | Error::Serve(_)
+            | Error::Prune { .. }
             | Error::Io { .. } => 1,
         }
     }

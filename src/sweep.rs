@@ -14,8 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::engine::{Engine, EngineError, Leftover};
 use crate::owner::{judge, Owner, Verdict};
 
-/// The label every build's objects carry.
-const LABEL_BUILD: &str = "habitus.build";
+use crate::model::LABEL_BUILD;
 
 /// One object the sweep looked at, and what it did.
 #[derive(Debug, Clone, PartialEq, Eq)]

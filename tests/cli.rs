@@ -29,7 +29,7 @@ fn blog_post_command_line_parses() {
     ]);
     assert_eq!(c.docker.host, "unix:///var/run/docker.sock");
     assert!(!c.docker.use_tls);
-    assert!(c.keep_all);
+    assert!(c.build.keep_all);
 }
 
 #[test]
@@ -77,11 +77,11 @@ fn go_style_and_gnu_style_give_the_same_config() {
     assert_eq!(go, gnu);
     assert_eq!(go.file, Path::new("/work/ci/build.yml"));
     assert_eq!(go.workdir, Path::new("/work/app"));
-    assert!(go.no_cache && go.keep_artifacts && !go.rm);
-    assert_eq!(go.uid.as_deref(), Some("tenant1"));
-    assert_eq!(go.memory, Some(512 << 20));
-    assert_eq!(go.cpu_shares, Some(512));
-    assert_eq!(go.sec_providers, ["file"]);
+    assert!(go.build.no_cache && go.build.keep_artifacts && !go.build.rm);
+    assert_eq!(go.build.uid.as_deref(), Some("tenant1"));
+    assert_eq!(go.build.memory, Some(512 << 20));
+    assert_eq!(go.build.cpu_shares, Some(512));
+    assert_eq!(go.secrets.providers, ["file"]);
 }
 
 #[test]
@@ -112,14 +112,14 @@ fn env_and_build_repeat_and_split_on_the_first_equals_only() {
     };
     assert_eq!(env["A"], "x=y");
     assert_eq!(env["KEY"], pem);
-    assert_eq!(c.build_args["TOKEN"], "def");
-    assert_eq!(c.build_args["EMPTY"], "");
+    assert_eq!(c.build.build_args["TOKEN"], "def");
+    assert_eq!(c.build.build_args["EMPTY"], "");
 }
 
 #[test]
 fn bool_flags_take_go_values_only_with_equals() {
-    assert!(!config(&["habitus", "-secrets=0", "--rm=f"]).rm);
-    assert!(config(&["habitus", "--force-rm=TRUE"]).force_rm);
+    assert!(!config(&["habitus", "-secrets=0", "--rm=f"]).build.rm);
+    assert!(config(&["habitus", "--force-rm=TRUE"]).build.force_rm);
     // As in Go, `-keep-all false` sets the flag and leaves `false` as a
     // stray argument, which is an error.
     assert!(parse(["habitus", "-keep-all", "false"]).is_err());
@@ -162,14 +162,14 @@ fn bad_values_are_rejected_with_exit_code_2() {
 
 #[test]
 fn builder_defaults_to_legacy_and_takes_go_syntax() {
-    use habitus::engine::Builder;
-    assert_eq!(config(&["habitus"]).builder, Builder::Legacy);
+    use habitus::model::Builder;
+    assert_eq!(config(&["habitus"]).build.builder, Builder::Legacy);
     assert_eq!(
-        config(&["habitus", "-builder=buildkit"]).builder,
+        config(&["habitus", "-builder=buildkit"]).build.builder,
         Builder::BuildKit
     );
     assert_eq!(
-        config(&["habitus", "--builder", "buildkit"]).builder,
+        config(&["habitus", "--builder", "buildkit"]).build.builder,
         Builder::BuildKit
     );
 }
@@ -295,15 +295,15 @@ fn completions_and_man_page_come_from_the_flag_definitions() {
 
 #[test]
 fn verbose_is_level_debug() {
-    use habitus::cli::Level;
-    assert_eq!(config(&["habitus", "-v"]).level, Level::Debug);
-    assert_eq!(config(&["habitus", "--verbose"]).level, Level::Debug);
-    assert_eq!(config(&["habitus", "-verbose"]).level, Level::Debug);
+    use habitus::model::Level;
+    assert_eq!(config(&["habitus", "-v"]).output.level, Level::Debug);
+    assert_eq!(config(&["habitus", "--verbose"]).output.level, Level::Debug);
+    assert_eq!(config(&["habitus", "-verbose"]).output.level, Level::Debug);
     assert_eq!(
-        config(&["habitus", "-v", "--level=trace"]).level,
+        config(&["habitus", "-v", "--level=trace"]).output.level,
         Level::Trace
     );
-    assert_eq!(config(&["habitus"]).level, Level::Info);
+    assert_eq!(config(&["habitus"]).output.level, Level::Info);
 }
 
 /// Security round 2: `habitus check` fails on an artifact destination that

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use habitus::manifest::{load, EnvSource, LoadOptions};
-use habitus::plan::{render, Plan};
+use habitus::plan::Plan;
+use habitus::render;
 
 /// Every example directory, sorted; panics if there are none.
 fn examples() -> Vec<PathBuf> {

@@ -223,7 +223,7 @@ fn builder_is_read_and_checked() {
     let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n      builder: buildkit\n";
     assert_eq!(
         check(dir.path(), yml).expect("valid").manifest.steps[0].builder,
-        Some(habitus::engine::Builder::BuildKit)
+        Some(habitus::model::Builder::BuildKit)
     );
     let yml = yml.replace("builder: buildkit", "builder: kaniko");
     assert_eq!(

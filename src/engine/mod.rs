@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use crate::model::Builder;
+
 /// Receives daemon output, one line at a time (without the newline).
 pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -91,27 +93,6 @@ pub struct BuildRequest {
     pub mounts: MountSecrets,
     /// The SSH agent socket offered to `RUN --mount=type=ssh` (BuildKit).
     pub ssh_agent: Option<PathBuf>,
-}
-
-/// Which of the daemon's builders runs a step's Dockerfile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Builder {
-    /// The classic builder (`docker build` without BuildKit), as Go Habitus.
-    #[default]
-    Legacy,
-    /// The daemon's BuildKit, with a session serving secret mounts.
-    #[value(name = "buildkit")]
-    BuildKit,
-}
-
-impl Builder {
-    /// `legacy` or `buildkit`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Builder::Legacy => "legacy",
-            Builder::BuildKit => "buildkit",
-        }
-    }
 }
 
 /// Reports one secret request of a build: the id, and whether it was served.

@@ -257,7 +257,7 @@ pub struct Step {
     /// Our addition: keep this step's image after the build.
     pub keep: bool,
     /// Our addition: the builder of this step (`None`: `--builder`).
-    pub builder: Option<crate::engine::Builder>,
+    pub builder: Option<crate::model::Builder>,
     /// Our addition: forward the host's SSH agent to this step's
     /// `RUN --mount=type=ssh` (BuildKit).
     pub ssh: bool,

@@ -10,7 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
 use super::locate::{item_path, key_path, Index, Pos};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
-use crate::engine::Builder;
+use crate::model::Builder;
 use crate::plan::{Plan, PlanError};
 use crate::workpath;
 

@@ -3,8 +3,6 @@
 //! runner schedules eagerly), the leaves (the products) and reports cycles
 //! with their whole path.
 
-pub mod render;
-
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -17,8 +17,26 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cli::Level;
+use crate::model::Level;
 use crate::progress::live::Live;
+
+/// Writes a command's result to stdout; a closed pipe (`habitus plan |
+/// head`) is not an error. A newline is added if `text` lacks one.
+pub fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+/// Writes one message, then a newline, to stderr (outside a build, where
+/// no [`Reporter`] runs: warnings of build.yml, the final error).
+pub fn print_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{text}");
+}
 
 /// Severity of one of habitus's own messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -5,8 +5,8 @@
 //! - [`secret`] holds values and tokens in buffers zeroed on drop.
 //! - [`tls`] makes the build's ephemeral CA and server certificate.
 //! - [`server`] serves secrets over HTTPS to the steps that declare them.
-//! - [`session`] ties the server to a build: its network, per-step tokens
-//!   and build arguments, teardown.
+//! - [`settings`] holds the secrets flags as the configuration resolved
+//!   them.
 //! - [`redact`] masks secret values in build output.
 //!
 //! See the "Secrets protocol" of the README and SECURITY.md for the trust
@@ -17,14 +17,14 @@ pub mod redact;
 pub mod secret;
 pub mod serve;
 pub mod server;
-pub mod session;
+pub mod settings;
 pub mod tls;
 
 pub use provider::{SecretKey, SecretStore};
 pub use redact::Redactor;
 pub use secret::{Secret, Token};
 pub use server::{start, ServerHandle, ServerOptions};
-pub use session::{BuildSession, Settings};
+pub use settings::{basic_auth_warning, Settings};
 
 /// Decodes standard base64 with or without padding, as HTTP Basic
 /// credentials and `auth` entries of `~/.docker/config.json` come; `None`

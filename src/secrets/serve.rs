@@ -14,9 +14,9 @@ use std::sync::Arc;
 use crate::manifest::{Manifest, SecretSpec};
 use crate::progress::{Reporter, Severity};
 
-use super::provider::{self, SecretKey, SecretStore};
-use super::server::{self, AccessRecord, ServerOptions};
-use super::session::{self, SecretsError, Settings};
+use super::provider::{self, ProviderError, SecretKey, SecretStore};
+use super::server::{self, AccessRecord, ServerError, ServerOptions};
+use super::settings::{basic_auth_warning, Settings};
 
 /// The step name `habitus serve`'s single token is issued to.
 pub const SERVE_STEP: &str = "serve";
@@ -28,9 +28,9 @@ pub fn store_from_flags(
     providers: &[String],
     workdir: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,
-) -> Result<SecretStore, SecretsError> {
+) -> Result<SecretStore, ProviderError> {
     let mut store = SecretStore::default();
-    let mut add = |name: &str, spec: SecretSpec| -> Result<(), SecretsError> {
+    let mut add = |name: &str, spec: SecretSpec| -> Result<(), ProviderError> {
         let secret = provider::resolve_one(name, SERVE_STEP, &spec, providers, workdir, env)?;
         store.insert(
             SERVE_STEP,
@@ -69,7 +69,7 @@ pub fn store_from_manifest(
     manifest: &Manifest,
     providers: &[String],
     env: &dyn Fn(&str) -> Option<OsString>,
-) -> Result<SecretStore, SecretsError> {
+) -> Result<SecretStore, ProviderError> {
     Ok(provider::resolve(manifest, providers, env)?.merged(SERVE_STEP))
 }
 
@@ -81,7 +81,9 @@ pub enum ServeError {
     Empty,
     /// The server could not start.
     #[error(transparent)]
-    Secrets(#[from] SecretsError),
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// The CA certificate could not be written.
     #[error("cannot write the CA certificate: {0}")]
     Io(#[from] std::io::Error),
@@ -121,7 +123,7 @@ pub async fn run(
     if store.is_empty() {
         return Err(ServeError::Empty);
     }
-    if let Some(warning) = session::basic_auth_warning(settings) {
+    if let Some(warning) = basic_auth_warning(settings) {
         reporter.message(Severity::Warning, &warning);
     }
     let bind = settings.binding.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -131,9 +133,7 @@ pub async fn run(
     options.log = Arc::new(move |record: &AccessRecord| {
         log_reporter.message(Severity::Info, &record.to_string());
     });
-    let handle = server::start(options, store)
-        .await
-        .map_err(SecretsError::from)?;
+    let handle = server::start(options, store).await?;
     let dir = private_dir()?;
     let ca_path = dir.path().join("ca.pem");
     write_private(&ca_path, handle.ca_pem().as_bytes())?;

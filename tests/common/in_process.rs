@@ -70,12 +70,14 @@ impl InProcess {
                 .or_else(|| std::env::var(name).ok())
         };
         let config = habitus::config::Config::from_flags(&cli.flags, dir, &lookup);
-        let reporter =
-            habitus::progress::Reporter::new(Box::new(self.output.clone()), config.level, false);
+        let reporter = habitus::progress::Reporter::new(
+            Box::new(self.output.clone()),
+            config.output.level,
+            false,
+        );
         let env_os = |name: &str| lookup(name).map(Into::into);
         habitus::build_in(
             &config,
-            &cli.flags,
             &env_os,
             Arc::new(reporter),
             self.cancel.clone(),

@@ -12,80 +12,18 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::cli::Flags;
-use crate::engine::{Builder, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::manifest::{Manifest, Step};
+use crate::model::{Builder, LABEL_BUILD, LABEL_UID};
 use crate::progress::Severity;
+use crate::secrets::Settings;
 
-use super::provider::{self, ProviderError, SecretStore};
-use super::redact::Redactor;
-use super::secret::Token;
-use super::server::{self, AccessLog, BasicAuth, ServerError, ServerHandle, ServerOptions, Tokens};
-
-/// Label carrying the build id on the build's network.
-const LABEL_BUILD: &str = "habitus.build";
-/// Label carrying `--uid` on the build's network.
-const LABEL_UID: &str = "habitus.uid";
-
-/// The secrets settings of the command line.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `--secrets`: `None` when not given.
-    pub enabled: Option<bool>,
-    /// `--binding`.
-    pub binding: Option<IpAddr>,
-    /// `--port` (0 = any free port).
-    pub port: u16,
-    /// `--authentication-secret-server` with its user and password.
-    pub basic_auth: Option<BasicAuth>,
-    /// `--sec-providers`.
-    pub providers: Vec<String>,
-    /// `--network-pool`.
-    pub network_pool: crate::netpool::Pool,
-}
-
-impl Settings {
-    /// Reads the secrets flags; fails on a `--binding` that is not an IP
-    /// address.
-    pub fn from_flags(flags: &Flags) -> Result<Settings, SecretsError> {
-        let binding = match flags.binding.as_deref().filter(|b| !b.is_empty()) {
-            None => None,
-            Some(text) => Some(
-                text.parse::<IpAddr>()
-                    .map_err(|_| SecretsError::Binding(text.to_string()))?,
-            ),
-        };
-        Ok(Settings {
-            enabled: flags.secrets,
-            binding,
-            port: flags.port.unwrap_or(0),
-            basic_auth: flags
-                .authentication_secret_server
-                .then(|| BasicAuth::new(&flags.user_secret_server, &flags.password_secret_server)),
-            providers: flags.sec_providers.0.clone(),
-            network_pool: flags.network_pool,
-        })
-    }
-}
-
-/// Go Habitus's password for basic-auth compatibility mode, the default
-/// of `--password-secret-server`.
-pub const DEFAULT_PASSWORD: &str = "admin";
-
-/// The warning for basic-auth compatibility mode with the default (or an
-/// empty) password: anyone who reaches the server can fetch every
-/// secret with well-known credentials. `None` without the mode or with
-/// another password. The password itself is never part of the text.
-pub fn basic_auth_warning(settings: &Settings) -> Option<String> {
-    let basic = settings.basic_auth.as_ref()?;
-    let password = basic.expose_password();
-    (password.is_empty() || password == DEFAULT_PASSWORD).then(|| {
-        format!(
-            "--authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `{}`); anyone who can reach it can fetch them. Give --password-secret-server a strong password",
-            basic.user()
-        )
-    })
-}
+use crate::secrets::provider::{self, ProviderError, SecretStore};
+use crate::secrets::redact::Redactor;
+use crate::secrets::secret::Token;
+use crate::secrets::server::{
+    self, AccessLog, BasicAuth, ServerError, ServerHandle, ServerOptions, Tokens,
+};
 
 /// Errors of the secrets side of a build.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +31,6 @@ pub enum SecretsError {
     /// A declared secret could not be resolved.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// `--binding` is not an IP address.
-    #[error("--binding `{0}` is not an IP address")]
-    Binding(String),
     /// `--network` without `--binding` while the server is on.
     #[error("--network `{network}` and the secrets server: give --binding too (an address of this host that containers on `{network}` can reach), or leave --network out and habitus creates the build's own network")]
     NetworkWithoutBinding {
@@ -211,7 +146,7 @@ pub fn prepare(
         Some(true) => true,
     };
     if server {
-        if let Some(warning) = basic_auth_warning(settings) {
+        if let Some(warning) = crate::secrets::basic_auth_warning(settings) {
             notices.push((Severity::Warning, warning));
         }
     }
@@ -528,11 +463,12 @@ mod tests {
     use std::collections::BTreeMap;
     use std::ffi::OsString;
 
-    use super::{basic_auth_warning, prepare, Settings};
-    use crate::engine::Builder;
+    use super::prepare;
     use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
+    use crate::model::Builder;
     use crate::progress::Severity;
     use crate::secrets::server::BasicAuth;
+    use crate::secrets::{basic_auth_warning, Settings};
 
     fn step(label: &str, builder: Option<Builder>) -> Step {
         Step {

@@ -20,23 +20,21 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BuildSettings;
 use crate::dockerfile;
 use crate::engine::{
-    BuildRequest, Builder, Engine, EngineError, LineSink, MountLog, MountSecrets, RunRequest,
+    BuildRequest, Engine, EngineError, LineSink, MountLog, MountSecrets, RunRequest,
 };
 use crate::manifest::{Manifest, Step};
+use crate::model::{Builder, LABEL_BUILD, LABEL_STEP, LABEL_UID};
 use crate::plan::Plan;
 use crate::progress::{Reporter, Severity, StepFinished};
 use crate::secrets::redact::Redactor;
-use crate::secrets::session::{BuildSession, SecretsError, SessionOptions, Settings};
+use crate::secrets::Settings;
+pub mod report;
+pub mod secrets;
 use crate::secrets::SecretStore;
-
-/// Label carrying the build id on every image and container habitus makes.
-pub const LABEL_BUILD: &str = "habitus.build";
-/// Label carrying the step label.
-pub const LABEL_STEP: &str = "habitus.step";
-/// Label carrying `--uid`, when given.
-pub const LABEL_UID: &str = "habitus.uid";
+use secrets::{BuildSession, SecretsError, SessionOptions};
 
 /// The signal that interrupted a build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,62 +45,6 @@ pub enum Signal {
     Terminate,
     /// SIGHUP: the terminal the build ran in went away.
     Hangup,
-}
-
-/// Build options that come from the command line.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    pub uid: Option<String>,
-    /// `--build` arguments; they win over `args:` in build.yml.
-    pub build_args: BTreeMap<String, String>,
-    pub no_cache: bool,
-    pub rm: bool,
-    pub force_rm: bool,
-    pub network: Option<String>,
-    pub memory: Option<i64>,
-    pub cpuset_cpus: Option<String>,
-    pub cpu_shares: Option<i64>,
-    pub jobs: usize,
-    pub keep_all: bool,
-    pub force_rmi: bool,
-    pub noprune_rmi: bool,
-    pub after_build_commands: bool,
-    /// Label images too (costs one commit per label with the classic builder).
-    pub image_labels: bool,
-    /// The builder of steps that do not choose one in build.yml.
-    pub builder: Builder,
-    /// Skip the audit of the images of a build that served secrets.
-    pub no_audit: bool,
-    /// Leave the artifacts on the host after the build (`--keep-artifacts`).
-    pub keep_artifacts: bool,
-    /// Skip `cleanup.commands` (`--no-cleanup`).
-    pub no_cleanup: bool,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            uid: None,
-            build_args: BTreeMap::new(),
-            no_cache: false,
-            rm: true,
-            force_rm: false,
-            network: None,
-            memory: None,
-            cpuset_cpus: None,
-            cpu_shares: None,
-            jobs: 1,
-            keep_all: false,
-            force_rmi: false,
-            noprune_rmi: false,
-            after_build_commands: false,
-            image_labels: false,
-            builder: Builder::Legacy,
-            no_audit: false,
-            keep_artifacts: false,
-            no_cleanup: false,
-        }
-    }
 }
 
 /// Why a build failed.
@@ -297,7 +239,7 @@ pub struct Runner {
     engine: Arc<dyn Engine>,
     manifest: Arc<Manifest>,
     plan: Arc<Plan>,
-    options: Arc<BuildOptions>,
+    options: Arc<BuildSettings>,
     reporter: Arc<Reporter>,
     build_id: String,
     /// Step image name as written → unique name, for rewriting Dockerfiles.
@@ -330,7 +272,7 @@ impl Runner {
         engine: Arc<dyn Engine>,
         manifest: Manifest,
         plan: Plan,
-        options: BuildOptions,
+        options: BuildSettings,
         reporter: Arc<Reporter>,
         build_id: String,
     ) -> Runner {
@@ -370,11 +312,6 @@ impl Runner {
     pub fn with_secrets(self, settings: Settings, store: SecretStore, server: bool) -> Runner {
         *lock(&self.secrets) = Some((settings, store, server));
         self
-    }
-
-    /// A fresh random build id (12 hex digits).
-    pub fn new_build_id() -> String {
-        format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
     }
 
     /// Number of steps in the build.
@@ -1008,7 +945,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 struct StepContext {
     engine: Arc<dyn Engine>,
     manifest: Arc<Manifest>,
-    options: Arc<BuildOptions>,
+    options: Arc<BuildSettings>,
     reporter: Arc<Reporter>,
     build_id: String,
     images: Arc<BTreeMap<String, String>>,
@@ -1596,10 +1533,10 @@ mod tests {
 
     use tokio_util::sync::CancellationToken;
 
-    use super::{BuildError, BuildOptions, Runner, Signal, Summary, LABEL_BUILD};
-    use crate::cli::Level;
+    use super::{BuildError, BuildSettings, Runner, Signal, Summary, LABEL_BUILD};
     use crate::engine::fake::{FakeBuild, FakeEngine};
     use crate::manifest::{Manifest, SchemaVersion, Step};
+    use crate::model::Level;
     use crate::plan::Plan;
     use crate::progress::Reporter;
 
@@ -1619,7 +1556,7 @@ mod tests {
         runner: Runner,
     }
 
-    fn fixture(steps: Vec<Step>, options: BuildOptions) -> Fixture {
+    fn fixture(steps: Vec<Step>, options: BuildSettings) -> Fixture {
         let nodes: Vec<_> = steps
             .iter()
             .map(|s| (s.label.clone(), s.depends_on.clone()))
@@ -1650,10 +1587,10 @@ mod tests {
             .await
     }
 
-    fn opts(jobs: usize) -> BuildOptions {
-        BuildOptions {
+    fn opts(jobs: usize) -> BuildSettings {
+        BuildSettings {
             jobs,
-            ..BuildOptions::default()
+            ..BuildSettings::default()
         }
     }
 
@@ -1822,7 +1759,7 @@ mod tests {
             s.args.insert("SHARED".into(), "1".into());
             steps.push(s);
         }
-        let options = BuildOptions {
+        let options = BuildSettings {
             builder: crate::engine::Builder::BuildKit,
             ..opts(2)
         };
@@ -1852,7 +1789,7 @@ mod tests {
         let mut other_args = steps.clone();
         other_args[1].args.insert("ONLY_LATER".into(), "2".into());
         other_args[2].args.insert("ONLY_LATER".into(), "2".into());
-        let keep_all = BuildOptions {
+        let keep_all = BuildSettings {
             keep_all: true,
             ..options.clone()
         };

@@ -1,0 +1,114 @@
+//! One function per subcommand. Each takes the resolved [`Config`] and
+//! returns what the process should exit with; `lib.rs` only parses,
+//! resolves and dispatches here.
+
+mod audit;
+mod build;
+mod check;
+mod info;
+mod prune;
+mod serve;
+mod squash;
+
+pub use build::build_in;
+
+use crate::cli::Command;
+use crate::config::Config;
+use crate::engine::docker::{DockerEngine, DockerOptions};
+use crate::engine::EngineError;
+use crate::error::Error;
+use crate::manifest::{self, LoadOptions, Loaded};
+use crate::plan::Plan;
+use crate::progress;
+
+/// Runs `command` with `config`.
+pub fn dispatch(command: Command, config: &Config) -> Result<(), Error> {
+    match command {
+        Command::Version { verbose } => info::version(config, verbose),
+        Command::Check => check::check(config),
+        Command::Plan { format } => check::plan(config, format),
+        Command::Build => build::build(config),
+        Command::Serve {
+            secret_file,
+            secret_env,
+        } => serve::serve(config, &secret_file, &secret_env),
+        Command::Completions { shell } => info::completions(shell),
+        Command::Man => info::man(),
+        Command::Audit {
+            images,
+            secrets_from,
+            secret_file,
+            secret_env,
+            shadowed,
+        } => audit::audit(
+            config,
+            &images,
+            &audit::Sources {
+                from_build: secrets_from,
+                files: secret_file,
+                env: secret_env,
+            },
+            shadowed,
+        ),
+        Command::Prune { dry_run } => prune::prune(config, dry_run),
+        Command::Squash {
+            image,
+            tag,
+            all,
+            from,
+        } => squash::squash(config, &image, tag.as_deref(), all, from),
+    }
+}
+
+/// Loads and validates build.yml, printing its warnings.
+fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
+    let loaded = manifest::load(&LoadOptions {
+        file: &config.file,
+        workdir: &config.workdir,
+        env: &config.env,
+        sec_providers: &config.secrets.providers,
+    })
+    .map_err(Error::Manifest)?;
+    for warning in &loaded.warnings {
+        progress::print_stderr(&format!("warning: {warning}"));
+    }
+    let nodes: Vec<(String, Vec<String>)> = loaded
+        .manifest
+        .steps
+        .iter()
+        .map(|s| (s.label.clone(), s.depends_on.clone()))
+        .collect();
+    // The loader has already reported unknown steps and cycles.
+    let plan = Plan::new(&nodes).map_err(|errors| {
+        Error::Usage(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    Ok((loaded, plan))
+}
+
+/// The async runtime for one command.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })
+}
+
+/// Connects to the daemon as the flags and DOCKER_* variables say.
+async fn connect(config: &Config) -> Result<DockerEngine, EngineError> {
+    DockerEngine::connect(&DockerOptions {
+        host: Some(config.docker.host.clone()),
+        use_tls: config.docker.use_tls,
+        tls_verify: config.docker.use_tls,
+        cert_path: config.docker.cert_path.clone(),
+    })
+    .await
+}

@@ -1,0 +1,88 @@
+//! The end of a successful build as the user sees it: the JSON `summary`
+//! event, each step's final line with its size, and the summary text.
+
+use super::{human_size, Summary};
+use crate::progress::{Reporter, Severity, StepFinished};
+
+/// Reports `summary` on every sink of `reporter`.
+pub fn summary(reporter: &Reporter, summary: &Summary) {
+    reporter.event(
+        "summary",
+        serde_json::json!({
+            "steps": summary.steps.iter().map(|s| serde_json::json!({
+                "step": s.label,
+                "image": s.image,
+                "image_id": s.image_id,
+                "size": s.size,
+                "duration_ms": s.duration.as_millis() as u64,
+                "cached": s.cached_steps,
+                "total": s.total_steps,
+            })).collect::<Vec<_>>(),
+            "removed_images": summary.removed_images,
+            "artifacts": summary.steps.iter().flat_map(|s| s.artifacts.iter().map(|(source, dest, bytes)| serde_json::json!({
+                "step": s.label, "source": source, "dest": dest, "bytes": bytes,
+            }))).collect::<Vec<_>>(),
+            "secrets": summary.secrets_served.iter().map(|((step, secret), n)| serde_json::json!({
+                "step": step, "secret": secret, "fetches": n,
+            })).collect::<Vec<_>>(),
+            "audited_images": summary.audited_images,
+        }),
+    );
+    for step in summary.steps.iter().filter(|s| s.folded_into.is_none()) {
+        reporter.step_summary(
+            &StepFinished {
+                label: &step.label,
+                image: &step.image,
+                image_id: &step.image_id,
+                duration: step.duration,
+                cached: step.cached_steps,
+                total: step.total_steps,
+            },
+            step.size.map(human_size).as_deref(),
+        );
+    }
+    let mut text = String::from("summary:");
+    for step in &summary.steps {
+        let image = match &step.folded_into {
+            Some(into) => format!("(stage of `{into}`)"),
+            None => step.image.clone(),
+        };
+        text.push_str(&format!(
+            "\n  {:<16} {:<40} {:>10} {:>7.1}s  {}/{} cached",
+            step.label,
+            image,
+            step.size.map(human_size).unwrap_or_default(),
+            step.duration.as_secs_f64(),
+            step.cached_steps,
+            step.total_steps,
+        ));
+    }
+    let artifacts: Vec<_> = summary
+        .steps
+        .iter()
+        .flat_map(|s| s.artifacts.iter().map(move |a| (&s.label, a)))
+        .collect();
+    if !artifacts.is_empty() {
+        text.push_str("\nartifacts copied:");
+        for (step, (source, dest, bytes)) in artifacts {
+            text.push_str(&format!(
+                "\n  {step:<16} {source} -> {} ({})",
+                dest.display(),
+                human_size(i64::try_from(*bytes).unwrap_or(i64::MAX))
+            ));
+        }
+    }
+    if !summary.secrets_served.is_empty() {
+        text.push_str("\nsecrets served:");
+        for ((step, secret), n) in &summary.secrets_served {
+            text.push_str(&format!("\n  {step:<16} {secret}: {n} fetch(es)"));
+        }
+    }
+    if !summary.audited_images.is_empty() {
+        text.push_str(&format!(
+            "\naudit: no secret in {}",
+            summary.audited_images.join(", ")
+        ));
+    }
+    reporter.message(Severity::Info, &text);
+}
