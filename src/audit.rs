@@ -1405,7 +1405,7 @@ const PREFETCH: usize = 16 << 20;
 /// on a blocking thread.
 ///
 /// A task reads the stream from the daemon ahead of the search, up to
-/// [`PREFETCH`] bytes: the daemon (which reads and tars layers, or sends
+/// `PREFETCH` bytes: the daemon (which reads and tars layers, or sends
 /// compressed blobs) and the search (decompression, hashing, matching)
 /// then run at the same time instead of taking turns, so the audit takes
 /// about as long as the save alone.

@@ -217,7 +217,7 @@ pub struct StepReport {
     /// landed, bytes of file data).
     pub artifacts: Vec<(String, PathBuf, u64)>,
     /// The step whose BuildKit build built this one as a stage (see
-    /// [`Runner::plan_folds`]); the step then has no image of its own.
+    /// `Runner::plan_folds`); the step then has no image of its own.
     pub folded_into: Option<String>,
 }
 

@@ -7,7 +7,7 @@
 //! The general path is save → merge → load: the image is read from the
 //! daemon as a `docker save` stream ([`layout`], both archive layouts),
 //! spooled to a temporary directory, merged with whiteouts applied
-//! ([`merge`]), and streamed back with `POST /images/load` ([`write`]),
+//! ([`merge`]), and streamed back with `POST /images/load` ([`mod@write`]),
 //! with the config kept and `rootfs.diff_ids` and `history` rewritten.
 //! Squashing everything goes through the daemon's merged view instead
 //! ([`import`]) when the config allows, which is about twice as fast.
