@@ -1,0 +1,300 @@
+//! One running build: what every step's task shares, set once when the
+//! build starts (the secrets side, the folds), and the helpers steps use
+//! to label, report and mount.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use super::secrets::{BuildSession, SessionOptions};
+use super::{fold, lock, BuildError, Runner, Summary};
+use crate::audit::Scanner;
+use crate::config::BuildSettings;
+use crate::engine::{Engine, LineSink, MountLog, MountSecrets};
+use crate::manifest::{Manifest, Step};
+use crate::model::{LABEL_BUILD, LABEL_STEP, LABEL_UID};
+use crate::plan::Plan;
+use crate::progress::{Reporter, Severity};
+use crate::secrets::redact::Redactor;
+use crate::secrets::server::{AccessLog, AccessRecord};
+use crate::secrets::{SecretStore, Settings};
+
+/// Successful secret fetches: (step, `type/name`) → count.
+pub type Served = Arc<Mutex<BTreeMap<(String, String), usize>>>;
+
+/// A build in progress. Every field is set before the first step starts;
+/// only `tagged` and `served` change while it runs.
+pub struct Build {
+    pub engine: Arc<dyn Engine>,
+    pub manifest: Arc<Manifest>,
+    pub plan: Arc<Plan>,
+    pub options: Arc<BuildSettings>,
+    pub reporter: Arc<Reporter>,
+    pub build_id: String,
+    /// Step image name as written → unique name, for rewriting Dockerfiles.
+    pub images: Arc<BTreeMap<String, String>>,
+    /// Ownership labels for networks and containers (see [`crate::owner`]).
+    pub owner: Arc<BTreeMap<String, String>>,
+    /// Labels of the steps whose image this build has tagged.
+    pub tagged: Mutex<BTreeSet<String>>,
+    /// Successful secret fetches.
+    pub served: Served,
+    /// The build's network and TLS secrets server, when it has them.
+    pub session: Option<Arc<BuildSession>>,
+    /// The build's secrets, for BuildKit steps' secret mounts.
+    pub mounts: Option<Arc<SecretStore>>,
+    /// Hides secret values in the output of a build that has secrets.
+    pub redactor: Option<Redactor>,
+    /// Searches the images of a build that served secrets for them.
+    pub audit: Option<Arc<Scanner>>,
+    /// Step label → the label of the step that builds it as a stage.
+    pub folds: BTreeMap<String, String>,
+}
+
+/// What a build with secrets sets up before its first step.
+#[derive(Default)]
+struct SecretsSide {
+    session: Option<Arc<BuildSession>>,
+    mounts: Option<Arc<SecretStore>>,
+    redactor: Option<Redactor>,
+    audit: Option<Arc<Scanner>>,
+}
+
+impl Build {
+    /// Starts `runner`'s build: its secrets side (network and server
+    /// included) and the folds.
+    pub async fn start(runner: &Runner) -> Result<Build, BuildError> {
+        let served = Served::default();
+        let secrets = match &runner.secrets {
+            Some((settings, store, server)) => {
+                start_secrets(runner, settings, store, *server, &served).await?
+            }
+            None => SecretsSide::default(),
+        };
+        let folds = fold::plan(runner).await;
+        Ok(Build {
+            engine: Arc::clone(&runner.engine),
+            manifest: Arc::clone(&runner.manifest),
+            plan: Arc::clone(&runner.plan),
+            options: Arc::clone(&runner.options),
+            reporter: Arc::clone(&runner.reporter),
+            build_id: runner.build_id.clone(),
+            images: Arc::clone(&runner.images),
+            owner: Arc::clone(&runner.owner),
+            tagged: Mutex::default(),
+            served,
+            session: secrets.session,
+            mounts: secrets.mounts,
+            redactor: secrets.redactor,
+            audit: secrets.audit,
+            folds,
+        })
+    }
+
+    /// Looks up the size of every image the build exported.
+    pub async fn add_sizes(&self, summary: &mut Summary) {
+        let sizes = futures_util::future::join_all(
+            summary
+                .steps
+                .iter()
+                .filter(|s| s.folded_into.is_none())
+                .map(|s| self.engine.inspect_image(&s.image)),
+        )
+        .await;
+        let built = summary.steps.iter_mut().filter(|s| s.folded_into.is_none());
+        for (step, info) in built.zip(sizes) {
+            step.size = info.ok().flatten().map(|i| i.size);
+        }
+    }
+
+    /// The unique image name of `step`.
+    pub fn image_of(&self, step: &Step) -> String {
+        self.images[&step.name].clone()
+    }
+
+    /// The labels of a container this step makes: the image labels and
+    /// who owns it, so that a later build can sweep it if this one dies.
+    pub fn container_labels(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut labels = (*self.owner).clone();
+        labels.extend(self.labels(step));
+        labels
+    }
+
+    /// The labels of this build's images (with `--image-labels`).
+    pub fn labels(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_BUILD.to_string(), self.build_id.clone());
+        labels.insert(LABEL_STEP.to_string(), step.label.clone());
+        if let Some(uid) = &self.options.uid {
+            labels.insert(LABEL_UID.to_string(), uid.clone());
+        }
+        labels
+    }
+
+    /// Where `label`'s output goes, redacted.
+    pub fn sink(&self, label: &str) -> LineSink {
+        self.sink_with(label, self.redactor.clone())
+    }
+
+    /// Where `label`'s output goes, through `redactor` when there is one.
+    pub fn sink_with(&self, label: &str, redactor: Option<Redactor>) -> LineSink {
+        let reporter = Arc::clone(&self.reporter);
+        let label = label.to_string();
+        match &redactor {
+            // Secret values never reach the terminal.
+            Some(redactor) => {
+                let redactor = redactor.clone();
+                Arc::new(move |line: &str| reporter.step_output(&label, &redactor.redact(line)))
+            }
+            None => Arc::new(move |line: &str| reporter.step_output(&label, line)),
+        }
+    }
+
+    /// The secrets `step` declares, by name, for its secret mounts; each
+    /// request is logged and counted like a fetch from the server.
+    pub fn mounts_of(&self, step: &Step) -> MountSecrets {
+        let Some(store) = &self.mounts else {
+            return MountSecrets::default();
+        };
+        let declared = store.of_step(&step.label);
+        let paths: BTreeMap<String, String> = declared
+            .keys()
+            .map(|key| (key.name.clone(), key.path()))
+            .collect();
+        let secrets = declared
+            .into_iter()
+            .map(|(key, secret)| (key.name, secret))
+            .collect();
+        let reporter = Arc::clone(&self.reporter);
+        let served = Arc::clone(&self.served);
+        let label = step.label.clone();
+        let on_fetch: MountLog = Arc::new(move |id: &str, ok: bool| {
+            let path = paths.get(id).cloned();
+            let status = if ok { 200 } else { 404 };
+            reporter.message(
+                Severity::Info,
+                &format!(
+                    "secret mount `{id}` of step `{label}`: {}",
+                    if ok {
+                        "served"
+                    } else {
+                        "refused (not declared)"
+                    }
+                ),
+            );
+            reporter.event(
+                "secret_fetched",
+                serde_json::json!({
+                    "step": label,
+                    "path": path.clone().unwrap_or_else(|| id.to_string()),
+                    "via": "mount",
+                    "status": status,
+                }),
+            );
+            if let (true, Some(path)) = (ok, path) {
+                *lock(&served).entry((label.clone(), path)).or_default() += 1;
+            }
+        });
+        MountSecrets {
+            secrets,
+            on_fetch: Some(on_fetch),
+        }
+    }
+}
+
+/// The secrets side of a build: the redactor, the secrets for mounts, the
+/// audit's scanner and, with `server`, the build's network and server.
+async fn start_secrets(
+    runner: &Runner,
+    settings: &Settings,
+    store: &SecretStore,
+    server: bool,
+    served: &Served,
+) -> Result<SecretsSide, BuildError> {
+    let mut side = SecretsSide {
+        redactor: Some(Redactor::new(store.values().iter())),
+        mounts: Some(Arc::new(store.clone())),
+        audit: scanner(runner, store),
+        session: None,
+    };
+    if !server {
+        return Ok(side);
+    }
+    let log = access_log(&runner.reporter, served);
+    let options = SessionOptions {
+        build_id: &runner.build_id,
+        uid: runner.options.uid.as_deref(),
+        user_network: runner.options.network.as_deref(),
+        settings,
+        store: store.clone(),
+        owner: (*runner.owner).clone(),
+    };
+    let session = BuildSession::start(&*runner.engine, options, log).await?;
+    runner.reporter.message(
+        Severity::Info,
+        &format!(
+            "secrets server listening on {} (steps build on network `{}`)",
+            session.url(),
+            session.network_mode()
+        ),
+    );
+    side.session = Some(Arc::new(session));
+    Ok(side)
+}
+
+/// The audit's scanner for the build's secrets (none with `--no-audit`).
+fn scanner(runner: &Runner, store: &SecretStore) -> Option<Arc<Scanner>> {
+    if runner.options.no_audit || store.is_empty() {
+        return None;
+    }
+    // Each secret once, named `type/name` (never by its value).
+    let mut named: BTreeMap<String, Arc<crate::secrets::Secret>> = BTreeMap::new();
+    for step in store.steps() {
+        for (key, secret) in store.of_step(step) {
+            named.entry(key.path()).or_insert(secret);
+        }
+    }
+    // `expose`: the audit searches the produced images for these
+    // values; the scanner lives until the build ends.
+    let (scanner, skipped) = Scanner::new(
+        named
+            .iter()
+            .map(|(name, secret)| (name.as_str(), secret.expose())),
+    );
+    for name in skipped {
+        runner.reporter.message(
+            Severity::Warning,
+            &format!(
+                "secret `{name}` is shorter than {} bytes: the audit cannot search for it reliably",
+                crate::audit::MIN_SECRET_LEN
+            ),
+        );
+    }
+    Some(Arc::new(scanner))
+}
+
+/// Reports every request to the secrets server and counts the served ones.
+fn access_log(reporter: &Arc<Reporter>, served: &Served) -> AccessLog {
+    let reporter = Arc::clone(reporter);
+    let served = Arc::clone(served);
+    Arc::new(move |record: &AccessRecord| {
+        reporter.message(Severity::Info, &record.to_string());
+        reporter.event(
+            "secret_fetched",
+            serde_json::json!({
+                "step": record.step,
+                "path": record.path,
+                "peer": record.peer.to_string(),
+                "status": record.status,
+            }),
+        );
+        if record.status == 200 {
+            let secret = record
+                .path
+                .strip_prefix("/v1/secrets/")
+                .unwrap_or(&record.path)
+                .to_string();
+            let step = record.step.clone().unwrap_or_default();
+            *lock(&served).entry((step, secret)).or_default() += 1;
+        }
+    })
+}
