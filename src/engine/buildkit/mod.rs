@@ -29,6 +29,7 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -69,6 +70,38 @@ pub async fn build(
     req: &BuildRequest,
     sink: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Outcome, Failure> {
+    check_network_mode(req)?;
+    let session = Session::open(
+        dialer,
+        version,
+        req.mounts.clone(),
+        req.ssh_agent.clone(),
+        credentials,
+        filesync::Sources::new(req.context_dir.clone(), req.extra_files.clone()),
+    )
+    .await?;
+    let uri = format!("/v{version}/build?{}", query(req, session.id()));
+    let (response, connection) = send_build(dialer, uri).await?;
+
+    let mut progress = Progress::default();
+    let mut image_id = None;
+    let failure = read_stream(response.into_body(), &mut progress, &mut image_id, sink).await?;
+    progress.finish(sink);
+    drop(connection);
+
+    if let Some(message) = failure {
+        return Err(failed(message, &session, &progress));
+    }
+    let (total_steps, cached_steps) = progress.counts();
+    Ok(Outcome {
+        image_id,
+        total_steps,
+        cached_steps,
+    })
+}
+
+/// Refuses a network mode BuildKit cannot run `RUN` in, before any I/O.
+fn check_network_mode(req: &BuildRequest) -> Result<(), EngineError> {
     if let Some(mode) = req
         .network_mode
         .as_deref()
@@ -81,17 +114,18 @@ pub async fn build(
             ),
         });
     }
-    let session = Session::open(
-        dialer,
-        version,
-        req.mounts.clone(),
-        req.ssh_agent.clone(),
-        credentials,
-        filesync::Sources::new(req.context_dir.clone(), req.extra_files.clone()),
-    )
-    .await?;
-    let uri = format!("/v{version}/build?{}", query(req, session.id()));
+    Ok(())
+}
 
+/// The task driving a build request's connection; aborted when dropped.
+type Connection = AbortOnDrop<Result<(), hyper::Error>>;
+
+/// Sends the build request (no body) on a connection of its own; a refusal
+/// fails the build with the daemon's answer.
+async fn send_build(
+    dialer: &Dialer,
+    uri: String,
+) -> Result<(hyper::Response<Incoming>, Connection), EngineError> {
     let stream = dialer.dial().await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -111,13 +145,19 @@ pub async fn build(
             message: refusal(response).await,
         });
     }
+    Ok((response, connection))
+}
 
-    let mut progress = Progress::default();
-    let mut image_id = None;
+/// Reads the build stream message by message; returns the error message
+/// that ended the build, if one did.
+async fn read_stream(
+    mut body: Incoming,
+    progress: &mut Progress,
+    image_id: &mut Option<String>,
+    sink: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Option<String>, EngineError> {
     let mut pending: Vec<u8> = Vec::new();
-    let mut failure: Option<String> = None;
-    let mut body = response.into_body();
-    'read: while let Some(frame) = body.frame().await {
+    while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| transport(&e))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -125,9 +165,8 @@ pub async fn build(
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            if let Some(message) = handle(&line, &mut progress, &mut image_id, sink)? {
-                failure = Some(message);
-                break 'read;
+            if let Some(message) = handle(&line, progress, image_id, sink)? {
+                return Ok(Some(message));
             }
         }
         if pending.len() > MAX_MESSAGE {
@@ -137,47 +176,41 @@ pub async fn build(
             )));
         }
     }
-    if failure.is_none() && !pending.is_empty() {
-        let line = std::mem::take(&mut pending);
-        failure = handle(&line, &mut progress, &mut image_id, sink)?;
+    if pending.is_empty() {
+        return Ok(None);
     }
-    progress.finish(sink);
-    drop(connection);
+    handle(&pending, progress, image_id, sink)
+}
 
-    if let Some(mut message) = failure {
-        // A failed transfer is what failed, whichever instruction BuildKit
-        // was running (or cancelling) beside it.
-        let sync = session.sync_failure();
-        if let Some((_, sync)) = &sync {
-            if !message.contains(sync.as_str()) {
-                message = format!("{message}\ncaused by: {sync}");
-            }
+/// The error of a build the daemon failed: a failed transfer and secrets
+/// the Dockerfile mounts but the step does not declare are named with it.
+fn failed(mut message: String, session: &Session, progress: &Progress) -> EngineError {
+    // A failed transfer is what failed, whichever instruction BuildKit
+    // was running (or cancelling) beside it.
+    let sync = session.sync_failure();
+    if let Some((_, sync)) = &sync {
+        if !message.contains(sync.as_str()) {
+            message = format!("{message}\ncaused by: {sync}");
         }
-        let refused = session.refused();
-        if !refused.is_empty() {
-            message = format!(
-                "{message}\nhint: the Dockerfile mounts secret(s) {} that this step does not declare; add them under the step's `secrets:` in build.yml",
-                refused
-                    .iter()
-                    .map(|id| format!("`{id}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        return Err(EngineError::BuildFailed {
-            instruction: sync
-                .map(|(vertex, _)| vertex)
-                .or(progress.failed.clone())
-                .or(progress.last_instruction.clone()),
-            message,
-        });
     }
-    let (total_steps, cached_steps) = progress.counts();
-    Ok(Outcome {
-        image_id,
-        total_steps,
-        cached_steps,
-    })
+    let refused = session.refused();
+    if !refused.is_empty() {
+        message = format!(
+            "{message}\nhint: the Dockerfile mounts secret(s) {} that this step does not declare; add them under the step's `secrets:` in build.yml",
+            refused
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    EngineError::BuildFailed {
+        instruction: sync
+            .map(|(vertex, _)| vertex)
+            .or(progress.failed.clone())
+            .or(progress.last_instruction.clone()),
+        message,
+    }
 }
 
 /// One JSON message of the build stream. Returns the error message if the
@@ -314,6 +347,7 @@ pub fn supports(version: &str) -> bool {
     (major, minor) >= MIN_API
 }
 
+/// Aborts the task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {

@@ -355,8 +355,6 @@ async fn forward_agent(
     agent: Option<&std::path::PathBuf>,
     request: Request<Incoming>,
 ) -> Response<GrpcBody> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let id = request
         .headers()
         .get("buildkit.ssh.id")
@@ -379,58 +377,71 @@ async fn forward_agent(
             )
         }
     };
-    let (mut from_agent, mut to_agent) = socket.into_split();
-    let mut body = request.into_body();
-    tokio::spawn(async move {
-        let mut pending: Vec<u8> = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while pending.len() >= 5 {
-                let len =
-                    u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
-                if pending[0] != 0 || len > MAX_AGENT_MESSAGE {
-                    return;
-                }
-                if pending.len() < 5 + len {
-                    break;
-                }
-                let message: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
-                let Ok(bytes) = proto::agent_bytes(&message) else {
-                    return;
-                };
-                if to_agent.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let _ = to_agent.shutdown().await;
-    });
+    let (from_agent, to_agent) = socket.into_split();
+    tokio::spawn(daemon_to_agent(request.into_body(), to_agent));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = match from_agent.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let message = proto::agent_message(&buf[..n]);
-            if tx.send(Ok(Frame::data(frame(message)))).await.is_err() {
-                return;
-            }
-        }
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from(GRPC_OK));
-        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
-    });
+    tokio::spawn(agent_to_daemon(from_agent, tx));
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut response = Response::new(StreamBody::new(stream).boxed());
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
+}
+
+/// Writes the bytes of the daemon's `BytesMessage`s to the agent, until the
+/// daemon's stream ends (then closes the agent's input) or is malformed.
+async fn daemon_to_agent(mut body: Incoming, mut to_agent: tokio::net::unix::OwnedWriteHalf) {
+    use tokio::io::AsyncWriteExt;
+
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while pending.len() >= 5 {
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending[0] != 0 || len > MAX_AGENT_MESSAGE {
+                return;
+            }
+            if pending.len() < 5 + len {
+                break;
+            }
+            let message: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
+            let Ok(bytes) = proto::agent_bytes(&message) else {
+                return;
+            };
+            if to_agent.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = to_agent.shutdown().await;
+}
+
+/// Sends what the agent answers back as `BytesMessage` frames, then an OK
+/// status once the agent closes.
+async fn agent_to_daemon(
+    mut from_agent: tokio::net::unix::OwnedReadHalf,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+) {
+    use tokio::io::AsyncReadExt;
+
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from_agent.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let message = proto::agent_message(&buf[..n]);
+        if tx.send(Ok(Frame::data(frame(message)))).await.is_err() {
+            return;
+        }
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(GRPC_OK));
+    let _ = tx.send(Ok(Frame::trailers(trailers))).await;
 }
 
 /// Reads the one length-prefixed message of a unary gRPC request.
