@@ -77,163 +77,227 @@ enum Skip {
     Flow(i64),
 }
 
+/// One line of the text.
+#[derive(Clone, Copy)]
+struct Line<'t> {
+    /// 1-based.
+    number: usize,
+    /// Without its line break.
+    text: &'t str,
+}
+
+impl Line<'_> {
+    /// The position of byte `offset` of the line.
+    fn pos(&self, offset: usize) -> Pos {
+        Pos {
+            line: self.number,
+            column: char_column(self.text, offset),
+        }
+    }
+}
+
+/// [`Index::scan`] between lines: what it has indexed, where it is in the
+/// block structure, and what to skip.
+struct Scanner<'t> {
+    entries: HashMap<String, Entry<'t>>,
+    /// The open keys and items, outermost first; the root frame stays.
+    stack: Vec<Frame>,
+    skip: Skip,
+}
+
+impl<'t> Scanner<'t> {
+    /// Indexes the nodes of one line, unless it is skipped, blank, a
+    /// comment, a directive or a document marker.
+    fn line(&mut self, line: Line<'t>) {
+        let trimmed = line.text.trim_start_matches(' ');
+        let indent = line.text.len() - trimmed.len();
+        if self.skipped(line.text, trimmed, indent)
+            || trimmed.is_empty()
+            || trimmed.starts_with('#')
+            || trimmed.starts_with('%')
+        {
+            return;
+        }
+        if indent == 0 && (is_marker(trimmed, "---") || is_marker(trimmed, "...")) {
+            self.stack.truncate(1);
+            self.stack[0].next_item = 0;
+            return;
+        }
+        self.nodes(line, indent, trimmed);
+    }
+
+    /// Whether `line` continues a block scalar or a multi-line flow
+    /// collection seen before; updates what to skip next.
+    fn skipped(&mut self, line: &str, trimmed: &str, indent: usize) -> bool {
+        match self.skip {
+            Skip::No => false,
+            Skip::Deeper(column) => {
+                if trimmed.is_empty() || indent > column {
+                    return true;
+                }
+                self.skip = Skip::No;
+                false
+            }
+            Skip::Flow(depth) => {
+                let depth = depth + bracket_delta(line);
+                self.skip = if depth > 0 {
+                    Skip::Flow(depth)
+                } else {
+                    Skip::No
+                };
+                true
+            }
+        }
+    }
+
+    /// The nodes of a line whose text starts at byte `indent` with
+    /// `rest`: any `- ` items, then a key or a scalar.
+    fn nodes(&mut self, line: Line<'t>, indent: usize, rest: &'t str) {
+        let (mut column, mut rest) = (indent, rest);
+        let mut in_item = false;
+        // The column whose deeper lines continue a scalar found here.
+        let mut owner = indent;
+        while rest == "-" || rest.starts_with("- ") {
+            let Some((content_column, content)) = self.item(line, column, rest) else {
+                return;
+            };
+            owner = column;
+            column = content_column;
+            rest = content;
+            in_item = true;
+        }
+        match parse_key(rest) {
+            Some(key) => self.key(line, column, rest, key),
+            None => self.scalar(line, rest, owner, in_item),
+        }
+    }
+
+    /// Indexes the sequence item whose `-` is at byte `column` and opens
+    /// its frame; returns where its content starts, and the content, if
+    /// there is any on this line.
+    fn item(&mut self, line: Line<'t>, column: usize, rest: &'t str) -> Option<(usize, &'t str)> {
+        self.close(|top| top.indent > column || (top.indent == column && top.item));
+        let parent = self.stack.last_mut().expect("root frame");
+        let path = item_path(&parent.path, parent.next_item);
+        parent.next_item += 1;
+        let after = &rest[1..];
+        let content = after.trim_start_matches(' ');
+        let content_column = column + 1 + (after.len() - content.len());
+        let entry = Entry {
+            key: line.pos(content_column),
+            value: None,
+            raw: None,
+        };
+        self.entries.insert(path.clone(), entry);
+        self.open(column, true, path);
+        if content.is_empty() || content.starts_with('#') {
+            return None;
+        }
+        Some((content_column, content))
+    }
+
+    /// Indexes the key at byte `column` (`rest` from there; the key and
+    /// the offset after its `:` in `rest`) with its inline value, and
+    /// opens its frame.
+    fn key(
+        &mut self,
+        line: Line<'t>,
+        column: usize,
+        rest: &'t str,
+        (key, after_colon): (String, usize),
+    ) {
+        self.close(|top| top.indent >= column);
+        let path = key_path(&self.stack[self.stack.len() - 1].path, &key);
+        let after = &rest[after_colon..];
+        let value_text = after.trim_start_matches([' ', '\t']);
+        let value_column = column + after_colon + (after.len() - value_text.len());
+        let (value, next_skip) = inline_value(value_text, column);
+        self.skip = next_skip;
+        let entry = Entry {
+            key: line.pos(column),
+            value: match value {
+                Inline::Nothing => None,
+                _ => Some(line.pos(value_column)),
+            },
+            raw: match value {
+                Inline::Scalar(raw) => Some(raw),
+                _ => None,
+            },
+        };
+        self.entries.insert(path.clone(), entry);
+        if let Inline::Flow(flow, true) = value {
+            scan_flow(&mut self.entries, &path, line, line.text.len() - flow.len());
+        }
+        self.open(column, false, path);
+    }
+
+    /// A scalar (or flow collection) that is not a key: the value of the
+    /// item it follows on its line, if any. Deeper lines than `owner`
+    /// continue it.
+    fn scalar(&mut self, line: Line<'t>, rest: &'t str, owner: usize, in_item: bool) {
+        let (value, next_skip) = inline_value(rest, owner);
+        self.skip = next_skip;
+        let (true, Some(top)) = (in_item, self.stack.last()) else {
+            return;
+        };
+        let Some(entry) = self.entries.get_mut(&top.path) else {
+            return;
+        };
+        match value {
+            Inline::Nothing => {}
+            Inline::Flow(flow, single_line) => {
+                entry.value = Some(entry.key);
+                if single_line {
+                    let start = line.text.len() - flow.len();
+                    scan_flow(&mut self.entries, &top.path, line, start);
+                }
+            }
+            Inline::Scalar(raw) => {
+                entry.value = Some(entry.key);
+                entry.raw = Some(raw);
+            }
+        }
+    }
+
+    /// Closes the innermost frames (never the root) while `done` says so.
+    fn close(&mut self, done: impl Fn(&Frame) -> bool) {
+        while self.stack.len() > 1 && done(&self.stack[self.stack.len() - 1]) {
+            self.stack.pop();
+        }
+    }
+
+    /// Opens the frame of the key (or, if `item`, the sequence item) at
+    /// `path` whose column is `indent`.
+    fn open(&mut self, indent: usize, item: bool, path: String) {
+        self.stack.push(Frame {
+            indent,
+            item,
+            path,
+            next_item: 0,
+        });
+    }
+}
+
 impl<'t> Index<'t> {
     /// Indexes `text`. Never fails: what it does not understand it skips.
     pub(crate) fn scan(text: &'t str) -> Index<'t> {
-        let mut entries = HashMap::new();
-        let mut stack = vec![Frame {
-            indent: 0,
-            item: false,
-            path: String::new(),
-            next_item: 0,
-        }];
-        let mut skip = Skip::No;
-        for (number, line) in text.split('\n').enumerate() {
-            let line_no = number + 1;
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            let trimmed = line.trim_start_matches(' ');
-            let indent = line.len() - trimmed.len();
-            match skip {
-                Skip::No => {}
-                Skip::Deeper(column) => {
-                    if trimmed.is_empty() || indent > column {
-                        continue;
-                    }
-                    skip = Skip::No;
-                }
-                Skip::Flow(depth) => {
-                    let depth = depth + bracket_delta(line);
-                    skip = if depth > 0 {
-                        Skip::Flow(depth)
-                    } else {
-                        Skip::No
-                    };
-                    continue;
-                }
-            }
-            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('%') {
-                continue;
-            }
-            if indent == 0 && (is_marker(trimmed, "---") || is_marker(trimmed, "...")) {
-                stack.truncate(1);
-                stack[0].next_item = 0;
-                continue;
-            }
-            let mut column = indent;
-            let mut rest = trimmed;
-            let mut in_item = false;
-            // The column whose deeper lines continue a scalar found here.
-            let mut owner = indent;
-            loop {
-                if rest == "-" || rest.starts_with("- ") {
-                    while stack.len() > 1 {
-                        let top = &stack[stack.len() - 1];
-                        if top.indent > column || (top.indent == column && top.item) {
-                            stack.pop();
-                        } else {
-                            break;
-                        }
-                    }
-                    let parent = stack.last_mut().expect("root frame");
-                    let path = item_path(&parent.path, parent.next_item);
-                    parent.next_item += 1;
-                    let after = &rest[1..];
-                    let content = after.trim_start_matches(' ');
-                    let content_column = column + 1 + (after.len() - content.len());
-                    entries.insert(
-                        path.clone(),
-                        Entry {
-                            key: Pos {
-                                line: line_no,
-                                column: char_column(line, content_column),
-                            },
-                            value: None,
-                            raw: None,
-                        },
-                    );
-                    stack.push(Frame {
-                        indent: column,
-                        item: true,
-                        path,
-                        next_item: 0,
-                    });
-                    if content.is_empty() || content.starts_with('#') {
-                        break;
-                    }
-                    owner = column;
-                    column = content_column;
-                    rest = content;
-                    in_item = true;
-                    continue;
-                }
-                if let Some((key, after_colon)) = parse_key(rest) {
-                    while stack.len() > 1 && stack[stack.len() - 1].indent >= column {
-                        stack.pop();
-                    }
-                    let path = key_path(&stack[stack.len() - 1].path, &key);
-                    let after = &rest[after_colon..];
-                    let value_text = after.trim_start_matches([' ', '\t']);
-                    let value_column = column + after_colon + (after.len() - value_text.len());
-                    let (value, next_skip) = inline_value(value_text, column);
-                    skip = next_skip;
-                    entries.insert(
-                        path.clone(),
-                        Entry {
-                            key: Pos {
-                                line: line_no,
-                                column: char_column(line, column),
-                            },
-                            value: match value {
-                                Inline::Nothing => None,
-                                _ => Some(Pos {
-                                    line: line_no,
-                                    column: char_column(line, value_column),
-                                }),
-                            },
-                            raw: match value {
-                                Inline::Scalar(raw) => Some(raw),
-                                _ => None,
-                            },
-                        },
-                    );
-                    if let Inline::Flow(flow, true) = value {
-                        scan_flow(&mut entries, &path, line, line_no, line.len() - flow.len());
-                    }
-                    stack.push(Frame {
-                        indent: column,
-                        item: false,
-                        path,
-                        next_item: 0,
-                    });
-                    break;
-                }
-                // A scalar (or flow collection) that is not a key.
-                let (value, next_skip) = inline_value(rest, owner);
-                skip = next_skip;
-                if let (true, Some(top)) = (in_item, stack.last()) {
-                    if let Some(entry) = entries.get_mut(&top.path) {
-                        match value {
-                            Inline::Nothing => {}
-                            Inline::Flow(flow, single_line) => {
-                                entry.value = Some(entry.key);
-                                if single_line {
-                                    let start = line.len() - flow.len();
-                                    scan_flow(&mut entries, &top.path, line, line_no, start);
-                                }
-                            }
-                            Inline::Scalar(raw) => {
-                                entry.value = Some(entry.key);
-                                entry.raw = Some(raw);
-                            }
-                        }
-                    }
-                }
-                break;
-            }
+        let mut scanner = Scanner {
+            entries: HashMap::new(),
+            stack: Vec::new(),
+            skip: Skip::No,
+        };
+        scanner.open(0, false, String::new());
+        for (number, text) in text.split('\n').enumerate() {
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            scanner.line(Line {
+                number: number + 1,
+                text,
+            });
         }
-        Index { entries }
+        Index {
+            entries: scanner.entries,
+        }
     }
-
     /// The position of the key (or item) at `path`; if it is not indexed,
     /// where the value of its nearest indexed ancestor starts (the opening
     /// bracket of a flow collection) or that ancestor's key.
@@ -327,89 +391,115 @@ fn char_column(line: &str, offset: usize) -> usize {
 fn scan_flow<'t>(
     entries: &mut HashMap<String, Entry<'t>>,
     path: &str,
-    line: &'t str,
-    line_no: usize,
+    line: Line<'t>,
     start: usize,
 ) -> Option<usize> {
-    let bytes = line.as_bytes();
+    let bytes = line.text.as_bytes();
     let (close, mapping) = match bytes.get(start)? {
         b'{' => (b'}', true),
         b'[' => (b']', false),
         _ => return None,
     };
-    let pos = |offset: usize| Pos {
-        line: line_no,
-        column: char_column(line, offset),
-    };
-    let blanks = |mut i: usize| {
-        while matches!(bytes.get(i), Some(b' ' | b'\t')) {
-            i += 1;
-        }
-        i
-    };
     let mut i = start + 1;
     let mut index = 0;
     loop {
-        i = blanks(i);
+        i = blanks(bytes, i);
         if bytes.get(i) == Some(&close) {
             return Some(i + 1);
         }
-        let key = pos(i);
+        let key = line.pos(i);
         let child = if mapping {
-            let (text, end) = flow_scalar(line, i)?;
-            let name = match text.as_bytes()[0] {
-                b'"' => text[1..text.len() - 1]
-                    .replace("\\\"", "\"")
-                    .replace("\\\\", "\\"),
-                b'\'' => text[1..text.len() - 1].replace("''", "'"),
-                _ => text.to_owned(),
-            };
-            i = blanks(end);
-            if bytes.get(i) != Some(&b':') {
-                return None;
-            }
-            i = blanks(i + 1);
+            let (name, value) = flow_key(line.text, i)?;
+            i = value;
             key_path(path, &name)
         } else {
             index += 1;
             item_path(path, index - 1)
         };
-        let value = pos(i);
-        match bytes.get(i)? {
-            b'{' | b'[' => {
-                let entry = Entry {
-                    key,
-                    value: Some(value),
-                    raw: None,
-                };
-                entries.insert(child.clone(), entry);
-                i = scan_flow(entries, &child, line, line_no, i)?;
-            }
-            b',' | b'}' | b']' => {
-                let entry = Entry {
-                    key,
-                    value: None,
-                    raw: None,
-                };
-                entries.insert(child, entry);
-            }
-            _ => {
-                let (raw, end) = flow_scalar(line, i)?;
-                let entry = Entry {
-                    key,
-                    value: Some(value),
-                    raw: Some(raw),
-                };
-                entries.insert(child, entry);
-                i = end;
-            }
-        }
-        i = blanks(i);
+        i = blanks(bytes, flow_value(entries, child, key, line, i)?);
         match bytes.get(i)? {
             b',' => i += 1,
             c if *c == close => return Some(i + 1),
             _ => return None,
         }
+    }
+}
+
+/// The key of a flow mapping starting at byte `i` of `line`, unquoted,
+/// and the byte where its value starts.
+fn flow_key(line: &str, i: usize) -> Option<(String, usize)> {
+    let bytes = line.as_bytes();
+    let (text, end) = flow_scalar(line, i)?;
+    let name = match text.as_bytes()[0] {
+        b'"' | b'\'' => unquote(text),
+        _ => text.to_owned(),
+    };
+    let colon = blanks(bytes, end);
+    if bytes.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((name, blanks(bytes, colon + 1)))
+}
+
+/// Indexes the flow node at `child`, its key at `key` and its value at
+/// byte `i` of `line` (a nested collection too); returns the byte after
+/// the value.
+fn flow_value<'t>(
+    entries: &mut HashMap<String, Entry<'t>>,
+    child: String,
+    key: Pos,
+    line: Line<'t>,
+    i: usize,
+) -> Option<usize> {
+    let value = line.pos(i);
+    match line.text.as_bytes().get(i)? {
+        b'{' | b'[' => {
+            let entry = Entry {
+                key,
+                value: Some(value),
+                raw: None,
+            };
+            entries.insert(child.clone(), entry);
+            scan_flow(entries, &child, line, i)
+        }
+        b',' | b'}' | b']' => {
+            let entry = Entry {
+                key,
+                value: None,
+                raw: None,
+            };
+            entries.insert(child, entry);
+            Some(i)
+        }
+        _ => {
+            let (raw, end) = flow_scalar(line.text, i)?;
+            let entry = Entry {
+                key,
+                value: Some(value),
+                raw: Some(raw),
+            };
+            entries.insert(child, entry);
+            Some(end)
+        }
+    }
+}
+
+/// The first byte from `i` on that is not a blank.
+fn blanks(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// The text of a quoted scalar written with its quotes: `\"` and `\\`
+/// undone in double quotes, `''` in single ones.
+fn unquote(quoted: &str) -> String {
+    let inner = &quoted[1..quoted.len() - 1];
+    if quoted.starts_with('"') {
+        inner.replace("\\\"", "\"").replace("\\\\", "\\")
+    } else {
+        inner.replace("''", "'")
     }
 }
 
@@ -481,12 +571,7 @@ fn parse_key(text: &str) -> Option<(String, usize)> {
     let (key, after_key) = match text.chars().next()? {
         quote @ ('"' | '\'') => {
             let end = closing_quote(text, quote)?;
-            let inner = &text[1..end];
-            let key = if quote == '"' {
-                inner.replace("\\\"", "\"").replace("\\\\", "\\")
-            } else {
-                inner.replace("''", "'")
-            };
+            let key = unquote(&text[..=end]);
             let rest = &text[end + 1..];
             let blanks = rest.len() - rest.trim_start_matches([' ', '\t']).len();
             (key, end + 1 + blanks)

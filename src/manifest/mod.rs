@@ -265,30 +265,41 @@ pub struct Step {
     pub line: usize,
 }
 
-#[cfg(test)]
 impl Step {
-    /// A step `label` building `img/<label>` from a Dockerfile that does
-    /// not exist, for unit tests; set what the test needs on top.
-    pub fn for_test(label: &str) -> Step {
+    /// A step `label` with nothing set but its build context and the line
+    /// of its key: what validation fills in.
+    pub(crate) fn blank(label: String, context: PathBuf, line: usize) -> Step {
         Step {
-            label: label.into(),
-            name: format!("img/{label}"),
-            dockerfile: "Dockerfile".into(),
-            dockerfile_path: "/nonexistent/Dockerfile".into(),
-            context: "/nonexistent".into(),
+            label,
+            name: String::new(),
+            dockerfile: String::new(),
+            dockerfile_path: PathBuf::new(),
+            context,
             target: None,
             args: BTreeMap::new(),
             no_cache: false,
-            artifacts: vec![],
-            cleanup: vec![],
+            artifacts: Vec::new(),
+            cleanup: Vec::new(),
             secrets: BTreeMap::new(),
             command: None,
             after_build_command: None,
-            depends_on: vec![],
+            depends_on: Vec::new(),
             keep: false,
             builder: None,
             ssh: false,
-            line: 0,
+            line,
+        }
+    }
+
+    /// A step `label` building `img/<label>` from a Dockerfile that does
+    /// not exist, for unit tests; set what the test needs on top.
+    #[cfg(test)]
+    pub fn for_test(label: &str) -> Step {
+        Step {
+            name: format!("img/{label}"),
+            dockerfile: "Dockerfile".into(),
+            dockerfile_path: "/nonexistent/Dockerfile".into(),
+            ..Step::blank(label.into(), "/nonexistent".into(), 0)
         }
     }
 }

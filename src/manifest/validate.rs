@@ -52,6 +52,37 @@ struct Draft {
     deps: Vec<(String, String)>,
     /// The path of each entry of `step.artifacts`.
     artifact_paths: Vec<String>,
+    /// `name` or `dockerfile` when given with a value of the wrong type
+    /// (reported as such, not as missing).
+    mistyped: Vec<&'static str>,
+}
+
+/// A mapping entry with a scalar key: the key, its path and its value.
+type Field<'v> = (String, String, &'v Value);
+
+/// What every step is checked against.
+struct Rules<'a> {
+    /// The schema version, if `version` is valid.
+    version: Option<SchemaVersion>,
+    /// The work directory, absolute.
+    workdir: &'a Path,
+    /// The enabled secret types.
+    sec_providers: &'a [&'a str],
+}
+
+/// Where a step's `context` or `dockerfile` must be, and how a problem
+/// with it is told.
+struct OnDisk<'a> {
+    /// The key: `context` or `dockerfile`.
+    key: &'static str,
+    /// What the value is relative to, and how help names that folder.
+    base: &'a Path,
+    base_name: &'static str,
+    /// `directory` or `file`, and the test for it.
+    kind: &'static str,
+    is_kind: fn(&Path) -> bool,
+    /// The help for a value that leads outside the work directory.
+    outside: &'static str,
 }
 
 struct Checker<'a> {
@@ -277,14 +308,43 @@ impl Checker<'_> {
         out
     }
 
+    /// Checks the whole file, in order: the `build` mapping, the work
+    /// directory, `version` and `steps`, each step, then what spans steps.
     fn manifest(&mut self, root: &Value, opts: &LoadOptions<'_>) -> Option<Manifest> {
-        let build_help =
-            || Some("a build.yml starts with `build:`, holding `version:` and `steps:`".to_owned());
-        let root_map = match root {
-            Value::Mapping(map) => map,
+        let (build_path, build) = self.build(root)?;
+        let (workdir, workdir_ok) = self.workdir(opts.workdir);
+        let (version, steps) = self.build_keys(build, &build_path);
+        let (steps_path, steps) = self.steps(steps, &build_path)?;
+        let sec_providers = sec_providers(opts.sec_providers);
+        let rules = Rules {
+            version,
+            workdir: &workdir,
+            sec_providers: &sec_providers,
+        };
+        let mut drafts = Vec::with_capacity(steps.len());
+        for (label, path, value) in self.entries(steps, &steps_path, None) {
+            drafts.push(self.step(label, path, value, &rules));
+        }
+        self.unique_names(&drafts);
+        self.dependencies(&drafts);
+        if workdir_ok {
+            self.all_paths(&mut drafts, &workdir);
+        }
+        Some(Manifest {
+            file: opts.file.to_path_buf(),
+            workdir,
+            version: version?,
+            steps: drafts.into_iter().map(|d| d.step).collect(),
+        })
+    }
+
+    /// The top level as a mapping; reports an empty file or another kind.
+    fn top_level<'v>(&mut self, root: &'v Value) -> Option<&'v Mapping> {
+        match root {
+            Value::Mapping(map) => Some(map),
             Value::Null => {
                 self.report(None, None, "the file is empty".into(), build_help());
-                return None;
+                None
             }
             other => {
                 self.report(
@@ -293,9 +353,15 @@ impl Checker<'_> {
                     format!("the top level must be a mapping, found {}", kind(other)),
                     build_help(),
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The `build` mapping and its path; reports unknown top-level keys
+    /// and a file without `build`, pointing an older format at the new one.
+    fn build<'v>(&mut self, root: &'v Value) -> Option<(String, &'v Mapping)> {
+        let root_map = self.top_level(root)?;
         let mut build = None;
         let mut old_steps = None;
         let has_build = root_map.contains_key(Value::from("build"));
@@ -320,8 +386,8 @@ impl Checker<'_> {
             }
             return None;
         };
-        let build = match build {
-            Value::Mapping(map) => map,
+        match build {
+            Value::Mapping(map) => Some((build_path, map)),
             other => {
                 self.at_key(
                     &build_path,
@@ -329,13 +395,16 @@ impl Checker<'_> {
                     format!("`build` must be a mapping, found {}", kind(other)),
                     build_help(),
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
 
-        let workdir = workdir(opts.workdir);
-        let workdir_ok = workdir.is_dir();
-        if !workdir_ok {
+    /// The work directory, absolute, and whether it exists (reported if not).
+    fn workdir(&mut self, dir: &Path) -> (PathBuf, bool) {
+        let workdir = workdir(dir);
+        let found = workdir.is_dir();
+        if !found {
             self.report(
                 None,
                 None,
@@ -343,10 +412,19 @@ impl Checker<'_> {
                 Some("set the work directory with `-d`".into()),
             );
         }
+        (workdir, found)
+    }
 
+    /// The keys of `build`: the schema version (`None` if missing or bad,
+    /// reported) and `steps` with its path, if given.
+    fn build_keys<'v>(
+        &mut self,
+        build: &'v Mapping,
+        build_path: &str,
+    ) -> (Option<SchemaVersion>, Option<(String, &'v Value)>) {
         let mut version = None;
         let mut steps = None;
-        for (key, path, value) in self.entries(build, &build_path, None) {
+        for (key, path, value) in self.entries(build, build_path, None) {
             match key.as_str() {
                 "version" => version = Some(self.version(value, &path)),
                 "steps" => steps = Some((path, value)),
@@ -357,22 +435,27 @@ impl Checker<'_> {
                 _ => self.unknown_key(&path, None, &key, BUILD_KEYS, ""),
             }
         }
-        let version = match version {
-            Some(version) => version,
-            None => {
-                self.at_key(
-                    &build_path,
-                    None,
-                    "missing `version`".into(),
-                    Some(format!("valid versions: {}", list(SCHEMA_VERSIONS))),
-                );
-                None
-            }
-        };
+        if version.is_none() {
+            self.at_key(
+                build_path,
+                None,
+                "missing `version`".into(),
+                versions_help(),
+            );
+        }
+        (version.flatten(), steps)
+    }
 
+    /// `steps` as a non-empty mapping of labels to steps, with its path;
+    /// reports it missing, empty, a list (an older format) or another kind.
+    fn steps<'v>(
+        &mut self,
+        steps: Option<(String, &'v Value)>,
+        build_path: &str,
+    ) -> Option<(String, &'v Mapping)> {
         let Some((steps_path, steps)) = steps else {
             self.at_key(
-                &build_path,
+                build_path,
                 None,
                 "missing `steps`".into(),
                 Some(
@@ -382,83 +465,51 @@ impl Checker<'_> {
             );
             return None;
         };
-        let steps = match steps {
-            Value::Mapping(map) if !map.is_empty() => map,
-            Value::Mapping(_) | Value::Null => {
-                self.at_key(
-                    &steps_path,
-                    None,
-                    "`steps` is empty".into(),
-                    Some("add at least one step with a `name` and a `dockerfile`".into()),
-                );
-                return None;
-            }
-            list @ Value::Sequence(_) => {
-                self.at_key(
-                    &steps_path,
-                    None,
-                    "`steps` is a list, as in an older build.yml format; it must be a mapping of step labels to steps".into(),
-                    Some(modern_form(list)),
-                );
-                return None;
-            }
-            other => {
-                self.at_key(
-                    &steps_path,
-                    None,
-                    format!(
-                        "`steps` must be a mapping of step labels to steps, found {}",
-                        kind(other)
-                    ),
-                    None,
-                );
-                return None;
-            }
-        };
-
-        // Accept `["file,env"]` as well as `["file", "env"]`.
-        let sec_providers: Vec<&str> = opts
-            .sec_providers
-            .iter()
-            .flat_map(|p| p.split(','))
-            .map(str::trim)
-            .collect();
-        let mut drafts = Vec::with_capacity(steps.len());
-        for (label, path, value) in self.entries(steps, &steps_path, None) {
-            let draft = self.step(label, path, value, version, &workdir, &sec_providers);
-            drafts.push(draft);
-        }
-        self.unique_names(&drafts);
-        self.dependencies(&drafts);
-        if workdir_ok {
-            match workpath::real_root(&workdir) {
-                Ok(real) => {
-                    for draft in &mut drafts {
-                        self.paths(draft, &workdir, &real);
-                    }
-                }
-                Err(e) => self.report(
-                    None,
-                    None,
-                    format!(
-                        "cannot resolve the work directory `{}`: {e}",
-                        workdir.display()
-                    ),
-                    Some("set the work directory with `-d`".into()),
+        let (message, help) = match steps {
+            Value::Mapping(map) if !map.is_empty() => return Some((steps_path, map)),
+            Value::Mapping(_) | Value::Null => (
+                "`steps` is empty".into(),
+                Some("add at least one step with a `name` and a `dockerfile`".into()),
+            ),
+            list @ Value::Sequence(_) => (
+                "`steps` is a list, as in an older build.yml format; it must be a mapping of step labels to steps".into(),
+                Some(modern_form(list)),
+            ),
+            other => (
+                format!(
+                    "`steps` must be a mapping of step labels to steps, found {}",
+                    kind(other)
                 ),
-            }
-        }
+                None,
+            ),
+        };
+        self.at_key(&steps_path, None, message, help);
+        None
+    }
 
-        Some(Manifest {
-            file: opts.file.to_path_buf(),
-            workdir,
-            version: version?,
-            steps: drafts.into_iter().map(|d| d.step).collect(),
-        })
+    /// Resolves the work directory's own symlinks, then checks every
+    /// step's paths on disk against it.
+    fn all_paths(&mut self, drafts: &mut [Draft], workdir: &Path) {
+        match workpath::real_root(workdir) {
+            Ok(real) => {
+                for draft in drafts {
+                    self.paths(draft, (workdir, &real));
+                }
+            }
+            Err(e) => self.report(
+                None,
+                None,
+                format!(
+                    "cannot resolve the work directory `{}`: {e}",
+                    workdir.display()
+                ),
+                Some("set the work directory with `-d`".into()),
+            ),
+        }
     }
 
     fn version(&mut self, value: &Value, path: &str) -> Option<SchemaVersion> {
-        let help = Some(format!("valid versions: {}", list(SCHEMA_VERSIONS)));
+        let help = versions_help();
         match self.scalar(value, path).as_deref() {
             Some("2016-02-13") => Some(SchemaVersion::V20160213),
             Some("2016-03-14") => Some(SchemaVersion::V20160314),
@@ -483,129 +534,112 @@ impl Checker<'_> {
         }
     }
 
-    fn step(
-        &mut self,
-        label: String,
-        path: String,
-        value: &Value,
-        version: Option<SchemaVersion>,
-        workdir: &Path,
-        sec_providers: &[&str],
-    ) -> Draft {
+    /// One step: each of its keys, then whether `name` and `dockerfile`
+    /// are there.
+    fn step(&mut self, label: String, path: String, value: &Value, rules: &Rules<'_>) -> Draft {
         let line = self.index.locate(&path).map_or(0, |p| p.line);
         let mut draft = Draft {
-            step: Step {
-                label,
-                name: String::new(),
-                dockerfile: String::new(),
-                dockerfile_path: PathBuf::new(),
-                context: workdir.to_path_buf(),
-                target: None,
-                args: BTreeMap::new(),
-                no_cache: false,
-                artifacts: Vec::new(),
-                cleanup: Vec::new(),
-                secrets: BTreeMap::new(),
-                command: None,
-                after_build_command: None,
-                depends_on: Vec::new(),
-                keep: false,
-                builder: None,
-                ssh: false,
-                line,
-            },
+            step: Step::blank(label, rules.workdir.to_path_buf(), line),
             path,
             context: None,
             deps: Vec::new(),
             artifact_paths: Vec::new(),
+            mistyped: Vec::new(),
         };
-        let empty = Mapping::new();
-        let map = match value {
-            Value::Mapping(map) => map,
-            Value::Null => &empty,
+        let label = draft.step.label.clone();
+        let step = Some(label.as_str());
+        let fields = match value {
+            Value::Mapping(map) => self.entries(map, &draft.path, step),
+            Value::Null => Vec::new(),
             other => {
-                let label = draft.step.label.clone();
                 self.at_key(
                     &draft.path,
-                    Some(&label),
+                    step,
                     format!("a step must be a mapping, found {}", kind(other)),
                     Some("give the step at least a `name` and a `dockerfile`".into()),
                 );
                 return draft;
             }
         };
-        let label = draft.step.label.clone();
-        let step = Some(label.as_str());
-        let (mut bad_name, mut bad_dockerfile) = (false, false);
-        for (key, path, value) in self.entries(map, &draft.path, step) {
-            let what = format!("`{key}`");
-            match key.as_str() {
-                "name" => {
-                    // A value of the wrong type is reported as such, not as missing.
-                    bad_name = !value.is_null() && self.scalar(value, &path).is_none();
-                    draft.step.name = self.string(value, &path, step, &what).unwrap_or_default();
-                }
-                "dockerfile" => {
-                    bad_dockerfile = !value.is_null() && self.scalar(value, &path).is_none();
-                    draft.step.dockerfile =
-                        self.string(value, &path, step, &what).unwrap_or_default();
-                }
-                "context" => {
-                    draft.context = self
-                        .string(value, &path, step, &what)
-                        .filter(|c| !c.is_empty())
-                }
-                "target" => {
-                    draft.step.target = self
-                        .string(value, &path, step, &what)
-                        .filter(|t| !t.is_empty())
-                }
-                "command" => draft.step.command = self.string(value, &path, step, &what),
-                "after_build_command" => {
-                    draft.step.after_build_command = self.string(value, &path, step, &what);
-                }
-                "no_cache" => draft.step.no_cache = self.boolean(value, &path, step, &key),
-                "keep" => draft.step.keep = self.boolean(value, &path, step, &key),
-                "ssh" => draft.step.ssh = self.boolean(value, &path, step, &key),
-                "builder" => match self.string(value, &path, step, &what).as_deref() {
-                    None => {}
-                    Some("legacy") => draft.step.builder = Some(Builder::Legacy),
-                    Some("buildkit") => draft.step.builder = Some(Builder::BuildKit),
-                    Some(other) => self.at_value(
-                        &path,
-                        step,
-                        format!("unknown builder `{other}`"),
-                        Some("use `legacy` (the classic builder) or `buildkit`".into()),
-                    ),
-                },
-                "args" => draft.step.args = self.args(value, &path, step),
-                "depends_on" => draft.deps = self.strings(value, &path, step, &key, "compile"),
-                "artifacts" => {
-                    for (artifact, item) in self.strings(value, &path, step, &key, "/usr/bin/app") {
-                        if let Some(artifact) = self.artifact(&artifact, &item, step, workdir) {
-                            draft.step.artifacts.push(artifact);
-                            draft.artifact_paths.push(item);
-                        }
-                    }
-                }
-                "cleanup" => draft.step.cleanup = self.cleanup(value, &path, step),
-                "secrets" => {
-                    if version == Some(SchemaVersion::V20160213) {
-                        self.at_key(
-                            &path,
-                            step,
-                            "`secrets` needs schema version `2016-03-14`".into(),
-                            Some("set `version: 2016-03-14` under `build`".into()),
-                        );
-                    } else {
-                        draft.step.secrets = self.secrets(value, &path, step, sec_providers);
-                    }
-                }
-                _ => self.unknown_key(&path, step, &key, STEP_KEYS, ""),
-            }
+        for field in fields {
+            self.step_key(&mut draft, field, step, rules);
         }
         draft.step.depends_on = draft.deps.iter().map(|(d, _)| d.clone()).collect();
-        if draft.step.name.is_empty() && !bad_name {
+        self.required(&draft, step);
+        draft
+    }
+
+    /// One key of a step, checked and set on `draft`.
+    fn step_key(
+        &mut self,
+        draft: &mut Draft,
+        (key, path, value): Field<'_>,
+        step: Option<&str>,
+        rules: &Rules<'_>,
+    ) {
+        let path = path.as_str();
+        let what = format!("`{key}`");
+        match key.as_str() {
+            "name" => draft.step.name = self.required_string(draft, "name", value, path, step),
+            "dockerfile" => {
+                draft.step.dockerfile =
+                    self.required_string(draft, "dockerfile", value, path, step);
+            }
+            "context" => {
+                draft.context = self
+                    .string(value, path, step, &what)
+                    .filter(|c| !c.is_empty())
+            }
+            "target" => {
+                draft.step.target = self
+                    .string(value, path, step, &what)
+                    .filter(|t| !t.is_empty())
+            }
+            "command" => draft.step.command = self.string(value, path, step, &what),
+            "after_build_command" => {
+                draft.step.after_build_command = self.string(value, path, step, &what);
+            }
+            "no_cache" => draft.step.no_cache = self.boolean(value, path, step, &key),
+            "keep" => draft.step.keep = self.boolean(value, path, step, &key),
+            "ssh" => draft.step.ssh = self.boolean(value, path, step, &key),
+            "builder" => draft.step.builder = self.builder(value, path, step),
+            "args" => draft.step.args = self.args(value, path, step),
+            "depends_on" => draft.deps = self.strings(value, path, step, &key, "compile"),
+            "artifacts" => {
+                for (artifact, item) in self.strings(value, path, step, &key, "/usr/bin/app") {
+                    if let Some(artifact) = self.artifact(&artifact, &item, step, rules.workdir) {
+                        draft.step.artifacts.push(artifact);
+                        draft.artifact_paths.push(item);
+                    }
+                }
+            }
+            "cleanup" => draft.step.cleanup = self.cleanup(value, path, step),
+            "secrets" => draft.step.secrets = self.step_secrets(value, path, step, rules),
+            _ => self.unknown_key(path, step, &key, STEP_KEYS, ""),
+        }
+    }
+
+    /// The value of `name` or `dockerfile` (empty if absent); one of the
+    /// wrong type is noted in `draft.mistyped`, so that it is reported as
+    /// such and not also as missing.
+    fn required_string(
+        &mut self,
+        draft: &mut Draft,
+        key: &'static str,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+    ) -> String {
+        if !value.is_null() && self.scalar(value, path).is_none() {
+            draft.mistyped.push(key);
+        }
+        self.string(value, path, step, &format!("`{key}`"))
+            .unwrap_or_default()
+    }
+
+    /// Reports a missing (or empty) `name` or `dockerfile`.
+    fn required(&mut self, draft: &Draft, step: Option<&str>) {
+        if draft.step.name.is_empty() && !draft.mistyped.contains(&"name") {
             self.at_key(
                 &draft.path,
                 step,
@@ -613,7 +647,7 @@ impl Checker<'_> {
                 Some("`name` is the image name to build, e.g. `name: myorg/app`".into()),
             );
         }
-        if draft.step.dockerfile.is_empty() && !bad_dockerfile {
+        if draft.step.dockerfile.is_empty() && !draft.mistyped.contains(&"dockerfile") {
             self.at_key(
                 &draft.path,
                 step,
@@ -621,28 +655,59 @@ impl Checker<'_> {
                 Some("`dockerfile` is a path relative to the build context, e.g. `dockerfile: Dockerfile`".into()),
             );
         }
-        draft
     }
 
-    fn args(&mut self, value: &Value, path: &str, step: Option<&str>) -> BTreeMap<String, String> {
-        let mut args = BTreeMap::new();
-        let map = match value {
-            Value::Null => return args,
-            Value::Mapping(map) => map,
-            other => {
+    /// `builder`: `legacy` or `buildkit`; anything else is reported.
+    fn builder(&mut self, value: &Value, path: &str, step: Option<&str>) -> Option<Builder> {
+        match self.string(value, path, step, "`builder`").as_deref() {
+            None => None,
+            Some("legacy") => Some(Builder::Legacy),
+            Some("buildkit") => Some(Builder::BuildKit),
+            Some(other) => {
                 self.at_value(
                     path,
                     step,
-                    format!(
-                        "`args` must be a mapping of build arguments, found {}",
-                        kind(other)
-                    ),
-                    Some("write it as `args: { NAME: value }`".into()),
+                    format!("unknown builder `{other}`"),
+                    Some("use `legacy` (the classic builder) or `buildkit`".into()),
                 );
-                return args;
+                None
             }
+        }
+    }
+
+    /// The entries of `value` as a mapping, none for nothing; any other
+    /// kind is reported at the value with `wrong(kind)` and `help`.
+    fn mapping<'v>(
+        &mut self,
+        value: &'v Value,
+        path: &str,
+        step: Option<&str>,
+        wrong: impl FnOnce(&str) -> String,
+        help: Option<&str>,
+    ) -> Option<Vec<Field<'v>>> {
+        match value {
+            Value::Mapping(map) => Some(self.entries(map, path, step)),
+            Value::Null => Some(Vec::new()),
+            other => {
+                self.at_value(path, step, wrong(kind(other)), help.map(str::to_owned));
+                None
+            }
+        }
+    }
+
+    /// `args`: build arguments by name; a null value is an empty string.
+    fn args(&mut self, value: &Value, path: &str, step: Option<&str>) -> BTreeMap<String, String> {
+        let mut args = BTreeMap::new();
+        let Some(fields) = self.mapping(
+            value,
+            path,
+            step,
+            |found| format!("`args` must be a mapping of build arguments, found {found}"),
+            Some("write it as `args: { NAME: value }`"),
+        ) else {
+            return args;
         };
-        for (name, arg_path, value) in self.entries(map, path, step) {
+        for (name, arg_path, value) in fields {
             let value = if value.is_null() {
                 Some(String::new())
             } else {
@@ -655,22 +720,19 @@ impl Checker<'_> {
         args
     }
 
+    /// `cleanup`: its `commands`.
     fn cleanup(&mut self, value: &Value, path: &str, step: Option<&str>) -> Vec<String> {
-        let map = match value {
-            Value::Null => return Vec::new(),
-            Value::Mapping(map) => map,
-            other => {
-                self.at_value(
-                    path,
-                    step,
-                    format!("`cleanup` must be a mapping, found {}", kind(other)),
-                    Some("write it as `cleanup: { commands: [ \"rm -rf /tmp/build\" ] }`".into()),
-                );
-                return Vec::new();
-            }
+        let Some(fields) = self.mapping(
+            value,
+            path,
+            step,
+            |found| format!("`cleanup` must be a mapping, found {found}"),
+            Some("write it as `cleanup: { commands: [ \"rm -rf /tmp/build\" ] }`"),
+        ) else {
+            return Vec::new();
         };
         let mut commands = Vec::new();
-        for (key, key_path, value) in self.entries(map, path, step) {
+        for (key, key_path, value) in fields {
             if key == "commands" {
                 commands = self
                     .strings(value, &key_path, step, "commands", "\"rm -rf /tmp/build\"")
@@ -684,6 +746,27 @@ impl Checker<'_> {
         commands
     }
 
+    /// A step's `secrets`, which schema version `2016-02-13` does not have.
+    fn step_secrets(
+        &mut self,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+        rules: &Rules<'_>,
+    ) -> BTreeMap<String, SecretSpec> {
+        if rules.version == Some(SchemaVersion::V20160213) {
+            self.at_key(
+                path,
+                step,
+                "`secrets` needs schema version `2016-03-14`".into(),
+                Some("set `version: 2016-03-14` under `build`".into()),
+            );
+            return BTreeMap::new();
+        }
+        self.secrets(value, path, step, rules.sec_providers)
+    }
+
+    /// `secrets`: each declaration with an enabled type and a value.
     fn secrets(
         &mut self,
         value: &Value,
@@ -692,124 +775,143 @@ impl Checker<'_> {
         sec_providers: &[&str],
     ) -> BTreeMap<String, SecretSpec> {
         let mut secrets = BTreeMap::new();
-        let map = match value {
-            Value::Null => return secrets,
-            Value::Mapping(map) => map,
-            other => {
-                self.at_value(
-                    path,
-                    step,
-                    format!(
-                        "`secrets` must be a mapping of secret names, found {}",
-                        kind(other)
-                    ),
-                    Some(
-                        "write it as `secrets: { id_rsa: { type: file, value: /path/to/key } }`"
-                            .into(),
-                    ),
-                );
-                return secrets;
-            }
+        let Some(fields) = self.mapping(
+            value,
+            path,
+            step,
+            |found| format!("`secrets` must be a mapping of secret names, found {found}"),
+            Some("write it as `secrets: { id_rsa: { type: file, value: /path/to/key } }`"),
+        ) else {
+            return secrets;
         };
-        for (name, secret_path, value) in self.entries(map, path, step) {
-            let empty = Mapping::new();
-            let fields = match value {
-                Value::Mapping(map) => map,
-                Value::Null => &empty,
-                other => {
-                    self.at_value(
-                        &secret_path,
-                        step,
-                        format!(
-                            "secret `{name}` must be a mapping with `type` and `value`, found {}",
-                            kind(other)
-                        ),
-                        None,
-                    );
-                    continue;
-                }
-            };
-            let mut kind_ = None;
-            let mut value = None;
-            for (key, key_path, field) in self.entries(fields, &secret_path, step) {
-                match key.as_str() {
-                    "type" => {
-                        kind_ = self
-                            .string(field, &key_path, step, "`type`")
-                            .map(|t| (t, key_path))
-                    }
-                    "value" => value = self.string(field, &key_path, step, "`value`"),
-                    _ => self.unknown_key(
-                        &key_path,
-                        step,
-                        &key,
-                        SECRET_KEYS,
-                        &format!(" in secret `{name}`"),
-                    ),
-                }
-            }
-            let mut ok = true;
-            match &kind_ {
-                None => {
-                    ok = false;
-                    self.at_key(
-                        &secret_path,
-                        step,
-                        format!("secret `{name}` is missing `type`"),
-                        Some(format!("valid types: {}", list(SECRET_TYPES))),
-                    );
-                }
-                Some((kind, key_path)) if !SECRET_TYPES.contains(&kind.as_str()) => {
-                    ok = false;
-                    let help = match suggest(kind, SECRET_TYPES.iter().copied()) {
-                        Some(close) => format!(
-                            "did you mean `{close}`? valid types: {}",
-                            list(SECRET_TYPES)
-                        ),
-                        None => format!("valid types: {}", list(SECRET_TYPES)),
-                    };
-                    self.at_value(
-                        key_path,
-                        step,
-                        format!("unknown secret type `{kind}`"),
-                        Some(help),
-                    );
-                }
-                Some((kind, key_path)) if !sec_providers.contains(&kind.as_str()) => {
-                    ok = false;
-                    let mut enabled: Vec<&str> = sec_providers
-                        .iter()
-                        .copied()
-                        .filter(|p| !p.is_empty())
-                        .collect();
-                    enabled.push(kind);
-                    self.at_value(
-                        key_path,
-                        step,
-                        format!("secret type `{kind}` is not enabled"),
-                        Some(format!(
-                            "enable it with `--sec-providers={}`",
-                            enabled.join(",")
-                        )),
-                    );
-                }
-                Some(_) => {}
-            }
-            let value = value.filter(|v| !v.is_empty());
-            if value.is_none() {
-                ok = false;
-                self.at_key(
-                    &secret_path,
-                    step,
-                    format!("secret `{name}` is missing `value`"),
-                    Some("for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`".into()),
-                );
-            }
-            if let (true, Some((kind, _)), Some(value)) = (ok, kind_, value) {
-                secrets.insert(name, SecretSpec { kind, value });
+        for (name, secret_path, value) in fields {
+            if let Some(spec) = self.secret(&name, &secret_path, value, step, sec_providers) {
+                secrets.insert(name, spec);
             }
         }
         secrets
+    }
+
+    /// The secret `name` declared at `path`; `None` if anything about it
+    /// is wrong (reported).
+    fn secret(
+        &mut self,
+        name: &str,
+        path: &str,
+        value: &Value,
+        step: Option<&str>,
+        sec_providers: &[&str],
+    ) -> Option<SecretSpec> {
+        let fields = self.mapping(
+            value,
+            path,
+            step,
+            |found| {
+                format!("secret `{name}` must be a mapping with `type` and `value`, found {found}")
+            },
+            None,
+        )?;
+        let (kind, value) = self.secret_fields(fields, name, step);
+        let kind_ok = self.secret_type(kind.as_ref(), name, path, step, sec_providers);
+        let value = value.filter(|v| !v.is_empty());
+        if value.is_none() {
+            self.at_key(
+                path,
+                step,
+                format!("secret `{name}` is missing `value`"),
+                Some("for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`".into()),
+            );
+        }
+        match (kind_ok, kind, value) {
+            (true, Some((kind, _)), Some(value)) => Some(SecretSpec { kind, value }),
+            _ => None,
+        }
+    }
+
+    /// The `type` (with its path) and `value` of the secret `name`;
+    /// reports other keys.
+    fn secret_fields(
+        &mut self,
+        fields: Vec<Field<'_>>,
+        name: &str,
+        step: Option<&str>,
+    ) -> (Option<(String, String)>, Option<String>) {
+        let mut kind = None;
+        let mut value = None;
+        for (key, key_path, field) in fields {
+            match key.as_str() {
+                "type" => {
+                    kind = self
+                        .string(field, &key_path, step, "`type`")
+                        .map(|t| (t, key_path))
+                }
+                "value" => value = self.string(field, &key_path, step, "`value`"),
+                _ => self.unknown_key(
+                    &key_path,
+                    step,
+                    &key,
+                    SECRET_KEYS,
+                    &format!(" in secret `{name}`"),
+                ),
+            }
+        }
+        (kind, value)
+    }
+
+    /// Whether the secret `name` at `path` has a known, enabled `type`
+    /// (`kind` and its path); reports why not.
+    fn secret_type(
+        &mut self,
+        kind: Option<&(String, String)>,
+        name: &str,
+        path: &str,
+        step: Option<&str>,
+        sec_providers: &[&str],
+    ) -> bool {
+        let Some((kind, key_path)) = kind else {
+            self.at_key(
+                path,
+                step,
+                format!("secret `{name}` is missing `type`"),
+                Some(format!("valid types: {}", list(SECRET_TYPES))),
+            );
+            return false;
+        };
+        if !SECRET_TYPES.contains(&kind.as_str()) {
+            let help = match suggest(kind, SECRET_TYPES.iter().copied()) {
+                Some(close) => format!(
+                    "did you mean `{close}`? valid types: {}",
+                    list(SECRET_TYPES)
+                ),
+                None => format!("valid types: {}", list(SECRET_TYPES)),
+            };
+            self.at_value(
+                key_path,
+                step,
+                format!("unknown secret type `{kind}`"),
+                Some(help),
+            );
+            return false;
+        }
+        if !sec_providers.contains(&kind.as_str()) {
+            let mut enabled: Vec<&str> = sec_providers
+                .iter()
+                .copied()
+                .filter(|p| !p.is_empty())
+                .collect();
+            enabled.push(kind);
+            self.at_value(
+                key_path,
+                step,
+                format!("secret type `{kind}` is not enabled"),
+                Some(format!(
+                    "enable it with `--sec-providers={}`",
+                    enabled.join(",")
+                )),
+            );
+            return false;
+        }
+        true
     }
 
     fn artifact(
@@ -912,7 +1014,19 @@ impl Checker<'_> {
         }
     }
 
+    /// Checks the dependency graph: unique labels, known `depends_on`
+    /// entries, then (if the labels are unique) no loops.
     fn dependencies(&mut self, drafts: &[Draft]) {
+        let (labels, duplicates) = self.labels(drafts);
+        let nodes = self.known_dependencies(drafts, &labels);
+        if !duplicates {
+            self.cycles(drafts, &labels, &nodes);
+        }
+    }
+
+    /// Each label's index in `drafts`, and whether one is used twice
+    /// (reported).
+    fn labels<'d>(&mut self, drafts: &'d [Draft]) -> (HashMap<&'d str, usize>, bool) {
         let mut labels: HashMap<&str, usize> = HashMap::with_capacity(drafts.len());
         let mut duplicates = false;
         for (i, draft) in drafts.iter().enumerate() {
@@ -927,6 +1041,16 @@ impl Checker<'_> {
                 );
             }
         }
+        (labels, duplicates)
+    }
+
+    /// Each step's label with the `depends_on` entries that name a step;
+    /// reports the others.
+    fn known_dependencies(
+        &mut self,
+        drafts: &[Draft],
+        labels: &HashMap<&str, usize>,
+    ) -> Vec<(String, Vec<String>)> {
         let mut unknown = 0;
         let mut nodes = Vec::with_capacity(drafts.len());
         for draft in drafts {
@@ -937,32 +1061,7 @@ impl Checker<'_> {
                     continue;
                 }
                 unknown += 1;
-                let close = if unknown <= MAX_SUGGESTED_DEPENDENCIES {
-                    suggest(dep, drafts.iter().map(|d| d.step.label.as_str()))
-                } else {
-                    None
-                };
-                let image_of = drafts.iter().find(|d| {
-                    !d.step.name.is_empty()
-                        && (d.step.name == *dep || without_tag(&d.step.name) == without_tag(dep))
-                });
-                let help = match (image_of, close) {
-                    (Some(builder), _) => Some(format!(
-                        "`depends_on` takes step keys: `{dep}` is the image of step `{}`",
-                        builder.step.label
-                    )),
-                    (None, Some(close)) => Some(format!("did you mean `{close}`?")),
-                    (None, None) if drafts.len() <= 10 => Some(format!(
-                        "known steps: {}",
-                        list(
-                            &drafts
-                                .iter()
-                                .map(|d| d.step.label.as_str())
-                                .collect::<Vec<_>>()
-                        )
-                    )),
-                    (None, None) => None,
-                };
+                let help = unknown_step_help(drafts, dep, unknown <= MAX_SUGGESTED_DEPENDENCIES);
                 self.at_value(
                     path,
                     Some(&draft.step.label),
@@ -972,10 +1071,17 @@ impl Checker<'_> {
             }
             nodes.push((draft.step.label.clone(), deps));
         }
-        if duplicates {
-            return;
-        }
-        let Err(errors) = Plan::new(&nodes) else {
+        nodes
+    }
+
+    /// Reports every loop among the steps' known dependencies.
+    fn cycles(
+        &mut self,
+        drafts: &[Draft],
+        labels: &HashMap<&str, usize>,
+        nodes: &[(String, Vec<String>)],
+    ) {
+        let Err(errors) = Plan::new(nodes) else {
             return;
         };
         for error in errors {
@@ -995,9 +1101,8 @@ impl Checker<'_> {
                 .get(1)
                 .and_then(|next| draft.deps.iter().find(|(dep, _)| dep == next))
                 .map_or(draft.path.as_str(), |(_, p)| p.as_str());
-            let at = at.to_owned();
             self.at_value(
-                &at,
+                at,
                 Some(&draft.step.label),
                 format!("circular dependency `{}`", path.join(" -> ")),
                 Some("remove one of these `depends_on` entries".into()),
@@ -1062,13 +1167,49 @@ impl Checker<'_> {
     }
 
     /// Resolves and checks, on disk and following symlinks, the artifact
-    /// destinations, the context, the Dockerfile and relative secret files:
-    /// each must stay inside the work directory `workdir` (`real` once its
-    /// own symlinks are resolved).
-    fn paths(&mut self, draft: &mut Draft, workdir: &Path, real: &Path) {
+    /// destinations, relative secret files, the context and the
+    /// Dockerfile: each must stay inside the work directory `workdir`
+    /// (`real` once its own symlinks are resolved).
+    fn paths(&mut self, draft: &mut Draft, roots: (&Path, &Path)) {
         let label = draft.step.label.clone();
         let step = Some(label.as_str());
-        let roots = (workdir, real);
+        self.artifact_destinations(draft, roots, step);
+        self.secret_files(draft, roots, step);
+        if let Some(context) = &draft.context {
+            let context_at = OnDisk {
+                key: "context",
+                base: roots.0,
+                base_name: "work directory",
+                kind: "directory",
+                is_kind: Path::is_dir,
+                outside: "the context must be the work directory or a folder inside it",
+            };
+            let path = key_path(&draft.path, "context");
+            let Some(resolved) = self.on_disk(roots, &context_at, context, &path, step) else {
+                return;
+            };
+            draft.step.context = resolved;
+        }
+        if draft.step.dockerfile.is_empty() {
+            return;
+        }
+        let dockerfile_at = OnDisk {
+            key: "dockerfile",
+            base: &draft.step.context,
+            base_name: "build context",
+            kind: "file",
+            is_kind: Path::is_file,
+            outside: "the Dockerfile must be a file inside the work directory",
+        };
+        let path = key_path(&draft.path, "dockerfile");
+        let dockerfile = &draft.step.dockerfile;
+        if let Some(resolved) = self.on_disk(roots, &dockerfile_at, dockerfile, &path, step) {
+            draft.step.dockerfile_path = resolved;
+        }
+    }
+
+    /// Checks that no artifact destination leads out of the work directory.
+    fn artifact_destinations(&mut self, draft: &Draft, roots: (&Path, &Path), step: Option<&str>) {
         for (artifact, path) in draft.step.artifacts.iter().zip(&draft.artifact_paths) {
             let what = format!(
                 "artifact destination `{}`",
@@ -1080,6 +1221,12 @@ impl Checker<'_> {
             );
             self.confine(roots, &artifact.dest, path, step, &what);
         }
+    }
+
+    /// Checks that no `file` secret written as a path inside the work
+    /// directory leads out of it.
+    fn secret_files(&mut self, draft: &Draft, roots: (&Path, &Path), step: Option<&str>) {
+        let workdir = roots.0;
         for (name, spec) in &draft.step.secrets {
             let value = Path::new(&spec.value);
             if spec.kind != "file" || value.is_absolute() {
@@ -1095,92 +1242,94 @@ impl Checker<'_> {
             let what = format!("secret file `{}`", spec.value);
             self.confine(roots, rel, &path, step, &what);
         }
-        if let Some(context) = &draft.context {
-            let path = key_path(&draft.path, "context");
-            // As Go Habitus (filepath.Join): always inside the work dir's tree.
-            let resolved = normalize(&workdir.join(context.trim_start_matches('/')));
-            let Ok(rel) = resolved.strip_prefix(workdir) else {
-                self.at_value(
-                    &path,
-                    step,
-                    format!(
-                        "context `{context}` is outside the work directory `{}`",
-                        workdir.display()
-                    ),
-                    Some("the context must be the work directory or a folder inside it".into()),
-                );
-                return;
-            };
-            let what = format!("context `{context}`");
-            let Some(resolved) = self.confine(roots, rel, &path, step, &what) else {
-                return;
-            };
-            if !resolved.is_dir() {
-                let message = if resolved.exists() {
-                    format!(
-                        "context `{context}` is not a directory: `{}`",
-                        resolved.display()
-                    )
-                } else {
-                    format!("context `{context}` not found at `{}`", resolved.display())
-                };
-                self.at_value(
-                    &path,
-                    step,
-                    message,
-                    Some(format!(
-                        "`context` is relative to the work directory `{}`",
-                        workdir.display()
-                    )),
-                );
-                return;
-            }
-            draft.step.context = resolved;
-        }
-        if draft.step.dockerfile.is_empty() {
-            return;
-        }
-        let dockerfile = &draft.step.dockerfile;
-        let dockerfile_key = key_path(&draft.path, "dockerfile");
-        let resolved = normalize(&draft.step.context.join(dockerfile.trim_start_matches('/')));
-        let Ok(rel) = resolved.strip_prefix(workdir) else {
+    }
+
+    /// Resolves `value` of the key at `path` as `at` says, inside the work
+    /// directory, and checks it is there and of the right kind.
+    fn on_disk(
+        &mut self,
+        roots: (&Path, &Path),
+        at: &OnDisk<'_>,
+        value: &str,
+        path: &str,
+        step: Option<&str>,
+    ) -> Option<PathBuf> {
+        let (workdir, key) = (roots.0, at.key);
+        // As Go Habitus (filepath.Join): always inside the work dir's tree.
+        let lexical = normalize(&at.base.join(value.trim_start_matches('/')));
+        let Ok(rel) = lexical.strip_prefix(workdir) else {
             self.at_value(
-                &dockerfile_key,
+                path,
                 step,
                 format!(
-                    "dockerfile `{dockerfile}` is outside the work directory `{}`",
+                    "{key} `{value}` is outside the work directory `{}`",
                     workdir.display()
                 ),
-                Some("the Dockerfile must be a file inside the work directory".into()),
+                Some(at.outside.into()),
             );
-            return;
+            return None;
         };
-        let what = format!("dockerfile `{dockerfile}`");
-        let rel = rel.to_path_buf();
-        let Some(resolved) = self.confine(roots, &rel, &dockerfile_key, step, &what) else {
-            return;
-        };
-        let dockerfile = &draft.step.dockerfile;
-        if !resolved.is_file() {
-            let message = if resolved.exists() {
-                format!(
-                    "dockerfile `{dockerfile}` is not a file: `{}`",
-                    resolved.display()
-                )
-            } else {
-                format!(
-                    "dockerfile `{dockerfile}` not found at `{}`",
-                    resolved.display()
-                )
-            };
-            let help = format!(
-                "`dockerfile` is relative to the build context `{}`",
-                draft.step.context.display()
-            );
-            self.at_value(&dockerfile_key, step, message, Some(help));
-            return;
+        let what = format!("{key} `{value}`");
+        let resolved = self.confine(roots, rel, path, step, &what)?;
+        if (at.is_kind)(&resolved) {
+            return Some(resolved);
         }
-        draft.step.dockerfile_path = resolved;
+        let message = if resolved.exists() {
+            format!("{what} is not a {}: `{}`", at.kind, resolved.display())
+        } else {
+            format!("{what} not found at `{}`", resolved.display())
+        };
+        let help = format!(
+            "`{key}` is relative to the {} `{}`",
+            at.base_name,
+            at.base.display()
+        );
+        self.at_value(path, step, message, Some(help));
+        None
+    }
+}
+
+/// The help for a file without a proper `build` mapping.
+fn build_help() -> Option<String> {
+    Some("a build.yml starts with `build:`, holding `version:` and `steps:`".to_owned())
+}
+
+/// The help for a missing or unknown schema version.
+fn versions_help() -> Option<String> {
+    Some(format!("valid versions: {}", list(SCHEMA_VERSIONS)))
+}
+
+/// The enabled secret types: `["file,env"]` is read as well as
+/// `["file", "env"]`.
+fn sec_providers(given: &[String]) -> Vec<&str> {
+    given
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::trim)
+        .collect()
+}
+
+/// The help for a `depends_on` entry `dep` that names no step: the step
+/// whose image it is, else the closest label (searched for only if
+/// `search`), else every label when there are few.
+fn unknown_step_help(drafts: &[Draft], dep: &str, search: bool) -> Option<String> {
+    let labels = || drafts.iter().map(|d| d.step.label.as_str());
+    let close = if search { suggest(dep, labels()) } else { None };
+    let image_of = drafts.iter().find(|d| {
+        !d.step.name.is_empty()
+            && (d.step.name == dep || without_tag(&d.step.name) == without_tag(dep))
+    });
+    match (image_of, close) {
+        (Some(builder), _) => Some(format!(
+            "`depends_on` takes step keys: `{dep}` is the image of step `{}`",
+            builder.step.label
+        )),
+        (None, Some(close)) => Some(format!("did you mean `{close}`?")),
+        (None, None) if drafts.len() <= 10 => Some(format!(
+            "known steps: {}",
+            list(&labels().collect::<Vec<_>>())
+        )),
+        (None, None) => None,
     }
 }
 
