@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use crate::model::Builder;
+use crate::model::Builder;
 
 /// Receives daemon output, one line at a time (without the newline).
 pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -98,10 +98,18 @@ pub struct BuildRequest {
 /// Reports one secret request of a build: the id, and whether it was served.
 pub type MountLog = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
+/// A value a BuildKit build may mount (`RUN --mount=type=secret`). The
+/// engine only reads its bytes, to answer BuildKit's request; whoever
+/// owns the value keeps it in memory that is zeroed on drop.
+pub trait MountValue: Send + Sync {
+    /// The bytes to send; never logged.
+    fn bytes(&self) -> &[u8];
+}
+
 /// The secrets a BuildKit build may mount, by name.
 #[derive(Clone, Default)]
 pub struct MountSecrets {
-    pub secrets: BTreeMap<String, Arc<crate::secrets::Secret>>,
+    pub secrets: BTreeMap<String, Arc<dyn MountValue>>,
     /// Called for every request, served or refused.
     pub on_fetch: Option<MountLog>,
 }

@@ -9,7 +9,7 @@ use super::secrets::{BuildSession, SessionOptions};
 use super::{fold, lock, BuildError, Runner, Summary};
 use crate::audit::Scanner;
 use crate::config::BuildSettings;
-use crate::engine::{Engine, LineSink, MountLog, MountSecrets};
+use crate::engine::{Engine, LineSink, MountLog, MountSecrets, MountValue};
 use crate::manifest::{Manifest, Step};
 use crate::model::{LABEL_BUILD, LABEL_STEP, LABEL_UID};
 use crate::plan::Plan;
@@ -162,7 +162,7 @@ impl Build {
             .collect();
         let secrets = declared
             .into_iter()
-            .map(|(key, secret)| (key.name, secret))
+            .map(|(key, secret)| (key.name, secret as Arc<dyn MountValue>))
             .collect();
         let reporter = Arc::clone(&self.reporter);
         let served = Arc::clone(&self.served);
@@ -297,4 +297,12 @@ fn access_log(reporter: &Arc<Reporter>, served: &Served) -> AccessLog {
             *lock(&served).entry((step, secret)).or_default() += 1;
         }
     })
+}
+
+/// BuildKit steps mount the build's secrets: the engine reads their bytes
+/// (and nothing else) to answer a mount request.
+impl MountValue for crate::secrets::Secret {
+    fn bytes(&self) -> &[u8] {
+        self.expose()
+    }
 }

@@ -473,7 +473,7 @@ mod tests {
             steps.push(s);
         }
         let options = BuildSettings {
-            builder: crate::engine::Builder::BuildKit,
+            builder: crate::model::Builder::BuildKit,
             ..opts(2)
         };
         let f = fixture(steps.clone(), options.clone());

@@ -7,16 +7,14 @@
 //! 0700 and the certificate 0600.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::manifest::{Manifest, SecretSpec};
-use crate::progress::{Reporter, Severity};
 
 use super::provider::{self, ProviderError, SecretKey, SecretStore};
-use super::server::{self, AccessRecord, ServerError, ServerOptions};
-use super::settings::{basic_auth_warning, Settings};
+use super::server::ServerError;
 
 /// The step name `habitus serve`'s single token is issued to.
 pub const SERVE_STEP: &str = "serve";
@@ -110,66 +108,9 @@ pub fn stop_signals() -> Result<impl std::future::Future<Output = ()>, ServeErro
     })
 }
 
-/// Runs the server for `store` on `--binding` (default 127.0.0.1) and
-/// `--port` until `stop` resolves. `ready` receives the connection
-/// settings, one `NAME=value` per line (shell syntax).
-pub async fn run(
-    settings: &Settings,
-    store: SecretStore,
-    reporter: Arc<Reporter>,
-    ready: impl FnOnce(&str),
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), ServeError> {
-    if store.is_empty() {
-        return Err(ServeError::Empty);
-    }
-    if let Some(warning) = basic_auth_warning(settings) {
-        reporter.message(Severity::Warning, &warning);
-    }
-    let bind = settings.binding.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mut options = ServerOptions::new(bind, settings.port);
-    options.basic_auth = settings.basic_auth.clone();
-    let log_reporter = Arc::clone(&reporter);
-    options.log = Arc::new(move |record: &AccessRecord| {
-        log_reporter.message(Severity::Info, &record.to_string());
-    });
-    let handle = server::start(options, store).await?;
-    let dir = private_dir()?;
-    let ca_path = dir.path().join("ca.pem");
-    write_private(&ca_path, handle.ca_pem().as_bytes())?;
-    let token = handle.issue_token(SERVE_STEP);
-    let addr = handle.addr();
-    ready(&format!(
-        "HABITUS_URL={}\nHABITUS_HOST={}\nHABITUS_PORT={}\nHABITUS_TOKEN={}\nHABITUS_CA_FILE={}\n",
-        handle.url(),
-        addr.ip(),
-        addr.port(),
-        // Printed for the user: it is what `serve` is for.
-        token.expose(),
-        ca_path.display()
-    ));
-    reporter.message(
-        Severity::Info,
-        &format!(
-            "secrets server listening on {} (Ctrl-C, SIGTERM or SIGHUP stops it)",
-            handle.url()
-        ),
-    );
-    stop.await;
-    handle.shutdown().await;
-    drop(token);
-    let removed = dir.close();
-    reporter.message(
-        Severity::Info,
-        &format!("secrets server on {} stopped", handle.url()),
-    );
-    removed?;
-    Ok(())
-}
-
 /// A new temporary directory only its owner can enter (mode 0700 from
 /// its creation, whatever the umask).
-fn private_dir() -> std::io::Result<tempfile::TempDir> {
+pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix("habitus-serve-")
@@ -181,7 +122,7 @@ fn private_dir() -> std::io::Result<tempfile::TempDir> {
 }
 
 /// Writes `data` to a new file readable only by its owner.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

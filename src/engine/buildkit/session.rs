@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::dial::Dialer;
 use super::filesync::{self, Sources, DIFF_COPY};
 use super::proto;
-use crate::engine::{EngineError, MountSecrets};
+use crate::engine::{EngineError, MountSecrets, MountValue};
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
@@ -282,8 +282,8 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
             }
             // GetSecretResponse { data }: the field header here, the bytes
             // borrowed from the secret's own buffer (see SecretBytes).
-            let header = proto::secret_response_header(secret.len());
-            let len = header.len() + secret.len();
+            let header = proto::secret_response_header(secret.bytes().len());
+            let len = header.len() + secret.bytes().len();
             let mut prefix = grpc_prefix(len);
             prefix.extend_from_slice(&header);
             let data = Bytes::from_owner(SecretBytes(Arc::clone(secret)));
@@ -312,12 +312,12 @@ async fn answer(offer: &Offer, request: Request<Incoming>) -> Response<GrpcBody>
 
 /// Lets a response borrow the secret's buffer instead of copying it into
 /// memory that would not be zeroed.
-struct SecretBytes(Arc<crate::secrets::Secret>);
+struct SecretBytes(Arc<dyn MountValue>);
 
 impl AsRef<[u8]> for SecretBytes {
     fn as_ref(&self) -> &[u8] {
         // The GetSecret answer is the one place the value must leave.
-        self.0.expose()
+        self.0.bytes()
     }
 }
 

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use super::progress::BuildProgress;
 use super::{api, images, DockerEngine};
 use crate::engine::buildkit;
-use crate::engine::{BuildRequest, Builder, BuiltImage, EngineError, LineSink};
+use crate::engine::{BuildRequest, BuiltImage, EngineError, LineSink};
+use crate::model::Builder;
 
 /// Size of one chunk of the streamed build context.
 const CONTEXT_CHUNK: usize = 64 * 1024;
