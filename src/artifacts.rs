@@ -189,7 +189,29 @@ struct Extractor<'a> {
     stats: Extracted,
 }
 
+/// Where an entry lands on the host, with the header fields every kind of
+/// entry uses.
+struct Placed {
+    /// The entry name as written in the archive.
+    name: String,
+    /// Its path relative to the destination.
+    rel: PathBuf,
+    /// Its host path.
+    target: PathBuf,
+    mode: u32,
+    mtime: u64,
+}
+
+impl Placed {
+    /// The error of writing the entry's host path.
+    fn write_error(&self) -> impl FnOnce(std::io::Error) -> ExtractError + '_ {
+        write_error(&self.name, &self.target)
+    }
+}
+
 impl Extractor<'_> {
+    /// Extracts one entry: checks its name and parents, then creates it
+    /// according to its kind.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ExtractError> {
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
@@ -211,89 +233,121 @@ impl Extractor<'_> {
         let mtime = entry.header().mtime().map_err(ExtractError::Read)?;
         self.parents(&rel, &name, true)?;
         let target = self.dest.join(&rel);
-        let write_error = |source| ExtractError::Write {
-            entry: name.clone(),
-            path: target.clone(),
-            source,
+        let at = Placed {
+            name,
+            rel,
+            target,
+            mode,
+            mtime,
         };
         match kind {
-            tar::EntryType::Directory => {
-                match std::fs::symlink_metadata(&target) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(meta) => {
-                        return Err(ExtractError::Conflict {
-                            entry: name,
-                            what: describe(&meta),
-                            path: display(&rel),
-                        })
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => {
-                        std::fs::create_dir(&target).map_err(write_error)?;
-                        self.stats.dirs += 1;
-                    }
-                    Err(e) => return Err(write_error(e)),
-                }
-                self.known_dirs.insert(rel);
-                self.dirs.push((target, mode, mtime));
-            }
+            tar::EntryType::Directory => self.directory(at),
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let file = self.create_file(&target, &rel, &name, mode)?;
-                // A sparse entry expands to more than it holds in the archive.
-                let expected = (kind != tar::EntryType::GNUSparse).then(|| entry.size());
-                let written = copy_into(entry, file, &mut self.buf, mode, mtime, expected);
-                match written {
-                    Ok(bytes) => {
-                        self.stats.files += 1;
-                        self.stats.bytes += bytes;
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&target);
-                        return Err(match e {
-                            CopyError::Read(e) => ExtractError::Read(e),
-                            CopyError::Write(e) => write_error(e),
-                        });
-                    }
-                }
+                self.file(entry, &at, kind)
             }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(ExtractError::Read)?
-                    .ok_or_else(|| {
-                        ExtractError::Read(std::io::Error::new(
-                            ErrorKind::InvalidData,
-                            format!("symlink `{name}` has no target"),
-                        ))
-                    })?;
-                self.make_room(&target, &rel, &name)?;
-                std::os::unix::fs::symlink(&link, &target).map_err(write_error)?;
-                self.stats.symlinks += 1;
+            tar::EntryType::Symlink => self.symlink(entry, &at),
+            tar::EntryType::Link => self.hard_link(entry, &at),
+            other => Err(ExtractError::Unsupported {
+                entry: at.name,
+                kind: entry_kind(other),
+            }),
+        }
+    }
+
+    /// Creates a directory entry (or finds it there), and remembers its
+    /// mode and mtime for the end.
+    fn directory(&mut self, at: Placed) -> Result<(), ExtractError> {
+        match std::fs::symlink_metadata(&at.target) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) => {
+                return Err(ExtractError::Conflict {
+                    entry: at.name,
+                    what: describe(&meta),
+                    path: display(&at.rel),
+                })
             }
-            tar::EntryType::Link => {
-                let link_bytes = entry.link_name_bytes().unwrap_or_default();
-                let link_name = String::from_utf8_lossy(&link_bytes).into_owned();
-                let outside = || ExtractError::HardLinkOutside {
-                    entry: name.clone(),
-                    target: link_name.clone(),
-                };
-                let link = entry.link_name().map_err(ExtractError::Read)?;
-                let link_rel = match link.as_deref().map(|l| clean(l, &link_name)) {
-                    Some(Ok(Some(rel))) => rel,
-                    _ => return Err(outside()),
-                };
-                // The target's own directories must not be symlinks either.
-                self.parents(&link_rel, &name, false)?;
-                self.make_room(&target, &rel, &name)?;
-                std::fs::hard_link(self.dest.join(&link_rel), &target).map_err(write_error)?;
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::create_dir(&at.target).map_err(at.write_error())?;
+                self.stats.dirs += 1;
+            }
+            Err(e) => return Err(at.write_error()(e)),
+        }
+        self.known_dirs.insert(at.rel);
+        self.dirs.push((at.target, at.mode, at.mtime));
+        Ok(())
+    }
+
+    /// Writes a file entry; a file cut short is removed.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        at: &Placed,
+        kind: tar::EntryType,
+    ) -> Result<(), ExtractError> {
+        let file = self.create_file(&at.target, &at.rel, &at.name, at.mode)?;
+        // A sparse entry expands to more than it holds in the archive.
+        let expected = (kind != tar::EntryType::GNUSparse).then(|| entry.size());
+        let written = copy_into(entry, file, &mut self.buf, at.mode, at.mtime, expected);
+        match written {
+            Ok(bytes) => {
                 self.stats.files += 1;
+                self.stats.bytes += bytes;
+                Ok(())
             }
-            other => {
-                return Err(ExtractError::Unsupported {
-                    entry: name,
-                    kind: entry_kind(other),
+            Err(e) => {
+                let _ = std::fs::remove_file(&at.target);
+                Err(match e {
+                    CopyError::Read(e) => ExtractError::Read(e),
+                    CopyError::Write(e) => at.write_error()(e),
                 })
             }
         }
+    }
+
+    /// Creates a symlink entry, in place of a file or symlink there.
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        at: &Placed,
+    ) -> Result<(), ExtractError> {
+        let link = entry
+            .link_name()
+            .map_err(ExtractError::Read)?
+            .ok_or_else(|| {
+                ExtractError::Read(std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!("symlink `{}` has no target", at.name),
+                ))
+            })?;
+        self.make_room(&at.target, &at.rel, &at.name)?;
+        std::os::unix::fs::symlink(&link, &at.target).map_err(at.write_error())?;
+        self.stats.symlinks += 1;
+        Ok(())
+    }
+
+    /// Creates a hard link entry to a file inside the destination, reached
+    /// through real directories only.
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        at: &Placed,
+    ) -> Result<(), ExtractError> {
+        let link_bytes = entry.link_name_bytes().unwrap_or_default();
+        let link_name = String::from_utf8_lossy(&link_bytes).into_owned();
+        let outside = || ExtractError::HardLinkOutside {
+            entry: at.name.clone(),
+            target: link_name.clone(),
+        };
+        let link = entry.link_name().map_err(ExtractError::Read)?;
+        let link_rel = match link.as_deref().map(|l| clean(l, &link_name)) {
+            Some(Ok(Some(rel))) => rel,
+            _ => return Err(outside()),
+        };
+        // The target's own directories must not be symlinks either.
+        self.parents(&link_rel, &at.name, false)?;
+        self.make_room(&at.target, &at.rel, &at.name)?;
+        std::fs::hard_link(self.dest.join(&link_rel), &at.target).map_err(at.write_error())?;
+        self.stats.files += 1;
         Ok(())
     }
 
@@ -326,20 +380,10 @@ impl Extractor<'_> {
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound && create => {
-                    std::fs::create_dir(&path).map_err(|source| ExtractError::Write {
-                        entry: entry.to_string(),
-                        path: path.clone(),
-                        source,
-                    })?;
+                    std::fs::create_dir(&path).map_err(write_error(entry, &path))?;
                     self.stats.dirs += 1;
                 }
-                Err(source) => {
-                    return Err(ExtractError::Write {
-                        entry: entry.to_string(),
-                        path,
-                        source,
-                    })
-                }
+                Err(source) => return Err(write_error(entry, &path)(source)),
             }
             self.known_dirs.insert(prefix.clone());
         }
@@ -355,17 +399,9 @@ impl Extractor<'_> {
                 what: "directory",
                 path: display(rel),
             }),
-            Ok(_) => std::fs::remove_file(target).map_err(|source| ExtractError::Write {
-                entry: entry.to_string(),
-                path: target.to_path_buf(),
-                source,
-            }),
+            Ok(_) => std::fs::remove_file(target).map_err(write_error(entry, target)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(ExtractError::Write {
-                entry: entry.to_string(),
-                path: target.to_path_buf(),
-                source,
-            }),
+            Err(source) => Err(write_error(entry, target)(source)),
         }
     }
 
@@ -392,11 +428,7 @@ impl Extractor<'_> {
             }
             other => other,
         };
-        file.map_err(|source| ExtractError::Write {
-            entry: entry.to_string(),
-            path: target.to_path_buf(),
-            source,
-        })
+        file.map_err(write_error(entry, target))
     }
 
     /// Applies the directories' modes and mtimes, deepest last-seen first.
@@ -413,6 +445,18 @@ impl Extractor<'_> {
             })?;
         }
         Ok(self.stats)
+    }
+}
+
+/// The error of writing `path` for the archive entry `entry`.
+fn write_error<'a>(
+    entry: &'a str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ExtractError + 'a {
+    move |source| ExtractError::Write {
+        entry: entry.to_string(),
+        path: path.to_path_buf(),
+        source,
     }
 }
 

@@ -562,55 +562,46 @@ impl ImageAudit {
                     Some((d, n)) => (format!("{d}/"), n),
                     None => (String::new(), path),
                 };
-                if name == ".wh..wh..opq" {
+                let hidden: Vec<String> = if name == ".wh..wh..opq" {
                     // Everything below `dir` from lower layers is hidden.
-                    let hidden: Vec<String> = live
-                        .range(dir.clone()..)
+                    live.range(dir.clone()..)
                         .take_while(|(p, _)| p.starts_with(&dir))
                         .map(|(p, _)| p.clone())
-                        .collect();
-                    for p in hidden {
-                        let (added_in, size) = live.remove(&p).unwrap_or_default();
-                        out.push(Shadowed {
-                            path: p,
-                            size,
-                            added_in,
-                            hidden_in: index,
-                            how: "deleted",
-                        });
-                    }
+                        .collect()
                 } else if let Some(target) = name.strip_prefix(".wh.") {
                     let target = format!("{dir}{target}");
                     let prefix = format!("{target}/");
-                    let hidden: Vec<String> = live
-                        .keys()
+                    live.keys()
                         .filter(|p| **p == target || p.starts_with(&prefix))
                         .cloned()
-                        .collect();
-                    for p in hidden {
-                        let (added_in, size) = live.remove(&p).unwrap_or_default();
-                        out.push(Shadowed {
-                            path: p,
-                            size,
-                            added_in,
-                            hidden_in: index,
-                            how: "deleted",
-                        });
-                    }
-                } else if file.regular {
-                    if let Some((added_in, size)) =
-                        live.insert(path.to_string(), (index, file.size))
-                    {
-                        if added_in != index {
-                            out.push(Shadowed {
-                                path: path.to_string(),
-                                size,
-                                added_in,
-                                hidden_in: index,
-                                how: "overwritten",
-                            });
+                        .collect()
+                } else {
+                    if file.regular {
+                        if let Some((added_in, size)) =
+                            live.insert(path.to_string(), (index, file.size))
+                        {
+                            if added_in != index {
+                                out.push(Shadowed {
+                                    path: path.to_string(),
+                                    size,
+                                    added_in,
+                                    hidden_in: index,
+                                    how: "overwritten",
+                                });
+                            }
                         }
                     }
+                    continue;
+                };
+                for p in hidden {
+                    let (added_in, size) = live.remove(&p).unwrap_or_default();
+                    out.push(Shadowed {
+                        path: p,
+                        size,
+                        added_in,
+                        hidden_in: index,
+                        how: "deleted",
+                    });
                 }
             }
         }
@@ -649,57 +640,27 @@ const MAX_JSON: u64 = 64 << 20;
 /// layer; so is a missing config. "Clean" therefore always means every
 /// byte of every layer and every string of the config was searched.
 pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudit, AuditError> {
-    let mut outer = tar::Archive::new(archive);
-    let mut members: BTreeMap<String, Member> = BTreeMap::new();
-    for entry in outer.entries()? {
-        let mut entry = entry?;
-        let path = crate::layer::member_path(&entry.path()?.to_string_lossy());
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()?
-                .map(|t| t.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let resolved = if kind.is_hard_link() {
-                crate::layer::member_path(&target)
-            } else {
-                crate::layer::link_target(&path, &target)
-            };
-            members.insert(path, Member::Link(resolved));
-            continue;
-        }
-        if !kind.is_file() {
-            continue;
-        }
-        let size = entry.header().size()?;
-        let member = read_member(scanner, &mut entry, size)?;
-        members.insert(path, member);
-    }
+    let members = read_members(scanner, archive)?;
     let image = find_image(&members)?;
-    let config_hits = match members.get(&image.config) {
-        Some(Member::Json(config)) => scanner
-            .scan_json(config)
-            .into_iter()
-            .map(|(field, found)| found.at(Location::Config { field }))
-            .collect::<Vec<_>>(),
-        _ => {
-            return Err(AuditError::Format(format!(
-                "the image config `{}` is missing from the archive or is not JSON",
-                image.config
-            )))
-        }
+    let Some(Member::Json(config)) = members.get(&image.config) else {
+        return Err(AuditError::Format(format!(
+            "the image config `{}` is missing from the archive or is not JSON",
+            image.config
+        )));
     };
-    let diff_ids: Vec<String> = match members.get(&image.config) {
-        Some(Member::Json(config)) => config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| id.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let config_hits: Vec<Hit> = scanner
+        .scan_json(config)
+        .into_iter()
+        .map(|(field, found)| found.at(Location::Config { field }))
+        .collect();
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     if diff_ids.len() != image.layers.len() {
         return Err(AuditError::Format(format!(
             "the manifest lists {} layer(s) but the image config {} diff id(s)",
@@ -712,53 +673,103 @@ pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudi
         ..ImageAudit::default()
     };
     for (index, layer_path) in image.layers.iter().enumerate() {
+        audit.add_layer(&members, index, layer_path, &diff_ids[index])?;
+    }
+    audit.hits.extend(config_hits);
+    audit.add_metadata(scanner, &members, &image.config);
+    audit.hits.sort();
+    audit.hits.dedup();
+    Ok(audit)
+}
+
+/// Reads every member of the archive as it arrives: links are resolved to
+/// the path they name, regular members read (see [`read_member`]).
+fn read_members<R: Read>(
+    scanner: &Scanner,
+    archive: R,
+) -> Result<BTreeMap<String, Member>, AuditError> {
+    let mut outer = tar::Archive::new(archive);
+    let mut members: BTreeMap<String, Member> = BTreeMap::new();
+    for entry in outer.entries()? {
+        let mut entry = entry?;
+        let path = crate::layer::member_path(&entry.path()?.to_string_lossy());
+        if let Some(resolved) = crate::layer::link_member(&path, &entry) {
+            members.insert(path, Member::Link(resolved));
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let size = entry.header().size()?;
+        let member = read_member(scanner, &mut entry, size)?;
+        members.insert(path, member);
+    }
+    Ok(members)
+}
+
+impl ImageAudit {
+    /// Adds layer `index` at `layer_path`, which must have been read to its
+    /// end with the content `diff_id` names: its size, files and hits.
+    fn add_layer(
+        &mut self,
+        members: &BTreeMap<String, Member>,
+        index: usize,
+        layer_path: &str,
+        diff_id: &str,
+    ) -> Result<(), AuditError> {
         let unreadable = |reason: String| AuditError::Layer {
             index,
             digest: display_digest(layer_path),
             reason,
         };
-        let (scan, summary) = match follow(&members, layer_path) {
+        let (scan, summary) = match follow(members, layer_path) {
             Some(Member::Layer { scan, summary }) => (scan, summary),
             Some(Member::Unreadable(reason)) => return Err(unreadable(reason.clone())),
             Some(Member::Json(_)) => return Err(unreadable("it is a JSON document".into())),
             Some(Member::Link(_)) => return Err(unreadable("too many links".into())),
             None => return Err(unreadable("it is missing from the archive".into())),
         };
-        if summary.diff_id != diff_ids[index] {
+        if summary.diff_id != diff_id {
             return Err(unreadable(format!(
                 "its content ({}) is not the layer the image config lists ({})",
-                summary.diff_id, diff_ids[index]
+                summary.diff_id, diff_id
             )));
         }
-        audit.bytes += summary.bytes;
-        audit.layer_files.push(scan.files.clone());
+        self.bytes += summary.bytes;
+        self.layer_files.push(scan.files.clone());
         for hit in &scan.hits {
-            audit.hits.push(hit.found.clone().at(Location::Layer {
+            self.hits.push(hit.found.clone().at(Location::Layer {
                 index: Some(index),
                 digest: display_digest(layer_path),
                 path: hit.path.clone(),
                 record: hit.record.clone(),
             }));
         }
+        Ok(())
     }
-    audit.hits.extend(config_hits);
-    // Every other JSON document of the archive (index.json and its
-    // annotations, manifest.json, OCI manifests) ships with the image too.
-    for (document, member) in &members {
-        if let Member::Json(value) = member {
-            if *document != image.config {
-                for (field, found) in scanner.scan_json(value) {
-                    audit.hits.push(found.at(Location::Metadata {
-                        document: document.clone(),
-                        field,
-                    }));
+
+    /// Adds the hits of every JSON document of the archive but the config
+    /// (index.json and its annotations, manifest.json, OCI manifests): they
+    /// ship with the image too.
+    fn add_metadata(
+        &mut self,
+        scanner: &Scanner,
+        members: &BTreeMap<String, Member>,
+        config: &str,
+    ) {
+        for (document, member) in members {
+            if let Member::Json(value) = member {
+                if document != config {
+                    for (field, found) in scanner.scan_json(value) {
+                        self.hits.push(found.at(Location::Metadata {
+                            document: document.clone(),
+                            field,
+                        }));
+                    }
                 }
             }
         }
     }
-    audit.hits.sort();
-    audit.hits.dedup();
-    Ok(audit)
 }
 
 /// Reads one regular member: JSON is parsed and kept, anything else is
@@ -946,6 +957,16 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    /// `archive` of members whose names are owned strings.
+    fn archive_owned(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+        archive(
+            &members
+                .iter()
+                .map(|(p, d)| (p.as_str(), d.clone()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     fn archive(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
         layer(
             &members
@@ -1077,12 +1098,7 @@ mod tests {
         for blob in blobs.iter().rev() {
             members.push((path(blob), blob.clone()));
         }
-        archive(
-            &members
-                .iter()
-                .map(|(p, d)| (p.as_str(), d.clone()))
-                .collect::<Vec<_>>(),
-        )
+        archive_owned(&members)
     }
 
     #[test]
@@ -1176,12 +1192,7 @@ mod tests {
             }
             members.push((path, data));
         }
-        archive(
-            &members
-                .iter()
-                .map(|(p, d)| (p.as_str(), d.clone()))
-                .collect::<Vec<_>>(),
-        )
+        archive_owned(&members)
     }
 
     #[test]

@@ -537,6 +537,8 @@ fn trim_continuation(line: &str, escape: u8) -> (&str, bool) {
     }
 }
 
+/// Parses a Dockerfile into its logical instructions and its `FROM`
+/// instructions, as Docker's parser reads them.
 fn parse(src: &str) -> Result<Parsed, DockerfileError> {
     if src.len() > MAX_DOCKERFILE_SIZE {
         return Err(DockerfileError::new(
@@ -547,65 +549,123 @@ fn parse(src: &str) -> Result<Parsed, DockerfileError> {
             },
         ));
     }
-    let mut lines: Vec<(usize, &str)> = Vec::new();
-    let mut offset = 0;
-    for line in src.split_inclusive('\n') {
-        lines.push((offset, line));
-        offset += line.len();
+    let mut lines = Lines::new(src);
+    let mut instructions = Vec::new();
+    while let Some(instruction) = lines.instruction()? {
+        lines.skip_heredocs(&instruction)?;
+        instructions.push(instruction);
     }
-    if let Some((offset, first)) = lines.first_mut() {
-        if let Some(rest) = first.strip_prefix('\u{feff}') {
-            *offset += '\u{feff}'.len_utf8();
-            *first = rest;
+    let escape = lines.directives.escape;
+    let froms = parse_froms(&instructions, escape)?;
+    Ok(Parsed {
+        instructions,
+        froms,
+        escape,
+        directives: !lines.directives.seen.is_empty(),
+    })
+}
+
+/// The physical lines of a Dockerfile, read one instruction at a time,
+/// with the parser directives met on the way.
+struct Lines<'a> {
+    /// Each line (newline included) with its byte offset in the source.
+    lines: Vec<(usize, &'a str)>,
+    /// The index of the next line to read, which is also the 1-based
+    /// number of the last line read.
+    next: usize,
+    directives: Directives,
+}
+
+impl<'a> Lines<'a> {
+    /// The lines of `src`, a leading byte order mark skipped.
+    fn new(src: &'a str) -> Self {
+        let mut lines: Vec<(usize, &str)> = Vec::new();
+        let mut offset = 0;
+        for line in src.split_inclusive('\n') {
+            lines.push((offset, line));
+            offset += line.len();
+        }
+        if let Some((offset, first)) = lines.first_mut() {
+            if let Some(rest) = first.strip_prefix('\u{feff}') {
+                *offset += '\u{feff}'.len_utf8();
+                *first = rest;
+            }
+        }
+        Lines {
+            lines,
+            next: 0,
+            directives: Directives {
+                done: false,
+                seen: BTreeSet::new(),
+                escape: b'\\',
+            },
         }
     }
 
-    let mut directives = Directives {
-        done: false,
-        seen: BTreeSet::new(),
-        escape: b'\\',
-    };
-    let mut instructions = Vec::new();
-    let mut next = 0;
-    while next < lines.len() {
-        let (offset, raw) = lines[next];
-        next += 1;
-        let line = trim_newline(raw);
-        let content = line.trim_start();
-        let offset = offset + (line.len() - content.len());
-        directives.line(content, next)?;
-        let content = if is_comment(content) { "" } else { content };
-        let (content, mut end_of_line) = trim_continuation(content, directives.escape);
-        if end_of_line && content.is_empty() {
-            continue;
-        }
-        let mut instruction = Instruction {
-            line: next,
-            text: String::new(),
-            offsets: Vec::new(),
-        };
-        instruction.push(content, offset);
-        while !end_of_line && next < lines.len() {
-            let (offset, raw) = lines[next];
-            next += 1;
+    /// The next instruction, its continuation lines joined (comments and
+    /// blank lines before it skipped); `None` at the end of the file.
+    fn instruction(&mut self) -> Result<Option<Instruction>, DockerfileError> {
+        while self.next < self.lines.len() {
+            let (offset, raw) = self.lines[self.next];
+            self.next += 1;
             let line = trim_newline(raw);
-            directives.line(line, next)?;
+            let content = line.trim_start();
+            let offset = offset + (line.len() - content.len());
+            self.directives.line(content, self.next)?;
+            let content = if is_comment(content) { "" } else { content };
+            let (content, end_of_line) = trim_continuation(content, self.directives.escape);
+            if end_of_line && content.is_empty() {
+                continue;
+            }
+            let mut instruction = Instruction {
+                line: self.next,
+                text: String::new(),
+                offsets: Vec::new(),
+            };
+            instruction.push(content, offset);
+            if !end_of_line {
+                self.continue_instruction(&mut instruction)?;
+            }
+            return Ok(Some(instruction));
+        }
+        Ok(None)
+    }
+
+    /// Appends the continuation lines of `instruction` up to the one that
+    /// ends it; comment and blank lines among them are skipped.
+    fn continue_instruction(
+        &mut self,
+        instruction: &mut Instruction,
+    ) -> Result<(), DockerfileError> {
+        while self.next < self.lines.len() {
+            let (offset, raw) = self.lines[self.next];
+            self.next += 1;
+            let line = trim_newline(raw);
+            self.directives.line(line, self.next)?;
             if is_comment(line) || line.trim_start().is_empty() {
                 continue;
             }
-            let (content, end) = trim_continuation(line, directives.escape);
-            end_of_line = end;
+            let (content, end_of_line) = trim_continuation(line, self.directives.escape);
             instruction.push(content, offset);
+            if end_of_line {
+                break;
+            }
         }
-        for name in heredocs(&instruction.text, directives.escape) {
+        Ok(())
+    }
+
+    /// Skips the bodies of the here-documents `instruction` opens, each up
+    /// to its terminating line.
+    fn skip_heredocs(&mut self, instruction: &Instruction) -> Result<(), DockerfileError> {
+        for name in heredocs(&instruction.text, self.directives.escape) {
             loop {
-                let Some((_, raw)) = lines.get(next) else {
+                let Some((_, raw)) = self.lines.get(self.next) else {
                     return Err(DockerfileError::new(
                         Some(instruction.line),
                         DockerfileErrorKind::UnterminatedHeredoc(name.name),
                     ));
                 };
-                next += 1;
+                self.next += 1;
                 let line = trim_newline(raw);
                 let line = if name.chomp {
                     line.trim_start_matches('\t')
@@ -617,51 +677,60 @@ fn parse(src: &str) -> Result<Parsed, DockerfileError> {
                 }
             }
         }
-        instructions.push(instruction);
+        Ok(())
     }
+}
 
+/// The `FROM` instructions among `instructions`; a Dockerfile needs one.
+fn parse_froms(
+    instructions: &[Instruction],
+    escape: u8,
+) -> Result<Vec<ParsedFrom>, DockerfileError> {
     let mut froms = Vec::new();
     for (index, instruction) in instructions.iter().enumerate() {
-        let command = split_command(&instruction.text, directives.escape);
-        if !command.name.eq_ignore_ascii_case("from") {
-            continue;
+        let command = split_command(&instruction.text, escape);
+        if command.name.eq_ignore_ascii_case("from") {
+            froms.push(parse_from(index, instruction, &command)?);
         }
-        let error = |kind| Err(DockerfileError::new(Some(instruction.line), kind));
-        let words = split_whitespace(&instruction.text, command.rest.clone());
-        let word = |n: usize| &instruction.text[words[n].clone()];
-        let stage = match words.len() {
-            0 => return error(DockerfileErrorKind::FromMissingImage),
-            1 => None,
-            3 if word(1).eq_ignore_ascii_case("as") => {
-                let stage = word(2).to_lowercase();
-                if !is_valid_stage_name(&stage) {
-                    return error(DockerfileErrorKind::InvalidStageName(word(2).to_owned()));
-                }
-                Some(stage)
-            }
-            _ => {
-                let args = instruction.text[command.rest.clone()].to_owned();
-                return error(DockerfileErrorKind::FromArguments(args));
-            }
-        };
-        froms.push(ParsedFrom {
-            instruction: index,
-            line: FromLine {
-                line: instruction.line,
-                image: word(0).to_owned(),
-                stage,
-            },
-            image: words[0].clone(),
-        });
     }
     if froms.is_empty() {
         return Err(DockerfileError::new(None, DockerfileErrorKind::NoFrom));
     }
-    Ok(Parsed {
-        instructions,
-        froms,
-        escape: directives.escape,
-        directives: !directives.seen.is_empty(),
+    Ok(froms)
+}
+
+/// The image and stage name of `FROM IMAGE [AS NAME]`, instruction `index`.
+fn parse_from(
+    index: usize,
+    instruction: &Instruction,
+    command: &Command<'_>,
+) -> Result<ParsedFrom, DockerfileError> {
+    let error = |kind| Err(DockerfileError::new(Some(instruction.line), kind));
+    let words = split_whitespace(&instruction.text, command.rest.clone());
+    let word = |n: usize| &instruction.text[words[n].clone()];
+    let stage = match words.len() {
+        0 => return error(DockerfileErrorKind::FromMissingImage),
+        1 => None,
+        3 if word(1).eq_ignore_ascii_case("as") => {
+            let stage = word(2).to_lowercase();
+            if !is_valid_stage_name(&stage) {
+                return error(DockerfileErrorKind::InvalidStageName(word(2).to_owned()));
+            }
+            Some(stage)
+        }
+        _ => {
+            let args = instruction.text[command.rest.clone()].to_owned();
+            return error(DockerfileErrorKind::FromArguments(args));
+        }
+    };
+    Ok(ParsedFrom {
+        instruction: index,
+        line: FromLine {
+            line: instruction.line,
+            image: word(0).to_owned(),
+            stage,
+        },
+        image: words[0].clone(),
     })
 }
 

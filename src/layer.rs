@@ -249,6 +249,25 @@ pub fn link_target(link: &str, target: &str) -> String {
     }
 }
 
+/// The member a link entry at `path` of a `docker save` archive names: a
+/// hard link's target is an archive path, a symbolic link's is relative to
+/// the link's directory. `None` for an entry that is not a link.
+pub fn link_member<R: Read>(path: &str, entry: &tar::Entry<'_, R>) -> Option<String> {
+    let kind = entry.header().entry_type();
+    if !kind.is_symlink() && !kind.is_hard_link() {
+        return None;
+    }
+    let target = entry
+        .link_name_bytes()
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .unwrap_or_default();
+    Some(if kind.is_hard_link() {
+        member_path(&target)
+    } else {
+        link_target(path, &target)
+    })
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::write::Hashing;
 use super::SquashError;
-use crate::layer::{link_target as resolve, member_path as normalize};
+use crate::layer::{link_member, member_path as normalize};
 use crate::layer::{Compression, Layer, LayerError};
 
 /// Size of the buffer used to copy members to their spool files.
@@ -159,31 +159,13 @@ fn prepare_layer(
         digest: named.to_string(),
         problem,
     };
-    let (path, digest, size) = match file_of(members, &layer.member) {
-        Ok(Member::File(path, digest, size)) => (path.clone(), digest.clone(), *size),
-        _ => {
-            return Err(fail(format!(
-                "is missing: the archive has no member `{}`",
-                layer.member
-            )))
-        }
-    };
-    if let Some(expected) = &layer.digest {
-        if *expected != digest {
-            return Err(fail(format!(
-                "does not match its digest: the blob's is `{digest}` (truncated or corrupt)"
-            )));
-        }
-    }
-    let file = File::open(&path).map_err(|source| SquashError::Io {
-        what: format!("cannot open `{}`", path.display()),
-        source,
-    })?;
-    let layer = Layer::open(io::BufReader::new(file)).map_err(|e| match e {
+    let (path, digest, size) = spooled_blob(members, layer, &fail)?;
+    let file = File::open(&path).map_err(io_at("cannot open", &path))?;
+    let opened = Layer::open(io::BufReader::new(file)).map_err(|e| match e {
         LayerError::Format(what) => fail(format!("is {what}")),
         LayerError::Io(e) => fail(format!("cannot be read: {e}")),
     })?;
-    let compression = layer.compression();
+    let compression = opened.compression();
     let blob = Blob {
         path: path.clone(),
         digest: digest.clone(),
@@ -200,36 +182,74 @@ fn prepare_layer(
         return Ok((path, blob));
     }
     let tar_path = dir.join(format!("layer-{index}.tar"));
-    let mut out = File::create(&tar_path).map_err(|source| SquashError::Io {
-        what: format!("cannot create `{}`", tar_path.display()),
-        source,
-    })?;
-    let mut layer = layer;
-    io::copy(&mut layer, &mut out)
-        .and_then(|_| layer.finish())
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
-                SquashError::Io {
-                    what: format!("cannot write `{}`", tar_path.display()),
-                    source: e,
-                }
-            } else {
-                fail(format!("is not valid {compression}: {e}"))
-            }
-        })
-        .and_then(|summary| {
-            if summary.diff_id == diff_id {
-                Ok(())
-            } else {
-                Err(fail(format!(
-                    "does not match the config: its diff id is `{}`, the config says `{diff_id}`",
-                    summary.diff_id
-                )))
-            }
-        })?;
+    decompress(opened, &tar_path, diff_id, &fail)?;
     Ok((tar_path, blob))
 }
 
+/// The spooled file of a layer's member, its digest and size, checked
+/// against the digest the manifest gives it.
+fn spooled_blob(
+    members: &HashMap<String, Member>,
+    layer: &LayerRef,
+    fail: &impl Fn(String) -> SquashError,
+) -> Result<(PathBuf, String, u64), SquashError> {
+    let (path, digest, size) = match file_of(members, &layer.member) {
+        Ok(Member::File(path, digest, size)) => (path.clone(), digest.clone(), *size),
+        _ => {
+            return Err(fail(format!(
+                "is missing: the archive has no member `{}`",
+                layer.member
+            )))
+        }
+    };
+    if let Some(expected) = &layer.digest {
+        if *expected != digest {
+            return Err(fail(format!(
+                "does not match its digest: the blob's is `{digest}` (truncated or corrupt)"
+            )));
+        }
+    }
+    Ok((path, digest, size))
+}
+
+/// Decompresses a compressed layer into `tar_path` and checks its diff id.
+/// A full disk is an I/O error; anything else names the layer.
+fn decompress(
+    mut layer: Layer<'_>,
+    tar_path: &Path,
+    diff_id: &str,
+    fail: &impl Fn(String) -> SquashError,
+) -> Result<(), SquashError> {
+    let compression = layer.compression();
+    let mut out = File::create(tar_path).map_err(io_at("cannot create", tar_path))?;
+    let summary = io::copy(&mut layer, &mut out)
+        .and_then(|_| layer.finish())
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                io_at("cannot write", tar_path)(e)
+            } else {
+                fail(format!("is not valid {compression}: {e}"))
+            }
+        })?;
+    if summary.diff_id != diff_id {
+        return Err(fail(format!(
+            "does not match the config: its diff id is `{}`, the config says `{diff_id}`",
+            summary.diff_id
+        )));
+    }
+    Ok(())
+}
+
+/// The error of `doing` something to `path` (`cannot open`).
+fn io_at<'a>(doing: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> SquashError + 'a {
+    move |source| SquashError::Io {
+        what: format!("{doing} `{}`", path.display()),
+        source,
+    }
+}
+
+/// Spools each regular member to a file in `dir`, hashing it, and
+/// resolves each link member to the archive path it names.
 fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, SquashError> {
     let archive_error = |e: io::Error| SquashError::Layout(format!("cannot read the archive: {e}"));
     let mut archive = tar::Archive::new(reader);
@@ -238,41 +258,25 @@ fn spool(reader: impl Read, dir: &Path) -> Result<HashMap<String, Member>, Squas
     for (n, entry) in archive.entries().map_err(archive_error)?.enumerate() {
         let mut entry = entry.map_err(archive_error)?;
         let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
-        match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let path = dir.join(format!("member-{n}"));
-                let file = File::create(&path).map_err(|source| SquashError::Io {
-                    what: format!("cannot create `{}`", path.display()),
-                    source,
-                })?;
-                let mut file = Hashing::new(file);
-                loop {
-                    let read = entry.read(&mut buffer).map_err(archive_error)?;
-                    if read == 0 {
-                        break;
-                    }
-                    file.write_all(&buffer[..read])
-                        .map_err(|source| SquashError::Io {
-                            what: format!("cannot write `{}`", path.display()),
-                            source,
-                        })?;
+        if let Some(resolved) = link_member(&name, &entry) {
+            members.insert(name, Member::Link(resolved));
+        } else if matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            let path = dir.join(format!("member-{n}"));
+            let file = File::create(&path).map_err(io_at("cannot create", &path))?;
+            let mut file = Hashing::new(file);
+            loop {
+                let read = entry.read(&mut buffer).map_err(archive_error)?;
+                if read == 0 {
+                    break;
                 }
-                let (digest, size, _) = file.finish();
-                members.insert(name, Member::File(path, digest, size));
+                file.write_all(&buffer[..read])
+                    .map_err(io_at("cannot write", &path))?;
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| String::from_utf8_lossy(&t).into_owned())
-                    .unwrap_or_default();
-                let resolved = if entry.header().entry_type() == tar::EntryType::Link {
-                    normalize(&target)
-                } else {
-                    resolve(&name, &target)
-                };
-                members.insert(name, Member::Link(resolved));
-            }
-            _ => {}
+            let (digest, size, _) = file.finish();
+            members.insert(name, Member::File(path, digest, size));
         }
     }
     Ok(members)
@@ -300,17 +304,11 @@ fn json(members: &HashMap<String, Member>, name: &str) -> Result<Value, SquashEr
     let Member::File(path, ..) = file_of(members, name)? else {
         unreachable!("file_of gives files only")
     };
-    let file = File::open(path).map_err(|source| SquashError::Io {
-        what: format!("cannot open `{}`", path.display()),
-        source,
-    })?;
+    let file = File::open(path).map_err(io_at("cannot open", path))?;
     let mut text = Vec::new();
     file.take(MAX_JSON)
         .read_to_end(&mut text)
-        .map_err(|source| SquashError::Io {
-            what: format!("cannot read `{}`", path.display()),
-            source,
-        })?;
+        .map_err(io_at("cannot read", path))?;
     serde_json::from_slice(&text)
         .map_err(|e| SquashError::Layout(format!("`{name}` is not valid JSON: {e}")))
 }
@@ -414,7 +412,8 @@ fn oci(members: &HashMap<String, Member>) -> Result<Found, SquashError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize, resolve};
+    use super::normalize;
+    use crate::layer::link_target as resolve;
 
     #[test]
     fn paths_normalize_and_links_resolve() {

@@ -202,11 +202,7 @@ impl Merger {
         let layer = self.layer;
         self.layer += 1;
         if layer == self.keep {
-            self.kept = self
-                .tree
-                .iter()
-                .map(|(p, n)| (p.clone(), n.kind == Kind::Dir))
-                .collect();
+            self.snapshot_kept();
         }
         let in_kept = layer < self.keep;
         // A layer's whiteouts apply to the layers below it, never to its
@@ -292,21 +288,37 @@ impl Merger {
             .is_some_and(|(p, _)| p.starts_with(&prefix))
     }
 
+    /// Records the tree as it is now as the kept filesystem.
+    fn snapshot_kept(&mut self) {
+        self.kept = self
+            .tree
+            .iter()
+            .map(|(p, n)| (p.clone(), n.kind == Kind::Dir))
+            .collect();
+    }
+
     /// What the squashed layer holds, in writing order: every other entry
     /// sorted by path (parents first), then hard links.
     pub fn finish(mut self) -> Vec<Emit> {
         if self.layer <= self.keep {
-            self.kept = self
-                .tree
-                .iter()
-                .map(|(p, n)| (p.clone(), n.kind == Kind::Dir))
-                .collect();
+            self.snapshot_kept();
         }
-        let keep = self.keep;
+        let (mut entries, links) = self.squashed_entries();
+        self.add_deletions(&mut entries);
+        let (link_emits, needed) = self.resolve_links(links, &mut entries);
+        self.add_parents(&mut entries, &link_emits, needed);
+        let mut out: Vec<Emit> = entries.into_values().collect();
+        out.extend(link_emits);
+        out
+    }
+
+    /// The nodes the squashed layers put in the tree: entries by path, and
+    /// hard links with content as `(path, source, data)`, resolved later.
+    fn squashed_entries(&self) -> (BTreeMap<Vec<u8>, Emit>, Vec<PendingLink>) {
         let mut entries: BTreeMap<Vec<u8>, Emit> = BTreeMap::new();
-        let mut links: Vec<(Vec<u8>, Source, Source)> = Vec::new();
+        let mut links: Vec<PendingLink> = Vec::new();
         for (path, node) in &self.tree {
-            if node.source.0 < keep {
+            if node.source.0 < self.keep {
                 continue;
             }
             match (node.kind, node.data) {
@@ -322,8 +334,13 @@ impl Merger {
                 }
             }
         }
+        (entries, links)
+    }
 
-        // Deletions of kept paths.
+    /// Adds the markers for deletions of kept paths: a whiteout where a
+    /// kept path is gone, an opaque marker where a kept directory with
+    /// children was removed and made again.
+    fn add_deletions(&self, entries: &mut BTreeMap<Vec<u8>, Emit>) {
         for (path, &was_dir) in &self.kept {
             let parent_there = parent(path).is_none_or(|p| self.is_continuous(p));
             if !parent_there || self.is_continuous(path) {
@@ -342,9 +359,16 @@ impl Merger {
                 Some(_) => {}
             }
         }
+    }
 
-        // Hard links: to the file that still holds their content, or, if
-        // that file is gone or replaced, the first link becomes the file.
+    /// Hard links: to the file that still holds their content, or, if
+    /// that file is gone or replaced, the first link becomes the file (in
+    /// `entries`). Returns the links and the targets they need.
+    fn resolve_links(
+        &self,
+        links: Vec<PendingLink>,
+        entries: &mut BTreeMap<Vec<u8>, Emit>,
+    ) -> (Vec<Emit>, BTreeSet<Vec<u8>>) {
         let mut carriers: HashMap<Source, Vec<u8>> = self
             .tree
             .iter()
@@ -369,9 +393,18 @@ impl Merger {
                 }
             }
         }
+        (link_emits, needed)
+    }
 
-        // A link's target and every parent directory must be in the layer
-        // itself: the daemon extracts a layer on its own.
+    /// Adds the entries of `needed` link targets and of every parent
+    /// directory of what the layer holds: the daemon extracts a layer on
+    /// its own.
+    fn add_parents(
+        &self,
+        entries: &mut BTreeMap<Vec<u8>, Emit>,
+        link_emits: &[Emit],
+        needed: BTreeSet<Vec<u8>>,
+    ) {
         let mut wanted: BTreeSet<Vec<u8>> = needed;
         for path in entries.keys().chain(link_emits.iter().map(|l| match l {
             Emit::Link { path, .. } => path,
@@ -397,9 +430,9 @@ impl Merger {
                 );
             }
         }
-
-        let mut out: Vec<Emit> = entries.into_values().collect();
-        out.extend(link_emits);
-        out
     }
 }
+
+/// A hard link of the squashed layers whose target is not settled yet:
+/// `(path, source, data)`.
+type PendingLink = (Vec<u8>, Source, Source);

@@ -21,7 +21,7 @@ pub mod write;
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
@@ -171,7 +171,7 @@ pub async fn squash(
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
     let tag = &with_tag(tag);
-    let details = details(engine, image).await?;
+    let details = details_of(engine, image).await?;
     let layers = details.diff_ids.len();
     let kept = match &keep {
         Keep::Nothing => 0,
@@ -202,10 +202,7 @@ pub async fn squash(
     squash_by_merge(engine, image, &details, kept, tag, &sink).await
 }
 
-async fn details(engine: &dyn Engine, image: &str) -> Result<ImageDetails, SquashError> {
-    details_of(engine, image).await
-}
-
+/// The details of `image`; a missing image is [`SquashError::NotFound`].
 async fn details_of(engine: &dyn Engine, image: &str) -> Result<ImageDetails, SquashError> {
     engine
         .image_details(image)
@@ -257,7 +254,7 @@ async fn squash_by_import(
             details.id
         );
         let imported = engine.import_image(filtered, tag, changes, &message).await;
-        let filtered = filter.await.map_err(|e| EngineError::Api(e.to_string()))?;
+        let filtered = joined(filter).await?;
         let id = imported?;
         filtered.map_err(io_error("cannot filter the container export"))?;
         Ok::<String, SquashError>(id)
@@ -298,10 +295,20 @@ fn pipe(
         + 'static,
 ) -> (ByteStream, tokio::task::JoinHandle<std::io::Result<()>>) {
     let reader = SyncIoBridge::new(StreamReader::new(to_io(input)));
+    stream_from(move |out| work(reader, out))
+}
+
+/// Runs `work` on a blocking thread, writing into the returned stream,
+/// then flushes it; if either fails, the stream ends with the error, so a
+/// cut-short body never passes for a whole one.
+fn stream_from<T: Send + 'static>(
+    work: impl FnOnce(&mut ChannelWriter) -> std::io::Result<T> + Send + 'static,
+) -> (ByteStream, tokio::task::JoinHandle<std::io::Result<T>>) {
     let (tx, mut rx) = mpsc::channel(8);
     let handle = tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter::new(tx);
-        let result = work(reader, &mut out).and_then(|()| std::io::Write::flush(&mut out));
+        let result =
+            work(&mut out).and_then(|value| std::io::Write::flush(&mut out).map(|()| value));
         if let Err(e) = &result {
             out.abort(e.to_string());
         }
@@ -309,6 +316,19 @@ fn pipe(
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     (Box::pin(stream), handle)
+}
+
+/// Runs `work` on a blocking thread and waits for it.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    joined(tokio::task::spawn_blocking(work)).await
+}
+
+/// Waits for a blocking task; one that panicked or was cancelled is an
+/// engine error.
+async fn joined<T>(handle: tokio::task::JoinHandle<T>) -> Result<T, EngineError> {
+    handle.await.map_err(|e| EngineError::Api(e.to_string()))
 }
 
 type ByteStream2 = std::pin::Pin<
@@ -319,6 +339,7 @@ fn to_io(stream: ByteStream) -> ByteStream2 {
     Box::pin(stream.map_err(std::io::Error::other))
 }
 
+/// Squashes the layers above the bottom `kept` by save → merge → load.
 async fn squash_by_merge(
     engine: &dyn Engine,
     image: &str,
@@ -336,12 +357,47 @@ async fn squash_by_merge(
         .prefix("habitus-squash-")
         .tempdir()
         .map_err(io_error("cannot create a temporary directory"))?;
+    let saved = save_spooled(engine, image, details, dir.path()).await?;
+    let layer_files = saved.layers.clone();
+    let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
+    let (emits, size) = blocking(move || merge_layers(&layer_files, &digests, kept)).await??;
+    let layer_digest = oci_layer_digest(&saved, &emits).await?;
+    let loader = Loader {
+        engine,
+        saved: &saved,
+        emits: &emits,
+        size,
+        layer_digest,
+        kept,
+        tag,
+        image,
+        created: now_rfc3339(),
+        sink,
+    };
+    let image_id = loader.load_with_fallback().await;
+    // The spooled layers are read until the load is done.
+    drop(dir);
+    Ok(SquashReport {
+        image_id: image_id?,
+        layers_before: layers,
+        layers_after: kept + 1,
+        kept,
+        method: Method::Merge,
+    })
+}
+
+/// Saves `image` from the daemon, spooled into `dir`, and checks that it
+/// is the inspected image.
+async fn save_spooled(
+    engine: &dyn Engine,
+    image: &str,
+    details: &ImageDetails,
+    dir: &Path,
+) -> Result<layout::SavedImage, SquashError> {
     let save = engine.save_image(&details.id).await?;
     let reader = SyncIoBridge::new(StreamReader::new(to_io(save)));
-    let spool_dir = dir.path().to_path_buf();
-    let saved = tokio::task::spawn_blocking(move || layout::read_save(reader, &spool_dir))
-        .await
-        .map_err(|e| EngineError::Api(e.to_string()))??;
+    let spool_dir = dir.to_path_buf();
+    let saved = blocking(move || layout::read_save(reader, &spool_dir)).await??;
     let saved_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"]
         .as_array()
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())
@@ -351,71 +407,27 @@ async fn squash_by_merge(
             image: image.to_string(),
         });
     }
+    Ok(saved)
+}
 
-    let layer_files = saved.layers.clone();
-    let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
-    let (emits, size) =
-        tokio::task::spawn_blocking(move || merge_layers(&layer_files, &digests, kept))
-            .await
-            .map_err(|e| EngineError::Api(e.to_string()))??;
-    // The OCI layout names the squashed layer's blob by its digest, which
-    // must be known before the blob is sent: one more pass hashes it.
-    let layer_digest = if saved.layout == layout::Layout::Oci {
-        let (emits, files) = (emits.clone(), saved.layers.clone());
-        let digest = tokio::task::spawn_blocking(move || {
-            write::write_layer(&emits, &files, Hashing::new(std::io::sink()), false)
-                .map(|hashing| hashing.finish().0)
-        })
-        .await
-        .map_err(|e| EngineError::Api(e.to_string()))?
-        .map_err(io_error("cannot hash the squashed layer"))?;
-        Some(digest)
-    } else {
-        None
-    };
-
-    let created = now_rfc3339();
-    let mut result = None;
-    for full_kept in [false, true] {
-        if full_kept && kept == 0 {
-            break;
-        }
-        let attempt = load(
-            engine,
-            &saved,
-            &emits,
-            (size, layer_digest.clone()),
-            kept,
-            full_kept,
-            tag,
-            image,
-            &created,
-            sink,
-        )
-        .await;
-        match attempt {
-            Ok(written) => {
-                result = Some(written);
-                break;
-            }
-            // The daemon did not have the kept layers after all: send them.
-            Err(e) if !full_kept && kept > 0 => {
-                sink(&format!(
-                    "loading without the kept layers failed ({e}); sending them"
-                ));
-            }
-            Err(e) => return Err(e),
-        }
+/// The squashed layer's digest, for the OCI layout only: it names the
+/// squashed layer's blob, so it must be known before the blob is sent, and
+/// one more pass hashes it.
+async fn oci_layer_digest(
+    saved: &layout::SavedImage,
+    emits: &[Emit],
+) -> Result<Option<String>, SquashError> {
+    if saved.layout != layout::Layout::Oci {
+        return Ok(None);
     }
-    drop(dir);
-    let image_id = result.ok_or_else(|| EngineError::Api("the load did not finish".into()))?;
-    Ok(SquashReport {
-        image_id,
-        layers_before: layers,
-        layers_after: kept + 1,
-        kept,
-        method: Method::Merge,
+    let (emits, files) = (emits.to_vec(), saved.layers.clone());
+    let digest = blocking(move || {
+        write::write_layer(&emits, &files, Hashing::new(std::io::sink()), false)
+            .map(|hashing| hashing.finish().0)
     })
+    .await?
+    .map_err(io_error("cannot hash the squashed layer"))?;
+    Ok(Some(digest))
 }
 
 /// Indexes and merges the layers (uncompressed tars; `digests` name them
@@ -442,67 +454,95 @@ fn merge_layers(
     Ok((emits, size))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn load(
-    engine: &dyn Engine,
-    saved: &layout::SavedImage,
-    emits: &[Emit],
-    (size, layer_digest): (u64, Option<String>),
+/// What a merge squash loads into the daemon: the saved image with the
+/// squashed layer in place of the layers above the kept ones.
+struct Loader<'a> {
+    engine: &'a dyn Engine,
+    saved: &'a layout::SavedImage,
+    emits: &'a [Emit],
+    /// The squashed layer's exact size.
+    size: u64,
+    /// The squashed layer's digest (OCI layout only).
+    layer_digest: Option<String>,
     kept: usize,
-    full_kept: bool,
-    tag: &str,
-    image: &str,
-    created: &str,
-    sink: &LineSink,
-) -> Result<String, SquashError> {
-    let (tx, mut rx) = mpsc::channel(8);
-    let emits = emits.to_vec();
-    let layers = saved.layers.clone();
-    let blobs = saved.blobs.clone();
-    let oci = saved.layout == layout::Layout::Oci;
-    let config = saved.config.clone();
-    let tag_owned = tag.to_string();
-    let image_owned = image.to_string();
-    let created = created.to_string();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter::new(tx);
-        let plan = LoadPlan {
-            emits: &emits,
-            layers: &layers,
-            blobs: &blobs,
-            oci,
-            layer_digest,
-            keep: kept,
-            full_kept,
-            layer_size: size,
-            tag: &tag_owned,
-        };
-        let result = write::write_load_archive(&mut out, &plan, |diff_id| {
-            let config = rewrite_config(&config, kept, diff_id, &image_owned, &created);
-            serde_json::to_vec(&config).unwrap_or_default()
-        })
-        .and_then(|(written, out)| std::io::Write::flush(out).map(|()| written));
-        if let Err(e) = &result {
-            out.abort(e.to_string());
+    tag: &'a str,
+    image: &'a str,
+    /// The squashed image's creation time.
+    created: String,
+    sink: &'a LineSink,
+}
+
+impl Loader<'_> {
+    /// Loads the image without the kept layers' bytes, and if the daemon
+    /// did not have those layers after all, again with them; returns the
+    /// new image's id.
+    async fn load_with_fallback(&self) -> Result<String, SquashError> {
+        for full_kept in [false, true] {
+            if full_kept && self.kept == 0 {
+                break;
+            }
+            match self.load(full_kept).await {
+                Ok(id) => return Ok(id),
+                // The daemon did not have the kept layers after all: send them.
+                Err(e) if !full_kept && self.kept > 0 => {
+                    (self.sink)(&format!(
+                        "loading without the kept layers failed ({e}); sending them"
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        result
-    });
-    let body: ByteStream = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    let loaded = engine.load_image(body, sink.clone()).await;
-    let written = writer.await.map_err(|e| EngineError::Api(e.to_string()))?;
-    loaded?;
-    let written = written.map_err(io_error("cannot write the squashed image"))?;
-    let new = details_of(engine, tag).await?;
-    // A graph driver's image id is the config's digest, the containerd
-    // store's the manifest's.
-    if new.id != written.image_id && Some(&new.id) != written.manifest_digest.as_ref() {
-        return Err(EngineError::Api(format!(
-            "`{tag}` is `{}` after the load, not the squashed `{}`",
-            new.id, written.image_id
-        ))
-        .into());
+        Err(EngineError::Api("the load did not finish".into()).into())
     }
-    Ok(new.id)
+
+    /// Streams the load archive to the daemon (the kept layers' bytes too
+    /// with `full_kept`) and checks that the tag names the squashed image.
+    async fn load(&self, full_kept: bool) -> Result<String, SquashError> {
+        let emits = self.emits.to_vec();
+        let layers = self.saved.layers.clone();
+        let blobs = self.saved.blobs.clone();
+        let oci = self.saved.layout == layout::Layout::Oci;
+        let config = self.saved.config.clone();
+        let layer_digest = self.layer_digest.clone();
+        let (size, kept) = (self.size, self.kept);
+        let tag_owned = self.tag.to_string();
+        let image_owned = self.image.to_string();
+        let created = self.created.clone();
+        let (body, writer) = stream_from(move |out| {
+            let plan = LoadPlan {
+                emits: &emits,
+                layers: &layers,
+                blobs: &blobs,
+                oci,
+                layer_digest,
+                keep: kept,
+                full_kept,
+                layer_size: size,
+                tag: &tag_owned,
+            };
+            write::write_load_archive(out, &plan, |diff_id| {
+                let config = rewrite_config(&config, kept, diff_id, &image_owned, &created);
+                serde_json::to_vec(&config).unwrap_or_default()
+            })
+            .map(|(written, _)| written)
+        });
+        let loaded = self.engine.load_image(body, self.sink.clone()).await;
+        let written = joined(writer).await?;
+        loaded?;
+        let written = written.map_err(io_error("cannot write the squashed image"))?;
+        let tag = self.tag;
+        let new = details_of(self.engine, tag).await?;
+        // A graph driver's image id is the config's digest, the containerd
+        // store's the manifest's.
+        if new.id != written.image_id && Some(&new.id) != written.manifest_digest.as_ref() {
+            return Err(EngineError::Api(format!(
+                "`{tag}` is `{}` after the load, not the squashed `{}`",
+                new.id, written.image_id
+            ))
+            .into());
+        }
+        Ok(new.id)
+    }
 }
 
 /// The config of the squashed image: the original with `rootfs.diff_ids`

@@ -72,13 +72,8 @@ pub fn write_layer<W: Write>(
                 header.set_mtime(0);
                 builder.append_data(&mut header, os_path(path), io::empty())?;
             }
-            Emit::Entry { path, source } => {
+            Emit::Entry { path, source } | Emit::Content { path, data: source } => {
                 with_entry(&files, *source, |entry| {
-                    copy_entry(&mut builder, entry, path, None, measure_only)
-                })?;
-            }
-            Emit::Content { path, data } => {
-                with_entry(&files, *data, |entry| {
                     copy_entry(&mut builder, entry, path, None, measure_only)
                 })?;
             }
@@ -215,13 +210,9 @@ pub fn sha256(bytes: &[u8]) -> String {
     digest_name(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
+/// `sha256:<hex>` of a raw SHA-256 digest.
 fn digest_name(raw: &[u8]) -> String {
-    let mut name = String::with_capacity(7 + raw.len() * 2);
-    name.push_str("sha256:");
-    for b in raw {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
+    format!("sha256:{}", crate::layer::hex(raw))
 }
 
 /// What the load archive will contain besides the squashed layer.
@@ -269,10 +260,69 @@ pub fn write_load_archive<W: Write>(
 ) -> io::Result<(Written, W)> {
     let mut archive = tar::Builder::new(out);
     if plan.oci {
-        let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-        let mut header = member_header(layout.len() as u64);
-        archive.append_data(&mut header, "oci-layout", layout.as_slice())?;
+        append_member(
+            &mut archive,
+            "oci-layout",
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
     }
+    let mut layer_names = write_kept_layers(&mut archive, plan)?;
+    let squashed = write_squashed_layer(&mut archive, plan)?;
+    layer_names.push(squashed.name.clone());
+    let config = config(&squashed.diff_id);
+    let image_id = sha256(&config);
+    let config_name = if plan.oci {
+        blob_path(&image_id)
+    } else {
+        format!("{}.json", image_id.trim_start_matches("sha256:"))
+    };
+    append_member(&mut archive, &config_name, &config)?;
+    let manifest_digest = if plan.oci {
+        Some(write_oci_index(
+            &mut archive,
+            plan,
+            &squashed,
+            &image_id,
+            config.len(),
+        )?)
+    } else {
+        None
+    };
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [plan.tag],
+        "Layers": layer_names,
+    }]);
+    let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
+    append_member(&mut archive, "manifest.json", &manifest)?;
+    let out = archive.into_inner()?;
+    Ok((
+        Written {
+            image_id,
+            manifest_digest,
+            diff_id: squashed.diff_id,
+        },
+        out,
+    ))
+}
+
+/// Appends a regular member holding `data`.
+fn append_member<W: Write>(
+    archive: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut header = member_header(data.len() as u64);
+    archive.append_data(&mut header, name, data)
+}
+
+/// Writes the kept layers' members and returns their names in order: the
+/// saved blobs under their digests (OCI, full), else `kept-<i>/layer.tar`,
+/// empty unless `plan.full_kept`.
+fn write_kept_layers<W: Write>(
+    archive: &mut tar::Builder<W>,
+    plan: &LoadPlan<'_>,
+) -> io::Result<Vec<String>> {
     let mut layer_names = Vec::new();
     let mut sent = std::collections::HashSet::new();
     for (i, path) in plan.layers.iter().take(plan.keep).enumerate() {
@@ -299,7 +349,26 @@ pub fn write_load_archive<W: Write>(
         }
         layer_names.push(name);
     }
+    Ok(layer_names)
+}
 
+/// The squashed layer as written into the archive.
+struct Squashed {
+    /// Its member name.
+    name: String,
+    /// Its diff id (also its blob digest: it is uncompressed).
+    diff_id: String,
+    /// Its size in bytes.
+    len: u64,
+}
+
+/// Streams the squashed layer into the archive as one member of the
+/// announced size, hashing it, and checks size and digest against the
+/// earlier passes.
+fn write_squashed_layer<W: Write>(
+    archive: &mut tar::Builder<W>,
+    plan: &LoadPlan<'_>,
+) -> io::Result<Squashed> {
     let name = match (&plan.layer_digest, plan.oci) {
         (Some(digest), true) => blob_path(digest),
         (None, true) => {
@@ -334,87 +403,65 @@ pub fn write_load_archive<W: Write>(
     }
     let padding = (512 - len % 512) % 512;
     out.write_all(&vec![0u8; padding as usize])?;
-    layer_names.push(name);
+    Ok(Squashed { name, diff_id, len })
+}
 
-    let config = config(&diff_id);
-    let image_id = sha256(&config);
-    let config_name = if plan.oci {
-        blob_path(&image_id)
-    } else {
-        format!("{}.json", image_id.trim_start_matches("sha256:"))
-    };
-    let mut header = member_header(config.len() as u64);
-    archive.append_data(&mut header, &config_name, config.as_slice())?;
-
-    let mut manifest_digest = None;
-    if plan.oci {
-        let mut layers: Vec<serde_json::Value> = plan
-            .blobs
-            .iter()
-            .take(plan.keep)
-            .map(|blob| {
-                serde_json::json!({
-                    "mediaType": layer_media_type(blob.compression),
-                    "digest": blob.digest,
-                    "size": blob.size,
-                })
+/// Writes the OCI image manifest (the kept blobs as saved, the squashed
+/// layer, the config) and `index.json` naming it; returns the manifest's
+/// digest.
+fn write_oci_index<W: Write>(
+    archive: &mut tar::Builder<W>,
+    plan: &LoadPlan<'_>,
+    squashed: &Squashed,
+    image_id: &str,
+    config_size: usize,
+) -> io::Result<String> {
+    let mut layers: Vec<serde_json::Value> = plan
+        .blobs
+        .iter()
+        .take(plan.keep)
+        .map(|blob| {
+            serde_json::json!({
+                "mediaType": layer_media_type(blob.compression),
+                "digest": blob.digest,
+                "size": blob.size,
             })
-            .collect();
-        layers.push(serde_json::json!({
-            "mediaType": layer_media_type(Compression::None),
-            "digest": diff_id,
-            "size": len,
-        }));
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": image_id,
-                "size": config.len(),
-            },
-            "layers": layers,
-        }))
-        .map_err(io::Error::other)?;
-        let digest = sha256(&manifest);
-        let mut header = member_header(manifest.len() as u64);
-        archive.append_data(&mut header, blob_path(&digest), manifest.as_slice())?;
-        let index = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": MANIFEST_TYPE,
-                "digest": digest,
-                "size": manifest.len(),
-                "annotations": {
-                    "io.containerd.image.name": full_name(plan.tag),
-                    "org.opencontainers.image.ref.name": tag_of(plan.tag),
-                },
-            }],
-        }))
-        .map_err(io::Error::other)?;
-        let mut header = member_header(index.len() as u64);
-        archive.append_data(&mut header, "index.json", index.as_slice())?;
-        manifest_digest = Some(digest);
-    }
-
-    let manifest = serde_json::json!([{
-        "Config": config_name,
-        "RepoTags": [plan.tag],
-        "Layers": layer_names,
-    }]);
-    let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
-    let mut header = member_header(manifest.len() as u64);
-    archive.append_data(&mut header, "manifest.json", manifest.as_slice())?;
-    let out = archive.into_inner()?;
-    Ok((
-        Written {
-            image_id,
-            manifest_digest,
-            diff_id,
+        })
+        .collect();
+    layers.push(serde_json::json!({
+        "mediaType": layer_media_type(Compression::None),
+        "digest": squashed.diff_id,
+        "size": squashed.len,
+    }));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": image_id,
+            "size": config_size,
         },
-        out,
-    ))
+        "layers": layers,
+    }))
+    .map_err(io::Error::other)?;
+    let digest = sha256(&manifest);
+    append_member(archive, &blob_path(&digest), &manifest)?;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": MANIFEST_TYPE,
+            "digest": digest,
+            "size": manifest.len(),
+            "annotations": {
+                "io.containerd.image.name": full_name(plan.tag),
+                "org.opencontainers.image.ref.name": tag_of(plan.tag),
+            },
+        }],
+    }))
+    .map_err(io::Error::other)?;
+    append_member(archive, "index.json", &index)?;
+    Ok(digest)
 }
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -454,6 +501,7 @@ fn tag_of(reference: &str) -> &str {
     last.split_once(':').map_or("latest", |(_, tag)| tag)
 }
 
+/// The header of a regular member of `size` bytes (mode 0644, mtime 0).
 fn member_header(size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
