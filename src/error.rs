@@ -45,6 +45,14 @@ pub enum Error {
         /// How many.
         failed: usize,
     },
+    /// A build's error, as the reporter redacted it for printing.
+    #[error("{message}")]
+    Redacted {
+        /// The error's text, every secret value masked.
+        message: String,
+        /// The exit code of the error it was.
+        code: i32,
+    },
     /// A local I/O error outside any step.
     #[error("{what}: {source}")]
     Io {
@@ -62,6 +70,7 @@ impl Error {
             Error::Usage(_) | Error::Audit(_) => 2,
             Error::Engine(EngineError::Unreachable { .. } | EngineError::Tls(_)) => 2,
             Error::Build(e) => e.code(),
+            Error::Redacted { code, .. } => *code,
             Error::Squash(crate::squash::SquashError::Engine(
                 EngineError::Unreachable { .. } | EngineError::Tls(_),
             )) => 2,

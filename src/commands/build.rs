@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::model;
 use crate::owner::Owner;
-use crate::progress::{Reporter, Severity};
+use crate::progress::{Reporter, Severity, Status};
 use crate::runner::{self, BuildError, Runner, Signal};
 use crate::sweep;
 
@@ -42,12 +42,16 @@ pub fn build(config: &Config) -> Result<(), Error> {
         })
     });
     let (status, code) = match &result {
-        Ok(()) => ("success", 0),
-        Err(e @ Error::Build(BuildError::Interrupted { .. })) => ("interrupted", e.code()),
-        Err(e) => ("failure", e.code()),
+        Ok(()) => (Status::Success, 0),
+        Err(e @ Error::Build(BuildError::Interrupted { .. })) => (Status::Interrupted, e.code()),
+        Err(e) => (Status::Failure, e.code()),
     };
     reporter.build_finished(status, code, result.as_ref().err().map(ToString::to_string));
-    result
+    // The error is printed last, outside the reporter: redacted here.
+    result.map_err(|e| Error::Redacted {
+        message: reporter.redact(&e.to_string()).into_string(),
+        code: e.code(),
+    })
 }
 
 /// The `build` command's work: loads build.yml, resolves the secrets

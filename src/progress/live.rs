@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::Redacted;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The live view; see the module docs.
@@ -62,8 +63,8 @@ impl Live {
     }
 
     /// Prints a whole line above the step lines.
-    pub fn println(&self, line: &str) {
-        let _ = self.multi.println(line);
+    pub fn println(&self, line: &Redacted) {
+        let _ = self.multi.println(line.as_str());
     }
 
     /// One line per step, in file order, each waiting on its dependencies.
@@ -100,7 +101,8 @@ impl Live {
     /// A line of the daemon's output: `Step 3/7 : RUN …` (classic
     /// builder) or `#5 [3/7] RUN …` (BuildKit) becomes the step's current
     /// instruction.
-    pub fn step_output(&self, label: &str, line: &str) {
+    pub fn step_output(&self, label: &str, line: &Redacted) {
+        let line = line.as_str();
         let message = if let Some(rest) = line.strip_prefix("Step ") {
             let Some((counter, instruction)) = rest.split_once(" : ") else {
                 return;
@@ -123,7 +125,7 @@ impl Live {
     }
 
     /// The step finished; `summary` is its one-line result.
-    pub fn step_finished(&self, label: &str, summary: &str) {
+    pub fn step_finished(&self, label: &str, summary: &Redacted) {
         if let Some(bar) = self.bars().get(label) {
             bar.set_style(self.done_style(true));
             bar.finish_with_message(summary.to_string());
@@ -131,7 +133,7 @@ impl Live {
     }
 
     /// Replaces a finished step's line (to add its size at the end).
-    pub fn step_summary(&self, label: &str, summary: &str) {
+    pub fn step_summary(&self, label: &str, summary: &Redacted) {
         if let Some(bar) = self.bars().get(label) {
             bar.set_message(summary.to_string());
         }

@@ -11,14 +11,18 @@
 //! per line (`{"event":"step_started","time":0.1,…}`), for CI systems; the
 //! human lines stay on stderr.
 
+pub mod event;
 pub mod live;
+pub mod redact;
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::model::Level;
 use crate::progress::live::Live;
+pub use event::{Event, Status};
+pub use redact::{Redacted, Redactor};
 
 /// Writes a command's result to stdout; a closed pipe (`habitus plan |
 /// head`) is not an error. A newline is added if `text` lacks one.
@@ -47,11 +51,14 @@ pub enum Severity {
     Error,
 }
 
-/// The single place that writes to the terminal.
+/// The single place that writes to the terminal and the JSON stream.
+/// It owns the build's [`Redactor`]: every text it is given is redacted
+/// before any sink sees it (the sinks take only [`Redacted`] text).
 pub struct Reporter {
     start: Instant,
     suppress: bool,
     min: Severity,
+    redactor: RwLock<Redactor>,
     out: Mutex<Box<dyn Write + Send>>,
     json: Option<Mutex<Box<dyn Write + Send>>>,
     live: Option<Live>,
@@ -75,6 +82,7 @@ impl Reporter {
             start: Instant::now(),
             suppress,
             min,
+            redactor: RwLock::default(),
             out: Mutex::new(out),
             json: None,
             live: None,
@@ -101,56 +109,80 @@ impl Reporter {
         self
     }
 
-    /// Writes one event to the JSON stream, if there is one. `fields` is a
-    /// JSON object; `event` and `time` are added to it.
-    pub fn event(&self, event: &str, fields: serde_json::Value) {
+    /// From now on, also masks `values` (the build's secrets, a step's
+    /// token) wherever they appear.
+    pub fn protect<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) {
+        let mut redactor = self.redactor.write().unwrap_or_else(|e| e.into_inner());
+        *redactor = redactor.with(values);
+    }
+
+    /// `text` with every protected value masked.
+    pub fn redact(&self, text: &str) -> Redacted {
+        self.redactor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .redact(text)
+    }
+
+    /// Writes `event` to the JSON stream, if there is one, with `time`
+    /// added and every string in it redacted.
+    pub fn event(&self, event: Event<'_>) {
         let Some(json) = &self.json else { return };
-        let mut object = serde_json::Map::new();
-        object.insert("event".into(), event.into());
+        let Ok(serde_json::Value::Object(mut object)) = serde_json::to_value(&event) else {
+            return;
+        };
         object.insert(
             "time".into(),
             serde_json::json!((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
         );
-        if let serde_json::Value::Object(fields) = fields {
-            object.extend(fields);
-        }
+        let line = self
+            .redactor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .redact_json(serde_json::Value::Object(object));
         let mut out = json.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{}", serde_json::Value::Object(object));
+        let _ = writeln!(out, "{}", line.as_str());
         let _ = out.flush();
     }
 
+    /// Writes `text` (one line per `\n`), each line after the elapsed
+    /// time and `prefix`.
     fn write_line(&self, prefix: &str, text: &str) {
         let elapsed = self.start.elapsed().as_secs_f64();
+        let text = self.redact(text);
+        let lines: Vec<Redacted> = text
+            .as_str()
+            .split('\n')
+            .map(|line| self.redact(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line))))
+            .collect();
         if let Some(live) = &self.live {
-            for line in text.split('\n') {
-                live.println(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line)));
-            }
+            lines.iter().for_each(|line| live.println(line));
             return;
         }
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        for line in text.split('\n') {
-            let line = sanitize(line);
+        for line in &lines {
             // A broken pipe on stderr is not worth failing a build for.
-            let _ = writeln!(out, "{elapsed:7.1}s {prefix}{line}");
+            let _ = writeln!(out, "{line}");
         }
         let _ = out.flush();
     }
 
     /// A line of daemon output for step `label` (hidden by `--suppress`).
     pub fn step_output(&self, label: &str, line: &str) {
-        self.event(
-            "step_output",
-            serde_json::json!({ "step": label, "line": sanitize(line) }),
-        );
+        let line = self.redact(line);
+        self.event(Event::StepOutput {
+            step: label,
+            line: &sanitize(line.as_str()),
+        });
         if let Some(live) = &self.live {
-            live.step_output(label, line);
+            live.step_output(label, &line);
             // On a terminal the stream shows only with --level debug.
             if self.min > Severity::Debug {
                 return;
             }
         }
         if !self.suppress {
-            self.write_line(&format!("{label} | "), line);
+            self.write_line(&format!("{label} | "), line.as_str());
         }
     }
 
@@ -161,14 +193,11 @@ impl Reporter {
         file: &std::path::Path,
         steps: &[(String, Vec<String>)],
     ) {
-        self.event(
-            "build_started",
-            serde_json::json!({
-                "build_id": build_id,
-                "file": file,
-                "steps": steps.iter().map(|(l, _)| l).collect::<Vec<_>>(),
-            }),
-        );
+        self.event(Event::BuildStarted {
+            build_id,
+            file,
+            steps: steps.iter().map(|(l, _)| l.as_str()).collect(),
+        });
         if let Some(live) = &self.live {
             live.build_started(steps);
         }
@@ -176,10 +205,11 @@ impl Reporter {
 
     /// Step `label` starts building `image`.
     pub fn step_started(&self, label: &str, image: &str, dockerfile: &str) {
-        self.event(
-            "step_started",
-            serde_json::json!({ "step": label, "image": image, "dockerfile": dockerfile }),
-        );
+        self.event(Event::StepStarted {
+            step: label,
+            image,
+            dockerfile,
+        });
         if let Some(live) = &self.live {
             live.step_started(label, image);
         }
@@ -187,38 +217,36 @@ impl Reporter {
 
     /// Step `label` built `image`.
     pub fn step_finished(&self, finished: &StepFinished<'_>) {
-        self.event(
-            "step_finished",
-            serde_json::json!({
-                "step": finished.label,
-                "image": finished.image,
-                "image_id": finished.image_id,
-                "duration_ms": finished.duration.as_millis() as u64,
-                "cached": finished.cached,
-                "total": finished.total,
-            }),
-        );
+        self.event(Event::StepFinished {
+            step: finished.label,
+            image: finished.image,
+            image_id: finished.image_id,
+            duration_ms: finished.duration.as_millis() as u64,
+            cached: finished.cached,
+            total: finished.total,
+        });
         if let Some(live) = &self.live {
-            live.step_finished(finished.label, &finished.line(None));
+            live.step_finished(finished.label, &self.redact(&finished.line(None)));
         }
     }
 
     /// The final line of a finished step, now with its image size.
     pub fn step_summary(&self, finished: &StepFinished<'_>, size: Option<&str>) {
         if let Some(live) = &self.live {
-            live.step_summary(finished.label, &finished.line(size));
+            live.step_summary(finished.label, &self.redact(&finished.line(size)));
         }
     }
 
-    /// The build ended with `status` (`success`, `failure`, `interrupted`).
-    pub fn build_finished(&self, status: &str, exit_code: i32, error: Option<String>) {
+    /// The build ended with `status`; `error` says why it failed.
+    pub fn build_finished(&self, status: Status, exit_code: i32, error: Option<String>) {
         if let Some(live) = &self.live {
             live.build_finished();
         }
-        self.event(
-            "build_finished",
-            serde_json::json!({ "status": status, "exit_code": exit_code, "error": error }),
-        );
+        self.event(Event::BuildFinished {
+            status,
+            exit_code,
+            error,
+        });
     }
 
     /// One of habitus's own messages about step `label`.
@@ -230,10 +258,11 @@ impl Reporter {
             severity >= self.min
         };
         if shown {
-            self.event(
-                "log",
-                serde_json::json!({ "level": severity.name(), "step": label, "message": message }),
-            );
+            self.event(Event::Log {
+                level: severity.name(),
+                step: Some(label),
+                message,
+            });
             self.write_line(&format!("{label} {}", tag(severity)), message);
         }
     }
@@ -241,10 +270,11 @@ impl Reporter {
     /// One of habitus's own messages.
     pub fn message(&self, severity: Severity, message: &str) {
         if severity >= self.min {
-            self.event(
-                "log",
-                serde_json::json!({ "level": severity.name(), "message": message }),
-            );
+            self.event(Event::Log {
+                level: severity.name(),
+                step: None,
+                message,
+            });
             self.write_line(tag(severity), message);
         }
     }
@@ -320,7 +350,69 @@ fn sanitize(line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::{sanitize, Reporter, Severity, Status, StepFinished};
+    use crate::model::Level;
+
+    /// A sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn no_sink_sees_a_protected_value() {
+        let (lines, json) = (Buffer::default(), Buffer::default());
+        let reporter = Reporter::new(Box::new(lines.clone()), Level::Debug, false)
+            .with_json(Box::new(json.clone()));
+        reporter.protect([b"hunter2-secret".as_slice(), b"tok\"en\n".as_slice()]);
+        let secret = "hunter2-secret";
+        reporter.step_output("a", &format!("echo {secret}"));
+        reporter.step(Severity::Warning, "a", &format!("artifact {secret}"));
+        reporter.message(
+            Severity::Error,
+            &format!("engine said {secret}\nand tok\"en"),
+        );
+        reporter.step_started("a", secret, "Dockerfile");
+        reporter.step_finished(&StepFinished {
+            label: "a",
+            image: secret,
+            image_id: "sha256:1",
+            duration: std::time::Duration::ZERO,
+            cached: 0,
+            total: 1,
+        });
+        reporter.build_finished(Status::Failure, 1, Some(format!("step failed: {secret}")));
+        let (lines, json) = (lines.text(), json.text());
+        for text in [&lines, &json] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(
+                !text.contains("tok\"en") && !text.contains("tok\\\"en"),
+                "{text}"
+            );
+        }
+        assert!(lines.contains("a | echo ***"), "{lines}");
+        assert!(json.lines().count() >= 6, "{json}");
+        for line in json.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("each event is valid JSON");
+        }
+    }
 
     #[test]
     fn control_characters_are_dropped() {

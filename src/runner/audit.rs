@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::build::Build;
 use super::{human_size, BuildError, Summary};
-use crate::progress::Severity;
+use crate::progress::{Event, Severity};
 
 impl Build {
     /// After a build that served secrets: searches every image it produced
@@ -47,16 +47,13 @@ impl Build {
                     audit.hits.len()
                 ),
             );
-            self.reporter.event(
-                "audit_finished",
-                serde_json::json!({
-                    "step": step.label,
-                    "image": step.image,
-                    "layers": audit.layers,
-                    "bytes": audit.bytes,
-                    "hits": audit.hits,
-                }),
-            );
+            self.reporter.event(Event::AuditFinished {
+                step: &step.label,
+                image: &step.image,
+                layers: audit.layers,
+                bytes: audit.bytes,
+                hits: serde_json::to_value(&audit.hits).unwrap_or_default(),
+            });
             if audit.hits.is_empty() {
                 continue;
             }

@@ -13,8 +13,7 @@ use crate::engine::{Engine, LineSink, MountLog, MountSecrets, MountValue};
 use crate::manifest::{Manifest, Step};
 use crate::model::{LABEL_BUILD, LABEL_STEP, LABEL_UID};
 use crate::plan::Plan;
-use crate::progress::{Reporter, Severity};
-use crate::secrets::redact::Redactor;
+use crate::progress::{Event, Reporter, Severity};
 use crate::secrets::server::{AccessLog, AccessRecord};
 use crate::secrets::{SecretStore, Settings};
 
@@ -42,8 +41,6 @@ pub struct Build {
     pub session: Option<Arc<BuildSession>>,
     /// The build's secrets, for BuildKit steps' secret mounts.
     pub mounts: Option<Arc<SecretStore>>,
-    /// Hides secret values in the output of a build that has secrets.
-    pub redactor: Option<Redactor>,
     /// Searches the images of a build that served secrets for them.
     pub audit: Option<Arc<Scanner>>,
     /// Step label → the label of the step that builds it as a stage.
@@ -55,7 +52,6 @@ pub struct Build {
 struct SecretsSide {
     session: Option<Arc<BuildSession>>,
     mounts: Option<Arc<SecretStore>>,
-    redactor: Option<Redactor>,
     audit: Option<Arc<Scanner>>,
 }
 
@@ -84,7 +80,6 @@ impl Build {
             served,
             session: secrets.session,
             mounts: secrets.mounts,
-            redactor: secrets.redactor,
             audit: secrets.audit,
             folds,
         })
@@ -130,23 +125,11 @@ impl Build {
         labels
     }
 
-    /// Where `label`'s output goes, redacted.
+    /// Where `label`'s output goes (the reporter redacts it).
     pub fn sink(&self, label: &str) -> LineSink {
-        self.sink_with(label, self.redactor.clone())
-    }
-
-    /// Where `label`'s output goes, through `redactor` when there is one.
-    pub fn sink_with(&self, label: &str, redactor: Option<Redactor>) -> LineSink {
         let reporter = Arc::clone(&self.reporter);
         let label = label.to_string();
-        match &redactor {
-            // Secret values never reach the terminal.
-            Some(redactor) => {
-                let redactor = redactor.clone();
-                Arc::new(move |line: &str| reporter.step_output(&label, &redactor.redact(line)))
-            }
-            None => Arc::new(move |line: &str| reporter.step_output(&label, line)),
-        }
+        Arc::new(move |line: &str| reporter.step_output(&label, line))
     }
 
     /// The secrets `step` declares, by name, for its secret mounts; each
@@ -181,15 +164,13 @@ impl Build {
                     }
                 ),
             );
-            reporter.event(
-                "secret_fetched",
-                serde_json::json!({
-                    "step": label,
-                    "path": path.clone().unwrap_or_else(|| id.to_string()),
-                    "via": "mount",
-                    "status": status,
-                }),
-            );
+            reporter.event(Event::SecretFetched {
+                step: Some(&label),
+                path: path.as_deref().unwrap_or(id),
+                peer: None,
+                via: Some("mount"),
+                status,
+            });
             if let (true, Some(path)) = (ok, path) {
                 *lock(&served).entry((label.clone(), path)).or_default() += 1;
             }
@@ -201,8 +182,9 @@ impl Build {
     }
 }
 
-/// The secrets side of a build: the redactor, the secrets for mounts, the
-/// audit's scanner and, with `server`, the build's network and server.
+/// The secrets side of a build: the reporter told to mask the values, the
+/// secrets for mounts, the audit's scanner and, with `server`, the
+/// build's network and server.
 async fn start_secrets(
     runner: &Runner,
     settings: &Settings,
@@ -210,8 +192,11 @@ async fn start_secrets(
     server: bool,
     served: &Served,
 ) -> Result<SecretsSide, BuildError> {
+    // Exposed so that the reporter can mask them; never printed.
+    runner
+        .reporter
+        .protect(store.values().iter().map(|s| s.expose()));
     let mut side = SecretsSide {
-        redactor: Some(Redactor::new(store.values().iter())),
         mounts: Some(Arc::new(store.clone())),
         audit: scanner(runner, store),
         session: None,
@@ -278,15 +263,13 @@ fn access_log(reporter: &Arc<Reporter>, served: &Served) -> AccessLog {
     let served = Arc::clone(served);
     Arc::new(move |record: &AccessRecord| {
         reporter.message(Severity::Info, &record.to_string());
-        reporter.event(
-            "secret_fetched",
-            serde_json::json!({
-                "step": record.step,
-                "path": record.path,
-                "peer": record.peer.to_string(),
-                "status": record.status,
-            }),
-        );
+        reporter.event(Event::SecretFetched {
+            step: record.step.as_deref(),
+            path: &record.path,
+            peer: Some(record.peer.to_string()),
+            via: None,
+            status: record.status,
+        });
         if record.status == 200 {
             let secret = record
                 .path

@@ -75,12 +75,22 @@ pub struct StepReport {
     pub duration: Duration,
     pub cached_steps: usize,
     pub total_steps: usize,
-    /// Artifacts copied to the host: (source in the image, where it
-    /// landed, bytes of file data).
-    pub artifacts: Vec<(String, PathBuf, u64)>,
+    /// Artifacts copied to the host.
+    pub artifacts: Vec<CopiedArtifact>,
     /// The step whose BuildKit build built this one as a stage (see
     /// `Runner::plan_folds`); the step then has no image of its own.
     pub folded_into: Option<String>,
+}
+
+/// An artifact a step copied to the host.
+#[derive(Debug, Clone)]
+pub struct CopiedArtifact {
+    /// The path in the image.
+    pub source: String,
+    /// Where it landed on the host.
+    pub dest: PathBuf,
+    /// Bytes of file data.
+    pub bytes: u64,
 }
 
 /// What a build produced.

@@ -2,32 +2,12 @@
 //! event, each step's final line with its size, and the summary text.
 
 use super::{human_size, Summary};
-use crate::progress::{Reporter, Severity, StepFinished};
+use crate::progress::event::{SummaryArtifact, SummarySecret, SummaryStep};
+use crate::progress::{Event, Reporter, Severity, StepFinished};
 
 /// Reports `summary` on every sink of `reporter`.
 pub fn summary(reporter: &Reporter, summary: &Summary) {
-    reporter.event(
-        "summary",
-        serde_json::json!({
-            "steps": summary.steps.iter().map(|s| serde_json::json!({
-                "step": s.label,
-                "image": s.image,
-                "image_id": s.image_id,
-                "size": s.size,
-                "duration_ms": s.duration.as_millis() as u64,
-                "cached": s.cached_steps,
-                "total": s.total_steps,
-            })).collect::<Vec<_>>(),
-            "removed_images": summary.removed_images,
-            "artifacts": summary.steps.iter().flat_map(|s| s.artifacts.iter().map(|(source, dest, bytes)| serde_json::json!({
-                "step": s.label, "source": source, "dest": dest, "bytes": bytes,
-            }))).collect::<Vec<_>>(),
-            "secrets": summary.secrets_served.iter().map(|((step, secret), n)| serde_json::json!({
-                "step": step, "secret": secret, "fetches": n,
-            })).collect::<Vec<_>>(),
-            "audited_images": summary.audited_images,
-        }),
-    );
+    reporter.event(event(summary));
     for step in summary.steps.iter().filter(|s| s.folded_into.is_none()) {
         reporter.step_summary(
             &StepFinished {
@@ -41,6 +21,53 @@ pub fn summary(reporter: &Reporter, summary: &Summary) {
             step.size.map(human_size).as_deref(),
         );
     }
+    reporter.message(Severity::Info, &text(summary));
+}
+
+/// The `summary` JSON event.
+fn event(summary: &Summary) -> Event<'_> {
+    Event::Summary {
+        steps: summary
+            .steps
+            .iter()
+            .map(|s| SummaryStep {
+                step: &s.label,
+                image: &s.image,
+                image_id: &s.image_id,
+                size: s.size,
+                duration_ms: s.duration.as_millis() as u64,
+                cached: s.cached_steps,
+                total: s.total_steps,
+            })
+            .collect(),
+        removed_images: &summary.removed_images,
+        artifacts: summary
+            .steps
+            .iter()
+            .flat_map(|s| {
+                s.artifacts.iter().map(|a| SummaryArtifact {
+                    step: &s.label,
+                    source: &a.source,
+                    dest: &a.dest,
+                    bytes: a.bytes,
+                })
+            })
+            .collect(),
+        secrets: summary
+            .secrets_served
+            .iter()
+            .map(|((step, secret), n)| SummarySecret {
+                step,
+                secret,
+                fetches: *n,
+            })
+            .collect(),
+        audited_images: &summary.audited_images,
+    }
+}
+
+/// The summary for people: steps, artifacts, secrets served, the audit.
+fn text(summary: &Summary) -> String {
     let mut text = String::from("summary:");
     for step in &summary.steps {
         let image = match &step.folded_into {
@@ -64,11 +91,12 @@ pub fn summary(reporter: &Reporter, summary: &Summary) {
         .collect();
     if !artifacts.is_empty() {
         text.push_str("\nartifacts copied:");
-        for (step, (source, dest, bytes)) in artifacts {
+        for (step, a) in artifacts {
             text.push_str(&format!(
-                "\n  {step:<16} {source} -> {} ({})",
-                dest.display(),
-                human_size(i64::try_from(*bytes).unwrap_or(i64::MAX))
+                "\n  {step:<16} {} -> {} ({})",
+                a.source,
+                a.dest.display(),
+                human_size(i64::try_from(a.bytes).unwrap_or(i64::MAX))
             ));
         }
     }
@@ -84,5 +112,5 @@ pub fn summary(reporter: &Reporter, summary: &Summary) {
             summary.audited_images.join(", ")
         ));
     }
-    reporter.message(Severity::Info, &text);
+    text
 }

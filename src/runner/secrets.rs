@@ -19,7 +19,6 @@ use crate::progress::Severity;
 use crate::secrets::Settings;
 
 use crate::secrets::provider::{self, ProviderError, SecretStore};
-use crate::secrets::redact::Redactor;
 use crate::secrets::secret::Token;
 use crate::secrets::server::{
     self, AccessLog, BasicAuth, ServerError, ServerHandle, ServerOptions, Tokens,
@@ -187,7 +186,6 @@ pub struct BuildSession {
     created_network: Option<String>,
     /// What every step builds with (`networkmode`).
     network_mode: String,
-    redactor: Redactor,
     basic_auth: Option<BasicAuth>,
 }
 
@@ -223,7 +221,6 @@ impl BuildSession {
         options: SessionOptions<'_>,
         log: AccessLog,
     ) -> Result<BuildSession, SecretsError> {
-        let redactor = Redactor::new(options.store.values().iter());
         let (created_network, network_mode, gateway) = match options.user_network {
             Some(network) => (None, network.to_string(), None),
             None => {
@@ -277,7 +274,6 @@ impl BuildSession {
             server,
             created_network,
             network_mode,
-            redactor,
             basic_auth: options.settings.basic_auth.clone(),
         })
     }
@@ -295,11 +291,6 @@ impl BuildSession {
     /// The network every step builds on.
     pub fn network_mode(&self) -> &str {
         &self.network_mode
-    }
-
-    /// The redactor for this build's output.
-    pub fn redactor(&self) -> Redactor {
-        self.redactor.clone()
     }
 
     /// The build arguments of step `label` (none if it declares no

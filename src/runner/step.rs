@@ -9,12 +9,11 @@ use std::time::Instant;
 use super::build::Build;
 use super::mounts::ssh_agent;
 use super::secrets::StepGrant;
-use super::{check_mounts, lock, BuildError, StepReport};
+use super::{check_mounts, lock, BuildError, CopiedArtifact, StepReport};
 use crate::engine::{BuildRequest, BuiltImage, EngineError, MountSecrets, RunRequest};
 use crate::manifest::Step;
 use crate::model::Builder;
-use crate::progress::{Severity, StepFinished};
-use crate::secrets::redact::Redactor;
+use crate::progress::{Event, Severity, StepFinished};
 use crate::{artifacts, cleanup, dockerfile, squash, workpath};
 
 /// A step's Dockerfile as it will be sent: the steps folded into it as
@@ -57,12 +56,11 @@ impl Build {
             .as_ref()
             .map(|s| s.grant(&step.label, !step.secrets.is_empty()));
         let request = self.request(&step, &image, &dockerfile, grant.as_ref())?;
-        let redactor = self.step_redactor(grant.as_ref());
-        let sink = self.sink_with(&step.label, redactor.clone());
+        self.protect_credentials(grant.as_ref());
+        let sink = self.sink(&step.label);
         let built = self.engine.build(request, sink).await;
         drop(grant);
-        let built =
-            built.map_err(|e| self.build_error(&step, &dockerfile, redactor.as_ref(), e))?;
+        let built = built.map_err(|e| self.build_error(&step, &dockerfile, e))?;
         // From here on the tag points at this build's image: teardown
         // removes it if the build fails.
         lock(&self.tagged).insert(step.label.clone());
@@ -176,34 +174,22 @@ impl Build {
         })
     }
 
-    /// The build's redactor plus the step's own credentials: BuildKit
-    /// names each `RUN` with its build arguments expanded, and the step's
-    /// token must not show.
-    fn step_redactor(&self, grant: Option<&StepGrant>) -> Option<Redactor> {
-        let Some(grant) = grant else {
-            return self.redactor.clone();
-        };
-        let credentials: Vec<&str> = ["HABITUS_TOKEN", "habitus_password"]
-            .iter()
-            .filter_map(|k| grant.build_args.get(*k).map(String::as_str))
-            .collect();
-        let redactor = self.redactor.clone().unwrap_or_default();
-        Some(redactor.with_values(&credentials))
+    /// Masks the step's own credentials from now on: BuildKit names each
+    /// `RUN` with its build arguments expanded, and the step's token must
+    /// not show.
+    fn protect_credentials(&self, grant: Option<&StepGrant>) {
+        let Some(grant) = grant else { return };
+        self.reporter.protect(
+            ["HABITUS_TOKEN", "habitus_password"]
+                .iter()
+                .filter_map(|k| grant.build_args.get(*k).map(String::as_bytes)),
+        );
     }
 
     /// The error of a failed build, redacted; a failure in a folded
     /// step's stage is that step's.
-    fn build_error(
-        &self,
-        step: &Step,
-        dockerfile: &Dockerfile,
-        redactor: Option<&Redactor>,
-        error: EngineError,
-    ) -> BuildError {
-        let redact = |text: String| match redactor {
-            Some(redactor) => redactor.redact(&text),
-            None => text,
-        };
+    fn build_error(&self, step: &Step, dockerfile: &Dockerfile, error: EngineError) -> BuildError {
+        let redact = |text: String| self.reporter.redact(&text).into_string();
         match error {
             EngineError::BuildFailed {
                 instruction,
@@ -231,7 +217,7 @@ impl Build {
         &self,
         step: &Step,
         image: &str,
-    ) -> Result<Vec<(String, std::path::PathBuf, u64)>, BuildError> {
+    ) -> Result<Vec<CopiedArtifact>, BuildError> {
         let mut copied = Vec::new();
         if step.artifacts.is_empty() {
             return Ok(copied);
@@ -262,17 +248,18 @@ impl Build {
                     .next()
                     .unwrap_or(""),
             );
-            self.reporter.event(
-                "artifact_copied",
-                serde_json::json!({
-                    "step": step.label,
-                    "source": artifact.source,
-                    "dest": dest,
-                    "files": extracted.files,
-                    "bytes": extracted.bytes,
-                }),
-            );
-            copied.push((artifact.source.clone(), dest, extracted.bytes));
+            self.reporter.event(Event::ArtifactCopied {
+                step: &step.label,
+                source: &artifact.source,
+                dest: &dest,
+                files: extracted.files,
+                bytes: extracted.bytes,
+            });
+            copied.push(CopiedArtifact {
+                source: artifact.source.clone(),
+                dest,
+                bytes: extracted.bytes,
+            });
         }
         Ok(copied)
     }
@@ -373,7 +360,7 @@ impl Build {
         image: String,
         image_id: String,
         built: &BuiltImage,
-        artifacts: Vec<(String, std::path::PathBuf, u64)>,
+        artifacts: Vec<CopiedArtifact>,
         started: Instant,
     ) -> StepReport {
         let duration = started.elapsed();

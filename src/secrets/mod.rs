@@ -7,13 +7,13 @@
 //! - [`server`] serves secrets over HTTPS to the steps that declare them.
 //! - [`settings`] holds the secrets flags as the configuration resolved
 //!   them.
-//! - [`redact`] masks secret values in build output.
+//! - Build output is redacted by [`crate::progress`], which owns the
+//!   build's redactor.
 //!
 //! See the "Secrets protocol" of the README and SECURITY.md for the trust
 //! model.
 
 pub mod provider;
-pub mod redact;
 pub mod secret;
 pub mod serve;
 pub mod server;
@@ -21,7 +21,6 @@ pub mod settings;
 pub mod tls;
 
 pub use provider::{SecretKey, SecretStore};
-pub use redact::Redactor;
 pub use secret::{Secret, Token};
 pub use server::{start, ServerHandle, ServerOptions};
 pub use settings::{basic_auth_warning, Settings};

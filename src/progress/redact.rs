@@ -1,5 +1,8 @@
 //! Output redaction: every secret value that shows up in build output is
-//! printed as `***`.
+//! printed as `***`. The [`Reporter`](super::Reporter) owns the build's
+//! redactor, and its sinks only take [`Redacted`] text, which only a
+//! redactor makes: no text reaches the terminal or the JSON stream
+//! without passing through it.
 //!
 //! The engine hands output over one whole line at a time (it joins stream
 //! chunks into lines first), so a value split across chunks is whole again
@@ -9,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::secret::Secret;
+use zeroize::Zeroizing;
 
 /// What a redacted value is replaced with.
 pub const MASK: &str = "***";
@@ -23,7 +26,8 @@ const MIN_FRAGMENT: usize = 4;
 pub struct Redactor {
     /// Longest first, so that a value containing another is masked whole.
     /// Invariant: no pattern is empty.
-    patterns: Arc<Vec<Vec<u8>>>,
+    /// Copies of secret values: zeroed when the last clone drops.
+    patterns: Arc<Vec<Zeroizing<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -34,18 +38,45 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
+/// Text that has been through a [`Redactor`]: the only kind of text the
+/// reporter's sinks accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text, owned (for an error message).
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl Redactor {
-    /// A redactor for `secrets`.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Arc<Secret>>) -> Redactor {
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
-        for secret in secrets {
-            // Exposed to build the search patterns; they stay in this
-            // process and are never printed.
-            let value = secret.expose();
+    /// A redactor for secret `values` (the search patterns stay in this
+    /// process and are never printed).
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Redactor {
+        Redactor::default().with(values)
+    }
+
+    /// This redactor, also masking `values` (a step's token, which BuildKit
+    /// prints when it names a `RUN` with its build arguments expanded).
+    pub fn with<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) -> Redactor {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = self.patterns.as_ref().clone();
+        for value in values {
             let trimmed = trim_newlines(value);
             let mut add = |p: &[u8]| {
-                if !p.is_empty() && !patterns.iter().any(|q| q == p) {
-                    patterns.push(p.to_vec());
+                if !p.is_empty() && !patterns.iter().any(|q| q.as_slice() == p) {
+                    patterns.push(Zeroizing::new(p.to_vec()));
                 }
             };
             add(trimmed);
@@ -66,38 +97,42 @@ impl Redactor {
         }
     }
 
-    /// This redactor, also masking `values` (a step's token, which BuildKit
-    /// prints when it names a `RUN` with its build arguments expanded).
-    pub fn with_values(&self, values: &[&str]) -> Redactor {
-        let mut patterns: Vec<Vec<u8>> = self.patterns.as_ref().clone();
-        for value in values.iter().map(|v| v.as_bytes()) {
-            if !value.is_empty() && !patterns.iter().any(|p| p == value) {
-                patterns.push(value.to_vec());
-            }
-        }
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        Redactor {
-            patterns: Arc::new(patterns),
-        }
-    }
-
     /// Whether there is nothing to redact.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
 
     /// `text` with every secret value replaced by [`MASK`].
-    pub fn redact(&self, text: &str) -> String {
+    pub fn redact(&self, text: &str) -> Redacted {
         if self.patterns.is_empty() {
-            return text.to_string();
+            return Redacted(text.to_string());
         }
         let mut bytes = text.as_bytes().to_vec();
         for pattern in self.patterns.iter() {
             bytes = replace_all(&bytes, pattern);
         }
-        match String::from_utf8(bytes) {
+        Redacted(match String::from_utf8(bytes) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+}
+
+impl Redactor {
+    /// `value` as one line of JSON, with every string in it redacted
+    /// before it is encoded (so that escaping cannot hide a value).
+    pub fn redact_json(&self, mut value: serde_json::Value) -> Redacted {
+        self.redact_strings(&mut value);
+        Redacted(value.to_string())
+    }
+
+    fn redact_strings(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => *s = self.redact(s).into_string(),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_strings(v)),
+            Value::Object(fields) => fields.values_mut().for_each(|v| self.redact_strings(v)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
 }
@@ -131,25 +166,21 @@ fn replace_all(haystack: &[u8], needle: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::Redactor;
-    use crate::secrets::secret::Secret;
 
     fn redactor(values: &[&[u8]]) -> Redactor {
-        let secrets: Vec<Arc<Secret>> = values
-            .iter()
-            .map(|v| Arc::new(Secret::new(v.to_vec())))
-            .collect();
-        Redactor::new(&secrets)
+        Redactor::new(values.iter().copied())
     }
 
     #[test]
     fn values_are_masked_wherever_they_appear() {
         let r = redactor(&[b"s3cr3t\n", b"s3cr3t-longer"]);
-        assert_eq!(r.redact("a s3cr3t b"), "a *** b");
-        assert_eq!(r.redact("s3cr3t-longer and s3cr3ts3cr3t"), "*** and ******");
-        assert_eq!(r.redact("nothing here"), "nothing here");
+        assert_eq!(r.redact("a s3cr3t b").into_string(), "a *** b");
+        assert_eq!(
+            r.redact("s3cr3t-longer and s3cr3ts3cr3t").into_string(),
+            "*** and ******"
+        );
+        assert_eq!(r.redact("nothing here").into_string(), "nothing here");
     }
 
     #[test]
@@ -158,15 +189,24 @@ mod tests {
         let r = redactor(&[key]);
         let printed: Vec<String> = ["step | AAAAB3NzaC1yc2E", "step | QQQQ9999ZZZZ", "xy ok"]
             .iter()
-            .map(|l| r.redact(l))
+            .map(|l| r.redact(l).into_string())
             .collect();
         assert_eq!(printed, ["step | ***", "step | ***", "xy ok"]);
+    }
+
+    #[test]
+    fn json_strings_are_redacted_before_they_are_escaped() {
+        let r = redactor(&[b"pa\"ss\\word"]);
+        let line = r.redact_json(
+            serde_json::json!({ "line": "x pa\"ss\\word y", "n": [1, "pa\"ss\\word"] }),
+        );
+        assert_eq!(line.as_str(), r#"{"line":"x *** y","n":[1,"***"]}"#);
     }
 
     #[test]
     fn empty_secrets_redact_nothing() {
         let r = redactor(&[b"", b"\n"]);
         assert!(r.is_empty());
-        assert_eq!(r.redact("text"), "text");
+        assert_eq!(r.redact("text").into_string(), "text");
     }
 }
