@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+use crate::model::Builder;
+
 /// The largest Dockerfile accepted, in bytes. Dockerfiles come from the
 /// build's work directory and are parsed before Docker sees them.
 pub const MAX_DOCKERFILE_SIZE: usize = 4 * 1024 * 1024;
@@ -976,6 +978,91 @@ fn unquote(word: &str) -> String {
         }
     }
     out
+}
+
+/// What a step may mount: the mount lint's view of it.
+pub struct Entitlement<'a> {
+    /// The step's label, for messages.
+    pub step: &'a str,
+    /// The builder the step builds with.
+    pub builder: Builder,
+    /// The secrets the step declares.
+    pub secrets: Vec<&'a str>,
+    /// Whether the step forwards the SSH agent (`ssh: true`).
+    pub ssh: bool,
+}
+
+/// A mount the step is not entitled to, or a Dockerfile the lint cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountError {
+    /// `line N: …`, or the parse error.
+    pub message: String,
+    /// What to change.
+    pub hint: Option<String>,
+}
+
+/// Refuses a Dockerfile `text` that mounts a secret the step does not
+/// declare, mounts the SSH agent without `ssh: true`, or mounts either
+/// while the step builds with the classic builder: checked before
+/// anything is sent to the daemon, and by `habitus check`.
+pub fn check_mounts(text: &str, step: &Entitlement<'_>) -> Result<(), MountError> {
+    let unreadable = |e: DockerfileError| MountError {
+        message: e.to_string(),
+        hint: None,
+    };
+    let refuse = |line: usize, message: String, hint: String| MountError {
+        message: format!("line {line}: {message}"),
+        hint: Some(hint),
+    };
+    let legacy = |kind: &str| {
+        (
+            format!("`RUN --mount=type={kind}` needs BuildKit"),
+            "build with `--builder buildkit`, or set `builder: buildkit` on the step in build.yml"
+                .to_string(),
+        )
+    };
+    for (line, id) in ssh_mounts(text).map_err(unreadable)? {
+        if step.builder == Builder::Legacy {
+            let (message, hint) = legacy("ssh");
+            return Err(refuse(line, message, hint));
+        }
+        if !step.ssh {
+            return Err(refuse(line, format!("mounts the SSH agent, but step `{}` does not forward it", step.step), "set `ssh: true` on the step in build.yml; its `RUN --mount=type=ssh` then reach the agent of SSH_AUTH_SOCK".into()));
+        }
+        if id != "default" {
+            return Err(refuse(
+                line,
+                format!("mounts SSH agent `{id}`: habitus forwards one agent, `default`"),
+                "leave `id=` out of the mount".into(),
+            ));
+        }
+    }
+    for mount in secret_mounts(text).map_err(unreadable)? {
+        if step.builder == Builder::Legacy {
+            let (message, hint) = legacy("secret");
+            return Err(refuse(mount.line, message, hint));
+        }
+        let Some(id) = mount.id else { continue };
+        if !step.secrets.contains(&id.as_str()) {
+            let declared = if step.secrets.is_empty() {
+                "it declares none".to_string()
+            } else {
+                let names: Vec<String> = step.secrets.iter().map(|k| format!("`{k}`")).collect();
+                format!("it declares {}", names.join(", "))
+            };
+            return Err(refuse(
+                mount.line,
+                format!(
+                    "mounts secret `{id}`, which step `{}` does not declare ({declared})",
+                    step.step
+                ),
+                format!(
+                    "add `{id}` under the step's `secrets:` in build.yml (`type: file` or `env`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -64,6 +64,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// What the user can do about it, when habitus knows (printed after
+    /// the error as `hint: …`).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Engine(e) | Error::Squash(crate::squash::SquashError::Engine(e)) => e.hint(),
+            Error::Build(e) => e.hint(),
+            _ => None,
+        }
+    }
+
+    /// The error as the user sees it: its text, then its hint.
+    pub fn report(&self) -> String {
+        match self.hint() {
+            Some(hint) => format!("{self}\nhint: {hint}"),
+            None => self.to_string(),
+        }
+    }
+
     /// The process exit code for this error.
     pub fn code(&self) -> i32 {
         match self {

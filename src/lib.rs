@@ -68,7 +68,7 @@ where
         Err(e) => {
             match &e {
                 Error::Manifest(diagnostics) => progress::print_stderr(&diagnostics.to_string()),
-                other => progress::print_stderr(&format!("error: {other}")),
+                other => progress::print_stderr(&format!("error: {}", other.report())),
             }
             e.code()
         }

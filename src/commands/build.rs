@@ -46,10 +46,10 @@ pub fn build(config: &Config) -> Result<(), Error> {
         Err(e @ Error::Build(BuildError::Interrupted { .. })) => (Status::Interrupted, e.code()),
         Err(e) => (Status::Failure, e.code()),
     };
-    reporter.build_finished(status, code, result.as_ref().err().map(ToString::to_string));
+    reporter.build_finished(status, code, result.as_ref().err().map(Error::report));
     // The error is printed last, outside the reporter: redacted here.
     result.map_err(|e| Error::Redacted {
-        message: reporter.redact(&e.to_string()).into_string(),
+        message: reporter.redact(&e.report()).into_string(),
         code: e.code(),
     })
 }
@@ -152,7 +152,10 @@ async fn ask_daemon(config: &Config, engine: &dyn Engine, error: BuildError) -> 
     match tokio::time::timeout(DAEMON_CHECK, engine.ping()).await {
         Ok(Ok(())) => error,
         answer => BuildError::DaemonLost {
-            error: error.to_string(),
+            error: match error.hint() {
+                Some(hint) => format!("{error}\nhint: {hint}"),
+                None => error.to_string(),
+            },
             address: config.docker.host.clone(),
             message: match answer {
                 Ok(Err(ping)) => ping.to_string(),

@@ -22,6 +22,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
                     step: step.label.clone(),
                     dockerfile: step.dockerfile_path.clone(),
                     message: e.to_string(),
+                    hint: None,
                 })
             })?;
         let builder = step.builder.unwrap_or(config.build.builder);

@@ -13,6 +13,17 @@ use std::sync::Arc;
 
 use crate::model::Builder;
 
+impl EngineError {
+    /// What the user can do about it, when habitus knows.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            EngineError::Unreachable { .. } => Some("start it (`sudo systemctl start docker`, or `dockerd &`), or point `--host`/DOCKER_HOST at a running daemon".into()),
+            EngineError::NoBuildKit { .. } => Some("build with `--builder legacy` (or `builder: legacy` for the step), or upgrade the daemon".into()),
+            _ => None,
+        }
+    }
+}
+
 /// Receives daemon output, one line at a time (without the newline).
 pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -20,7 +31,7 @@ pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No daemon answers at the address tried.
-    #[error("cannot connect to the Docker daemon at `{address}`: {message}\nhint: start it (`sudo systemctl start docker`, or `dockerd &`), or point `--host`/DOCKER_HOST at a running daemon")]
+    #[error("cannot connect to the Docker daemon at `{address}`: {message}")]
     Unreachable {
         /// What we tried (`unix:///var/run/docker.sock`, `tcp://…`).
         address: String,
@@ -48,7 +59,7 @@ pub enum EngineError {
         message: String,
     },
     /// `--builder buildkit` against a daemon that cannot build with BuildKit.
-    #[error("the Docker daemon at `{address}` ({daemon}) cannot build with BuildKit: it needs API 1.39 (Docker 18.09) or newer, on Linux\nhint: build with `--builder legacy` (or `builder: legacy` for the step), or upgrade the daemon")]
+    #[error("the Docker daemon at `{address}` ({daemon}) cannot build with BuildKit: it needs API 1.39 (Docker 18.09) or newer, on Linux")]
     NoBuildKit {
         /// The daemon address.
         address: String,

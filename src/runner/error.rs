@@ -30,6 +30,8 @@ pub enum BuildError {
         dockerfile: PathBuf,
         /// What is wrong with it.
         message: String,
+        /// What to change, when habitus knows.
+        hint: Option<String>,
     },
     /// A step's `command:` exited non-zero.
     #[error("step `{step}`: command `{command}` exited with code {code}")]
@@ -74,7 +76,9 @@ pub enum BuildError {
     },
     /// The build failed and the daemon no longer answers: it was stopped
     /// or restarted under the build.
-    #[error("{error}\nthe Docker daemon at `{address}` stopped answering during the build: {message}\nhint: it was stopped or restarted; once it is back, the next build (or `habitus prune`) removes what this one left")]
+    #[error(
+        "{error}\nthe Docker daemon at `{address}` stopped answering during the build: {message}"
+    )]
     DaemonLost {
         /// The build's own error.
         error: String,
@@ -132,6 +136,17 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// What the user can do about it, when habitus knows.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::Dockerfile { hint, .. } => hint.clone(),
+            BuildError::DaemonLost { .. } => Some("it was stopped or restarted; once it is back, the next build (or `habitus prune`) removes what this one left".into()),
+            BuildError::Engine { source, .. } => source.hint(),
+            BuildError::Secrets(e) => e.hint(),
+            _ => None,
+        }
+    }
+
     /// The exit code habitus ends with: a failed `command:` passes its own
     /// code through; signals give 128 + their number (130 SIGINT, 143
     /// SIGTERM, 129 SIGHUP); everything else 1.

@@ -158,6 +158,7 @@ impl Build {
                 step: s.label.clone(),
                 dockerfile: s.dockerfile_path.clone(),
                 message,
+                hint: None,
             };
             let text = workpath::read_inside(&self.manifest.workdir, &s.dockerfile_path)
                 .await

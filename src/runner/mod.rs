@@ -736,11 +736,11 @@ mod tests {
         engine.on_network_gateway("192.0.2.1");
         let (settings, store) = env_secret("a", "k", b"v");
         let runner = runner.with_secrets(settings, store, true);
-        let err = runner
+        let error = runner
             .run(CancellationToken::new(), Arc::new(Mutex::new(None)))
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        let err = format!("{error}\nhint: {}", error.hint().unwrap_or_default());
         assert!(
             err.starts_with("the build network's gateway `192.0.2.1` is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere"),
             "{err}"

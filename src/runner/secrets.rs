@@ -56,14 +56,40 @@ pub enum SecretsError {
     },
     /// The build network's gateway is not an address of this host: the
     /// daemon runs elsewhere, so the server cannot listen there.
-    #[error("the build network's gateway `{gateway}` is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere (a remote daemon, such as GitLab CI's `docker:dind` service over tcp://…:2376, or a daemon in another network namespace)\nhint: give --binding ADDR, an address of this host that the daemon's containers reach (in a GitLab CI job: the job container's own address, `--binding $(hostname -i)`)")]
+    #[error("the build network's gateway `{gateway}` is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere (a remote daemon, such as GitLab CI's `docker:dind` service over tcp://…:2376, or a daemon in another network namespace)")]
     GatewayNotLocal {
         /// The gateway address.
         gateway: IpAddr,
     },
+    /// Every subnet of `--network-pool` is taken.
+    #[error("cannot create network `{network}` for the secrets server: docker: no free /{prefix} left in --network-pool {pool} ({total} subnets; {taken} networks and routes overlap it)")]
+    PoolExhausted {
+        /// `habitus-<build id>`.
+        network: String,
+        /// The subnet size.
+        prefix: u8,
+        /// `--network-pool`.
+        pool: String,
+        /// Subnets in the pool.
+        total: usize,
+        /// Daemon networks and host routes that overlap it.
+        taken: usize,
+    },
     /// The server could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+}
+
+impl SecretsError {
+    /// What the user can do about it, when habitus knows.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SecretsError::GatewayNotLocal { .. } => Some("give --binding ADDR, an address of this host that the daemon's containers reach (in a GitLab CI job: the job container's own address, `--binding $(hostname -i)`)".into()),
+            SecretsError::PoolExhausted { .. } => Some("`habitus prune` removes what killed builds left; or give a larger --network-pool".into()),
+            SecretsError::Network { source, .. } => source.hint(),
+            _ => None,
+        }
+    }
 }
 
 /// What the runner needs to know before a build: the resolved secrets
@@ -406,15 +432,16 @@ async fn create_network(
             Err(e) => return Err(failed(e)),
         }
     }
-    Err(failed(EngineError::Api(format!(
-        "no free /{} left in --network-pool {} ({total} subnets; {} networks and routes overlap it)\nhint: `habitus prune` removes what killed builds left; or give a larger --network-pool",
-        crate::netpool::PREFIX,
-        match pool {
+    Err(SecretsError::PoolExhausted {
+        network: name.to_string(),
+        prefix: crate::netpool::PREFIX,
+        pool: match pool {
             Pool::Subnets(net) => net.to_string(),
             Pool::Docker => "docker".into(),
         },
-        taken.len()
-    ))))
+        total,
+        taken: taken.len(),
+    })
 }
 
 pub fn network_name(build_id: &str) -> String {

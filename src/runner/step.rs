@@ -82,13 +82,19 @@ impl Build {
             step: step.label.clone(),
             dockerfile: step.dockerfile_path.clone(),
             message,
+            hint: None,
         };
         let source = workpath::read_inside(&self.manifest.workdir, &step.dockerfile_path)
             .await
             .map_err(|e| error(e.to_string()))?;
         let builder = step.builder.unwrap_or(self.options.builder);
         if step.ssh && builder == Builder::Legacy {
-            return Err(error("`ssh: true` forwards the SSH agent to BuildKit's `RUN --mount=type=ssh`; the classic builder cannot\nhint: set `builder: buildkit` on the step, or build with `--builder buildkit`".into()));
+            return Err(BuildError::Dockerfile {
+                step: step.label.clone(),
+                dockerfile: step.dockerfile_path.clone(),
+                message: "`ssh: true` forwards the SSH agent to BuildKit's `RUN --mount=type=ssh`; the classic builder cannot".into(),
+                hint: Some("set `builder: buildkit` on the step, or build with `--builder buildkit`".into()),
+            });
         }
         // Steps folded into this one come first, as named stages, and
         // this step's Dockerfile refers to the last of them.
