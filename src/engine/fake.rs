@@ -1,6 +1,6 @@
 //! An in-memory [`Engine`] for fast tests of the runner: it records every
 //! call, and builds "succeed" after a configurable delay unless told to
-//! fail. It never touches Docker.
+//! fail. It never touches Docker, and is built for unit tests only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;

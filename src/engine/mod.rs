@@ -1,9 +1,11 @@
 //! The container engine: the only module that talks to Docker (through
-//! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so it
-//! can be unit-tested with [`fake::FakeEngine`].
+//! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so its
+//! unit tests run against an in-memory fake (`fake::FakeEngine`, built for
+//! tests only).
 
 pub mod buildkit;
 pub mod docker;
+#[cfg(test)]
 pub mod fake;
 mod transport;
 
