@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{BuilderArg, Flags, LevelArg};
+use crate::engine::docker::{DockerOptions, DEFAULT_HOST};
 use crate::manifest::EnvSource;
 use crate::model::{Builder, Level};
 use crate::secrets::server::BasicAuth;
@@ -22,9 +23,6 @@ pub struct DockerSettings {
     pub cert_path: Option<PathBuf>,
 }
 
-/// The default daemon address, as Docker's CLI has it.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-
 impl DockerSettings {
     /// Flags win; then DOCKER_HOST, DOCKER_TLS_VERIFY (any non-empty value
     /// turns TLS on, as in Docker's CLI) and DOCKER_CERT_PATH (default
@@ -39,7 +37,7 @@ impl DockerSettings {
         let host = host
             .map(str::to_string)
             .or_else(|| non_empty("DOCKER_HOST"))
-            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
         let use_tls = use_tls.unwrap_or_else(|| non_empty("DOCKER_TLS_VERIFY").is_some());
         let cert_path = certs
             .map(Path::to_path_buf)
@@ -55,10 +53,20 @@ impl DockerSettings {
             cert_path,
         }
     }
+
+    /// What the engine connects with.
+    pub fn options(&self) -> DockerOptions {
+        DockerOptions {
+            host: Some(self.host.clone()),
+            use_tls: self.use_tls,
+            cert_path: self.cert_path.clone(),
+        }
+    }
 }
 
 /// Everything a habitus run needs, resolved. Only this module reads the
-/// command line's flags and `DOCKER_*`.
+/// command line's flags and DOCKER_HOST, DOCKER_TLS_VERIFY and
+/// DOCKER_CERT_PATH.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
@@ -283,7 +291,8 @@ pub fn default_jobs() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{DockerSettings, DEFAULT_DOCKER_HOST};
+    use super::{DockerSettings, DEFAULT_HOST};
+    use crate::engine::docker::DockerOptions;
     use std::path::{Path, PathBuf};
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -301,7 +310,7 @@ mod tests {
         assert_eq!(
             DockerSettings::resolve(None, None, None, &none),
             DockerSettings {
-                host: DEFAULT_DOCKER_HOST.into(),
+                host: DEFAULT_HOST.into(),
                 use_tls: false,
                 cert_path: None
             }
@@ -324,5 +333,44 @@ mod tests {
         assert_eq!(s.host, "unix:///x.sock");
         assert!(!s.use_tls);
         assert_eq!(s.cert_path, Some(PathBuf::from("/c")));
+    }
+
+    #[test]
+    fn docker_cert_path_is_read_and_becomes_the_engine_options() {
+        let env = env_of(&[
+            ("DOCKER_HOST", "tcp://10.0.0.1:2376"),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", "/certs"),
+            ("HOME", "/home/u"),
+        ]);
+        let s = DockerSettings::resolve(None, None, None, &env);
+        assert_eq!(
+            s.options(),
+            DockerOptions {
+                host: Some("tcp://10.0.0.1:2376".into()),
+                use_tls: true,
+                cert_path: Some("/certs".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn empty_docker_variables_mean_unset() {
+        let env = env_of(&[
+            ("DOCKER_HOST", ""),
+            ("DOCKER_TLS_VERIFY", ""),
+            ("DOCKER_CERT_PATH", ""),
+            ("HOME", "/home/u"),
+        ]);
+        let s = DockerSettings::resolve(None, None, None, &env);
+        assert_eq!(
+            s,
+            DockerSettings {
+                host: DEFAULT_HOST.into(),
+                use_tls: false,
+                cert_path: None
+            }
+        );
+        assert_eq!(s.options().address(), "unix:///var/run/docker.sock");
     }
 }

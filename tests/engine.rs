@@ -329,7 +329,6 @@ async fn tls_with_the_right_client_certificate_works() {
     let opts = DockerOptions {
         host: Some(proxy.host()),
         use_tls: true,
-        tls_verify: false,
         cert_path: Some(proxy.cert_dir.clone()),
     };
     let engine = DockerEngine::connect(&opts).await.unwrap();
@@ -345,8 +344,7 @@ async fn tls_with_a_client_certificate_from_another_ca_fails_clearly() {
     let proxy = tls_proxy::start();
     let opts = DockerOptions {
         host: Some(proxy.host()),
-        use_tls: false,
-        tls_verify: true,
+        use_tls: true,
         cert_path: Some(proxy.bad_cert_dir.clone()),
     };
     let err = DockerEngine::connect(&opts).await.unwrap_err().to_string();

@@ -14,7 +14,7 @@ pub use build::build_in;
 
 use crate::cli::Command;
 use crate::config::Config;
-use crate::engine::docker::{DockerEngine, DockerOptions};
+use crate::engine::docker::DockerEngine;
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::manifest::{self, LoadOptions, Loaded};
@@ -104,11 +104,5 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// Connects to the daemon as the flags and DOCKER_* variables say.
 async fn connect(config: &Config) -> Result<DockerEngine, EngineError> {
-    DockerEngine::connect(&DockerOptions {
-        host: Some(config.docker.host.clone()),
-        use_tls: config.docker.use_tls,
-        tls_verify: config.docker.use_tls,
-        cert_path: config.docker.cert_path.clone(),
-    })
-    .await
+    DockerEngine::connect(&config.docker.options()).await
 }

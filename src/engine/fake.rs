@@ -1,6 +1,6 @@
 //! An in-memory [`Engine`] for fast tests of the runner: it records every
 //! call, and builds "succeed" after a configurable delay unless told to
-//! fail. It never touches Docker.
+//! fail. It never touches Docker, and is built for unit tests only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    BuildRequest, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError, ImageInfo,
-    LineSink, RunRequest,
+    BuildRequest, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError, HistoryEntry,
+    ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
 };
 
 /// A file of a fake layer: path and content.
@@ -139,6 +139,11 @@ impl FakeEngine {
     pub fn removed_networks(&self) -> Vec<String> {
         lock(&self.removed_networks).clone()
     }
+}
+
+/// The error of an operation a test engine does not simulate.
+pub(crate) fn unsupported(what: &str, image: &str) -> EngineError {
+    EngineError::Api(format!("this engine cannot {what} `{image}`"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -329,5 +334,53 @@ impl Engine for FakeEngine {
             lock(&self.removed_networks).push(name.to_string());
         }
         Ok(())
+    }
+
+    // Not simulated: the subnets in use and what builds left behind (the
+    // runner's tests need none), and the rest of `squash`.
+
+    /// No other networks: every subnet is free.
+    async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    /// Nothing was left behind.
+    async fn list_labelled(&self, _key: &str) -> Result<Vec<Leftover>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    /// No container is attached.
+    async fn containers_on_network(&self, _name: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    async fn load_image(&self, _archive: ByteStream, _sink: LineSink) -> Result<(), EngineError> {
+        Err(EngineError::Api("this engine cannot load images".into()))
+    }
+
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError> {
+        Err(unsupported("inspect", image))
+    }
+
+    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        Err(unsupported("read the history of", image))
+    }
+
+    async fn export_filesystem(
+        &self,
+        image: &str,
+        _labels: BTreeMap<String, String>,
+    ) -> Result<ByteStream, EngineError> {
+        Err(unsupported("export", image))
+    }
+
+    async fn import_image(
+        &self,
+        _rootfs: ByteStream,
+        reference: &str,
+        _changes: Vec<String>,
+        _message: &str,
+    ) -> Result<String, EngineError> {
+        Err(unsupported("import", reference))
     }
 }

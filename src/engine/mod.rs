@@ -1,9 +1,11 @@
 //! The container engine: the only module that talks to Docker (through
-//! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so it
-//! can be unit-tested with [`fake::FakeEngine`].
+//! bollard, in [`docker`]). The runner sees only the [`Engine`] trait, so its
+//! unit tests run against an in-memory fake (`fake::FakeEngine`, built for
+//! tests only).
 
 pub mod buildkit;
 pub mod docker;
+#[cfg(test)]
 pub mod fake;
 mod transport;
 
@@ -226,6 +228,9 @@ pub struct ContainerRequest {
     pub keep_alive: bool,
 }
 
+/// What habitus asks of a container engine. No method has a default body:
+/// every engine says what each one does, so a missing operation is a
+/// compile error rather than a failure at run time.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync {
     /// Checks that the daemon answers.
@@ -260,112 +265,72 @@ pub trait Engine: Send + Sync {
         value: &str,
     ) -> Result<usize, EngineError>;
 
-    // Containers for artifacts and cleanup. The defaults fail, so engines
-    // that never copy artifacts or run cleanups need not implement them.
+    // Containers for artifacts and cleanup.
 
     /// Creates a container (see [`ContainerRequest::keep_alive`]) and, when
     /// it is to stay alive, starts it; returns its id.
-    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError> {
-        Err(unsupported("create a container of", &req.image))
-    }
+    async fn create_container(&self, req: ContainerRequest) -> Result<String, EngineError>;
 
     /// Streams a tar archive of `path` inside container `id` (the archive
     /// API, as `docker cp` reads it): a file gives one entry named after it,
     /// a directory its tree under its own name. A symlink at `path` is
     /// archived as the symlink.
-    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError> {
-        let _ = id;
-        Err(unsupported("read", path))
-    }
+    async fn archive(&self, id: &str, path: &str) -> Result<ByteStream, EngineError>;
 
     /// Runs `cmd` as root in the running container `id`, streams its output
     /// to `sink` and returns its exit code.
-    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError> {
-        let _ = (cmd, sink);
-        Err(unsupported("exec in", id))
-    }
+    async fn exec(&self, id: &str, cmd: Vec<String>, sink: LineSink) -> Result<i64, EngineError>;
 
     /// Commits container `id` as a new untagged image whose config (Env,
     /// Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes…)
     /// is that of image `config_of`, not the container's; returns its id.
-    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError> {
-        let _ = config_of;
-        Err(unsupported("commit", id))
-    }
+    async fn commit(&self, id: &str, config_of: &str) -> Result<String, EngineError>;
 
     /// Removes (forcibly) one container; a container that is already gone
     /// is not an error.
-    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
-        Err(unsupported("remove", id))
-    }
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+
+    // Networks, for the secrets server, and what builds left behind.
 
     /// Creates a bridge network `name` with `labels` (on `subnet` when
     /// given, e.g. `10.213.0.16/28`) and returns its gateway address (from
-    /// its IPAM config), e.g. `172.18.0.1`. The default fails, so engines
-    /// that never serve secrets need not implement it.
+    /// its IPAM config), e.g. `172.18.0.1`.
     async fn create_network(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
         subnet: Option<&str>,
-    ) -> Result<String, EngineError> {
-        let _ = (labels, subnet);
-        Err(EngineError::Api(format!(
-            "this engine cannot create network `{name}`"
-        )))
-    }
+    ) -> Result<String, EngineError>;
 
     /// The IPv4 subnets of every network the daemon has (`172.17.0.0/16`).
-    async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
-        Ok(Vec::new())
-    }
+    async fn network_subnets(&self) -> Result<Vec<String>, EngineError>;
 
     /// Networks and containers that carry the label `key`, whatever its
     /// value: what builds left behind is found by `habitus.build`.
-    async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError> {
-        let _ = key;
-        Ok(Vec::new())
-    }
+    async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError>;
 
     /// Containers (in any state) attached to network `name`: id and
     /// whether it runs.
-    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError> {
-        let _ = name;
-        Ok(Vec::new())
-    }
+    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError>;
 
     /// Removes network `name`; a network that does not exist is not an error.
-    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
-        Err(EngineError::Api(format!(
-            "this engine cannot remove network `{name}`"
-        )))
-    }
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
 
-    // Image transfer, used by `squash`. The defaults fail, so engines
-    // that never squash need not implement them.
+    // Image transfer, used by `squash`.
 
     /// Streams `docker save IMAGE` (`GET /images/{name}/get`).
-    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError> {
-        Err(unsupported("save", image))
-    }
+    async fn save_image(&self, image: &str) -> Result<ByteStream, EngineError>;
 
     /// Loads an image archive (`POST /images/load`), streaming `archive`
     /// and the daemon's messages to `sink`.
-    async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError> {
-        let _ = (archive, sink);
-        Err(EngineError::Api("this engine cannot load images".into()))
-    }
+    async fn load_image(&self, archive: ByteStream, sink: LineSink) -> Result<(), EngineError>;
 
     /// Layers, config and platform of an image; `Ok(None)` if it does not
     /// exist.
-    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError> {
-        Err(unsupported("inspect", image))
-    }
+    async fn image_details(&self, image: &str) -> Result<Option<ImageDetails>, EngineError>;
 
     /// The image's history, newest first.
-    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError> {
-        Err(unsupported("read the history of", image))
-    }
+    async fn image_history(&self, image: &str) -> Result<Vec<HistoryEntry>, EngineError>;
 
     /// Streams the merged filesystem of `image`: the export of a created,
     /// never started container labelled with `labels`. The caller removes
@@ -375,10 +340,7 @@ pub trait Engine: Send + Sync {
         &self,
         image: &str,
         labels: BTreeMap<String, String>,
-    ) -> Result<ByteStream, EngineError> {
-        let _ = labels;
-        Err(unsupported("export", image))
-    }
+    ) -> Result<ByteStream, EngineError>;
 
     /// Creates a one-layer image tagged `reference` from a filesystem tar
     /// (`POST /images/create?fromSrc=-`), applying Dockerfile-style
@@ -389,10 +351,7 @@ pub trait Engine: Send + Sync {
         reference: &str,
         changes: Vec<String>,
         message: &str,
-    ) -> Result<String, EngineError> {
-        let _ = (rootfs, changes, message);
-        Err(unsupported("import", reference))
-    }
+    ) -> Result<String, EngineError>;
 }
 
 /// A stream of bytes to or from the daemon (an image archive, a filesystem
@@ -423,8 +382,4 @@ pub struct HistoryEntry {
     /// Tags pointing at that image.
     pub tags: Vec<String>,
     pub created_by: String,
-}
-
-fn unsupported(what: &str, image: &str) -> EngineError {
-    EngineError::Api(format!("this engine cannot {what} `{image}`"))
 }

@@ -779,6 +779,82 @@ impl Engine for ArchiveEngine {
             ..self.details.clone()
         }))
     }
+
+    // Not simulated: squashing a saved image needs none of these.
+
+    async fn image_history(
+        &self,
+        image: &str,
+    ) -> Result<Vec<crate::engine::HistoryEntry>, EngineError> {
+        Err(crate::engine::fake::unsupported(
+            "read the history of",
+            image,
+        ))
+    }
+    async fn export_filesystem(
+        &self,
+        image: &str,
+        _: BTreeMap<String, String>,
+    ) -> Result<ByteStream, EngineError> {
+        Err(crate::engine::fake::unsupported("export", image))
+    }
+    async fn import_image(
+        &self,
+        _: ByteStream,
+        reference: &str,
+        _: Vec<String>,
+        _: &str,
+    ) -> Result<String, EngineError> {
+        Err(crate::engine::fake::unsupported("import", reference))
+    }
+    async fn create_container(
+        &self,
+        req: crate::engine::ContainerRequest,
+    ) -> Result<String, EngineError> {
+        Err(crate::engine::fake::unsupported(
+            "create a container of",
+            &req.image,
+        ))
+    }
+    async fn archive(&self, _: &str, path: &str) -> Result<ByteStream, EngineError> {
+        Err(crate::engine::fake::unsupported("read", path))
+    }
+    async fn exec(&self, id: &str, _: Vec<String>, _: LineSink) -> Result<i64, EngineError> {
+        Err(crate::engine::fake::unsupported("exec in", id))
+    }
+    async fn commit(&self, id: &str, _: &str) -> Result<String, EngineError> {
+        Err(crate::engine::fake::unsupported("commit", id))
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        Err(crate::engine::fake::unsupported("remove", id))
+    }
+    async fn create_network(
+        &self,
+        name: &str,
+        _: &BTreeMap<String, String>,
+        _: Option<&str>,
+    ) -> Result<String, EngineError> {
+        Err(EngineError::Api(format!(
+            "this engine cannot create network `{name}`"
+        )))
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        Err(EngineError::Api(format!(
+            "this engine cannot remove network `{name}`"
+        )))
+    }
+    /// No networks.
+    async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// Nothing was left behind.
+    async fn list_labelled(&self, _: &str) -> Result<Vec<crate::engine::Leftover>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// No container is attached.
+    async fn containers_on_network(&self, _: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        Ok(Vec::new())
+    }
 }
 
 fn members(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {

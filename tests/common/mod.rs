@@ -30,7 +30,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use habitus::engine::docker::{DockerEngine, DockerOptions};
+use habitus::config::DockerSettings;
+use habitus::engine::docker::DockerEngine;
 
 /// The label every test object carries: `habitus.uid=<uid>`.
 pub const UID_LABEL: &str = "habitus.uid";
@@ -64,7 +65,8 @@ pub fn docker_available() {
 /// Connects a [`DockerEngine`] the way the binary does (DOCKER_HOST etc.).
 pub async fn engine() -> DockerEngine {
     docker_available();
-    DockerEngine::connect(&DockerOptions::from_env())
+    let settings = DockerSettings::resolve(None, None, None, &|name| std::env::var(name).ok());
+    DockerEngine::connect(&settings.options())
         .await
         .expect("connect to the Docker daemon")
 }

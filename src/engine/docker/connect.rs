@@ -158,7 +158,7 @@ pub fn parse_api_version(version: &str) -> Option<(u64, u64)> {
 /// I/O yet, except reading the TLS files).
 fn open(opts: &DockerOptions, address: &str) -> Result<(Pool, Dialer), EngineError> {
     let dialer = if let Some(path) = address.strip_prefix("unix://") {
-        if opts.tls() {
+        if opts.use_tls {
             return Err(EngineError::Tls(format!(
                 "TLS needs a `tcp://` host, not `{address}`"
             )));
@@ -169,7 +169,7 @@ fn open(opts: &DockerOptions, address: &str) -> Result<(Pool, Dialer), EngineErr
         .or_else(|| address.strip_prefix("http://"))
         .or_else(|| address.strip_prefix("https://"))
     {
-        if opts.tls() || address.starts_with("https://") {
+        if opts.use_tls || address.starts_with("https://") {
             Dialer::tls(address, rest, &tls_files(&opts.cert_dir())?)?
         } else {
             Dialer::tcp(address, rest)
@@ -304,7 +304,6 @@ mod tests {
             host: Some("tcp://127.0.0.1:2376".into()),
             use_tls: true,
             cert_path: Some(dir.path().to_path_buf()),
-            ..Default::default()
         };
         let err = open(&opts, opts.address()).unwrap_err();
         let text = err.to_string();

@@ -42,42 +42,24 @@ use super::{
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
-/// Where and how to reach the Docker daemon. The command line fills it from
-/// its flags on top of [`DockerOptions::from_env`].
+/// Where and how to reach the Docker daemon. The engine reads no DOCKER_*
+/// variable: `config` resolves the flags and the environment, and fills
+/// this in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerOptions {
     /// `unix:///path`, `tcp://host:port` (also `http://`, `https://`);
     /// `None` means [`DEFAULT_HOST`].
     pub host: Option<String>,
-    /// Talk TLS to a `tcp://` daemon (`--use-tls`).
+    /// Talk TLS to a `tcp://` daemon (`--use-tls`, DOCKER_TLS_VERIFY).
+    /// habitus always verifies the daemon's certificate against `ca.pem`
+    /// when it talks TLS.
     pub use_tls: bool,
-    /// Talk TLS and verify the daemon (DOCKER_TLS_VERIFY). habitus always
-    /// verifies the daemon's certificate against `ca.pem` when it talks TLS,
-    /// so this implies `use_tls`.
-    pub tls_verify: bool,
     /// Directory holding `ca.pem`, `cert.pem` and `key.pem`; `None` means
     /// `~/.docker`.
     pub cert_path: Option<PathBuf>,
 }
 
 impl DockerOptions {
-    /// Reads DOCKER_HOST, DOCKER_TLS_VERIFY (any non-empty value turns TLS
-    /// on) and DOCKER_CERT_PATH as Docker's own tools do.
-    pub fn from_env() -> DockerOptions {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> DockerOptions {
-        let non_empty = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let tls_verify = non_empty("DOCKER_TLS_VERIFY").is_some();
-        DockerOptions {
-            host: non_empty("DOCKER_HOST"),
-            use_tls: tls_verify,
-            tls_verify,
-            cert_path: non_empty("DOCKER_CERT_PATH").map(PathBuf::from),
-        }
-    }
-
     /// The address to connect to.
     pub fn address(&self) -> &str {
         self.host.as_deref().unwrap_or(DEFAULT_HOST)
@@ -89,10 +71,6 @@ impl DockerOptions {
             Some(path) => path.clone(),
             None => home_dir().unwrap_or_default().join(".docker"),
         }
-    }
-
-    fn tls(&self) -> bool {
-        self.use_tls || self.tls_verify
     }
 }
 
@@ -314,40 +292,12 @@ impl Engine for DockerEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     use bollard::{Docker, API_DEFAULT_VERSION};
 
     use super::credentials::parse_docker_config;
-    use super::{DockerEngine, DockerOptions};
-
-    #[test]
-    fn options_from_env_read_docker_variables() {
-        let env = HashMap::from([
-            ("DOCKER_HOST", "tcp://10.0.0.1:2376"),
-            ("DOCKER_TLS_VERIFY", "1"),
-            ("DOCKER_CERT_PATH", "/certs"),
-        ]);
-        let opts = DockerOptions::from_lookup(|k| env.get(k).map(|v| v.to_string()));
-        assert_eq!(
-            opts,
-            DockerOptions {
-                host: Some("tcp://10.0.0.1:2376".into()),
-                use_tls: true,
-                tls_verify: true,
-                cert_path: Some("/certs".into()),
-            }
-        );
-    }
-
-    #[test]
-    fn empty_tls_verify_means_off_and_defaults_apply() {
-        let env = HashMap::from([("DOCKER_TLS_VERIFY", ""), ("DOCKER_HOST", "")]);
-        let opts = DockerOptions::from_lookup(|k| env.get(k).map(|v| v.to_string()));
-        assert!(!opts.tls_verify && !opts.use_tls);
-        assert_eq!(opts.address(), "unix:///var/run/docker.sock");
-    }
+    use super::DockerEngine;
 
     #[test]
     fn debug_output_never_shows_credentials() {
