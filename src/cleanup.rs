@@ -219,7 +219,7 @@ mod tests {
     async fn fake_with_image(image: &str) -> Arc<FakeEngine> {
         let engine = Arc::new(FakeEngine::default());
         engine.on_build(image, FakeBuild::default());
-        let sink: LineSink = Arc::new(|_: &str| {});
+        let sink: crate::engine::BuildSink = Arc::new(|_| {});
         engine
             .build(
                 BuildRequest {

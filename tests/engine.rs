@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use habitus::engine::docker::{parse_api_version, DockerEngine, DockerOptions, MIN_API_VERSION};
-use habitus::engine::{BuildRequest, Engine, EngineError, LineSink, RunRequest};
+use habitus::engine::{lines_only, BuildRequest, Engine, EngineError, LineSink, RunRequest};
 
 use crate::common::fake_daemon::{self, FakeDaemon};
 use crate::common::{
@@ -126,7 +126,7 @@ async fn builds_with_labels_and_build_args_and_reuses_the_cache() {
     req.labels.insert("habitus.step".into(), "compile".into());
 
     let (lines, sink) = collector();
-    let built = engine.build(req.clone(), sink).await.unwrap();
+    let built = engine.build(req.clone(), lines_only(sink)).await.unwrap();
     assert!(built.id.starts_with("sha256:"), "{built:?}");
     // The daemon adds one LABEL step per requested label.
     assert_eq!(built.total_steps, 5, "{lines:?}");
@@ -180,7 +180,7 @@ async fn builds_with_labels_and_build_args_and_reuses_the_cache() {
     assert_eq!(*out.lock().unwrap(), ["greeting=hello"]);
 
     let (_, sink) = collector();
-    let again = engine.build(req, sink).await.unwrap();
+    let again = engine.build(req, lines_only(sink)).await.unwrap();
     assert_eq!(again.id, built.id);
     // Everything but FROM comes from the cache.
     assert_eq!(again.cached_steps, 4);
@@ -205,7 +205,7 @@ async fn a_failing_run_reports_the_instruction_and_leaves_no_container() {
         ),
     );
     let (lines, sink) = collector();
-    let err = engine.build(req, sink).await.unwrap_err();
+    let err = engine.build(req, lines_only(sink)).await.unwrap_err();
     match &err {
         EngineError::BuildFailed {
             instruction,
@@ -241,7 +241,7 @@ async fn a_missing_context_directory_is_a_context_error() {
         ..Default::default()
     };
     let (_, sink) = collector();
-    match engine.build(req, sink).await.unwrap_err() {
+    match engine.build(req, lines_only(sink)).await.unwrap_err() {
         EngineError::Context { path, .. } => assert_eq!(path, Path::new("/nonexistent/context")),
         other => panic!("expected Context, got {other:?}"),
     }
@@ -374,7 +374,7 @@ async fn dropping_a_build_cancels_it() {
         ),
     );
     let (lines, sink) = collector();
-    let build = tokio::spawn(async move { engine.build(req, sink).await });
+    let build = tokio::spawn(async move { engine.build(req, lines_only(sink)).await });
 
     let started = Instant::now();
     while !lines.lock().unwrap().iter().any(|l| l == "started") {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    BuildRequest, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError, HistoryEntry,
-    ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
+    BuildOutput, BuildRequest, BuildSink, BuiltImage, ByteStream, ContainerRequest, Engine,
+    EngineError, HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
 };
 
 /// A file of a fake layer: path and content.
@@ -156,7 +156,7 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError> {
+    async fn build(&self, req: BuildRequest, sink: BuildSink) -> Result<BuiltImage, EngineError> {
         let behaviour = lock(&self.behaviour)
             .get(&req.tag)
             .cloned()
@@ -170,7 +170,12 @@ impl Engine for FakeEngine {
             });
             builds.len() - 1
         };
-        sink(&format!("Step 1/1 : FROM fake ({})", req.tag));
+        let line = format!("Step 1/1 : FROM fake ({})", req.tag);
+        sink(BuildOutput::Instruction(&format!(
+            "[1/1] FROM fake ({})",
+            req.tag
+        )));
+        sink(BuildOutput::Line(&line));
         tokio::time::sleep(behaviour.delay).await;
         lock(&self.builds)[index].finished = Some(Instant::now());
         if let Some(message) = behaviour.fail {

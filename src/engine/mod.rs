@@ -29,6 +29,52 @@ impl EngineError {
 /// Receives daemon output, one line at a time (without the newline).
 pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// What a build reports while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildOutput<'a> {
+    /// A line of the daemon's output (without the newline).
+    Line(&'a str),
+    /// The daemon starts an instruction, as `[3/7] RUN make` (or
+    /// `[stage 1/2] FROM x` with BuildKit). The line that announced it
+    /// follows as a [`BuildOutput::Line`].
+    Instruction(&'a str),
+}
+
+/// Receives what a build reports.
+pub type BuildSink = Arc<dyn Fn(BuildOutput<'_>) + Send + Sync>;
+
+/// A build sink that passes the lines to `sink` and drops the rest.
+pub fn lines_only(sink: LineSink) -> BuildSink {
+    Arc::new(move |out: BuildOutput<'_>| {
+        if let BuildOutput::Line(line) = out {
+            sink(line);
+        }
+    })
+}
+
+/// The line sink the daemon's stream parsers write to: a line that
+/// announces an instruction (`Step 3/7 : RUN make` from the classic
+/// builder, `#5 [3/7] RUN make` from BuildKit) reaches `sink` as an
+/// [`BuildOutput::Instruction`] first; every line then as a line.
+fn announcing(sink: BuildSink) -> LineSink {
+    Arc::new(move |line: &str| {
+        if let Some(instruction) = instruction_of(line) {
+            sink(BuildOutput::Instruction(&instruction));
+        }
+        sink(BuildOutput::Line(line));
+    })
+}
+
+/// The instruction a line of build output announces, as `[3/7] RUN make`.
+fn instruction_of(line: &str) -> Option<String> {
+    if let Some(rest) = line.strip_prefix("Step ") {
+        let (counter, instruction) = rest.split_once(" : ")?;
+        return Some(format!("[{counter}] {instruction}"));
+    }
+    let (_, name) = line.strip_prefix('#')?.split_once(' ')?;
+    buildkit::instruction(name).map(|_| name.to_string())
+}
+
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -238,7 +284,7 @@ pub trait Engine: Send + Sync {
 
     /// Builds an image, streaming the daemon's output to `sink`. Dropping
     /// the future cancels the build.
-    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError>;
+    async fn build(&self, req: BuildRequest, sink: BuildSink) -> Result<BuiltImage, EngineError>;
 
     /// Runs `sh -c command` in a new container of `req.image`, streams its
     /// output to `sink`, removes the container and returns the exit code.
@@ -382,4 +428,49 @@ pub struct HistoryEntry {
     /// Tags pointing at that image.
     pub tags: Vec<String>,
     pub created_by: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{announcing, instruction_of, BuildOutput, BuildSink};
+
+    #[test]
+    fn both_builders_announce_instructions_in_one_shape() {
+        assert_eq!(
+            instruction_of("Step 3/7 : RUN make").as_deref(),
+            Some("[3/7] RUN make")
+        );
+        assert_eq!(
+            instruction_of("#5 [2/3] RUN make").as_deref(),
+            Some("[2/3] RUN make")
+        );
+        assert_eq!(
+            instruction_of("#2 [build 1/2] FROM x").as_deref(),
+            Some("[build 1/2] FROM x")
+        );
+        assert_eq!(instruction_of("#1 [internal] load build definition"), None);
+        assert_eq!(instruction_of(" ---> Running in 0123"), None);
+    }
+
+    #[test]
+    fn an_instruction_comes_before_the_line_that_announced_it() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&seen);
+        let sink: BuildSink = Arc::new(move |out: BuildOutput<'_>| {
+            kept.lock().unwrap().push(format!("{out:?}"));
+        });
+        let lines = announcing(sink);
+        lines("Step 1/2 : FROM base");
+        lines(" ---> abc");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                r#"Instruction("[1/2] FROM base")"#,
+                r#"Line("Step 1/2 : FROM base")"#,
+                r#"Line(" ---> abc")"#
+            ]
+        );
+    }
 }

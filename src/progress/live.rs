@@ -98,29 +98,11 @@ impl Live {
         }
     }
 
-    /// A line of the daemon's output: `Step 3/7 : RUN …` (classic
-    /// builder) or `#5 [3/7] RUN …` (BuildKit) becomes the step's current
-    /// instruction.
-    pub fn step_output(&self, label: &str, line: &Redacted) {
-        let line = line.as_str();
-        let message = if let Some(rest) = line.strip_prefix("Step ") {
-            let Some((counter, instruction)) = rest.split_once(" : ") else {
-                return;
-            };
-            format!("[{counter}] {instruction}")
-        } else if let Some(rest) = line.strip_prefix('#') {
-            let Some((_, name)) = rest.split_once(' ') else {
-                return;
-            };
-            if crate::engine::buildkit::instruction(name).is_none() {
-                return;
-            }
-            name.to_string()
-        } else {
-            return;
-        };
+    /// The step's build started `instruction` (`[3/7] RUN …`): it becomes
+    /// the step's current line.
+    pub fn step_instruction(&self, label: &str, instruction: &Redacted) {
         if let Some(bar) = self.bars().get(label) {
-            bar.set_message(message);
+            bar.set_message(instruction.to_string());
         }
     }
 

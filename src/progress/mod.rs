@@ -174,15 +174,20 @@ impl Reporter {
             step: label,
             line: &sanitize(line.as_str()),
         });
-        if let Some(live) = &self.live {
-            live.step_output(label, &line);
-            // On a terminal the stream shows only with --level debug.
-            if self.min > Severity::Debug {
-                return;
-            }
+        // On a terminal the stream shows only with --level debug.
+        if self.live.is_some() && self.min > Severity::Debug {
+            return;
         }
         if !self.suppress {
             self.write_line(&format!("{label} | "), line.as_str());
+        }
+    }
+
+    /// Step `label`'s build starts `instruction` (`[3/7] RUN make`): the
+    /// step's live line shows it.
+    pub fn step_instruction(&self, label: &str, instruction: &str) {
+        if let Some(live) = &self.live {
+            live.step_instruction(label, &self.redact(instruction));
         }
     }
 

@@ -9,7 +9,7 @@ use super::secrets::{BuildSession, SessionOptions};
 use super::{fold, lock, BuildError, Runner, Summary};
 use crate::audit::Scanner;
 use crate::config::BuildSettings;
-use crate::engine::{Engine, LineSink, MountLog, MountSecrets, MountValue};
+use crate::engine::{BuildOutput, BuildSink, Engine, LineSink, MountLog, MountSecrets, MountValue};
 use crate::manifest::{Manifest, Step};
 use crate::model::{LABEL_BUILD, LABEL_STEP, LABEL_UID};
 use crate::plan::Plan;
@@ -130,6 +130,17 @@ impl Build {
         let reporter = Arc::clone(&self.reporter);
         let label = label.to_string();
         Arc::new(move |line: &str| reporter.step_output(&label, line))
+    }
+
+    /// Where `label`'s build reports: instructions to the step's live
+    /// line, output lines as with [`Build::sink`].
+    pub fn build_sink(&self, label: &str) -> BuildSink {
+        let reporter = Arc::clone(&self.reporter);
+        let label = label.to_string();
+        Arc::new(move |out: BuildOutput<'_>| match out {
+            BuildOutput::Line(line) => reporter.step_output(&label, line),
+            BuildOutput::Instruction(text) => reporter.step_instruction(&label, text),
+        })
     }
 
     /// The secrets `step` declares, by name, for its secret mounts; each

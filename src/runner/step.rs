@@ -57,7 +57,7 @@ impl Build {
             .map(|s| s.grant(&step.label, !step.secrets.is_empty()));
         let request = self.request(&step, &image, &dockerfile, grant.as_ref())?;
         self.protect_credentials(grant.as_ref());
-        let sink = self.sink(&step.label);
+        let sink = self.build_sink(&step.label);
         let built = self.engine.build(request, sink).await;
         drop(grant);
         let built = built.map_err(|e| self.build_error(&step, &dockerfile, e))?;

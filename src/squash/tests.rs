@@ -733,7 +733,11 @@ impl Engine for ArchiveEngine {
     async fn ping(&self) -> Result<(), EngineError> {
         Ok(())
     }
-    async fn build(&self, _: BuildRequest, _: LineSink) -> Result<BuiltImage, EngineError> {
+    async fn build(
+        &self,
+        _: BuildRequest,
+        _: crate::engine::BuildSink,
+    ) -> Result<BuiltImage, EngineError> {
         Err(EngineError::Api("no builds here".into()))
     }
     async fn run(&self, _: RunRequest, _: LineSink) -> Result<i64, EngineError> {

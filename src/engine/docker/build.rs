@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::progress::BuildProgress;
 use super::{api, images, DockerEngine};
 use crate::engine::buildkit;
-use crate::engine::{BuildRequest, BuiltImage, EngineError, LineSink};
+use crate::engine::{BuildRequest, BuildSink, BuiltImage, EngineError, LineSink};
 use crate::model::Builder;
 
 /// Size of one chunk of the streamed build context.
@@ -42,8 +42,9 @@ struct ContextWriter {
 pub(super) async fn build(
     engine: &DockerEngine,
     req: BuildRequest,
-    sink: LineSink,
+    sink: BuildSink,
 ) -> Result<BuiltImage, EngineError> {
+    let sink = super::super::announcing(sink);
     let options = build_options(&req)?;
     if req.builder == Builder::BuildKit {
         return build_with_buildkit(engine, &req, &sink).await;

@@ -35,8 +35,8 @@ pub use connect::{parse_api_version, DaemonInfo, MIN_API_VERSION};
 
 use super::buildkit::Dialer;
 use super::{
-    BuildRequest, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError, HistoryEntry,
-    ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
+    BuildRequest, BuildSink, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError,
+    HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
 };
 
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
@@ -181,7 +181,7 @@ impl Engine for DockerEngine {
         connect::ping(self).await
     }
 
-    async fn build(&self, req: BuildRequest, sink: LineSink) -> Result<BuiltImage, EngineError> {
+    async fn build(&self, req: BuildRequest, sink: BuildSink) -> Result<BuiltImage, EngineError> {
         build::build(self, req, sink).await
     }
 
