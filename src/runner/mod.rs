@@ -656,7 +656,7 @@ mod tests {
         a.secrets.insert(
             "key".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "KEY".into(),
             },
         );
@@ -689,7 +689,7 @@ mod tests {
         store.insert(
             step,
             crate::secrets::provider::SecretKey {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 name: name.into(),
             },
             Arc::new(crate::secrets::Secret::new(value.to_vec())),
@@ -699,7 +699,7 @@ mod tests {
             binding: None,
             port: 0,
             basic_auth: None,
-            providers: vec!["env".into()],
+            providers: vec![crate::model::SecretKind::Env],
             network_pool: crate::netpool::Pool::default(),
         };
         (settings, store)
@@ -717,7 +717,7 @@ mod tests {
         a.secrets.insert(
             "k".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "K".into(),
             },
         );
@@ -753,7 +753,7 @@ mod tests {
         a.secrets.insert(
             "k".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "K".into(),
             },
         );
