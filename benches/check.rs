@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use habitus::manifest::{load, EnvSource, LoadOptions};
+use habitus::model::SecretKind;
 use habitus::plan::Plan;
 use habitus::render;
 use rand::rngs::StdRng;
@@ -78,12 +79,11 @@ fn build_yml() -> (String, usize) {
 /// `manifest::load` + `Plan::new` + `render::text`, timed separately and
 /// together.
 fn in_process(file: &Path, workdir: &Path) {
-    let providers = ["file".to_owned(), "env".to_owned()];
     let options = LoadOptions {
         file,
         workdir,
         env: &EnvSource::Process,
-        sec_providers: &providers,
+        sec_providers: &SecretKind::ALL,
     };
     let (mut load_t, mut plan_t, mut text_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use habitus::model::SecretKind;
 use habitus::secrets::provider::{SecretKey, SecretStore};
 use habitus::secrets::server::{self, ServerOptions};
 use habitus::secrets::Secret;
@@ -123,7 +124,7 @@ fn store(body: &[u8]) -> SecretStore {
     store.insert(
         "bench",
         SecretKey {
-            kind: "file".into(),
+            kind: SecretKind::File,
             name: "bench".into(),
         },
         Arc::new(Secret::new(body.to_vec())),

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::model::SecretKind;
+
 /// The clap command, for completions and the man page.
 pub fn command() -> clap::Command {
     Cli::command()
@@ -338,7 +340,7 @@ pub struct Flags {
     pub after_build_commands: bool,
 
     /// Enabled secret providers, comma separated.
-    #[arg(long, global = true, value_name = "LIST", default_value = "file,env",
+    #[arg(long, global = true, value_name = "LIST", default_value_t = Providers(SecretKind::ALL.to_vec()),
           value_parser = parse_providers)]
     pub sec_providers: Providers,
 
@@ -413,22 +415,27 @@ pub struct Flags {
 
 /// A comma separated list of secret provider types.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Providers(pub Vec<String>);
+pub struct Providers(pub Vec<SecretKind>);
 
-/// Secret provider types habitus knows.
-pub const PROVIDERS: &[&str] = &["file", "env"];
+/// As given on the command line: `file,env`.
+impl std::fmt::Display for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|kind| kind.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
 
 fn parse_providers(value: &str) -> Result<Providers, String> {
     let mut out = Vec::new();
     for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if !PROVIDERS.contains(&name) {
+        let Some(kind) = SecretKind::parse(name) else {
             return Err(format!(
                 "unknown secret provider `{name}` (known: {})",
-                PROVIDERS.join(", ")
+                SecretKind::names().join(", ")
             ));
-        }
-        if !out.iter().any(|n| n == name) {
-            out.push(name.to_string());
+        };
+        if !out.contains(&kind) {
+            out.push(kind);
         }
     }
     Ok(Providers(out))

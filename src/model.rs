@@ -1,6 +1,7 @@
 //! The vocabulary every part of habitus shares: which builder runs a
-//! step, how much to log, the labels habitus puts on Docker objects and
-//! the build id. It imports nothing of the crate, so any module may use it.
+//! step, where a secret's value comes from, how much to log, the labels
+//! habitus puts on Docker objects and the build id. It imports nothing of
+//! the crate, so any module may use it.
 
 /// Which of the daemon's builders runs a step's Dockerfile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,6 +20,60 @@ impl Builder {
             Builder::Legacy => "legacy",
             Builder::BuildKit => "buildkit",
         }
+    }
+}
+
+/// Where a secret's value comes from: the `type:` of a secret in
+/// build.yml, a name in `--sec-providers`, the `{kind}` of
+/// `/v1/secrets/{kind}/{name}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    /// A host path, read whole.
+    File,
+    /// A variable NAME; the value is `HABITUS_<NAME>`.
+    Env,
+}
+
+impl SecretKind {
+    /// Every kind, in the order messages list them.
+    pub const ALL: [SecretKind; 2] = [SecretKind::File, SecretKind::Env];
+
+    /// `file` or `env`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretKind::File => "file",
+            SecretKind::Env => "env",
+        }
+    }
+
+    /// The kind called `name` exactly; `None` for any other text.
+    pub fn parse(name: &str) -> Option<SecretKind> {
+        SecretKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The names of [`SecretKind::ALL`].
+    pub fn names() -> [&'static str; 2] {
+        SecretKind::ALL.map(SecretKind::name)
+    }
+}
+
+impl std::fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// By name, so that secrets keep the order they had when the kind was
+/// text (`env/…` before `file/…`).
+impl Ord for SecretKind {
+    fn cmp(&self, other: &SecretKind) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl PartialOrd for SecretKind {
+    fn partial_cmp(&self, other: &SecretKind) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -45,4 +100,21 @@ pub const LABEL_UID: &str = "habitus.uid";
 /// (`habitus-<id>` networks) and unique enough for one daemon.
 pub fn new_build_id() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretKind;
+
+    #[test]
+    fn secret_kinds_are_named_and_ordered_as_their_names() {
+        assert_eq!(SecretKind::names(), ["file", "env"]);
+        for kind in SecretKind::ALL {
+            assert_eq!(SecretKind::parse(kind.name()), Some(kind));
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        assert_eq!(SecretKind::parse("File"), None);
+        assert_eq!(SecretKind::parse(" env"), None);
+        assert!(SecretKind::Env < SecretKind::File);
+    }
 }

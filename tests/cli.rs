@@ -4,6 +4,7 @@ use std::process::Command;
 use habitus::cli::parse;
 use habitus::config::Config;
 use habitus::manifest::EnvSource;
+use habitus::model::SecretKind;
 
 fn config(args: &[&str]) -> Config {
     let cli = parse(args.iter().copied()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -81,7 +82,7 @@ fn go_style_and_gnu_style_give_the_same_config() {
     assert_eq!(go.build.uid.as_deref(), Some("tenant1"));
     assert_eq!(go.build.memory, Some(512 << 20));
     assert_eq!(go.build.cpu_shares, Some(512));
-    assert_eq!(go.secrets.providers, ["file"]);
+    assert_eq!(go.secrets.providers, [SecretKind::File]);
 }
 
 #[test]

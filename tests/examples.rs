@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use habitus::manifest::{load, EnvSource, LoadOptions};
+use habitus::model::SecretKind;
 use habitus::plan::Plan;
 use habitus::render;
 
@@ -28,12 +29,11 @@ fn examples() -> Vec<PathBuf> {
 /// Loads the example through the library and builds its plan.
 fn load_and_plan(dir: &Path) -> (habitus::manifest::Manifest, Plan) {
     let file = dir.join("build.yml");
-    let providers = ["file".to_owned(), "env".to_owned()];
     let loaded = load(&LoadOptions {
         file: &file,
         workdir: dir,
         env: &EnvSource::Process,
-        sec_providers: &providers,
+        sec_providers: &SecretKind::ALL,
     })
     .unwrap_or_else(|diagnostics| panic!("`{}` does not load:\n{diagnostics}", file.display()));
     assert!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use habitus::manifest::{
     load, parse, Artifact, Diagnostics, EnvSource, LoadOptions, Loaded, SchemaVersion, SecretSpec,
 };
+use habitus::model::SecretKind;
 use tempfile::TempDir;
 
 /// A work directory holding the given files (each a one-line Dockerfile).
@@ -22,8 +23,8 @@ fn workdir(files: &[&str]) -> TempDir {
     dir
 }
 
-fn providers() -> Vec<String> {
-    vec!["file".into(), "env".into()]
+fn providers() -> Vec<SecretKind> {
+    SecretKind::ALL.to_vec()
 }
 
 fn no_env() -> EnvSource {
@@ -39,7 +40,7 @@ fn check_with(
     dir: &Path,
     yml: &str,
     env: &EnvSource,
-    sec_providers: &[String],
+    sec_providers: &[SecretKind],
 ) -> Result<Loaded, Diagnostics> {
     parse(
         yml,
@@ -150,11 +151,11 @@ fn a_full_build_yml_loads_into_the_model() {
     assert_eq!(
         compile.secrets.get("id_rsa"),
         Some(&SecretSpec {
-            kind: "file".into(),
+            kind: SecretKind::File,
             value: "/home/me/.ssh/id_rsa".into()
         })
     );
-    assert_eq!(compile.secrets["npm_tok"].kind, "env");
+    assert_eq!(compile.secrets["npm_tok"].kind, SecretKind::Env);
     assert_eq!(compile.secrets["npm_tok"].value, "NPM_TOKEN");
     assert_eq!(compile.command.as_deref(), Some("./run-tests"));
     assert_eq!(compile.after_build_command.as_deref(), Some("make upload"));
@@ -604,7 +605,7 @@ fn an_unknown_secret_type_suggests_the_closest() {
 #[test]
 fn a_secret_type_must_be_enabled_by_sec_providers() {
     let dir = workdir(&["Dockerfile"]);
-    let only_file = vec!["file".to_owned()];
+    let only_file = vec![SecretKind::File];
     let err = check_with(
         dir.path(),
         &SECRET.replace("TYPE", "env"),
@@ -618,7 +619,10 @@ fn a_secret_type_must_be_enabled_by_sec_providers() {
          help: enable it with `--sec-providers=file,env`"
     );
     let loaded = check(dir.path(), &SECRET.replace("TYPE", "env")).expect("valid");
-    assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
+    assert_eq!(
+        loaded.manifest.steps[0].secrets["token"].kind,
+        SecretKind::Env
+    );
 }
 
 #[test]
@@ -930,7 +934,9 @@ build:
 #[test]
 fn sec_providers_may_be_given_comma_separated() {
     let dir = workdir(&["Dockerfile"]);
-    let joined = vec!["file,env".to_owned()];
+    let cli = habitus::cli::parse(["habitus", "--sec-providers=file,env"]).expect("valid flags");
+    let joined = cli.flags.sec_providers.0;
+    assert_eq!(joined, [SecretKind::File, SecretKind::Env]);
     let loaded = check_with(
         dir.path(),
         &SECRET.replace("TYPE", "env"),
@@ -938,7 +944,10 @@ fn sec_providers_may_be_given_comma_separated() {
         &joined,
     )
     .expect("valid");
-    assert_eq!(loaded.manifest.steps[0].secrets["token"].kind, "env");
+    assert_eq!(
+        loaded.manifest.steps[0].secrets["token"].kind,
+        SecretKind::Env
+    );
 }
 
 /// Security round 2: a repository that commits symlinks cannot make a path

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use habitus::model::SecretKind;
 use habitus::secrets::provider::{SecretKey, SecretStore};
 use habitus::secrets::server::{AccessRecord, BasicAuth, ServerHandle, ServerOptions};
 use habitus::secrets::{start, tls, Secret};
@@ -33,9 +34,9 @@ struct Server {
 const VALUE_A: &str = "value-of-key-a-7f3c";
 const VALUE_B: &str = "value-of-key-b-91d0";
 
-fn key(kind: &str, name: &str) -> SecretKey {
+fn key(kind: SecretKind, name: &str) -> SecretKey {
     SecretKey {
-        kind: kind.into(),
+        kind,
         name: name.into(),
     }
 }
@@ -45,17 +46,17 @@ async fn server(basic: Option<BasicAuth>) -> Server {
     let mut store = SecretStore::default();
     store.insert(
         "a",
-        key("file", "key_a"),
+        key(SecretKind::File, "key_a"),
         Arc::new(Secret::new(VALUE_A.into())),
     );
     store.insert(
         "a",
-        key("env", "tok"),
+        key(SecretKind::Env, "tok"),
         Arc::new(Secret::new(b"tok-value".to_vec())),
     );
     store.insert(
         "b",
-        key("file", "key_b"),
+        key(SecretKind::File, "key_b"),
         Arc::new(Secret::new(VALUE_B.into())),
     );
     let log: Arc<Mutex<Vec<AccessRecord>>> = Arc::default();
@@ -155,6 +156,12 @@ async fn tokens_are_scoped_to_their_step_and_die_when_revoked() {
         s.get("/v1/secrets/file/nope", &["-H", &ha]).await.status,
         "404"
     );
+    // A type habitus does not know names no secret, once the token passes.
+    assert_eq!(
+        s.get("/v1/secrets/vault/key_a", &["-H", &ha]).await.status,
+        "404"
+    );
+    assert_eq!(s.get("/v1/secrets/vault/key_a", &[]).await.status, "401");
     // No token, a made-up token, a token one character short.
     assert_eq!(s.get("/v1/secrets/file/key_a", &[]).await.status, "401");
     let fake = bearer(&"0".repeat(64));
@@ -189,6 +196,9 @@ async fn tokens_are_scoped_to_their_step_and_die_when_revoked() {
     assert!(log.iter().any(|r| r.step.as_deref() == Some("a")
         && r.path == "/v1/secrets/file/key_b"
         && r.status == 403));
+    assert!(log.iter().any(|r| r.step.as_deref() == Some("a")
+        && r.path == "/v1/secrets/vault/key_a"
+        && r.status == 404));
     for record in &log {
         let line = record.to_string();
         assert!(!line.contains(VALUE_A) && !line.contains(VALUE_B), "{line}");
@@ -258,6 +268,10 @@ async fn basic_auth_compatibility_serves_any_declared_secret() {
         .get("/v1/secrets/file/nope", &["-u", "habitus:s3cret-pass"])
         .await;
     assert_eq!(unknown.status, "404");
+    let unknown_type = s
+        .get("/v1/secrets/vault/key_b", &["-u", "habitus:s3cret-pass"])
+        .await;
+    assert_eq!(unknown_type.status, "404");
     // Tokens keep their scope in this mode too.
     let t = s.handle.issue_token("a");
     let scoped = s
@@ -305,7 +319,11 @@ async fn shutdown_closes_the_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_do_not_finish_tls_within_2_s_are_cut_off() {
     let mut store = SecretStore::default();
-    store.insert("a", key("file", "k"), Arc::new(Secret::new(b"v".to_vec())));
+    store.insert(
+        "a",
+        key(SecretKind::File, "k"),
+        Arc::new(Secret::new(b"v".to_vec())),
+    );
     let options = ServerOptions::new("127.0.0.1".parse().unwrap(), 0);
     let handle = start(options, store).await.unwrap();
     let addr = handle.addr();

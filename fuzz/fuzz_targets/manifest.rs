@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use habitus::manifest::{parse, EnvSource, LoadOptions};
+use habitus::model::SecretKind;
 use libfuzzer_sys::fuzz_target;
 
 fn workdir() -> &'static Path {
@@ -23,13 +24,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let env = EnvSource::Given(Default::default());
-    let providers = ["file".to_string(), "env".to_string()];
     let file = workdir().join("build.yml");
     let opts = LoadOptions {
         file: &file,
         workdir: workdir(),
         env: &env,
-        sec_providers: &providers,
+        sec_providers: &SecretKind::ALL,
     };
     if let Err(diagnostics) = parse(text, &opts) {
         // Every error renders.

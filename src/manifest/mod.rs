@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use env::EnvSource;
-pub use validate::{SCHEMA_VERSIONS, SECRET_TYPES};
+pub use validate::SCHEMA_VERSIONS;
 
+use crate::model::SecretKind;
 use locate::Index;
 
 /// The largest build.yml habitus reads, in bytes.
@@ -41,8 +42,8 @@ pub struct LoadOptions<'a> {
     pub workdir: &'a Path,
     /// Where `_env(NAME)` values come from.
     pub env: &'a EnvSource,
-    /// The enabled secret types (`--sec-providers`), e.g. `["file", "env"]`.
-    pub sec_providers: &'a [String],
+    /// The enabled secret types (`--sec-providers`).
+    pub sec_providers: &'a [SecretKind],
 }
 
 /// A validated build.yml and what the user should know about it.
@@ -317,8 +318,7 @@ pub struct Artifact {
 /// A secret declaration: where its value comes from. Holds no secret bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
-    /// `file` or `env`.
-    pub kind: String,
+    pub kind: SecretKind,
     /// A host path for `file`; a variable NAME (read from `HABITUS_NAME`) for `env`.
     pub value: String,
 }

@@ -10,7 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
 use super::locate::{item_path, key_path, Index, Pos};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
-use crate::model::Builder;
+use crate::model::{Builder, SecretKind};
 use crate::plan::{Plan, PlanError};
 use crate::workpath;
 
@@ -37,8 +37,6 @@ const STEP_KEYS: &[&str] = &[
 ];
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
-/// The secret types habitus knows.
-pub const SECRET_TYPES: &[&str] = &["file", "env"];
 /// Beyond this many unknown `depends_on` entries, no closest label is
 /// searched for (each search compares against every label).
 const MAX_SUGGESTED_DEPENDENCIES: usize = 50;
@@ -67,7 +65,7 @@ struct Rules<'a> {
     /// The work directory, absolute.
     workdir: &'a Path,
     /// The enabled secret types.
-    sec_providers: &'a [&'a str],
+    sec_providers: &'a [SecretKind],
 }
 
 /// Where a step's `context` or `dockerfile` must be, and how a problem
@@ -315,11 +313,10 @@ impl Checker<'_> {
         let (workdir, workdir_ok) = self.workdir(opts.workdir);
         let (version, steps) = self.build_keys(build, &build_path);
         let (steps_path, steps) = self.steps(steps, &build_path)?;
-        let sec_providers = sec_providers(opts.sec_providers);
         let rules = Rules {
             version,
             workdir: &workdir,
-            sec_providers: &sec_providers,
+            sec_providers: opts.sec_providers,
         };
         let mut drafts = Vec::with_capacity(steps.len());
         for (label, path, value) in self.entries(steps, &steps_path, None) {
@@ -772,7 +769,7 @@ impl Checker<'_> {
         value: &Value,
         path: &str,
         step: Option<&str>,
-        sec_providers: &[&str],
+        sec_providers: &[SecretKind],
     ) -> BTreeMap<String, SecretSpec> {
         let mut secrets = BTreeMap::new();
         let Some(fields) = self.mapping(
@@ -800,7 +797,7 @@ impl Checker<'_> {
         path: &str,
         value: &Value,
         step: Option<&str>,
-        sec_providers: &[&str],
+        sec_providers: &[SecretKind],
     ) -> Option<SecretSpec> {
         let fields = self.mapping(
             value,
@@ -812,7 +809,7 @@ impl Checker<'_> {
             None,
         )?;
         let (kind, value) = self.secret_fields(fields, name, step);
-        let kind_ok = self.secret_type(kind.as_ref(), name, path, step, sec_providers);
+        let kind = self.secret_type(kind.as_ref(), name, path, step, sec_providers);
         let value = value.filter(|v| !v.is_empty());
         if value.is_none() {
             self.at_key(
@@ -822,10 +819,10 @@ impl Checker<'_> {
                 Some("for `file` the value is a host path; for `env` a variable NAME read from `HABITUS_NAME`".into()),
             );
         }
-        match (kind_ok, kind, value) {
-            (true, Some((kind, _)), Some(value)) => Some(SecretSpec { kind, value }),
-            _ => None,
-        }
+        Some(SecretSpec {
+            kind: kind?,
+            value: value?,
+        })
     }
 
     /// The `type` (with its path) and `value` of the secret `name`;
@@ -858,48 +855,42 @@ impl Checker<'_> {
         (kind, value)
     }
 
-    /// Whether the secret `name` at `path` has a known, enabled `type`
-    /// (`kind` and its path); reports why not.
+    /// The type of the secret `name` at `path` if it is known and enabled
+    /// (`kind` is its text and path); reports why not.
     fn secret_type(
         &mut self,
         kind: Option<&(String, String)>,
         name: &str,
         path: &str,
         step: Option<&str>,
-        sec_providers: &[&str],
-    ) -> bool {
-        let Some((kind, key_path)) = kind else {
+        sec_providers: &[SecretKind],
+    ) -> Option<SecretKind> {
+        let types = SecretKind::names();
+        let Some((text, key_path)) = kind else {
             self.at_key(
                 path,
                 step,
                 format!("secret `{name}` is missing `type`"),
-                Some(format!("valid types: {}", list(SECRET_TYPES))),
+                Some(format!("valid types: {}", list(&types))),
             );
-            return false;
+            return None;
         };
-        if !SECRET_TYPES.contains(&kind.as_str()) {
-            let help = match suggest(kind, SECRET_TYPES.iter().copied()) {
-                Some(close) => format!(
-                    "did you mean `{close}`? valid types: {}",
-                    list(SECRET_TYPES)
-                ),
-                None => format!("valid types: {}", list(SECRET_TYPES)),
+        let Some(kind) = SecretKind::parse(text) else {
+            let help = match suggest(text, types) {
+                Some(close) => format!("did you mean `{close}`? valid types: {}", list(&types)),
+                None => format!("valid types: {}", list(&types)),
             };
             self.at_value(
                 key_path,
                 step,
-                format!("unknown secret type `{kind}`"),
+                format!("unknown secret type `{text}`"),
                 Some(help),
             );
-            return false;
-        }
-        if !sec_providers.contains(&kind.as_str()) {
-            let mut enabled: Vec<&str> = sec_providers
-                .iter()
-                .copied()
-                .filter(|p| !p.is_empty())
-                .collect();
-            enabled.push(kind);
+            return None;
+        };
+        if !sec_providers.contains(&kind) {
+            let mut enabled: Vec<&str> = sec_providers.iter().map(|p| p.name()).collect();
+            enabled.push(kind.name());
             self.at_value(
                 key_path,
                 step,
@@ -909,9 +900,9 @@ impl Checker<'_> {
                     enabled.join(",")
                 )),
             );
-            return false;
+            return None;
         }
-        true
+        Some(kind)
     }
 
     fn artifact(
@@ -1229,7 +1220,7 @@ impl Checker<'_> {
         let workdir = roots.0;
         for (name, spec) in &draft.step.secrets {
             let value = Path::new(&spec.value);
-            if spec.kind != "file" || value.is_absolute() {
+            if spec.kind != SecretKind::File || value.is_absolute() {
                 continue;
             }
             // `../keys/id` names a file outside on purpose; a symlink that
@@ -1297,16 +1288,6 @@ fn build_help() -> Option<String> {
 /// The help for a missing or unknown schema version.
 fn versions_help() -> Option<String> {
     Some(format!("valid versions: {}", list(SCHEMA_VERSIONS)))
-}
-
-/// The enabled secret types: `["file,env"]` is read as well as
-/// `["file", "env"]`.
-fn sec_providers(given: &[String]) -> Vec<&str> {
-    given
-        .iter()
-        .flat_map(|p| p.split(','))
-        .map(str::trim)
-        .collect()
 }
 
 /// The help for a `depends_on` entry `dep` that names no step: the step

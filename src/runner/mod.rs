@@ -666,7 +666,7 @@ mod tests {
         a.secrets.insert(
             "key".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "KEY".into(),
             },
         );
@@ -699,7 +699,7 @@ mod tests {
         store.insert(
             step,
             crate::secrets::provider::SecretKey {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 name: name.into(),
             },
             Arc::new(crate::secrets::Secret::new(value.to_vec())),
@@ -709,7 +709,7 @@ mod tests {
             binding: None,
             port: 0,
             basic_auth: None,
-            providers: vec!["env".into()],
+            providers: vec![crate::model::SecretKind::Env],
             network_pool: crate::netpool::Pool::default(),
         };
         (settings, store)
@@ -727,7 +727,7 @@ mod tests {
         a.secrets.insert(
             "k".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "K".into(),
             },
         );
@@ -763,7 +763,7 @@ mod tests {
         a.secrets.insert(
             "k".into(),
             SecretSpec {
-                kind: "env".into(),
+                kind: crate::model::SecretKind::Env,
                 value: "K".into(),
             },
         );

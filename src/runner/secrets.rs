@@ -483,7 +483,7 @@ mod tests {
 
     use super::prepare;
     use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
-    use crate::model::Builder;
+    use crate::model::{Builder, SecretKind};
     use crate::progress::Severity;
     use crate::secrets::server::BasicAuth;
     use crate::secrets::{basic_auth_warning, Settings};
@@ -493,7 +493,7 @@ mod tests {
             secrets: BTreeMap::from([(
                 "tok".to_string(),
                 SecretSpec {
-                    kind: "env".into(),
+                    kind: SecretKind::Env,
                     value: "TOK".into(),
                 },
             )]),
@@ -517,7 +517,7 @@ mod tests {
             binding: None,
             port: 0,
             basic_auth: None,
-            providers: vec!["file".into(), "env".into()],
+            providers: SecretKind::ALL.to_vec(),
             network_pool: crate::netpool::Pool::default(),
         }
     }

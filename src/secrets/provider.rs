@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::manifest::{Manifest, SecretSpec};
+use crate::model::SecretKind;
 
 use super::secret::Secret;
 
@@ -39,17 +40,7 @@ pub enum ProviderError {
         /// The step that declares it.
         step: String,
         /// Its type.
-        kind: String,
-    },
-    /// The secret's type is not one habitus knows.
-    #[error("secret `{secret}` of step `{step}`: unknown secret type `{kind}`")]
-    UnknownType {
-        /// The secret name.
-        secret: String,
-        /// The step that declares it.
-        step: String,
-        /// Its type.
-        kind: String,
+        kind: SecretKind,
     },
     /// A `file` secret could not be read.
     #[error("secret `{secret}` of step `{step}`: cannot read `{}`: {message}", path.display())]
@@ -88,8 +79,7 @@ pub enum ProviderError {
 /// A secret's address on the server: `/v1/secrets/{kind}/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretKey {
-    /// `file` or `env`.
-    pub kind: String,
+    pub kind: SecretKind,
     /// The name declared under `secrets:`.
     pub name: String,
 }
@@ -180,14 +170,14 @@ impl SecretStore {
 /// order.
 pub fn resolve(
     manifest: &Manifest,
-    providers: &[String],
+    providers: &[SecretKind],
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<SecretStore, ProviderError> {
     let mut store = SecretStore::default();
-    let mut by_source: BTreeMap<(String, String), Arc<Secret>> = BTreeMap::new();
+    let mut by_source: BTreeMap<(SecretKind, String), Arc<Secret>> = BTreeMap::new();
     for step in &manifest.steps {
         for (name, spec) in &step.secrets {
-            let source = (spec.kind.clone(), spec.value.clone());
+            let source = (spec.kind, spec.value.clone());
             let secret = match by_source.get(&source) {
                 Some(secret) => Arc::clone(secret),
                 None => {
@@ -206,7 +196,7 @@ pub fn resolve(
             store.insert(
                 &step.label,
                 SecretKey {
-                    kind: spec.kind.clone(),
+                    kind: spec.kind,
                     name: name.clone(),
                 },
                 secret,
@@ -221,22 +211,15 @@ pub fn resolve_one(
     name: &str,
     step: &str,
     spec: &SecretSpec,
-    providers: &[String],
+    providers: &[SecretKind],
     workdir: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Secret, ProviderError> {
-    if !matches!(spec.kind.as_str(), "file" | "env") {
-        return Err(ProviderError::UnknownType {
-            secret: name.into(),
-            step: step.into(),
-            kind: spec.kind.clone(),
-        });
-    }
     if !providers.contains(&spec.kind) {
         return Err(ProviderError::Disabled {
             secret: name.into(),
             step: step.into(),
-            kind: spec.kind.clone(),
+            kind: spec.kind,
         });
     }
     let too_large = |source_name: String| ProviderError::TooLarge {
@@ -244,38 +227,41 @@ pub fn resolve_one(
         step: step.into(),
         source_name,
     };
-    if spec.kind == "file" {
-        let path = workdir.join(&spec.value);
-        let fail = |e: std::io::Error| ProviderError::File {
-            secret: name.into(),
-            step: step.into(),
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        let file = std::fs::File::open(&path).map_err(fail)?;
-        let mut bytes = Vec::new();
-        let read = file
-            .take(MAX_SECRET_SIZE as u64 + 1)
-            .read_to_end(&mut bytes);
-        // Wrap at once so that the buffer is zeroed on every path.
-        let secret = Secret::new(bytes);
-        read.map_err(fail)?;
-        if secret.len() > MAX_SECRET_SIZE {
-            return Err(too_large(path.display().to_string()));
+    match spec.kind {
+        SecretKind::File => {
+            let path = workdir.join(&spec.value);
+            let fail = |e: std::io::Error| ProviderError::File {
+                secret: name.into(),
+                step: step.into(),
+                path: path.clone(),
+                message: e.to_string(),
+            };
+            let file = std::fs::File::open(&path).map_err(fail)?;
+            let mut bytes = Vec::new();
+            let read = file
+                .take(MAX_SECRET_SIZE as u64 + 1)
+                .read_to_end(&mut bytes);
+            // Wrap at once so that the buffer is zeroed on every path.
+            let secret = Secret::new(bytes);
+            read.map_err(fail)?;
+            if secret.len() > MAX_SECRET_SIZE {
+                return Err(too_large(path.display().to_string()));
+            }
+            Ok(secret)
         }
-        Ok(secret)
-    } else {
-        let variable = format!("{ENV_PREFIX}{}", spec.value);
-        let value = env(&variable).ok_or_else(|| ProviderError::EnvUnset {
-            secret: name.into(),
-            step: step.into(),
-            variable: variable.clone(),
-        })?;
-        let secret = Secret::new(value.into_encoded_bytes());
-        if secret.len() > MAX_SECRET_SIZE {
-            return Err(too_large(variable));
+        SecretKind::Env => {
+            let variable = format!("{ENV_PREFIX}{}", spec.value);
+            let value = env(&variable).ok_or_else(|| ProviderError::EnvUnset {
+                secret: name.into(),
+                step: step.into(),
+                variable: variable.clone(),
+            })?;
+            let secret = Secret::new(value.into_encoded_bytes());
+            if secret.len() > MAX_SECRET_SIZE {
+                return Err(too_large(variable));
+            }
+            Ok(secret)
         }
-        Ok(secret)
     }
 }
 
@@ -286,16 +272,17 @@ mod tests {
 
     use super::{resolve, resolve_one, ProviderError, SecretKey, MAX_SECRET_SIZE};
     use crate::manifest::{Manifest, SchemaVersion, SecretSpec, Step};
+    use crate::model::SecretKind::{self, Env, File};
 
-    fn spec(kind: &str, value: &str) -> SecretSpec {
+    fn spec(kind: SecretKind, value: &str) -> SecretSpec {
         SecretSpec {
-            kind: kind.into(),
+            kind,
             value: value.into(),
         }
     }
 
-    fn providers() -> Vec<String> {
-        vec!["file".into(), "env".into()]
+    fn providers() -> Vec<SecretKind> {
+        SecretKind::ALL.to_vec()
     }
 
     fn no_env(_: &str) -> Option<OsString> {
@@ -323,9 +310,9 @@ mod tests {
             steps: vec![
                 step(
                     "a",
-                    &[("key", spec("file", "key")), ("tok", spec("env", "TOK"))],
+                    &[("key", spec(File, "key")), ("tok", spec(Env, "TOK"))],
                 ),
-                step("b", &[("key", spec("file", "key"))]),
+                step("b", &[("key", spec(File, "key"))]),
                 step("c", &[]),
             ],
         };
@@ -333,11 +320,11 @@ mod tests {
         let store = resolve(&manifest, &providers(), &env).unwrap();
         let a = store.of_step("a");
         let key = SecretKey {
-            kind: "file".into(),
+            kind: File,
             name: "key".into(),
         };
         let tok = SecretKey {
-            kind: "env".into(),
+            kind: Env,
             name: "tok".into(),
         };
         assert_eq!(a[&key].expose(), b"file-value");
@@ -354,7 +341,7 @@ mod tests {
         let err = resolve_one(
             "id_rsa",
             "compile",
-            &spec("file", "keys/id_rsa"),
+            &spec(File, "keys/id_rsa"),
             &providers(),
             dir,
             &no_env,
@@ -367,7 +354,7 @@ mod tests {
         let err = resolve_one(
             "npm",
             "compile",
-            &spec("env", "NPM_TOKEN"),
+            &spec(Env, "NPM_TOKEN"),
             &providers(),
             dir,
             &no_env,
@@ -380,8 +367,8 @@ mod tests {
         let err = resolve_one(
             "npm",
             "compile",
-            &spec("env", "NPM_TOKEN"),
-            &["file".to_string()],
+            &spec(Env, "NPM_TOKEN"),
+            &[File],
             dir,
             &no_env,
         )
@@ -399,7 +386,7 @@ mod tests {
         let err = resolve_one(
             "big",
             "s",
-            &spec("file", "big"),
+            &spec(File, "big"),
             &providers(),
             dir.path(),
             &no_env,
@@ -410,7 +397,7 @@ mod tests {
         let ok = resolve_one(
             "ok",
             "s",
-            &spec("file", "ok"),
+            &spec(File, "ok"),
             &providers(),
             dir.path(),
             &no_env,

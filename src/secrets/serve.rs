@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::manifest::{Manifest, SecretSpec};
+use crate::model::SecretKind;
 
 use super::provider::{self, ProviderError, SecretKey, SecretStore};
 use super::server::ServerError;
@@ -23,7 +24,7 @@ pub const SERVE_STEP: &str = "serve";
 pub fn store_from_flags(
     files: &[(String, String)],
     envs: &[String],
-    providers: &[String],
+    providers: &[SecretKind],
     workdir: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<SecretStore, ProviderError> {
@@ -44,7 +45,7 @@ pub fn store_from_flags(
         add(
             name,
             SecretSpec {
-                kind: "file".into(),
+                kind: SecretKind::File,
                 value: path.clone(),
             },
         )?;
@@ -54,7 +55,7 @@ pub fn store_from_flags(
         add(
             name,
             SecretSpec {
-                kind: "env".into(),
+                kind: SecretKind::Env,
                 value: variable.to_string(),
             },
         )?;
@@ -65,7 +66,7 @@ pub fn store_from_flags(
 /// The store for every secret of `manifest`, under [`SERVE_STEP`].
 pub fn store_from_manifest(
     manifest: &Manifest,
-    providers: &[String],
+    providers: &[SecretKind],
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<SecretStore, ProviderError> {
     Ok(provider::resolve(manifest, providers, env)?.merged(SERVE_STEP))

@@ -52,6 +52,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use crate::model::SecretKind;
+
 use super::provider::{SecretKey, SecretStore};
 use super::secret::{Secret, Token};
 use super::tls;
@@ -581,6 +583,10 @@ pub enum Route {
     Version,
     /// `GET /v1/secrets/{kind}/{name}`.
     Secret(SecretKey),
+    /// `GET /v1/secrets/{kind}/{name}` with a `{kind}` habitus does not
+    /// know: no step can declare it, so once the credentials pass it is
+    /// answered as any secret no step declares.
+    UnknownKind,
 }
 
 /// Classifies a request; the checks run in the order of the status codes
@@ -609,10 +615,13 @@ pub fn classify(method: &Method, path: &str, headers: &HeaderMap) -> Route {
     match parts.as_slice() {
         ["v1", "ping"] => Route::Ping,
         ["v1", "version"] => Route::Version,
-        ["v1", "secrets", kind, name] => Route::Secret(SecretKey {
-            kind: kind.to_string(),
-            name: name.to_string(),
-        }),
+        ["v1", "secrets", kind, name] => match SecretKind::parse(kind) {
+            Some(kind) => Route::Secret(SecretKey {
+                kind,
+                name: name.to_string(),
+            }),
+            None => Route::UnknownKind,
+        },
         _ => Route::MalformedPath,
     }
 }
@@ -690,16 +699,18 @@ fn route(shared: &Shared, req: &Request<Incoming>, record: &mut AccessRecord) ->
                 concat!("habitus ", env!("CARGO_PKG_VERSION"), "\n"),
             )
         }
-        Route::Secret(key) => key,
+        Route::Secret(key) => Some(key),
+        Route::UnknownKind => None,
     };
+    let key = key.as_ref();
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    let secret = match authorize(shared, credentials(header), &key) {
+    let secret = match authorize(shared, credentials(header), key) {
         Auth::Denied => return unauthorized(shared),
         Auth::Step { step, secret } => {
             record.step = Some(step);
             match secret {
                 Some(secret) => secret,
-                None if shared.store.declared_anywhere(&key) => {
+                None if key.is_some_and(|key| shared.store.declared_anywhere(key)) => {
                     return text(StatusCode::FORBIDDEN, "secret not declared for this step\n")
                 }
                 None => return text(StatusCode::NOT_FOUND, "unknown secret\n"),
@@ -707,7 +718,7 @@ fn route(shared: &Shared, req: &Request<Incoming>, record: &mut AccessRecord) ->
         }
         Auth::Basic => {
             record.step = Some("basic-auth".into());
-            match shared.store.any_step(&key) {
+            match key.and_then(|key| shared.store.any_step(key)) {
                 Some(secret) => secret,
                 None => return text(StatusCode::NOT_FOUND, "unknown secret\n"),
             }
@@ -746,10 +757,11 @@ enum Auth {
     Basic,
 }
 
-/// Checks the presented credentials for a request of `key`. Every live
-/// token is compared (no early exit), so timing does not tell how many
-/// tokens exist or which one matched.
-fn authorize(shared: &Shared, credentials: Credentials<'_>, key: &SecretKey) -> Auth {
+/// Checks the presented credentials for a request of `key` (`None` for a
+/// kind habitus does not know). Every live token is compared (no early
+/// exit), so timing does not tell how many tokens exist or which one
+/// matched.
+fn authorize(shared: &Shared, credentials: Credentials<'_>, key: Option<&SecretKey>) -> Auth {
     match credentials {
         Credentials::None => Auth::Denied,
         Credentials::Bearer(presented) => {
@@ -763,7 +775,7 @@ fn authorize(shared: &Shared, credentials: Credentials<'_>, key: &SecretKey) -> 
             match found {
                 Some(grant) => Auth::Step {
                     step: grant.step.clone(),
-                    secret: grant.secrets.get(key).cloned(),
+                    secret: key.and_then(|key| grant.secrets.get(key).cloned()),
                 },
                 None => Auth::Denied,
             }
@@ -809,6 +821,7 @@ mod tests {
     use hyper::Method;
 
     use super::{classify, credentials, segments, AccessRecord, BasicAuth, Credentials, Route};
+    use crate::model::SecretKind;
     use crate::secrets::provider::SecretKey;
 
     #[test]
@@ -818,9 +831,13 @@ mod tests {
         assert_eq!(
             classify(&get, "/v1/secrets/file/id_rsa", &none),
             Route::Secret(SecretKey {
-                kind: "file".into(),
+                kind: SecretKind::File,
                 name: "id_rsa".into()
             })
+        );
+        assert_eq!(
+            classify(&get, "/v1/secrets/vault/id_rsa", &none),
+            Route::UnknownKind
         );
         assert_eq!(classify(&get, "/v1/ping", &none), Route::Ping);
         assert_eq!(classify(&get, "/v1/version", &none), Route::Version);

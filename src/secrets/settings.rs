@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::model::SecretKind;
+
 use super::server::BasicAuth;
 
 /// The secrets settings of the command line.
@@ -17,7 +19,7 @@ pub struct Settings {
     /// `--authentication-secret-server` with its user and password.
     pub basic_auth: Option<BasicAuth>,
     /// `--sec-providers`.
-    pub providers: Vec<String>,
+    pub providers: Vec<SecretKind>,
     /// `--network-pool`.
     pub network_pool: crate::netpool::Pool,
 }
