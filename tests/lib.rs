@@ -3,6 +3,8 @@
 /// Shared harness: the test base image, unique names, cleanup, running habitus.
 mod common;
 
+/// The parts' rules and size limits, read from the source.
+mod architecture;
 /// Artifacts copied to the host and cleanup commands, on the real daemon.
 mod artifacts;
 /// `habitus audit` on real images.
