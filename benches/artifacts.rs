@@ -20,6 +20,7 @@
 //! into fresh directories (creating many files right after deleting many is
 //! slow on ext4). Everything it creates is named `habitus-bench-art*` and
 //! removed at the end.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

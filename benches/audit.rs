@@ -9,6 +9,7 @@
 //! every byte of every layer (decompressing them on the containerd image
 //! store) and the config. `AUDIT_BENCH_RUNS` (default 3) sets the
 //! repetitions; `AUDIT_BENCH_KEEP=1` keeps the image for another run.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -23,6 +23,7 @@
 //! habitus secrets builds at once on one daemon, each one step that
 //! fetches its secret over TLS, and reports the wall time and failures:
 //! every build gets its own network from habitus's pool.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -11,6 +11,7 @@
 //! full handshake). Targets: habitus ≥ 0.8× nginx's requests/s in both
 //! modes, p99 ≤ 1.5× nginx's with keep-alive, median start (CA, server
 //! certificate, bind) ≤ 20 ms.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 use std::net::SocketAddr;
 use std::path::Path;

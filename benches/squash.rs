@@ -11,6 +11,7 @@
 //! Needs `pip install docker-squash` (rows for it are skipped otherwise).
 //! `SQUASH_BENCH_RUNS` (default 2) sets the repetitions; the best run of
 //! each counts.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -11,27 +11,27 @@
 
 pub mod artifacts;
 pub mod audit;
-pub mod cleanup;
+mod cleanup;
 pub mod cli;
 mod commands;
 pub mod config;
 pub mod context;
 pub mod dockerfile;
 pub mod engine;
-pub mod error;
+mod error;
 pub mod layer;
 pub mod manifest;
 pub mod model;
-pub mod netpool;
+mod netpool;
 pub mod owner;
 pub mod plan;
 pub mod progress;
 pub mod render;
 pub mod runner;
 pub mod secrets;
-pub mod squash;
-pub mod sweep;
-pub mod workpath;
+mod squash;
+mod sweep;
+mod workpath;
 
 use std::ffi::OsString;
 

@@ -1,4 +1,5 @@
 //! The integration tests: one binary, one module per area.
+#![allow(clippy::disallowed_macros)] // a test or bench program prints its own report
 
 /// Shared harness: the test base image, unique names, cleanup, running habitus.
 mod common;

@@ -4,7 +4,7 @@
 //! step output, the step's label. Nothing from `secrets` ever reaches here
 //! unredacted.
 //!
-//! On a terminal, [`live::Live`] shows one live line per step instead of
+//! On a terminal, `live::Live` shows one live line per step instead of
 //! the daemon's stream (which `--level debug` brings back).
 //!
 //! With `--json`, every event is also written to stdout as one JSON object
@@ -12,7 +12,7 @@
 //! human lines stay on stderr.
 
 pub mod event;
-pub mod live;
+mod live;
 pub mod redact;
 
 use std::io::{IsTerminal, Write};

@@ -14,13 +14,13 @@
 //! The parts, in the order a build meets them:
 //! - [`Runner`] (here) is the build as configured; [`Runner::run`] starts
 //!   a `build::Build`, whose fields are all set once, before the first
-//!   step: the secrets side ([`secrets`]), the folds (`fold`).
+//!   step: the secrets side (`secrets`), the folds (`fold`).
 //! - `schedule` starts steps as their dependencies finish;
 //! - `step` builds one step as a pipeline of named stages; `mounts`
 //!   checks its Dockerfile's secret and SSH mounts; `host` runs its
 //!   `after_build_command`;
 //! - `teardown` sweeps containers and images, `audit` searches what the
-//!   build kept for its secrets, and [`report`] shows the summary.
+//!   build kept for its secrets, and `report` shows the summary.
 
 mod audit;
 mod build;
@@ -28,9 +28,9 @@ mod error;
 mod fold;
 mod host;
 mod mounts;
-pub mod report;
+pub(crate) mod report;
 mod schedule;
-pub mod secrets;
+pub(crate) mod secrets;
 mod step;
 mod teardown;
 
@@ -159,7 +159,7 @@ impl Runner {
 
     /// Serves `store` to the steps that declare secrets: BuildKit steps
     /// mount them; with `server`, the build also gets its own network and a
-    /// TLS secrets server on it (see [`secrets`]).
+    /// TLS secrets server on it (see `secrets`).
     pub fn with_secrets(mut self, settings: Settings, store: SecretStore, server: bool) -> Runner {
         self.secrets = Some((settings, store, server));
         self

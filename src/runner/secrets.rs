@@ -304,11 +304,6 @@ impl BuildSession {
         })
     }
 
-    /// The server's address.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.server.addr()
-    }
-
     /// `https://host:port`.
     pub fn url(&self) -> String {
         self.server.url()

@@ -5,7 +5,7 @@
 //! - [`secret`] holds values and tokens in buffers zeroed on drop.
 //! - [`tls`] makes the build's ephemeral CA and server certificate.
 //! - [`server`] serves secrets over HTTPS to the steps that declare them.
-//! - [`settings`] holds the secrets flags as the configuration resolved
+//! - `settings` holds the secrets flags as the configuration resolved
 //!   them.
 //! - Build output is redacted by [`crate::progress`], which owns the
 //!   build's redactor.
@@ -15,9 +15,9 @@
 
 pub mod provider;
 pub mod secret;
-pub mod serve;
+pub(crate) mod serve;
 pub mod server;
-pub mod settings;
+mod settings;
 pub mod tls;
 
 pub use provider::{SecretKey, SecretStore};

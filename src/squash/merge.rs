@@ -165,18 +165,6 @@ pub enum Emit {
     Marker { path: Vec<u8> },
 }
 
-impl Emit {
-    /// The path this item writes.
-    pub fn path(&self) -> &[u8] {
-        match self {
-            Emit::Entry { path, .. }
-            | Emit::Content { path, .. }
-            | Emit::Link { path, .. }
-            | Emit::Marker { path } => path,
-        }
-    }
-}
-
 /// Merges layers bottom-up; see the module docs.
 #[derive(Debug, Default)]
 pub struct Merger {

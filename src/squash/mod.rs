@@ -42,7 +42,9 @@ pub const CONTAINER_LABEL: &str = "habitus.squash";
 pub enum Keep {
     /// Squash everything into one layer.
     Nothing,
-    /// Keep this many bottom layers.
+    /// Keep this many bottom layers (the tests' way to keep layers of an
+    /// image they build without a base image).
+    #[cfg(test)]
     Layers(usize),
     /// Keep the layers of this image, after checking (by diff id) that
     /// they are the bottom layers of the squashed image.
@@ -175,6 +177,7 @@ pub async fn squash(
     let layers = details.diff_ids.len();
     let kept = match &keep {
         Keep::Nothing => 0,
+        #[cfg(test)]
         Keep::Layers(n) => *n,
         Keep::BaseImage(base) => {
             let base_details = details_of(engine, base).await?;

@@ -6,7 +6,7 @@
 //! only registry credentials, and its secrets come from files or
 //! environment variables; habitus's secrets live in zeroized memory and
 //! must stay there. So this module opens the session itself (`session`)
-//! and sends the build request on its own connection ([`dial`]). As with
+//! and sends the build request on its own connection (`dial`). As with
 //! the docker CLI, the request (`remote=client-session`) has no body: the
 //! daemon asks the session for the context and the Dockerfile
 //! ([`filesync`]). The daemon's solve status is decoded ([`proto`]) into
@@ -16,7 +16,7 @@
 //! image store); both end a build with a `moby.image.id` message, and only
 //! 0.8 adds a `Successfully tagged` line.
 
-pub mod dial;
+pub(crate) mod dial;
 pub mod filesync;
 pub mod progress;
 pub mod proto;
