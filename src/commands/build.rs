@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::engine::docker::DockerEngine;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::manifest::Loaded;
 use crate::model;
 use crate::owner::Owner;
 use crate::progress::{Reporter, Severity, Status};
@@ -66,11 +67,11 @@ pub async fn build_in(
     cancel: CancellationToken,
     signal: Arc<Mutex<Option<Signal>>>,
 ) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
+    let Loaded { manifest, plan, .. } = load(config)?;
     // Secrets are resolved before anything else happens: a missing one
     // stops the build before the daemon is even contacted.
     let prepared = runner::secrets::prepare(
-        &loaded.manifest,
+        &manifest,
         &config.secrets,
         config.build.network.as_deref(),
         config.build.builder,
@@ -85,7 +86,7 @@ pub async fn build_in(
     let engine: Arc<dyn Engine> = Arc::new(engine);
     let runner = Runner::new(
         Arc::clone(&engine),
-        loaded.manifest,
+        manifest,
         plan,
         config.build.clone(),
         Arc::clone(&reporter),

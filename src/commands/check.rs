@@ -5,6 +5,7 @@ use super::load;
 use crate::cli::PlanFormat;
 use crate::config::Config;
 use crate::error::Error;
+use crate::manifest::Loaded;
 use crate::progress::print_stdout;
 use crate::runner::{self, BuildError};
 use crate::{render, workpath};
@@ -12,10 +13,10 @@ use crate::{render, workpath};
 /// `habitus check`: what a build would refuse before contacting the
 /// daemon, then the plan.
 pub fn check(config: &Config) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
+    let Loaded { manifest, plan, .. } = load(config)?;
     // Secret and SSH mounts a step is not entitled to.
-    for step in &loaded.manifest.steps {
-        let text = workpath::confine(&loaded.manifest.workdir, &step.dockerfile_path)
+    for step in &manifest.steps {
+        let text = workpath::confine(&manifest.workdir, &step.dockerfile_path)
             .and_then(std::fs::read_to_string)
             .map_err(|e| {
                 Error::Build(BuildError::Dockerfile {
@@ -28,14 +29,14 @@ pub fn check(config: &Config) -> Result<(), Error> {
         let builder = step.builder.unwrap_or(config.build.builder);
         runner::check_mounts(step, builder, &text).map_err(Error::Build)?;
     }
-    print_stdout(&render::text(&loaded.manifest, &plan));
+    print_stdout(&render::text(&manifest, &plan));
     Ok(())
 }
 
 /// `habitus plan [--format F]`.
 pub fn plan(config: &Config, format: PlanFormat) -> Result<(), Error> {
-    let (loaded, plan) = load(config)?;
-    let m = &loaded.manifest;
+    let Loaded { manifest, plan, .. } = load(config)?;
+    let m = &manifest;
     let text = match format {
         PlanFormat::Text => render::text(m, &plan),
         PlanFormat::Json => render::json(m, &plan),

@@ -18,7 +18,6 @@ use crate::engine::docker::DockerEngine;
 use crate::engine::EngineError;
 use crate::error::Error;
 use crate::manifest::{self, LoadOptions, Loaded};
-use crate::plan::Plan;
 use crate::progress;
 
 /// Runs `command` with `config`.
@@ -61,7 +60,7 @@ pub fn dispatch(command: Command, config: &Config) -> Result<(), Error> {
 }
 
 /// Loads and validates build.yml, printing its warnings.
-fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
+fn load(config: &Config) -> Result<Loaded, Error> {
     let loaded = manifest::load(&LoadOptions {
         file: &config.file,
         workdir: &config.workdir,
@@ -72,23 +71,7 @@ fn load(config: &Config) -> Result<(Loaded, Plan), Error> {
     for warning in &loaded.warnings {
         progress::print_stderr(&format!("warning: {warning}"));
     }
-    let nodes: Vec<(String, Vec<String>)> = loaded
-        .manifest
-        .steps
-        .iter()
-        .map(|s| (s.label.clone(), s.depends_on.clone()))
-        .collect();
-    // The loader has already reported unknown steps and cycles.
-    let plan = Plan::new(&nodes).map_err(|errors| {
-        Error::Usage(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
-    Ok((loaded, plan))
+    Ok(loaded)
 }
 
 /// The async runtime for one command.

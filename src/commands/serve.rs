@@ -19,7 +19,7 @@ pub fn serve(config: &Config, files: &[(String, String)], envs: &[String]) -> Re
     let settings = &config.secrets;
     let env = |name: &str| std::env::var_os(name);
     let store = if files.is_empty() && envs.is_empty() {
-        let (loaded, _) = load(config)?;
+        let loaded = load(config)?;
         server::store_from_manifest(&loaded.manifest, &settings.providers, &env)
     } else {
         server::store_from_flags(files, envs, &settings.providers, &config.workdir, &env)

@@ -193,37 +193,56 @@ pub struct BuiltImage {
     pub total_steps: usize,
 }
 
+/// How a guard removes its container.
+type Removal = Box<dyn FnOnce(String) -> futures_util::future::BoxFuture<'static, ()> + Send>;
+
 /// Removes a container when dropped while still armed: if the future that
 /// uses the container is dropped (a cancelled step), the removal is spawned
 /// onto the current runtime.
 pub struct ContainerGuard {
-    engine: Arc<dyn Engine>,
     id: Option<String>,
+    remove: Option<Removal>,
 }
 
 impl ContainerGuard {
+    /// Guards container `id`, removed by `remove` if the guard drops armed.
+    pub fn new<F, Fut>(id: &str, remove: F) -> ContainerGuard
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        ContainerGuard {
+            id: Some(id.to_string()),
+            remove: Some(Box::new(move |id| Box::pin(remove(id)))),
+        }
+    }
+
     /// Guards container `id` of `engine`.
     pub fn arm(engine: Arc<dyn Engine>, id: &str) -> ContainerGuard {
-        ContainerGuard {
-            engine,
-            id: Some(id.to_string()),
-        }
+        ContainerGuard::new(id, move |id| async move {
+            let _ = engine.remove_container(&id).await;
+        })
     }
 
     /// The caller removes the container itself from here on.
     pub fn disarm(mut self) {
         self.id = None;
     }
+
+    /// The container's id, which the caller now removes itself (`None`
+    /// once taken).
+    pub fn take(&mut self) -> Option<String> {
+        self.id.take()
+    }
 }
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
+        let (Some(id), Some(remove)) = (self.id.take(), self.remove.take()) else {
+            return;
+        };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let engine = Arc::clone(&self.engine);
-            handle.spawn(async move {
-                let _ = engine.remove_container(&id).await;
-            });
+            handle.spawn(remove(id));
         }
     }
 }

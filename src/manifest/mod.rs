@@ -50,6 +50,8 @@ pub struct LoadOptions<'a> {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub manifest: Manifest,
+    /// The steps' DAG, in file order (built while checking for loops).
+    pub plan: crate::plan::Plan,
     /// Non-fatal findings, one line each, e.g.
     /// `build.yml:7: _env(FOO) is not set; using an empty value`.
     pub warnings: Vec<String>,

@@ -88,6 +88,8 @@ struct Checker<'a> {
     index: &'a Index<'a>,
     diagnostics: Vec<Diagnostic>,
     warnings: Vec<String>,
+    /// The steps' plan, once the dependency check built one.
+    plan: Option<Plan>,
 }
 
 /// Validates `root` (the YAML after `_env()` substitution and merge keys).
@@ -102,15 +104,21 @@ pub(crate) fn validate(
         index,
         diagnostics: Vec::new(),
         warnings,
+        plan: None,
     };
     let manifest = checker.manifest(root, opts);
     let Checker {
         mut diagnostics,
         warnings,
+        plan,
         ..
     } = checker;
-    match manifest {
-        Some(manifest) if diagnostics.is_empty() => Ok(Loaded { manifest, warnings }),
+    match (manifest, plan) {
+        (Some(manifest), Some(plan)) if diagnostics.is_empty() => Ok(Loaded {
+            manifest,
+            plan,
+            warnings,
+        }),
         _ => {
             diagnostics.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
             Err(Diagnostics(diagnostics))
@@ -1072,8 +1080,12 @@ impl Checker<'_> {
         labels: &HashMap<&str, usize>,
         nodes: &[(String, Vec<String>)],
     ) {
-        let Err(errors) = Plan::new(nodes) else {
-            return;
+        let errors = match Plan::new(nodes) {
+            Ok(plan) => {
+                self.plan = Some(plan);
+                return;
+            }
+            Err(errors) => errors,
         };
         for error in errors {
             let PlanError::Cycle { path } = error else {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::secrets::{BuildSession, SessionOptions};
-use super::{fold, lock, BuildError, Runner, Summary};
+use super::{fold, lock, BuildError, Runner, SecretUse, Summary};
 use crate::audit::Scanner;
 use crate::config::BuildSettings;
 use crate::engine::{BuildOutput, BuildSink, Engine, LineSink, MountLog, MountSecrets, MountValue};
@@ -18,7 +18,7 @@ use crate::secrets::server::{AccessLog, AccessRecord};
 use crate::secrets::{SecretStore, Settings};
 
 /// Successful secret fetches: (step, `type/name`) → count.
-pub type Served = Arc<Mutex<BTreeMap<(String, String), usize>>>;
+pub type Served = Arc<Mutex<BTreeMap<SecretUse, usize>>>;
 
 /// A build in progress. Every field is set before the first step starts;
 /// only `tagged` and `served` change while it runs.
@@ -183,7 +183,11 @@ impl Build {
                 status,
             });
             if let (true, Some(path)) = (ok, path) {
-                *lock(&served).entry((label.clone(), path)).or_default() += 1;
+                let used = SecretUse {
+                    step: label.clone(),
+                    secret: path,
+                };
+                *lock(&served).entry(used).or_default() += 1;
             }
         });
         MountSecrets {
@@ -288,7 +292,7 @@ fn access_log(reporter: &Arc<Reporter>, served: &Served) -> AccessLog {
                 .unwrap_or(&record.path)
                 .to_string();
             let step = record.step.clone().unwrap_or_default();
-            *lock(&served).entry((step, secret)).or_default() += 1;
+            *lock(&served).entry(SecretUse { step, secret }).or_default() += 1;
         }
     })
 }

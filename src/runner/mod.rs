@@ -93,6 +93,15 @@ pub struct CopiedArtifact {
     pub bytes: u64,
 }
 
+/// A secret one step fetched (counted in [`Summary::secrets_served`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretUse {
+    /// The step label.
+    pub step: String,
+    /// `type/name`, never the value.
+    pub secret: String,
+}
+
 /// What a build produced.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -101,7 +110,7 @@ pub struct Summary {
     /// Images removed after the build.
     pub removed_images: Vec<String>,
     /// Secrets served: (step, `type/name`) → successful fetches.
-    pub secrets_served: BTreeMap<(String, String), usize>,
+    pub secrets_served: BTreeMap<SecretUse, usize>,
     /// Images the post-build audit searched (none without secrets).
     pub audited_images: Vec<String>,
 }

@@ -56,9 +56,9 @@ fn event(summary: &Summary) -> Event<'_> {
         secrets: summary
             .secrets_served
             .iter()
-            .map(|((step, secret), n)| SummarySecret {
-                step,
-                secret,
+            .map(|(used, n)| SummarySecret {
+                step: &used.step,
+                secret: &used.secret,
                 fetches: *n,
             })
             .collect(),
@@ -102,7 +102,8 @@ fn text(summary: &Summary) -> String {
     }
     if !summary.secrets_served.is_empty() {
         text.push_str("\nsecrets served:");
-        for ((step, secret), n) in &summary.secrets_served {
+        for (used, n) in &summary.secrets_served {
+            let (step, secret) = (&used.step, &used.secret);
             text.push_str(&format!("\n  {step:<16} {secret}: {n} fetch(es)"));
         }
     }

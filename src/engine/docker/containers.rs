@@ -15,12 +15,13 @@ use bollard::query_parameters::{
     DownloadFromContainerOptions, ListContainersOptions, RemoveContainerOptions,
     WaitContainerOptions,
 };
-use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::progress::LineBuffer;
 use super::{api, is_gone_or_going, is_not_found, DockerEngine};
-use crate::engine::{ByteStream, ContainerRequest, EngineError, LineSink, RunRequest};
+use crate::engine::{
+    ByteStream, ContainerGuard, ContainerRequest, EngineError, LineSink, RunRequest,
+};
 
 /// Runs `sh -c command` in a new container, streams its output and removes
 /// it; returns the exit code.
@@ -47,14 +48,11 @@ pub(super) async fn run(
         .create_container(None::<CreateContainerOptions>, body)
         .await
         .map_err(api)?;
-    let mut guard = ContainerGuard {
-        docker: engine.docker.clone(),
-        id: Some(created.id.clone()),
-    };
+    let mut guard = guard(engine, &created.id);
     let result = engine.run_created(&created.id, &sink).await;
     // Remove it now rather than from the guard, so that the container
     // is gone when `run` returns.
-    let id = guard.id.take().unwrap_or_default();
+    let id = guard.take().unwrap_or_default();
     let removed = engine
         .docker
         .remove_container(&id, Some(force_remove()))
@@ -113,31 +111,28 @@ pub(super) async fn export_filesystem(
         .map_err(api)?;
     // The container goes away when the export ends (before the stream
     // does) or, if the stream is dropped early, through the guard.
-    let guard = ContainerGuard {
-        docker: engine.docker.clone(),
-        id: Some(created.id.clone()),
-    };
+    let guard = guard(engine, &created.id);
+    let docker = engine.docker.clone();
     let export = Box::pin(engine.docker.export_container(&created.id));
     let stream = futures_util::stream::unfold(
         (export, guard, false),
-        |(mut export, mut guard, done)| async move {
-            if done {
-                return None;
-            }
-            match export.next().await {
-                Some(Ok(bytes)) => Some((Ok(bytes), (export, guard, false))),
-                Some(Err(err)) => Some((Err(api(err)), (export, guard, true))),
-                None => {
-                    let id = guard.id.take().unwrap_or_default();
-                    match guard
-                        .docker
-                        .remove_container(&id, Some(force_remove()))
-                        .await
-                    {
-                        Err(err) if !is_not_found(&err) => {
-                            Some((Err(api(err)), (export, guard, true)))
+        move |(mut export, mut guard, done)| {
+            let docker = docker.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                match export.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), (export, guard, false))),
+                    Some(Err(err)) => Some((Err(api(err)), (export, guard, true))),
+                    None => {
+                        let id = guard.take().unwrap_or_default();
+                        match docker.remove_container(&id, Some(force_remove())).await {
+                            Err(err) if !is_not_found(&err) => {
+                                Some((Err(api(err)), (export, guard, true)))
+                            }
+                            _ => None,
                         }
-                        _ => None,
                     }
                 }
             }
@@ -416,21 +411,11 @@ fn force_remove() -> RemoveContainerOptions {
     }
 }
 
-/// Removes a container when dropped while still armed: if the future that
-/// runs it is dropped, the removal is spawned onto the current runtime.
-struct ContainerGuard {
-    docker: Docker,
-    id: Option<String>,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let docker = self.docker.clone();
-            handle.spawn(async move {
-                let _ = docker.remove_container(&id, Some(force_remove())).await;
-            });
-        }
-    }
+/// Removes container `id` if the future that uses it is dropped (see
+/// [`ContainerGuard`]).
+fn guard(engine: &DockerEngine, id: &str) -> ContainerGuard {
+    let docker = engine.docker.clone();
+    ContainerGuard::new(id, move |id| async move {
+        let _ = docker.remove_container(&id, Some(force_remove())).await;
+    })
 }
