@@ -150,26 +150,7 @@ pub fn prepare(
             notices,
         });
     }
-    let server = match settings.enabled {
-        Some(false) => {
-            if !fetching.is_empty() {
-                notices.push((Severity::Warning, format!(
-                    "step(s) {} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail",
-                    list(&fetching)
-                )));
-            }
-            false
-        }
-        None if fetching.is_empty() => false,
-        None => {
-            notices.push((Severity::Info, format!(
-                "step(s) {} declare secrets: starting the secrets server (--secrets=false turns it off)",
-                list(&fetching)
-            )));
-            true
-        }
-        Some(true) => true,
-    };
+    let server = server_wanted(settings.enabled, &list(&fetching), &mut notices);
     if server {
         if let Some(warning) = crate::secrets::basic_auth_warning(settings) {
             notices.push((Severity::Warning, warning));
@@ -202,6 +183,33 @@ pub fn prepare(
         server,
         notices,
     })
+}
+
+/// Whether the TLS server runs for the steps that fetch secrets (`listed`,
+/// empty when none does), given `--secrets`; says why in `notices`.
+fn server_wanted(
+    enabled: Option<bool>,
+    listed: &str,
+    notices: &mut Vec<(Severity, String)>,
+) -> bool {
+    match enabled {
+        Some(false) => {
+            if !listed.is_empty() {
+                notices.push((Severity::Warning, format!(
+                    "step(s) {listed} declare secrets, but --secrets=false: the secrets server is off and their fetches will fail"
+                )));
+            }
+            false
+        }
+        None if listed.is_empty() => false,
+        None => {
+            notices.push((Severity::Info, format!(
+                "step(s) {listed} declare secrets: starting the secrets server (--secrets=false turns it off)"
+            )));
+            true
+        }
+        Some(true) => true,
+    }
 }
 
 /// The running secrets side of one build.
