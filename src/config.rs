@@ -39,12 +39,13 @@ impl DockerSettings {
             .or_else(|| non_empty("DOCKER_HOST"))
             .unwrap_or_else(|| DEFAULT_HOST.to_string());
         let use_tls = use_tls.unwrap_or_else(|| non_empty("DOCKER_TLS_VERIFY").is_some());
+        // An `https://` host talks TLS too.
+        let tls = use_tls || host.starts_with("https://");
         let cert_path = certs
             .map(Path::to_path_buf)
             .or_else(|| non_empty("DOCKER_CERT_PATH").map(PathBuf::from))
             .or_else(|| {
-                use_tls
-                    .then(|| non_empty("HOME").map(|h| Path::new(&h).join(".docker")))
+                tls.then(|| non_empty("HOME").map(|h| Path::new(&h).join(".docker")))
                     .flatten()
             });
         DockerSettings {
@@ -372,5 +373,21 @@ mod tests {
             }
         );
         assert_eq!(s.options().address(), "unix:///var/run/docker.sock");
+    }
+
+    #[test]
+    fn an_https_host_gets_the_default_certificate_directory() {
+        let env = env_of(&[
+            ("DOCKER_HOST", "https://10.0.0.1:2376"),
+            ("HOME", "/home/u"),
+        ]);
+        let s = DockerSettings::resolve(None, None, None, &env);
+        assert!(!s.use_tls);
+        assert_eq!(s.cert_path, Some(PathBuf::from("/home/u/.docker")));
+        let plain = env_of(&[("DOCKER_HOST", "tcp://10.0.0.1:2375"), ("HOME", "/home/u")]);
+        assert_eq!(
+            DockerSettings::resolve(None, None, None, &plain).cert_path,
+            None
+        );
     }
 }

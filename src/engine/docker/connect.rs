@@ -49,7 +49,7 @@ impl DockerEngine {
                 if let Some(tls) = tls {
                     return Err(EngineError::Tls(describe_tls_failure(
                         &address,
-                        &opts.cert_dir(),
+                        opts.cert_dir().unwrap_or(Path::new("")),
                         &tls,
                     )));
                 }
@@ -170,7 +170,7 @@ fn open(opts: &DockerOptions, address: &str) -> Result<(Pool, Dialer), EngineErr
         .or_else(|| address.strip_prefix("https://"))
     {
         if opts.use_tls || address.starts_with("https://") {
-            Dialer::tls(address, rest, &tls_files(&opts.cert_dir())?)?
+            Dialer::tls(address, rest, &tls_files(opts.cert_dir()?)?)?
         } else {
             Dialer::tcp(address, rest)
         }

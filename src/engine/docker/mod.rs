@@ -24,7 +24,7 @@ mod progress;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bollard::auth::DockerCredentials;
@@ -54,8 +54,9 @@ pub struct DockerOptions {
     /// habitus always verifies the daemon's certificate against `ca.pem`
     /// when it talks TLS.
     pub use_tls: bool,
-    /// Directory holding `ca.pem`, `cert.pem` and `key.pem`; `None` means
-    /// `~/.docker`.
+    /// Directory holding `ca.pem`, `cert.pem` and `key.pem`; needed to
+    /// talk TLS (config fills in `~/.docker` when no flag or variable
+    /// names one).
     pub cert_path: Option<PathBuf>,
 }
 
@@ -65,12 +66,14 @@ impl DockerOptions {
         self.host.as_deref().unwrap_or(DEFAULT_HOST)
     }
 
-    /// The certificate directory: `cert_path`, else `~/.docker`.
-    pub fn cert_dir(&self) -> PathBuf {
-        match &self.cert_path {
-            Some(path) => path.clone(),
-            None => home_dir().unwrap_or_default().join(".docker"),
-        }
+    /// The certificate directory, which TLS needs.
+    pub fn cert_dir(&self) -> Result<&Path, EngineError> {
+        self.cert_path.as_deref().ok_or_else(|| {
+            EngineError::Tls(format!(
+                "`{}` talks TLS, but no certificate directory is given (--certs, DOCKER_CERT_PATH)",
+                self.address()
+            ))
+        })
     }
 }
 
