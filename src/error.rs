@@ -22,7 +22,7 @@ pub enum Error {
     Engine(#[from] EngineError),
     /// The build failed.
     #[error(transparent)]
-    Build(#[from] BuildError),
+    Build(Box<BuildError>),
     /// A squash failed.
     #[error(transparent)]
     Squash(#[from] crate::squash::SquashError),
@@ -61,6 +61,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// Boxed: a build's error carries the most text, and every command's
+/// result would otherwise be as large.
+impl From<BuildError> for Error {
+    fn from(error: BuildError) -> Error {
+        Error::Build(Box::new(error))
+    }
 }
 
 impl Error {

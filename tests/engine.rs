@@ -210,6 +210,7 @@ async fn a_failing_run_reports_the_instruction_and_leaves_no_container() {
         EngineError::BuildFailed {
             instruction,
             message,
+            ..
         } => {
             assert_eq!(
                 instruction.as_deref(),

@@ -44,7 +44,9 @@ pub fn build(config: &Config) -> Result<(), Error> {
     });
     let (status, code) = match &result {
         Ok(()) => (Status::Success, 0),
-        Err(e @ Error::Build(BuildError::Interrupted { .. })) => (Status::Interrupted, e.code()),
+        Err(e @ Error::Build(b)) if matches!(**b, BuildError::Interrupted { .. }) => {
+            (Status::Interrupted, e.code())
+        }
         Err(e) => (Status::Failure, e.code()),
     };
     reporter.build_finished(status, code, result.as_ref().err().map(Error::report));
@@ -77,7 +79,7 @@ pub async fn build_in(
         config.build.builder,
         env,
     )
-    .map_err(|e| Error::Build(BuildError::Secrets(e)))?;
+    .map_err(|e| Error::from(BuildError::Secrets(e)))?;
     for (severity, notice) in &prepared.notices {
         reporter.message(*severity, notice);
     }
@@ -111,8 +113,8 @@ pub async fn build_in(
             runner::report::summary(&reporter, &summary);
             Ok(())
         }
-        Err(e @ BuildError::Interrupted { .. }) => Err(Error::Build(e)),
-        Err(e) => Err(Error::Build(ask_daemon(config, engine.as_ref(), e).await)),
+        Err(e @ BuildError::Interrupted { .. }) => Err(e.into()),
+        Err(e) => Err(ask_daemon(config, engine.as_ref(), e).await.into()),
     }
 }
 

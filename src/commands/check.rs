@@ -19,7 +19,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
         let text = workpath::confine(&manifest.workdir, &step.dockerfile_path)
             .and_then(std::fs::read_to_string)
             .map_err(|e| {
-                Error::Build(BuildError::Dockerfile {
+                Error::from(BuildError::Dockerfile {
                     step: step.label.clone(),
                     dockerfile: step.dockerfile_path.clone(),
                     message: e.to_string(),
@@ -27,7 +27,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
                 })
             })?;
         let builder = step.builder.unwrap_or(config.build.builder);
-        runner::check_mounts(step, builder, &text).map_err(Error::Build)?;
+        runner::check_mounts(step, builder, &text)?;
     }
     print_stdout(&render::text(&manifest, &plan));
     Ok(())

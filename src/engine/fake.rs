@@ -182,6 +182,7 @@ impl Engine for FakeEngine {
             return Err(EngineError::BuildFailed {
                 instruction: Some("Step 1/1 : RUN fake".into()),
                 message,
+                hint: None,
             });
         }
         lock(&self.images).insert(req.tag.clone());

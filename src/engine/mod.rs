@@ -21,6 +21,7 @@ impl EngineError {
         match self {
             EngineError::Unreachable { .. } => Some("start it (`sudo systemctl start docker`, or `dockerd &`), or point `--host`/DOCKER_HOST at a running daemon".into()),
             EngineError::NoBuildKit { .. } => Some("build with `--builder legacy` (or `builder: legacy` for the step), or upgrade the daemon".into()),
+            EngineError::BuildFailed { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -97,6 +98,8 @@ pub enum EngineError {
         instruction: Option<String>,
         /// The daemon's error message.
         message: String,
+        /// What to change, when habitus knows.
+        hint: Option<String>,
     },
     /// Reading the build context failed.
     #[error("build context `{path}`: {message}")]

@@ -20,6 +20,8 @@ pub enum BuildError {
         instruction: Option<String>,
         /// The daemon's message.
         message: String,
+        /// What to change, when habitus knows.
+        hint: Option<String>,
     },
     /// A step's Dockerfile could not be read or rewritten.
     #[error("step `{step}`: dockerfile `{}`: {message}", dockerfile.display())]
@@ -139,7 +141,7 @@ impl BuildError {
     /// What the user can do about it, when habitus knows.
     pub fn hint(&self) -> Option<String> {
         match self {
-            BuildError::Dockerfile { hint, .. } => hint.clone(),
+            BuildError::Dockerfile { hint, .. } | BuildError::Step { hint, .. } => hint.clone(),
             BuildError::DaemonLost { .. } => Some("it was stopped or restarted; once it is back, the next build (or `habitus prune`) removes what this one left".into()),
             BuildError::Engine { source, .. } => source.hint(),
             BuildError::Secrets(e) => e.hint(),

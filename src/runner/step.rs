@@ -200,6 +200,7 @@ impl Build {
             EngineError::BuildFailed {
                 instruction,
                 message,
+                hint,
             } => {
                 let failed = Build::failed_stage(&dockerfile.chain, instruction.as_deref());
                 BuildError::Step {
@@ -208,6 +209,7 @@ impl Build {
                         .map_or(step.dockerfile_path.clone(), |s| s.dockerfile_path.clone()),
                     instruction: instruction.map(redact),
                     message: redact(message),
+                    hint,
                 }
             }
             other => BuildError::Engine {

@@ -83,17 +83,26 @@ mod mode {
 pub const CONTEXT: &str = "context";
 pub const DOCKERFILE: &str = "dockerfile";
 
+/// The first transfer that failed in a build: the vertex BuildKit shows
+/// for it, the error and its hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    pub vertex: String,
+    pub message: String,
+    pub hint: Option<&'static str>,
+}
+
 /// Why a file sync failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The daemon asked for a directory the session does not offer.
-    #[error("the daemon asked for the directory `{name}`, which this build does not offer\nhint: habitus offers `context` and `dockerfile`; a Dockerfile frontend that needs more is not supported")]
+    #[error("the daemon asked for the directory `{name}`, which this build does not offer")]
     UnknownDir {
         /// The name it asked for.
         name: String,
     },
     /// A metadata header is malformed or too large.
-    #[error("the daemon sent a malformed `{key}` header: {reason}\nhint: this is a bug in the daemon or a proxy in between; report it with the Docker version")]
+    #[error("the daemon sent a malformed `{key}` header: {reason}")]
     Header {
         /// The header.
         key: &'static str,
@@ -104,7 +113,7 @@ pub enum SyncError {
     #[error(transparent)]
     Pattern(#[from] ContextError),
     /// A file or directory of the context cannot be read.
-    #[error("cannot read `{}`: {source}\nhint: check its permissions, or list it in `.dockerignore`", path.display())]
+    #[error("cannot read `{}`: {source}", path.display())]
     Io {
         /// The path on disk.
         path: PathBuf,
@@ -112,25 +121,25 @@ pub enum SyncError {
         source: std::io::Error,
     },
     /// A file changed while it was being sent.
-    #[error("`{}` changed while the build context was being sent\nhint: run the build again once nothing writes into the context", path.display())]
+    #[error("`{}` changed while the build context was being sent", path.display())]
     Changed {
         /// The path on disk.
         path: PathBuf,
     },
     /// A name in the context is not UTF-8, which fsutil's paths must be.
-    #[error("`{}` cannot be sent to BuildKit: its name is not UTF-8\nhint: rename it, or list it in `.dockerignore`", path.display())]
+    #[error("`{}` cannot be sent to BuildKit: its name is not UTF-8", path.display())]
     NotUtf8 {
         /// The path on disk.
         path: PathBuf,
     },
     /// A packet from the daemon is malformed or not expected.
-    #[error("the daemon sent a malformed file sync packet: {reason}\nhint: this is a bug in the daemon or a proxy in between; report it with the Docker version")]
+    #[error("the daemon sent a malformed file sync packet: {reason}")]
     Packet {
         /// What is wrong with it.
         reason: String,
     },
     /// The daemon asked for an id that is not a regular file of the walk.
-    #[error("the daemon asked for file `{id}`, which this transfer did not offer\nhint: this is a bug in the daemon; report it with the Docker version")]
+    #[error("the daemon asked for file `{id}`, which this transfer did not offer")]
     UnknownId {
         /// The id.
         id: u32,
@@ -143,6 +152,22 @@ pub enum SyncError {
     },
 }
 
+impl SyncError {
+    /// What the user can do about it, when habitus knows.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            SyncError::UnknownDir { .. } => Some("habitus offers `context` and `dockerfile`; a Dockerfile frontend that needs more is not supported"),
+            SyncError::Header { .. } => Some("this is a bug in the daemon or a proxy in between; report it with the Docker version"),
+            SyncError::Io { .. } => Some("check its permissions, or list it in `.dockerignore`"),
+            SyncError::Changed { .. } => Some("run the build again once nothing writes into the context"),
+            SyncError::NotUtf8 { .. } => Some("rename it, or list it in `.dockerignore`"),
+            SyncError::Packet { .. } => Some("this is a bug in the daemon or a proxy in between; report it with the Docker version"),
+            SyncError::UnknownId { .. } => Some("this is a bug in the daemon; report it with the Docker version"),
+            _ => None,
+        }
+    }
+}
+
 /// What the session's FileSync serves for one build.
 pub struct Sources {
     /// The step's context directory.
@@ -152,7 +177,7 @@ pub struct Sources {
     pub dockerfile: Vec<(String, Vec<u8>)>,
     /// The first error a transfer hit (the directory, the message), for
     /// the build's error message.
-    pub failure: Mutex<Option<(String, String)>>,
+    pub failure: Mutex<Option<SyncFailure>>,
 }
 
 impl Sources {
@@ -167,7 +192,7 @@ impl Sources {
 
     /// The first error a transfer hit: the vertex BuildKit shows for that
     /// transfer, and the message.
-    pub fn failure(&self) -> Option<(String, String)> {
+    pub fn failure(&self) -> Option<SyncFailure> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -182,7 +207,11 @@ impl Sources {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| (vertex.to_string(), error.to_string()));
+            .get_or_insert_with(|| SyncFailure {
+                vertex: vertex.to_string(),
+                message: error.to_string(),
+                hint: error.hint(),
+            });
     }
 }
 
@@ -1034,6 +1063,14 @@ mod tests {
         )
     }
 
+    /// The error as the user sees it: its text, then its hint.
+    fn shown(error: &SyncError) -> String {
+        match error.hint() {
+            Some(hint) => format!("{error}\nhint: {hint}"),
+            None => error.to_string(),
+        }
+    }
+
     #[test]
     fn entries_come_in_fsutil_walk_order_with_go_modes() {
         let dir = tree();
@@ -1174,7 +1211,7 @@ mod tests {
         // Another directory is not offered.
         let err = entries(&src, &wanted("secrets")).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            shown(&err),
             "the daemon asked for the directory `secrets`, which this build does not offer\nhint: habitus offers `context` and `dockerfile`; a Dockerfile frontend that needs more is not supported"
         );
     }
@@ -1189,7 +1226,7 @@ mod tests {
             let err = run(&src, &all, &replies).0.unwrap_err();
             let id = ids[ids.len() - 1];
             assert_eq!(
-                err.to_string(),
+                shown(&err),
                 format!("the daemon asked for file `{id}`, which this transfer did not offer\nhint: this is a bug in the daemon; report it with the Docker version")
             );
         }
@@ -1200,7 +1237,7 @@ mod tests {
         assert!(incoming(&[0xff, 0xff, 0xff]).is_err());
         let stat = packet(PacketType::PacketStat).encode_to_vec();
         assert_eq!(
-            incoming(&stat).unwrap_err().to_string(),
+            shown(&incoming(&stat).unwrap_err()),
             "the daemon sent a malformed file sync packet: a receiver does not send `PACKET_STAT`\nhint: this is a bug in the daemon or a proxy in between; report it with the Docker version"
         );
         let unknown = Packet {
@@ -1249,7 +1286,7 @@ mod tests {
         let long = "a".repeat(MAX_PATH + 1);
         headers.insert("include-patterns", HeaderValue::from_str(&long).unwrap());
         assert_eq!(
-            Wanted::from_headers(&headers).unwrap_err().to_string(),
+            shown(&Wanted::from_headers(&headers).unwrap_err()),
             "the daemon sent a malformed `include-patterns` header: a value is longer than 4096 bytes\nhint: this is a bug in the daemon or a proxy in between; report it with the Docker version"
         );
     }

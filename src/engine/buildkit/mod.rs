@@ -110,7 +110,10 @@ fn check_network_mode(req: &BuildRequest) -> Result<(), EngineError> {
         return Err(EngineError::BuildFailed {
             instruction: None,
             message: format!(
-                "BuildKit runs `RUN` only on the `default`, `host` or `none` network, not `{mode}`\nhint: leave --network out for this step, or build it with `builder: legacy`"
+                "BuildKit runs `RUN` only on the `default`, `host` or `none` network, not `{mode}`"
+            ),
+            hint: Some(
+                "leave --network out for this step, or build it with `builder: legacy`".into(),
             ),
         });
     }
@@ -143,6 +146,7 @@ async fn send_build(
         return Err(EngineError::BuildFailed {
             instruction: None,
             message: refusal(response).await,
+            hint: None,
         });
     }
     Ok((response, connection))
@@ -188,28 +192,31 @@ fn failed(mut message: String, session: &Session, progress: &Progress) -> Engine
     // A failed transfer is what failed, whichever instruction BuildKit
     // was running (or cancelling) beside it.
     let sync = session.sync_failure();
-    if let Some((_, sync)) = &sync {
-        if !message.contains(sync.as_str()) {
-            message = format!("{message}\ncaused by: {sync}");
+    let mut hint = None;
+    if let Some(sync) = &sync {
+        if !message.contains(sync.message.as_str()) {
+            message = format!("{message}\ncaused by: {}", sync.message);
         }
+        hint = sync.hint.map(str::to_string);
     }
     let refused = session.refused();
     if !refused.is_empty() {
-        message = format!(
-            "{message}\nhint: the Dockerfile mounts secret(s) {} that this step does not declare; add them under the step's `secrets:` in build.yml",
+        hint = Some(format!(
+            "the Dockerfile mounts secret(s) {} that this step does not declare; add them under the step's `secrets:` in build.yml",
             refused
                 .iter()
                 .map(|id| format!("`{id}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
     }
     EngineError::BuildFailed {
         instruction: sync
-            .map(|(vertex, _)| vertex)
+            .map(|failure| failure.vertex)
             .or(progress.failed.clone())
             .or(progress.last_instruction.clone()),
         message,
+        hint,
     }
 }
 

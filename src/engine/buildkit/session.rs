@@ -184,7 +184,7 @@ impl Session {
 
     /// The first error sending the context or the Dockerfile hit: the
     /// vertex that shows the transfer, and the message.
-    pub fn sync_failure(&self) -> Option<(String, String)> {
+    pub fn sync_failure(&self) -> Option<super::filesync::SyncFailure> {
         self.offer.sources.failure()
     }
 

@@ -181,6 +181,7 @@ async fn follow_build(
                 return Some(EngineError::BuildFailed {
                     instruction: progress.last_step.clone(),
                     message,
+                    hint: None,
                 });
             }
             Err(err) => return Some(api(err)),
@@ -206,6 +207,7 @@ impl DockerEngine {
             None => Err(EngineError::BuildFailed {
                 instruction,
                 message: format!("the daemon reported no image for `{tag}`"),
+                hint: None,
             }),
         }
     }

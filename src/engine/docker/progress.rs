@@ -147,6 +147,7 @@ impl BuildProgress {
                     .message
                     .clone()
                     .unwrap_or_else(|| "the build failed".to_string()),
+                hint: None,
             });
         }
         Ok(())
@@ -292,6 +293,7 @@ after
             EngineError::BuildFailed {
                 instruction,
                 message,
+                hint: None,
             } => {
                 assert_eq!(instruction.as_deref(), Some("Step 3/5 : RUN make"));
                 assert_eq!(
