@@ -656,6 +656,32 @@ build:
 }
 
 #[test]
+fn each_unset_variable_is_warned_about_once_with_every_line_using_it() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    one:
+      name: app_env(TAG)
+      dockerfile: Dockerfile
+      args:
+        A: _env(TAG)
+        B: x_env(OTHER)-_env(TAG)
+        C: _env(TAG)
+";
+    let env = EnvSource::Given(BTreeMap::new());
+    let loaded = check_with(dir.path(), yml, &env, &providers()).expect("valid");
+    assert_eq!(
+        loaded.warnings,
+        [
+            "build.yml:5: _env(TAG) is not set (also used on lines 8, 9, 10); using an empty value",
+            "build.yml:9: _env(OTHER) is not set; using an empty value",
+        ]
+    );
+}
+
+#[test]
 fn env_values_come_from_the_process_environment() {
     let dir = workdir(&["Dockerfile"]);
     let name = format!("HABITUS_MANIFEST_TEST_{}", std::process::id());

@@ -81,6 +81,41 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> {
     parse(&text, opts)
 }
 
+/// One warning per unset variable, at its first use, naming the other
+/// lines that use it: `build.yml:5: _env(TAG) is not set (also used on
+/// lines 8, 12); using an empty value`.
+fn unset_warnings(file: &Path, unset: &[env::Unset]) -> Vec<String> {
+    let mut lines: Vec<(&str, Vec<usize>)> = Vec::new();
+    for u in unset {
+        match lines.iter_mut().find(|(name, _)| *name == u.name) {
+            Some((_, at)) if !at.contains(&u.line) => at.push(u.line),
+            Some(_) => {}
+            None => lines.push((&u.name, vec![u.line])),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(name, at)| {
+            let also = match &at[1..] {
+                [] => String::new(),
+                [one] => format!(" (also used on line {one})"),
+                more => format!(
+                    " (also used on lines {})",
+                    more.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            format!(
+                "{}:{}: _env({name}) is not set{also}; using an empty value",
+                file.display(),
+                at[0]
+            )
+        })
+        .collect()
+}
+
 /// As [`load`], with the text already read (`opts.file` names it in
 /// messages).
 pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> {
@@ -97,17 +132,7 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
                 None,
             )])
         })?;
-    let warnings = unset
-        .iter()
-        .map(|u| {
-            format!(
-                "{}:{}: _env({}) is not set; using an empty value",
-                opts.file.display(),
-                u.line,
-                u.name
-            )
-        })
-        .collect();
+    let warnings = unset_warnings(opts.file, &unset);
     let yaml_error = |e: serde_yaml::Error| {
         let location = e.location();
         let mut message = e.to_string();
