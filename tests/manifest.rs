@@ -268,12 +268,12 @@ fn missing_version_lists_the_valid_ones() {
 }
 
 #[test]
-fn unknown_version_lists_the_valid_ones() {
+fn unknown_version_lists_the_valid_ones_and_shows_the_first_step_in_the_2016_03_14_form() {
     let dir = workdir(&["Dockerfile"]);
     let yml = "build:\n  version: 2017-01-01\n  steps:\n    one:\n      name: one\n      dockerfile: Dockerfile\n";
     assert_eq!(
         errors(dir.path(), yml),
-        "error: build.yml:2:12: unknown schema version `2017-01-01`\n  help: valid versions: `2016-02-13`, `2016-03-14`"
+        "error: build.yml:2:12: unknown schema version `2017-01-01`\n  help: valid versions: `2016-02-13`, `2016-03-14`; habitus reads the 2016-03-14 format (Go Habitus's `build:` with `version:` and a mapping of `steps:`); the first step in it:\n    build:\n      version: 2016-03-14\n      steps:\n        one:\n          name: one\n          dockerfile: Dockerfile"
     );
 }
 

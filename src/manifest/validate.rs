@@ -427,11 +427,11 @@ impl Checker<'_> {
         build: &'v Mapping,
         build_path: &str,
     ) -> (Option<SchemaVersion>, Option<(String, &'v Value)>) {
-        let mut version = None;
+        let mut version_at = None;
         let mut steps = None;
         for (key, path, value) in self.entries(build, build_path, None) {
             match key.as_str() {
-                "version" => version = Some(self.version(value, &path)),
+                "version" => version_at = Some((path, value)),
                 "steps" => steps = Some((path, value)),
                 "work_dir" => self.warn(
                     &path,
@@ -440,15 +440,19 @@ impl Checker<'_> {
                 _ => self.unknown_key(&path, None, &key, BUILD_KEYS, ""),
             }
         }
-        if version.is_none() {
-            self.at_key(
-                build_path,
-                None,
-                "missing `version`".into(),
-                versions_help(),
-            );
-        }
-        (version.flatten(), steps)
+        let version = match version_at {
+            Some((path, value)) => self.version(value, &path, steps.as_ref().map(|(_, s)| *s)),
+            None => {
+                self.at_key(
+                    build_path,
+                    None,
+                    "missing `version`".into(),
+                    versions_help(),
+                );
+                None
+            }
+        };
+        (version, steps)
     }
 
     /// `steps` as a non-empty mapping of labels to steps, with its path;
@@ -513,17 +517,29 @@ impl Checker<'_> {
         }
     }
 
-    fn version(&mut self, value: &Value, path: &str) -> Option<SchemaVersion> {
+    /// The schema version; an unknown one is shown what the file's first
+    /// step (in `steps`) looks like in the 2016-03-14 format.
+    fn version(
+        &mut self,
+        value: &Value,
+        path: &str,
+        steps: Option<&Value>,
+    ) -> Option<SchemaVersion> {
         let help = versions_help();
         match self.scalar(value, path).as_deref() {
             Some("2016-02-13") => Some(SchemaVersion::V20160213),
             Some("2016-03-14") => Some(SchemaVersion::V20160314),
             Some(other) => {
+                let converted = steps.map(modern_form).unwrap_or_default();
                 self.at_value(
                     path,
                     None,
                     format!("unknown schema version `{other}`"),
-                    help,
+                    help.map(|h| {
+                        format!("{h}; {converted}")
+                            .trim_end_matches("; ")
+                            .to_string()
+                    }),
                 );
                 None
             }
