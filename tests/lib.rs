@@ -36,3 +36,5 @@ mod secrets;
 mod squash;
 /// Crash safety: killed builds' leftovers swept, `habitus prune`, the network pool.
 mod sweep;
+/// The live view in a terminal (tmux).
+mod terminal;

@@ -98,7 +98,12 @@ pub async fn build_in(
         Some(store) => runner.with_secrets(config.secrets.clone(), store, prepared.server),
         None => runner,
     };
-    reporter.build_started(runner.build_id(), &config.file, &runner.steps());
+    reporter.build_started(
+        runner.build_id(),
+        &config.file,
+        &runner.steps(),
+        &runner.steps_in_plan_order(),
+    );
     reporter.message(
         Severity::Info,
         &format!(

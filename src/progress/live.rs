@@ -121,6 +121,16 @@ impl Live {
         }
     }
 
+    /// Removes the step lines: the summary that follows replaces them.
+    pub fn clear_steps(&self) {
+        let _ = self.multi.clear();
+        let mut bars = self.bars();
+        for bar in bars.values() {
+            self.multi.remove(bar);
+        }
+        bars.clear();
+    }
+
     /// The build ended: steps still running or waiting say so.
     pub fn build_finished(&self) {
         let started = self.started.lock().unwrap_or_else(|e| e.into_inner());

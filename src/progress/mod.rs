@@ -191,12 +191,15 @@ impl Reporter {
         }
     }
 
-    /// The build starts: `steps` are `(label, depends_on)` in file order.
+    /// The build starts: `steps` are `(label, depends_on)` in file order
+    /// (for the JSON event), `in_plan_order` the same in the plan's order
+    /// (for the live view).
     pub fn build_started(
         &self,
         build_id: &str,
         file: &std::path::Path,
         steps: &[(String, Vec<String>)],
+        in_plan_order: &[(String, Vec<String>)],
     ) {
         self.event(Event::BuildStarted {
             build_id,
@@ -204,7 +207,7 @@ impl Reporter {
             steps: steps.iter().map(|(l, _)| l.as_str()).collect(),
         });
         if let Some(live) = &self.live {
-            live.build_started(steps);
+            live.build_started(in_plan_order);
         }
     }
 
@@ -239,6 +242,27 @@ impl Reporter {
     pub fn step_summary(&self, finished: &StepFinished<'_>, size: Option<&str>) {
         if let Some(live) = &self.live {
             live.step_summary(finished.label, &self.redact(&finished.line(size)));
+        }
+    }
+
+    /// The end of a successful build: `plain` is the summary as lines
+    /// print it; on a terminal, the live step lines are replaced by
+    /// `terminal` (steps in plan order), so each step shows once.
+    pub fn summary(&self, plain: &str, terminal: &str) {
+        if self.min > Severity::Info {
+            return;
+        }
+        self.event(Event::Log {
+            level: Severity::Info.name(),
+            step: None,
+            message: plain,
+        });
+        match &self.live {
+            Some(live) => {
+                live.clear_steps();
+                self.write_line(tag(Severity::Info), terminal);
+            }
+            None => self.write_line(tag(Severity::Info), plain),
         }
     }
 

@@ -113,6 +113,8 @@ pub struct Summary {
     pub secrets_served: BTreeMap<SecretUse, usize>,
     /// Images the post-build audit searched (none without secrets).
     pub audited_images: Vec<String>,
+    /// Every step label, in the plan's order.
+    pub plan_order: Vec<String>,
 }
 
 /// One build as configured: what to build, where, with which secrets.
@@ -188,6 +190,19 @@ impl Runner {
             .collect()
     }
 
+    /// `(label, depends_on)` of every step, in the plan's order (the
+    /// order the terminal shows them in).
+    pub fn steps_in_plan_order(&self) -> Vec<(String, Vec<String>)> {
+        self.plan
+            .order()
+            .iter()
+            .map(|&i| {
+                let s = &self.manifest.steps[i];
+                (s.label.clone(), s.depends_on.clone())
+            })
+            .collect()
+    }
+
     /// The id that labels this build's objects.
     pub fn build_id(&self) -> &str {
         &self.build_id
@@ -212,6 +227,12 @@ impl Runner {
         if result.is_ok() {
             build.add_sizes(&mut summary).await;
         }
+        summary.plan_order = self
+            .plan
+            .order()
+            .iter()
+            .map(|&i| self.plan.label(i).to_string())
+            .collect();
         let tagged = lock(&build.tagged).clone();
         summary.removed_images = build.teardown(&tagged, result.is_ok()).await;
         summary.secrets_served = lock(&build.served).clone();

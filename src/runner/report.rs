@@ -3,7 +3,7 @@
 
 use super::{human_size, Summary};
 use crate::progress::event::{SummaryArtifact, SummarySecret, SummaryStep};
-use crate::progress::{Event, Reporter, Severity, StepFinished};
+use crate::progress::{Event, Reporter, StepFinished};
 
 /// Reports `summary` on every sink of `reporter`.
 pub fn summary(reporter: &Reporter, summary: &Summary) {
@@ -21,7 +21,7 @@ pub fn summary(reporter: &Reporter, summary: &Summary) {
             step.size.map(human_size).as_deref(),
         );
     }
-    reporter.message(Severity::Info, &text(summary));
+    reporter.summary(&text(summary, false), &text(summary, true));
 }
 
 /// The `summary` JSON event.
@@ -66,10 +66,16 @@ fn event(summary: &Summary) -> Event<'_> {
     }
 }
 
-/// The summary for people: steps, artifacts, secrets served, the audit.
-fn text(summary: &Summary) -> String {
+/// The summary for people: steps (in the order they finished, or with
+/// `plan_order` in the plan's), artifacts, secrets served, the audit.
+fn text(summary: &Summary, plan_order: bool) -> String {
+    let mut steps: Vec<_> = summary.steps.iter().collect();
+    if plan_order {
+        let position = |label: &str| summary.plan_order.iter().position(|l| l == label);
+        steps.sort_by_key(|s| position(&s.label));
+    }
     let mut text = String::from("summary:");
-    for step in &summary.steps {
+    for step in steps {
         let image = match &step.folded_into {
             Some(into) => format!("(stage of `{into}`)"),
             None => step.image.clone(),

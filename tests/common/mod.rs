@@ -578,6 +578,95 @@ impl Habitus {
         }
     }
 
+    /// Runs the binary in a terminal (a tmux session of its own, `width`
+    /// columns wide), waits for it to exit and returns the terminal's last
+    /// screen and the exit code. The process environment reaches it as
+    /// for [`Habitus::run`] (DOCKER_HOST included).
+    pub fn run_in_terminal(&self, width: u16) -> (String, i32) {
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+        let mut script = format!("cd {}\n", quote(self.dir.path().as_os_str()));
+        for (key, value) in std::env::vars_os().filter(|(k, _)| k == "DOCKER_HOST" || k == "PATH") {
+            script.push_str(&format!(
+                "export {}={}\n",
+                key.to_string_lossy(),
+                quote(&value)
+            ));
+        }
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => script.push_str(&format!(
+                    "export {}={}\n",
+                    key.to_string_lossy(),
+                    quote(value)
+                )),
+                None => script.push_str(&format!("unset {}\n", key.to_string_lossy())),
+            }
+        }
+        let mut line = quote(std::ffi::OsStr::new(env!("CARGO_BIN_EXE_habitus")));
+        if self.workdir_flag {
+            line.push_str(&format!(" -d {}", quote(self.dir.path().as_os_str())));
+        }
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(&quote(arg));
+        }
+        script.push_str(&format!("{line}\necho \"EXIT=$?\"\nsleep 600\n"));
+        let script_path = self.dir.path().join(".terminal.sh");
+        std::fs::write(&script_path, script).unwrap();
+        assert!(
+            Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()),
+            "this test runs habitus in a terminal and needs tmux: `apt-get install tmux` (or run `.ci/run`)"
+        );
+        let socket = format!("habitus-test-{}", unique("t"));
+        let tmux = |args: &[&str]| {
+            Command::new("tmux")
+                .args(["-L", &socket])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run tmux")
+        };
+        let width = width.to_string();
+        let started = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            &width,
+            "-y",
+            "50",
+            "sh",
+            &script_path.to_string_lossy(),
+        ]);
+        assert!(
+            started.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        let (screen, code) = loop {
+            let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "t"]).stdout)
+                .into_owned();
+            let exit = screen.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("EXIT=")
+                    .and_then(|c| c.parse::<i32>().ok())
+            });
+            if let Some(code) = exit {
+                break (screen, code);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "habitus did not exit within 180 s:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        };
+        let _ = tmux(&["kill-server"]);
+        (screen, code)
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
         cmd.current_dir(self.dir.path()).stdin(Stdio::null());
