@@ -24,10 +24,10 @@ fn the_final_screen_shows_each_step_once_in_plan_order() {
     let h = h
         .file(
             "Dockerfile.slow",
-            &from_base("RUN sleep 3 && echo slow > /slow\n"),
+            from_base("RUN sleep 3 && echo slow > /slow\n"),
         )
-        .file("Dockerfile.fast", &from_base("RUN echo fast > /fast\n"))
-        .file("Dockerfile.last", &from_base("RUN echo last > /last\n"))
+        .file("Dockerfile.fast", from_base("RUN echo fast > /fast\n"))
+        .file("Dockerfile.last", from_base("RUN echo last > /last\n"))
         .args(["--no-cache", "--jobs", "2"]);
     let (screen, code) = h.run_in_terminal(160);
     assert_eq!(code, 0, "{screen}");
@@ -57,10 +57,10 @@ fn without_a_terminal_the_summary_keeps_the_order_steps_finished_in() {
     let out = h
         .file(
             "Dockerfile.slow",
-            &from_base("RUN sleep 3 && echo slow > /slow\n"),
+            from_base("RUN sleep 3 && echo slow > /slow\n"),
         )
-        .file("Dockerfile.fast", &from_base("RUN echo fast > /fast\n"))
-        .file("Dockerfile.last", &from_base("RUN echo last > /last\n"))
+        .file("Dockerfile.fast", from_base("RUN echo fast > /fast\n"))
+        .file("Dockerfile.last", from_base("RUN echo last > /last\n"))
         .args(["--no-cache", "--jobs", "2"])
         .run();
     out.assert_success();
