@@ -30,6 +30,8 @@ mod faults;
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).
 mod plan;
+/// A daemon reached over TCP+TLS from another network namespace.
+mod remote;
 /// The secrets server in-process and in real builds; nothing leaks.
 mod secrets;
 /// `habitus squash` on the real daemon: filesystem, shared layers, config, secrets.

@@ -531,7 +531,30 @@ impl Habitus {
 
     /// Runs the binary in the work directory and collects its output.
     pub fn run(&self) -> Output {
-        let out = self.command().output().expect("run habitus");
+        self.output_of(self.command())
+    }
+
+    /// Runs the binary as [`Habitus::run`] does, inside network namespace
+    /// `netns` (`ip netns exec`).
+    pub fn run_in(&self, netns: &str) -> Output {
+        let plain = self.command();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(plain.get_program())
+            .args(plain.get_args())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        for (key, value) in plain.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        self.output_of(cmd)
+    }
+
+    fn output_of(&self, mut cmd: Command) -> Output {
+        let out = cmd.output().expect("run habitus");
         Output {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -84,7 +84,7 @@ pub struct TlsProxy {
 }
 
 impl TlsProxy {
-    /// `tcp://127.0.0.1:<port>`.
+    /// `tcp://<its address>:<port>`.
     pub fn host(&self) -> String {
         format!("tcp://{}", self.addr)
     }
@@ -140,12 +140,19 @@ fn write_dir(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) {
 /// Starts a proxy in front of the daemon `DOCKER_HOST` names (default
 /// [`DOCKER_SOCKET`]).
 pub fn start() -> TlsProxy {
+    start_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// [`start`], listening on `ip` (its certificate names `ip` too), for a
+/// habitus in another network namespace.
+pub fn start_on(ip: std::net::Ipv4Addr) -> TlsProxy {
     let daemon = Daemon::from_env();
+    let ip_name = ip.to_string();
     let ca = ca("habitus test proxy CA");
     let other_ca = ca_other();
     let (server_cert, server_key) = leaf(
         &ca,
-        &["127.0.0.1", "localhost"],
+        &["127.0.0.1", "localhost", &ip_name],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let (client_cert, client_key) = leaf(&ca, &[], ExtendedKeyUsagePurpose::ClientAuth);
@@ -182,7 +189,7 @@ pub fn start() -> TlsProxy {
         .unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
