@@ -1161,6 +1161,13 @@ fn errors_name_the_unset_variable_at_the_files_own_position() {
         text.starts_with("error: build.yml:4:57: step `step1`: unknown key `bogus`"),
         "{text}"
     );
+    // A variable set to "" is named too.
+    let empty = EnvSource::Given(BTreeMap::from([("NAME".to_string(), String::new())]));
+    let yml = format!("{head}      name: _env(NAME)\n      dockerfile: Dockerfile\n");
+    assert_eq!(
+        check_with(dir.path(), &yml, &empty, &providers()).unwrap_err().to_string(),
+        "error: build.yml:4:5: step `step1`: missing `name`\n  help: `name` is the image name to build, e.g. `name: myorg/app`\n  help: `NAME` is set but empty, so `_env(NAME)` on line 5 is empty: `export NAME=…` or pass `--env NAME=…`"
+    );
     let yml = format!(
         "{head}      name: app\n      dockerfile: Dockerfile\n      args: {{ A: _env(IMAGE), B: [ }}\n"
     );

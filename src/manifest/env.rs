@@ -108,9 +108,9 @@ impl SourceMap {
         line_column(src_text, self.src_offset(offset))
     }
 
-    /// The `_env()` occurrences whose variable was not set.
-    pub(crate) fn unset(&self) -> impl Iterator<Item = &Occurrence> {
-        self.occurrences.iter().filter(|o| o.unset)
+    /// The occurrences whose value is empty: NAME unset, or set to "".
+    pub(crate) fn emptied(&self) -> impl Iterator<Item = &Occurrence> {
+        self.occurrences.iter().filter(|o| o.out.is_empty())
     }
 }
 
@@ -288,7 +288,10 @@ mod tests {
         assert_eq!(map.position(&out, src, 2, 6), (2, 4));
         // The empty TAG at the end of line 1: its `_env(`.
         assert_eq!(map.position(&out, src, 1, 8), (1, 16));
-        let unset: Vec<_> = map.unset().map(|o| (o.line, o.name.as_str())).collect();
-        assert_eq!(unset, [(1, "TAG")]);
+        let emptied: Vec<_> = map
+            .emptied()
+            .map(|o| (o.line, o.name.as_str(), o.unset))
+            .collect();
+        assert_eq!(emptied, [(1, "TAG", true)]);
     }
 }

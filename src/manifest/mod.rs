@@ -178,7 +178,7 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
 fn explain_unset(d: &mut Diagnostic, src: &str, map: &env::SourceMap) {
     let Some(line) = d.line else { return };
     let lines: Vec<&str> = src.lines().collect();
-    let unset: Vec<&env::Occurrence> = map.unset().collect();
+    let unset: Vec<&env::Occurrence> = map.emptied().collect();
     let mut culprits: Vec<&env::Occurrence> =
         unset.iter().copied().filter(|o| o.line == line).collect();
     if culprits.is_empty() {
@@ -202,8 +202,13 @@ fn explain_unset(d: &mut Diagnostic, src: &str, map: &env::SourceMap) {
         }
     }
     for o in culprits {
+        let how = if o.unset {
+            "is not set"
+        } else {
+            "is set but empty"
+        };
         let note = format!(
-            "`{}` is not set, so `_env({})` on line {} is empty: `export {}=…` or pass `--env {}=…`",
+            "`{}` {how}, so `_env({})` on line {} is empty: `export {}=…` or pass `--env {}=…`",
             o.name, o.name, o.line, o.name, o.name
         );
         d.help = Some(match d.help.take() {
