@@ -117,6 +117,11 @@ pub enum EngineError {
         /// `Docker 18.06.3, API 1.38, linux`.
         daemon: String,
     },
+    /// Registry credentials could not be resolved (a credential helper
+    /// failed); the text names the helper and the registry, never a
+    /// credential.
+    #[error("{0}")]
+    Credentials(String),
     /// Any other daemon API error.
     #[error("docker: {0}")]
     Api(String),

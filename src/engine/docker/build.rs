@@ -61,14 +61,8 @@ async fn build_with_buildkit(
 ) -> Result<BuiltImage, EngineError> {
     engine.check_buildkit().await?;
     let version = engine.docker.client_version().to_string();
-    let outcome = buildkit::build(
-        &engine.dialer,
-        &version,
-        Arc::clone(&engine.credentials),
-        req,
-        &**sink,
-    )
-    .await?;
+    let credentials = engine.credentials().await?;
+    let outcome = buildkit::build(&engine.dialer, &version, credentials, req, &**sink).await?;
     let id = engine.image_id(outcome.image_id, &req.tag, None).await?;
     Ok(BuiltImage {
         id,
@@ -163,7 +157,10 @@ async fn follow_build(
     sink: &LineSink,
 ) -> Option<EngineError> {
     let body = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx));
-    let credentials = (!engine.credentials.is_empty()).then(|| HashMap::clone(&engine.credentials));
+    let credentials = match engine.credentials().await {
+        Ok(all) => (!all.is_empty()).then(|| HashMap::clone(&all)),
+        Err(e) => return Some(e),
+    };
     let mut stream = engine
         .docker
         .build_image(options, credentials, Some(body_try_stream(body)));

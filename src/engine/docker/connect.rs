@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::credentials::docker_config_credentials;
 use super::{api, error_chain, DockerEngine, DockerOptions};
 use crate::engine::buildkit::{self, Dialer};
 use crate::engine::transport::Pool;
@@ -83,7 +82,7 @@ impl DockerEngine {
         Ok(DockerEngine {
             docker,
             address,
-            credentials: Arc::new(docker_config_credentials()),
+            credentials: Arc::new(tokio::sync::OnceCell::new()),
             dialer,
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
             intermediates: Arc::default(),

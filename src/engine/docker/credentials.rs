@@ -1,6 +1,9 @@
-//! Registry credentials from the docker CLI's `config.json`, sent with
-//! builds so that the daemon can pull `FROM` images from private
-//! registries.
+//! Registry credentials as the docker CLI resolves them, sent with builds
+//! so that the daemon can pull `FROM` images from private registries:
+//! `$DOCKER_CONFIG/config.json` (default `~/.docker`) with its `auths`,
+//! `credsStore` and `credHelpers`; helpers are asked with the credential
+//! helper protocol (`docker-credential-NAME get`, the server on stdin).
+//! No credential reaches a log, an event or an error text.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,68 +14,210 @@ use bollard::auth::DockerCredentials;
 
 use super::home_dir;
 
-/// Reads registry credentials from `$DOCKER_CONFIG/config.json` or
-/// `~/.docker/config.json`. Best effort: a missing or unreadable file means
-/// no credentials. Credential helpers (`credsStore`) are not consulted.
-pub(super) fn docker_config_credentials() -> HashMap<String, DockerCredentials> {
+/// The docker CLI's `config.json`, as far as credentials go.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, Entry>,
+    /// The helper that stores every registry's credentials.
+    #[serde(rename = "credsStore")]
+    creds_store: Option<String>,
+    /// Registry host → the helper for that registry.
+    #[serde(rename = "credHelpers", default)]
+    cred_helpers: HashMap<String, String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Entry {
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    email: Option<String>,
+    identitytoken: Option<String>,
+}
+
+/// A credential helper could not answer for a registry (`None`: when
+/// asked to list what it stores).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registry credentials{}: `docker-credential-{helper}` {problem}", registry.as_ref().map(|r| format!(" for `{r}`")).unwrap_or_else(|| " (credsStore)".into()))]
+pub struct CredentialError {
+    pub registry: Option<String>,
+    pub helper: String,
+    pub problem: String,
+}
+
+/// Runs `docker-credential-<helper> <action>` with `input` on stdin and
+/// returns its stdout, or what went wrong.
+pub(super) type HelperRunner = dyn Fn(&str, &str, &str) -> Result<String, String> + Sync;
+
+/// Reads `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`).
+/// Best effort: a missing or malformed file holds no credentials.
+pub(super) fn load_config() -> DockerConfig {
     let dir = match std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => match home_dir() {
             Some(home) => home.join(".docker"),
-            None => return HashMap::new(),
+            None => return DockerConfig::default(),
         },
     };
     std::fs::read_to_string(dir.join("config.json"))
-        .map(|text| parse_docker_config(&text))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
 }
 
-/// The `auths` section of a Docker `config.json`: registry → credentials,
-/// with `auth` (base64 of `user:password`) split into user and password.
-pub(super) fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentials> {
-    #[derive(serde::Deserialize)]
-    struct Config {
-        #[serde(default)]
-        auths: HashMap<String, Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        auth: Option<String>,
-        username: Option<String>,
-        password: Option<String>,
-        email: Option<String>,
-        identitytoken: Option<String>,
-    }
-    let Ok(config) = serde_json::from_str::<Config>(text) else {
-        return HashMap::new();
-    };
-    config
+/// Every credential `config` holds, as the docker CLI sends them with a
+/// build: `auths`, then what `credsStore` lists, then each `credHelpers`
+/// registry through its own helper (later ones win for a registry).
+pub(super) fn all_credentials(
+    config: &DockerConfig,
+    run: &HelperRunner,
+) -> Result<HashMap<String, DockerCredentials>, CredentialError> {
+    let mut out: HashMap<String, DockerCredentials> = config
         .auths
-        .into_iter()
-        .map(|(registry, entry)| {
-            let (mut username, mut password) = (entry.username, entry.password);
-            if let Some(decoded) = entry
-                .auth
-                .as_deref()
-                .and_then(|text| base64_decode(text.trim().as_bytes()))
-                .and_then(|raw| String::from_utf8(raw).ok())
-            {
-                if let Some((user, pass)) = decoded.split_once(':') {
-                    username = Some(user.to_string());
-                    password = Some(pass.to_string());
-                }
+        .iter()
+        .map(|(registry, entry)| (registry.clone(), from_entry(registry, entry)))
+        .collect();
+    if let Some(store) = &config.creds_store {
+        let listed = run(store, "list", "").map_err(|problem| CredentialError {
+            registry: None,
+            helper: store.clone(),
+            problem,
+        })?;
+        let servers: HashMap<String, String> = serde_json::from_str(&listed).unwrap_or_default();
+        for server in servers.keys() {
+            if let Some(creds) = helper_get(store, server, run)? {
+                out.insert(server.clone(), creds);
             }
-            let creds = DockerCredentials {
-                username,
-                password,
-                email: entry.email,
-                serveraddress: Some(registry.clone()),
-                identitytoken: entry.identitytoken,
-                ..Default::default()
-            };
-            (registry, creds)
+        }
+    }
+    for (registry, helper) in &config.cred_helpers {
+        if let Some(creds) = helper_get(helper, registry, run)? {
+            out.insert(registry.clone(), creds);
+        }
+    }
+    Ok(out)
+}
+
+/// `docker-credential-<helper> get` for `server`: `None` when the helper
+/// has none ("credentials not found"); a username `<token>` means the
+/// secret is an identity token.
+fn helper_get(
+    helper: &str,
+    server: &str,
+    run: &HelperRunner,
+) -> Result<Option<DockerCredentials>, CredentialError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let fail = |problem: String| CredentialError {
+        registry: Some(server.to_string()),
+        helper: helper.to_string(),
+        problem,
+    };
+    let text = match run(helper, "get", server) {
+        Ok(text) => text,
+        Err(problem) if problem.contains("credentials not found") => return Ok(None),
+        Err(problem) => return Err(fail(problem)),
+    };
+    // The answer holds the secret: a parse error must not quote it.
+    let answer: Answer = serde_json::from_str(&text)
+        .map_err(|_| fail("answered `get` with something that is not its JSON".into()))?;
+    let token = answer.username == "<token>";
+    Ok(Some(DockerCredentials {
+        username: (!token).then_some(answer.username),
+        password: (!token).then(|| answer.secret.clone()),
+        identitytoken: token.then_some(answer.secret),
+        serveraddress: Some(server.to_string()),
+        ..Default::default()
+    }))
+}
+
+/// Runs a real helper from PATH, giving it 30 s.
+pub(super) fn run_helper(helper: &str, action: &str, input: &str) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "is not on PATH (install it, or remove it from config.json)".to_string()
+            }
+            _ => format!("cannot be started: {e}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("failed: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    // Helpers print their error on stdout (`credentials not found in
+    // native keychain`) or stderr; never the secret.
+    let said = [stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .map(|t| {
+            t.lines()
+                .next()
+                .unwrap_or(t)
+                .chars()
+                .take(200)
+                .collect::<String>()
         })
-        .collect()
+        .unwrap_or_default();
+    Err(format!("failed ({}): {said}", out.status))
+}
+
+/// The credentials of one `auths` entry, with `auth` (base64 of
+/// `user:password`) split into user and password.
+fn from_entry(registry: &str, entry: &Entry) -> DockerCredentials {
+    let (mut username, mut password) = (entry.username.clone(), entry.password.clone());
+    if let Some(decoded) = entry
+        .auth
+        .as_deref()
+        .and_then(|text| base64_decode(text.trim().as_bytes()))
+        .and_then(|raw| String::from_utf8(raw).ok())
+    {
+        if let Some((user, pass)) = decoded.split_once(':') {
+            username = Some(user.to_string());
+            password = Some(pass.to_string());
+        }
+    }
+    DockerCredentials {
+        username,
+        password,
+        email: entry.email.clone(),
+        serveraddress: Some(registry.to_string()),
+        identitytoken: entry.identitytoken.clone(),
+        ..Default::default()
+    }
+}
+
+/// The `auths` section of a Docker `config.json`: registry → credentials
+/// (helpers not consulted).
+#[cfg(test)]
+pub(super) fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentials> {
+    let config: DockerConfig = serde_json::from_str(text).unwrap_or_default();
+    let none = |_: &str, _: &str, _: &str| Err("no helper".to_string());
+    let config = DockerConfig {
+        creds_store: None,
+        cred_helpers: HashMap::new(),
+        ..config
+    };
+    all_credentials(&config, &none).unwrap_or_default()
 }
 
 /// Decodes standard base64 with or without padding, as `auth` entries of
@@ -89,7 +234,67 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{base64_decode, parse_docker_config};
+    use super::{all_credentials, base64_decode, parse_docker_config, DockerConfig};
+
+    /// A helper that knows `reg.io` (password) and `tok.io` (an identity
+    /// token), lists both, and fails for `broken.io`.
+    fn fake(helper: &str, action: &str, input: &str) -> Result<String, String> {
+        match (helper, action, input) {
+            ("store", "list", _) => Ok(r#"{"reg.io":"u","tok.io":"<token>"}"#.into()),
+            (_, "get", "reg.io") => {
+                Ok(r#"{"ServerURL":"reg.io","Username":"u","Secret":"s3cret"}"#.into())
+            }
+            (_, "get", "tok.io") => {
+                Ok(r#"{"ServerURL":"tok.io","Username":"<token>","Secret":"t0ken"}"#.into())
+            }
+            (_, "get", "broken.io") => Err("failed (exit status: 1): keychain locked".into()),
+            (_, "get", _) => {
+                Err("failed (exit status: 1): credentials not found in native keychain".into())
+            }
+            _ => Err("is not on PATH (install it, or remove it from config.json)".into()),
+        }
+    }
+
+    fn config(text: &str) -> DockerConfig {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn helpers_win_over_auths_and_tokens_are_identity_tokens() {
+        let all = all_credentials(
+            &config(r#"{"auths":{"reg.io":{"auth":"b2xkOm9sZA=="},"plain.io":{"auth":"cDpx"}},"credsStore":"store","credHelpers":{"gone.io":"store"}}"#),
+            &fake,
+        )
+        .unwrap();
+        assert_eq!(all["reg.io"].password.as_deref(), Some("s3cret"));
+        assert_eq!(all["tok.io"].identitytoken.as_deref(), Some("t0ken"));
+        assert_eq!(all["tok.io"].username, None);
+        assert_eq!(all["plain.io"].username.as_deref(), Some("p"));
+        // "credentials not found" is no credentials, not an error.
+        assert!(!all.contains_key("gone.io"));
+    }
+
+    #[test]
+    fn a_failing_or_missing_helper_is_named_with_the_registry_and_no_secret() {
+        let err = all_credentials(
+            &config(r#"{"credHelpers":{"broken.io":"ecr-login"}}"#),
+            &fake,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "registry credentials for `broken.io`: `docker-credential-ecr-login` failed (exit status: 1): keychain locked"
+        );
+        let err = all_credentials(&config(r#"{"credsStore":"nothere"}"#), &fake).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "registry credentials (credsStore): `docker-credential-nothere` is not on PATH (install it, or remove it from config.json)"
+        );
+        let garbled = |_: &str, _: &str, _: &str| Ok("Secret: s3cret".to_string());
+        let err =
+            all_credentials(&config(r#"{"credHelpers":{"reg.io":"x"}}"#), &garbled).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn base64_decodes_with_and_without_padding() {

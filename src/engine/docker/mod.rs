@@ -88,8 +88,9 @@ fn home_dir() -> Option<PathBuf> {
 pub struct DockerEngine {
     docker: Docker,
     address: String,
-    /// Registry credentials sent with builds (for `FROM` pulls).
-    credentials: Arc<HashMap<String, DockerCredentials>>,
+    /// Registry credentials sent with builds (for `FROM` pulls), resolved
+    /// on the first build (helpers run then, not for other commands).
+    credentials: Arc<tokio::sync::OnceCell<Arc<HashMap<String, DockerCredentials>>>>,
     /// Raw connections for BuildKit builds and their sessions.
     dialer: Dialer,
     /// The daemon's version and whether it builds with BuildKit, asked
@@ -111,12 +112,38 @@ pub struct DockerEngine {
 /// the credentials.
 impl std::fmt::Debug for DockerEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut registries: Vec<&String> = self.credentials.keys().collect();
+        let mut registries: Vec<&String> = self
+            .credentials
+            .get()
+            .map(|all| all.keys().collect())
+            .unwrap_or_default();
         registries.sort();
         f.debug_struct("DockerEngine")
             .field("address", &self.address)
             .field("registries", &registries)
             .finish_non_exhaustive()
+    }
+}
+
+impl DockerEngine {
+    /// The registry credentials of `config.json` and its helpers, resolved
+    /// once (a helper that fails is an error naming it and the registry).
+    pub(super) async fn credentials(
+        &self,
+    ) -> Result<Arc<HashMap<String, DockerCredentials>>, EngineError> {
+        self.credentials
+            .get_or_try_init(|| async {
+                let config = credentials::load_config();
+                tokio::task::spawn_blocking(move || {
+                    credentials::all_credentials(&config, &credentials::run_helper)
+                })
+                .await
+                .map_err(|e| EngineError::Api(format!("registry credentials: {e}")))?
+                .map(Arc::new)
+                .map_err(|e| EngineError::Credentials(e.to_string()))
+            })
+            .await
+            .cloned()
     }
 }
 
@@ -307,9 +334,9 @@ mod tests {
         let engine = DockerEngine {
             docker: Docker::connect_with_http("tcp://127.0.0.1:1", 1, API_DEFAULT_VERSION).unwrap(),
             address: "tcp://127.0.0.1:1".into(),
-            credentials: Arc::new(parse_docker_config(
-                r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#,
-            )),
+            credentials: Arc::new(tokio::sync::OnceCell::new_with(Some(Arc::new(
+                parse_docker_config(r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#),
+            )))),
             dialer: super::Dialer::tcp("tcp://127.0.0.1:1", "127.0.0.1:1"),
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
             intermediates: Arc::default(),
