@@ -96,8 +96,10 @@ pub struct DockerEngine {
     /// The daemon's version and whether it builds with BuildKit, asked
     /// once, on the first BuildKit build.
     buildkit: Arc<tokio::sync::OnceCell<Result<(), EngineError>>>,
-    /// Image id of a classic build → the images of its instructions below
-    /// it (committed by it or taken from the cache), bottom first. On the
+    /// Image id of a classic build → the images it committed for its
+    /// instructions below it, bottom first (not those it took from the
+    /// cache: they are the build's that made them, which may still be
+    /// running and need them). On the
     /// containerd image store (Docker 25+ with `containerd-snapshotter`)
     /// these are not parents of the final image: `rmi` leaves them behind
     /// as `<none>` images that still hold every intermediate layer — a

@@ -61,8 +61,8 @@ pub(super) struct BuildProgress {
     /// The current instruction commits an image and did not come from the
     /// cache: the next ` ---> <id>` is fresh.
     committing: bool,
-    /// Every image id the stream named after an instruction other than
-    /// `FROM`, fresh or from the cache, bottom first.
+    /// Every image this build committed for an instruction other than
+    /// `FROM` (not those taken from the cache), bottom first.
     pub(super) chain: Vec<String>,
     /// The current instruction is not a `FROM`.
     below: bool,
@@ -112,7 +112,10 @@ impl BuildProgress {
                     if *committing {
                         fresh.push(id.to_string());
                     }
-                    if *below {
+                    // Only what this build committed: a cached image
+                    // belongs to the build that made it, which may still
+                    // be running and use it.
+                    if *below && *committing {
                         chain.push(id.to_string());
                     }
                     *committing = false;
@@ -263,8 +266,9 @@ after
             );
             progress.feed(&stream(&text), &*sink).unwrap();
             assert_eq!(progress.fresh, ["2c3d"], "{removed}");
-            // The images below the result, cached or not; not the base.
-            assert_eq!(progress.chain, ["2c3d", "4e5f"], "{removed}");
+            // The images below the result this build committed: not the
+            // base, not a cached one (another build's, maybe in use).
+            assert_eq!(progress.chain, ["2c3d"], "{removed}");
         }
     }
 
