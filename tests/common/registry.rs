@@ -251,28 +251,7 @@ pub fn start() -> Registry {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = |name: &str| dir.path().join(name);
-
-    let ca = ca("habitus test registry CA");
-    let (cert, key) = leaf(&ca, &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
-    let ca_der = ca.der().clone();
-
-    let password = random_word(24);
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", USER, &password])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run htpasswd");
-    assert!(
-        out.status.success(),
-        "htpasswd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(path("htpasswd"), &out.stdout).unwrap();
-    std::fs::create_dir(path("storage")).unwrap();
-    std::fs::create_dir(path("docker-config")).unwrap();
+    let (ca_der, password) = write_files(dir.path());
 
     // A free port can be taken between asking for it and the registry
     // binding it: a registry that exits early is started again.
@@ -337,6 +316,36 @@ fn log_tail(dir: &Path) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     format!("\n--- registry log (last lines)\n{tail}")
+}
+
+/// Writes the CA, the server certificate and key, the htpasswd file and
+/// the storage and Docker config directories into `dir`; returns the CA
+/// and the user's password.
+fn write_files(dir: &Path) -> (CertificateDer<'static>, String) {
+    let path = |name: &str| dir.join(name);
+
+    let ca = ca("habitus test registry CA");
+    let (cert, key) = leaf(&ca, &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    let ca_der = ca.der().clone();
+
+    let password = random_word(24);
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", USER, &password])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run htpasswd");
+    assert!(
+        out.status.success(),
+        "htpasswd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(path("htpasswd"), &out.stdout).unwrap();
+    std::fs::create_dir(path("storage")).unwrap();
+    std::fs::create_dir(path("docker-config")).unwrap();
+    (ca_der, password)
 }
 
 /// The distribution configuration: filesystem storage in `dir`, TLS with
