@@ -30,6 +30,8 @@ mod faults;
 mod manifest;
 /// The DAG: order, levels, cycles (property tests).
 mod plan;
+/// The private test registry: push, pull with a login or a credential helper, refused without.
+mod registry;
 /// A daemon reached over TCP+TLS from another network namespace.
 mod remote;
 /// The secrets server in-process and in real builds; nothing leaks.

@@ -13,6 +13,8 @@
 //!   layer, config or history entry of an image.
 //! - [`tls_proxy`] puts a TLS endpoint that requires a client certificate in
 //!   front of the local daemon.
+//! - [`registry`] runs a private registry (HTTPS, basic auth) on
+//!   `127.0.0.1` for pushes and pulls with a login.
 //!
 //! Not every test module uses every helper.
 #![allow(dead_code)]
@@ -20,6 +22,7 @@
 pub mod fake_daemon;
 pub mod in_process;
 pub mod leak;
+pub mod registry;
 pub mod saved;
 pub mod tls_proxy;
 

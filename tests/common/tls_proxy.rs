@@ -105,8 +105,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A CA certificate and its issuer.
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+/// A CA certificate and its issuer (also used by [`super::registry`]).
+pub fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -114,8 +114,9 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-/// A leaf certificate signed by `issuer`; returns (cert PEM, key).
-fn leaf(
+/// A leaf certificate signed by `issuer`, naming `names` (IP addresses
+/// become IP names); returns the certificate and its key.
+pub fn leaf(
     issuer: &CertifiedIssuer<'static, KeyPair>,
     names: &[&str],
     usage: ExtendedKeyUsagePurpose,
