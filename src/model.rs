@@ -102,6 +102,21 @@ pub fn new_build_id() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
+/// Decodes standard base64 with or without padding, as HTTP Basic
+/// credentials and `auth` entries of `~/.docker/config.json` come; `None`
+/// if malformed.
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    LENIENT.decode(text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::SecretKind;

@@ -29,10 +29,7 @@ fn pull(
         .args(["pull", reference])
         .stdin(Stdio::null());
     if let Some(dir) = path {
-        let old = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![dir.to_path_buf()];
-        paths.extend(std::env::split_paths(&old));
-        cmd.env("PATH", std::env::join_paths(paths).unwrap());
+        cmd.env("PATH", path_with(dir));
     }
     let out = cmd.output().expect("run docker pull");
     (

@@ -149,12 +149,21 @@ impl Reporter {
     /// time and `prefix`.
     fn write_line(&self, prefix: &str, text: &str) {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let text = self.redact(text);
+        let redactor = self.redactor.read().unwrap_or_else(|e| e.into_inner());
+        // A value that spans lines is masked whole first; each line is
+        // then masked as printed (after control characters are dropped).
+        let whole;
+        let text = if text.contains('\n') {
+            whole = redactor.redact(text);
+            whole.as_str()
+        } else {
+            text
+        };
         let lines: Vec<Redacted> = text
-            .as_str()
             .split('\n')
-            .map(|line| self.redact(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line))))
+            .map(|line| redactor.redact(&format!("{elapsed:7.1}s {prefix}{}", sanitize(line))))
             .collect();
+        drop(redactor);
         if let Some(live) = &self.live {
             lines.iter().for_each(|line| live.println(line));
             return;
@@ -169,17 +178,17 @@ impl Reporter {
 
     /// A line of daemon output for step `label` (hidden by `--suppress`).
     pub fn step_output(&self, label: &str, line: &str) {
-        let line = self.redact(line);
+        // Both sinks redact what they write.
         self.event(Event::StepOutput {
             step: label,
-            line: &sanitize(line.as_str()),
+            line: &sanitize(line),
         });
         // On a terminal the stream shows only with --level debug.
         if self.live.is_some() && self.min > Severity::Debug {
             return;
         }
         if !self.suppress {
-            self.write_line(&format!("{label} | "), line.as_str());
+            self.write_line(&format!("{label} | "), line);
         }
     }
 

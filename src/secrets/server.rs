@@ -665,7 +665,7 @@ pub fn credentials(header: Option<&[u8]>) -> Credentials<'_> {
         return Credentials::Bearer(presented.trim_ascii());
     }
     if let Some(encoded) = strip_prefix_ignore_case(header, b"Basic ") {
-        let Some(decoded) = super::base64_decode(encoded.trim_ascii()) else {
+        let Some(decoded) = crate::model::base64_decode(encoded.trim_ascii()) else {
             return Credentials::None;
         };
         let decoded = Zeroizing::new(decoded);
@@ -919,11 +919,11 @@ mod tests {
     #[test]
     fn base64_and_basic_credentials() {
         assert_eq!(
-            crate::secrets::base64_decode(b"aGFiaXR1czphZG1pbg==").unwrap(),
+            crate::model::base64_decode(b"aGFiaXR1czphZG1pbg==").unwrap(),
             b"habitus:admin"
         );
-        assert_eq!(crate::secrets::base64_decode(b"YQ").unwrap(), b"a");
-        assert!(crate::secrets::base64_decode(b"a b").is_none());
+        assert_eq!(crate::model::base64_decode(b"YQ").unwrap(), b"a");
+        assert!(crate::model::base64_decode(b"a b").is_none());
         let basic = BasicAuth::new("habitus", "admin");
         assert!(basic.matches(b"habitus", b"admin"));
         assert!(!basic.matches(b"habitus", b"admin2"));

@@ -88,20 +88,9 @@ impl Registry {
     /// stdout; panics with stderr on failure.
     #[track_caller]
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .arg("--config")
-            .arg(self.docker_config())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "`docker --config <logged in> {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let config = self.docker_config();
+        let config = config.to_string_lossy();
+        super::docker(&[&["--config", config.as_ref()], args].concat())
     }
 
     /// Pushes the local image `local_image` as `<host>/<repo>` (`repo`

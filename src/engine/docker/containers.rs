@@ -43,16 +43,11 @@ pub(super) async fn run(
         }),
         ..Default::default()
     };
-    let created = engine
-        .docker
-        .create_container(None::<CreateContainerOptions>, body)
-        .await
-        .map_err(api)?;
-    let mut guard = guard(engine, &created.id);
-    let result = engine.run_created(&created.id, &sink).await;
+    let (id, guard) = create_guarded(engine, body).await?;
+    let result = engine.run_created(&id, &sink).await;
     // Remove it now rather than from the guard, so that the container
     // is gone when `run` returns.
-    let id = guard.take().unwrap_or_default();
+    guard.disarm();
     let removed = engine
         .docker
         .remove_container(&id, Some(force_remove()))
@@ -104,16 +99,11 @@ pub(super) async fn export_filesystem(
         network_disabled: Some(true),
         ..Default::default()
     };
-    let created = engine
-        .docker
-        .create_container(None::<CreateContainerOptions>, body)
-        .await
-        .map_err(api)?;
     // The container goes away when the export ends (before the stream
     // does) or, if the stream is dropped early, through the guard.
-    let guard = guard(engine, &created.id);
+    let (id, guard) = create_guarded(engine, body).await?;
     let docker = engine.docker.clone();
-    let export = Box::pin(engine.docker.export_container(&created.id));
+    let export = Box::pin(engine.docker.export_container(&id));
     let stream = futures_util::stream::unfold(
         (export, guard, false),
         move |(mut export, mut guard, done)| {
@@ -409,6 +399,21 @@ fn force_remove() -> RemoveContainerOptions {
         v: true,
         link: false,
     }
+}
+
+/// Creates a container from `body`, with a guard that removes it if the
+/// future that uses it is dropped; returns its id.
+async fn create_guarded(
+    engine: &DockerEngine,
+    body: ContainerCreateBody,
+) -> Result<(String, ContainerGuard), EngineError> {
+    let created = engine
+        .docker
+        .create_container(None::<CreateContainerOptions>, body)
+        .await
+        .map_err(api)?;
+    let guard = guard(engine, &created.id);
+    Ok((created.id, guard))
 }
 
 /// Removes container `id` if the future that uses it is dropped (see

@@ -8,11 +8,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
 use super::home_dir;
+use crate::model::base64_decode;
 
 /// The docker CLI's `config.json`, as far as credentials go.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -218,18 +217,6 @@ pub(super) fn parse_docker_config(text: &str) -> HashMap<String, DockerCredentia
         ..config
     };
     all_credentials(&config, &none).unwrap_or_default()
-}
-
-/// Decodes standard base64 with or without padding, as `auth` entries of
-/// `config.json` come; `None` if malformed.
-fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-            .with_decode_allow_trailing_bits(true),
-    );
-    LENIENT.decode(text).ok()
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ after
             EngineError::BuildFailed {
                 instruction,
                 message,
-                hint: None,
+                ..
             } => {
                 assert_eq!(instruction.as_deref(), Some("Step 3/5 : RUN make"));
                 assert_eq!(
