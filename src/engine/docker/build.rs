@@ -49,7 +49,24 @@ pub(super) async fn build(
     if req.builder == Builder::BuildKit {
         return build_with_buildkit(engine, &req, &sink).await;
     }
-    build_classic(engine, req, options, &sink).await
+    // On the containerd image store another build sharing the daemon may
+    // remove an image this one took from the cache while it runs (that
+    // build's own intermediates): the daemon then fails the instruction
+    // after it with `unable to find image`. Built again, the instruction
+    // no longer finds that cache entry.
+    let again = req.clone();
+    match build_classic(engine, req, options, &sink).await {
+        Err(EngineError::BuildFailed { message, .. })
+            if message.starts_with("unable to find image \"sha256:") =>
+        {
+            sink(&format!(
+                "habitus: {message} (another build removed a cached image meanwhile): building again"
+            ));
+            let options = build_options(&again)?;
+            build_classic(engine, again, options, &sink).await
+        }
+        other => other,
+    }
 }
 
 /// Builds with BuildKit. The daemon asks the build's session for the
