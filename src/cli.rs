@@ -260,6 +260,28 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub keep_all: bool,
 
+    /// Push every step image that is kept at the end of the build (see
+    /// `push:` in build.yml), to the registry its name names.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub push: bool,
+
+    /// Write what the build produced (each kept step's image and id, and
+    /// for pushed steps the digest and names) to FILE as JSON.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub metadata_file: Option<std::path::PathBuf>,
+
+    /// An image every step may take cached layers from, pulled first
+    /// (repeatable; adds to `cache_from:`).
+    #[arg(long, global = true, value_name = "IMAGE", action = ArgAction::Append)]
+    pub cache_from: Vec<String>,
+
+    /// `inline`: BuildKit steps write their cache metadata into their
+    /// image, so that a later build can use it with --cache-from.
+    #[arg(long, global = true, value_name = "EXPORT", value_parser = ["inline"])]
+    pub cache_to: Option<String>,
+
     /// Keep the artifacts copied to the host.
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,

@@ -118,6 +118,14 @@ pub struct BuildSettings {
     pub keep_artifacts: bool,
     /// Skip `cleanup.commands` (`--no-cleanup`).
     pub no_cleanup: bool,
+    /// Push every step kept at the end (`--push`).
+    pub push: bool,
+    /// Where to write the build's metadata (`--metadata-file`).
+    pub metadata_file: Option<PathBuf>,
+    /// Images every step may take cache from (`--cache-from`).
+    pub cache_from: Vec<String>,
+    /// BuildKit steps embed inline cache metadata (`--cache-to inline`).
+    pub cache_to_inline: bool,
 }
 
 impl Default for BuildSettings {
@@ -142,6 +150,10 @@ impl Default for BuildSettings {
             no_audit: false,
             keep_artifacts: false,
             no_cleanup: false,
+            push: false,
+            metadata_file: None,
+            cache_from: Vec::new(),
+            cache_to_inline: false,
         }
     }
 }
@@ -232,6 +244,10 @@ fn build_settings(flags: &Flags) -> BuildSettings {
         no_audit: flags.no_audit,
         keep_artifacts: flags.keep_artifacts,
         no_cleanup: flags.no_cleanup,
+        push: flags.push,
+        metadata_file: flags.metadata_file.clone(),
+        cache_from: flags.cache_from.clone(),
+        cache_to_inline: flags.cache_to.is_some(),
     }
 }
 

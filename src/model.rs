@@ -117,9 +117,70 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     LENIENT.decode(text).ok()
 }
 
+/// What is wrong with an image reference to tag, push or pull
+/// (`[registry/]repository[:tag]`), if anything: the checks the daemon
+/// would make later, made while reading build.yml.
+pub fn reference_problem(reference: &str) -> Option<&'static str> {
+    if reference.is_empty() {
+        return Some("it is empty");
+    }
+    if reference.len() > 255 {
+        return Some("it is longer than 255 characters");
+    }
+    if reference
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Some("it contains a space");
+    }
+    if reference.contains('@') {
+        return Some("a digest (`@sha256:…`) cannot be tagged or pushed; name a tag");
+    }
+    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match reference[last_slash..].rfind(':') {
+        Some(colon) => (
+            &reference[..last_slash + colon],
+            Some(&reference[last_slash + colon + 1..]),
+        ),
+        None => (reference, None),
+    };
+    // The registry host (first component with `.` or `:`) may have
+    // capitals and a port; the path may not.
+    let path = match repository.split_once('/') {
+        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
+            rest
+        }
+        _ => repository,
+    };
+    if path.is_empty() || path.split('/').any(str::is_empty) {
+        return Some("a path component is empty");
+    }
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some("the repository must be lowercase");
+    }
+    if !path
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
+    {
+        return Some("the repository may hold only a-z, 0-9, `.`, `_`, `-` and `/`");
+    }
+    match tag {
+        Some("") => Some("the tag after `:` is empty"),
+        Some(t)
+            if t.len() > 128
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+        {
+            Some("a tag is at most 128 of A-Z, a-z, 0-9, `.`, `_` and `-`")
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::SecretKind;
+    use super::{reference_problem, SecretKind};
 
     #[test]
     fn secret_kinds_are_named_and_ordered_as_their_names() {
@@ -131,5 +192,30 @@ mod tests {
         assert_eq!(SecretKind::parse("File"), None);
         assert_eq!(SecretKind::parse(" env"), None);
         assert!(SecretKind::Env < SecretKind::File);
+    }
+
+    #[test]
+    fn image_references_are_checked_as_the_daemon_would() {
+        for ok in [
+            "app",
+            "team/app:1.2",
+            "127.0.0.1:5000/team/app:1",
+            "Registry.Example.com/app",
+            "localhost/app_x-y.z:V1",
+        ] {
+            assert_eq!(reference_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("Team/app", "lowercase"),
+            ("app:", "tag"),
+            ("app@sha256:00", "digest"),
+            ("a b", "space"),
+            ("r.example//app", "empty"),
+            ("r.example/a+b", "only"),
+        ] {
+            let problem = reference_problem(bad).unwrap_or_else(|| panic!("{bad} passed"));
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
     }
 }

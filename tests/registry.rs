@@ -270,3 +270,249 @@ fn wrong_or_missing_helpers_fail_the_build_naming_the_registry() {
         out.stderr
     );
 }
+
+/// The JSON events of a `--json` run's stdout.
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("`{l}`: {e}")))
+        .collect()
+}
+
+/// Whether BuildKit on this daemon can reach the test registry (see
+/// `a_private_base_image_builds_with_buildkit_and_a_helper`).
+#[allow(dead_code)]
+fn buildkit_reaches_the_registry() -> bool {
+    let api = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    let minor: u32 = api
+        .trim()
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    minor >= 44
+}
+
+/// `push: true` pushes the step's image under its name and every `tags:`
+/// name with credentials only in a helper; `--metadata-file` names the
+/// digest the registry serves for each, as curl reads it off the
+/// registry; `image_pushed` events say the same; no password shows.
+fn pushes_with_digests(builder: &str) {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push");
+    let uid = cleanup.uid().to_string();
+    let repo = format!("team/app-{uid}");
+    let name = format!("{}/{repo}:1", reg.host());
+    let extra = format!("{}/{repo}:latest", reg.host());
+    let yml = format!(
+        "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: {name}
+      dockerfile: Dockerfile
+      push: true
+      tags: [{extra}]
+"
+    );
+    let helpers = tempfile::tempdir().unwrap();
+    registry::credential_helper(helpers.path(), "habitustest", &reg);
+    let config = helper_config(reg.host(), "habitustest");
+    let meta = tempfile::tempdir().unwrap();
+    let meta_file = meta.path().join("metadata.json");
+    let out = crate::common::Habitus::new()
+        .file("build.yml", yml)
+        .file(
+            "Dockerfile",
+            crate::common::from_base(&format!("RUN echo {uid} > /pushed\n")),
+        )
+        .env("DOCKER_CONFIG", config.path().display().to_string())
+        .env("PATH", path_with(helpers.path()))
+        .args(["--builder", builder, "--json", "--metadata-file"])
+        .arg(&meta_file)
+        .run();
+    eprintln!("{}", out.stderr);
+    out.assert_success();
+    assert!(!out.stderr.contains(reg.password()), "{}", out.stderr);
+    assert!(!out.stdout.contains(reg.password()), "{}", out.stdout);
+
+    let served = reg.served_digest(&repo, "1");
+    assert_eq!(reg.served_digest(&repo, "latest"), served);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_file).unwrap()).unwrap();
+    let app = &meta["app"];
+    assert_eq!(app["digest"], served.as_str(), "{meta:#}");
+    assert_eq!(app["names"], serde_json::json!([name, extra]), "{meta:#}");
+    assert_eq!(app["image"], name.as_str());
+    assert_eq!(app["image_id"], image_id(&name).as_str());
+
+    let pushed: Vec<_> = events(&out.stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "image_pushed")
+        .collect();
+    assert_eq!(pushed.len(), 2, "{}", out.stdout);
+    for (event, expected) in pushed.iter().zip([&name, &extra]) {
+        assert_eq!(event["step"], "app");
+        assert_eq!(event["name"], expected.as_str());
+        assert_eq!(event["digest"], served.as_str());
+        assert!(event["size"].as_u64().unwrap() > 0, "{event}");
+    }
+
+    // What was pushed is the image: pulled back, it holds the step's file.
+    crate::common::docker(&["rmi", &name, &extra]);
+    reg.docker(&["pull", &name]);
+    assert_eq!(
+        crate::common::read_in_image(&name, "/pushed"),
+        format!("{uid}\n")
+    );
+}
+
+#[test]
+fn push_tags_and_the_metadata_file_name_the_served_digest() {
+    pushes_with_digests("legacy");
+}
+
+#[test]
+fn push_with_buildkit_names_the_served_digest() {
+    pushes_with_digests("buildkit");
+}
+
+/// A push the registry refuses (a wrong password in `auths`) fails the
+/// build with exit code 1, naming the step, the name, the registry and
+/// the 401; the password shows nowhere; the image is not kept.
+#[test]
+fn a_refused_push_fails_the_build_naming_the_registry_and_the_401() {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push-refused");
+    let name = format!("{}/team/refused-{}:1", reg.host(), cleanup.uid());
+    let wrong = "Wr0ng-pa55word-of-the-push-test";
+    let config = tempfile::tempdir().unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("habitus:{wrong}"));
+    std::fs::write(
+        config.path().join("config.json"),
+        serde_json::json!({ "auths": { reg.host(): { "auth": auth } } }).to_string(),
+    )
+    .unwrap();
+    let out = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
+            ),
+        )
+        .file("Dockerfile", crate::common::from_base("RUN true\n"))
+        .env("DOCKER_CONFIG", config.path().display().to_string())
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("pushing `{name}`")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    assert!(out.stderr.contains(reg.host()), "{}", out.stderr);
+    assert!(!out.stderr.contains(wrong), "{}", out.stderr);
+    assert!(!image_exists(&name), "a failed build kept `{name}`");
+}
+
+/// Removes BuildKit's cache records whose description names `needle`
+/// (the `RUN` of one test), and what was built on them: the daemon's
+/// build cache, without touching other tests' records.
+fn prune_build_cache(needle: &str) {
+    let out = docker(&["system", "df", "-v", "--format", "{{json .BuildCache}}"]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+    let ids: Vec<String> = records
+        .iter()
+        .filter(|r| {
+            r["Description"]
+                .as_str()
+                .is_some_and(|d| d.contains(needle))
+        })
+        .filter_map(|r| r["ID"].as_str().map(str::to_string))
+        .collect();
+    for id in ids {
+        let _ = std::process::Command::new("docker")
+            .args(["builder", "prune", "-af", "--filter", &format!("id={id}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `cached` of the step's `step_finished` event.
+fn cached_of(stdout: &str, step: &str) -> u64 {
+    events(stdout)
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == step)
+        .and_then(|e| e["cached"].as_u64())
+        .unwrap_or_else(|| panic!("no step_finished for `{step}`:\n{stdout}"))
+}
+
+/// A build pushes its image (with inline cache for BuildKit); every local
+/// trace of it goes (its images, and BuildKit's records of its `RUN`:
+/// a rebuild without `cache_from` runs it again); a rebuild with
+/// `cache_from:` the pushed image takes its `RUN` from it.
+fn cache_from_reuses_a_pushed_image(builder: &str) {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("cache");
+    let uid = cleanup.uid().to_string();
+    let name = format!("{}/cache/app-{uid}:1", reg.host());
+    let yml = |more: &str| {
+        format!(
+            "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      cache_to: inline\n{more}"
+        )
+    };
+    let run = |yml: String| {
+        crate::common::Habitus::new()
+            .file("build.yml", yml)
+            .file(
+                "Dockerfile",
+                crate::common::from_base(&format!(
+                    "RUN echo {uid} > /cached && echo step-{uid}\nCMD [\"cat\", \"/cached\"]\n"
+                )),
+            )
+            .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
+            .args(["--builder", builder, "--json"])
+            .run()
+    };
+    let first = run(yml("      push: true\n"));
+    first.assert_success();
+    assert_eq!(cached_of(&first.stdout, "app"), 0, "{}", first.stdout);
+    let wipe = || {
+        cleanup.sweep();
+        prune_build_cache(&uid);
+        assert!(!image_exists(&name));
+    };
+
+    // Without `cache_from`, nothing local is left to take the RUN from.
+    wipe();
+    let control = run(yml(""));
+    control.assert_success();
+    assert_eq!(cached_of(&control.stdout, "app"), 0, "{}", control.stdout);
+    wipe();
+
+    let again = run(yml(&format!("      cache_from: [{name}]\n")));
+    again.assert_success();
+    assert!(
+        cached_of(&again.stdout, "app") >= 1,
+        "the RUN was not taken from `{name}`:\n{}\n{}",
+        again.stdout,
+        again.stderr
+    );
+    assert_eq!(
+        crate::common::read_in_image(&name, "/cached"),
+        format!("{uid}\n")
+    );
+}
+
+#[test]
+fn cache_from_a_pushed_image_caches_a_classic_rebuild() {
+    cache_from_reuses_a_pushed_image("legacy");
+}
+
+#[test]
+fn cache_from_a_pushed_image_caches_a_buildkit_rebuild() {
+    cache_from_reuses_a_pushed_image("buildkit");
+}

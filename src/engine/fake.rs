@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::{
     BuildOutput, BuildRequest, BuildSink, BuiltImage, ByteStream, ContainerRequest, Engine,
-    EngineError, HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
+    EngineError, HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, Pushed, RunRequest,
 };
 
 /// A file of a fake layer: path and content.
@@ -59,6 +59,13 @@ pub struct FakeEngine {
     removed_networks: Mutex<Vec<String>>,
     /// The gateway `create_network` reports (default `127.0.0.1`).
     gateway: Mutex<Option<String>>,
+    /// Names pushed, in order.
+    pushes: Mutex<Vec<String>>,
+    /// Names whose push fails, with the registry's message.
+    push_failures: Mutex<BTreeMap<String, String>>,
+    /// References pulled, in order; those in `missing` are not found.
+    pulls: Mutex<Vec<String>>,
+    missing: Mutex<BTreeSet<String>>,
 }
 
 impl FakeEngine {
@@ -107,6 +114,22 @@ impl FakeEngine {
     /// `code`.
     pub fn on_exec(&self, command: &str, code: i64) {
         lock(&self.exec_codes).insert(command.to_string(), code);
+    }
+    /// Makes the push of `name` fail with the registry's `message`.
+    pub fn on_push_fail(&self, name: &str, message: &str) {
+        lock(&self.push_failures).insert(name.to_string(), message.to_string());
+    }
+    /// Names pushed so far, in order.
+    pub fn pushes(&self) -> Vec<String> {
+        lock(&self.pushes).clone()
+    }
+    /// Makes `pull_image` of `reference` find nothing.
+    pub fn on_pull_missing(&self, reference: &str) {
+        lock(&self.missing).insert(reference.to_string());
+    }
+    /// References pulled so far, in order.
+    pub fn pulls(&self) -> Vec<String> {
+        lock(&self.pulls).clone()
     }
     /// Containers that exist now (created and not removed).
     pub fn containers(&self) -> Vec<ContainerRequest> {
@@ -215,12 +238,56 @@ impl Engine for FakeEngine {
         _force: bool,
         _noprune: bool,
     ) -> Result<(), EngineError> {
-        if lock(&self.images).remove(image) {
+        // By name, or by the id `inspect_image` gives (`sha256:<name>`).
+        let mut images = lock(&self.images);
+        let image = match image.strip_prefix("sha256:") {
+            Some(name) if !images.contains(image) => name,
+            _ => image,
+        };
+        let removed = images.remove(image);
+        drop(images);
+        if removed {
             lock(&self.removed).push(image.to_string());
             Ok(())
         } else {
             Err(EngineError::Api(format!("no such image: {image}")))
         }
+    }
+
+    async fn tag_image(&self, image: &str, name: &str) -> Result<(), EngineError> {
+        let mut images = lock(&self.images);
+        if !images.contains(image) {
+            return Err(EngineError::Api(format!("no such image: {image}")));
+        }
+        images.insert(name.to_string());
+        Ok(())
+    }
+
+    async fn push_image(&self, name: &str, sink: LineSink) -> Result<Pushed, EngineError> {
+        if !lock(&self.images).contains(name) {
+            return Err(EngineError::Api(format!("no such image: {name}")));
+        }
+        if let Some(message) = lock(&self.push_failures).get(name) {
+            return Err(EngineError::Push {
+                name: name.to_string(),
+                message: message.clone(),
+            });
+        }
+        sink(&format!("pushed {name}"));
+        lock(&self.pushes).push(name.to_string());
+        Ok(Pushed {
+            digest: format!("sha256:{:064x}", name.len()),
+            size: 528,
+        })
+    }
+
+    async fn pull_image(&self, reference: &str, _sink: LineSink) -> Result<bool, EngineError> {
+        lock(&self.pulls).push(reference.to_string());
+        if lock(&self.missing).contains(reference) {
+            return Ok(false);
+        }
+        lock(&self.images).insert(reference.to_string());
+        Ok(true)
     }
 
     async fn remove_containers_with_label(

@@ -22,6 +22,7 @@ impl EngineError {
             EngineError::Unreachable { .. } => Some("start it (`sudo systemctl start docker`, or `dockerd &`), or point `--host`/DOCKER_HOST at a running daemon".into()),
             EngineError::NoBuildKit { .. } => Some("build with `--builder legacy` (or `builder: legacy` for the step), or upgrade the daemon".into()),
             EngineError::BuildFailed { hint, .. } => hint.clone(),
+            EngineError::Push { name, message } => docker::push_hint(name, message),
             _ => None,
         }
     }
@@ -122,9 +123,22 @@ pub enum EngineError {
     /// credential.
     #[error("{0}")]
     Credentials(String),
+    /// A push failed (`name` is the reference pushed); the message is the
+    /// registry's, as the daemon relayed it. Its hint says what a 401,
+    /// 403, 404 or timeout means.
+    #[error("pushing `{name}`: {message}")]
+    Push { name: String, message: String },
     /// Any other daemon API error.
     #[error("docker: {0}")]
     Api(String),
+}
+
+/// An image a registry now holds: the digest it serves for the name
+/// pushed (its `Docker-Content-Digest`), and the manifest's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub digest: String,
+    pub size: u64,
 }
 
 /// Everything needed to build one image.
@@ -156,6 +170,9 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// The builder that runs the Dockerfile.
     pub builder: Builder,
+    /// Images whose layers the build may reuse (`cachefrom`), pulled
+    /// beforehand by the caller.
+    pub cache_from: Vec<String>,
     /// Secrets offered to `RUN --mount=type=secret,id=NAME` (BuildKit).
     pub mounts: MountSecrets,
     /// The SSH agent socket offered to `RUN --mount=type=ssh` (BuildKit).
@@ -329,6 +346,18 @@ pub trait Engine: Send + Sync {
         force: bool,
         noprune: bool,
     ) -> Result<(), EngineError>;
+
+    /// Adds the name `name` (`registry/repo:tag`) to `image`.
+    async fn tag_image(&self, image: &str, name: &str) -> Result<(), EngineError>;
+
+    /// Pushes `name` with the credentials of its registry, streaming each
+    /// layer's progress to `sink`; returns the digest the registry serves
+    /// for it. Dropping the future cancels the push.
+    async fn push_image(&self, name: &str, sink: LineSink) -> Result<Pushed, EngineError>;
+
+    /// Pulls `reference` with the credentials of its registry;
+    /// `Ok(false)` when the registry has no such image.
+    async fn pull_image(&self, reference: &str, sink: LineSink) -> Result<bool, EngineError>;
 
     /// Removes (forcibly) every container that carries `label=value`;
     /// returns how many were removed.

@@ -294,6 +294,17 @@ pub struct Step {
     /// Our addition: forward the host's SSH agent to this step's
     /// `RUN --mount=type=ssh` (BuildKit).
     pub ssh: bool,
+    /// Our addition: push the image (`name`, then `tags`) once it is
+    /// final.
+    pub push: bool,
+    /// Our addition: more names to tag the image with (and push, when
+    /// it is pushed).
+    pub tags: Vec<String>,
+    /// Our addition: images whose layers the build may reuse.
+    pub cache_from: Vec<String>,
+    /// Our addition: `cache_to: inline`, BuildKit writes its cache
+    /// metadata into the image.
+    pub cache_to_inline: bool,
     /// 1-based line of the step's key in build.yml (0 if unknown).
     pub line: usize,
 }
@@ -320,6 +331,10 @@ impl Step {
             keep: false,
             builder: None,
             ssh: false,
+            push: false,
+            tags: Vec::new(),
+            cache_from: Vec::new(),
+            cache_to_inline: false,
             line,
         }
     }

@@ -34,6 +34,10 @@ const STEP_KEYS: &[&str] = &[
     "keep",
     "builder",
     "ssh",
+    "push",
+    "tags",
+    "cache_from",
+    "cache_to",
 ];
 const CLEANUP_KEYS: &[&str] = &["commands"];
 const SECRET_KEYS: &[&str] = &["type", "value"];
@@ -623,6 +627,10 @@ impl Checker<'_> {
             "no_cache" => draft.step.no_cache = self.boolean(value, path, step, &key),
             "keep" => draft.step.keep = self.boolean(value, path, step, &key),
             "ssh" => draft.step.ssh = self.boolean(value, path, step, &key),
+            "push" => draft.step.push = self.boolean(value, path, step, &key),
+            "tags" => draft.step.tags = self.references(value, path, step, &key),
+            "cache_from" => draft.step.cache_from = self.references(value, path, step, &key),
+            "cache_to" => draft.step.cache_to_inline = self.cache_to(value, path, step),
             "builder" => draft.step.builder = self.builder(value, path, step),
             "args" => draft.step.args = self.args(value, path, step),
             "depends_on" => draft.deps = self.strings(value, path, step, &key, "compile"),
@@ -675,6 +683,48 @@ impl Checker<'_> {
                 "missing `dockerfile`".into(),
                 Some("`dockerfile` is a path relative to the build context, e.g. `dockerfile: Dockerfile`".into()),
             );
+        }
+    }
+
+    /// A list of image references (`tags`, `cache_from`), each checked.
+    fn references(
+        &mut self,
+        value: &Value,
+        path: &str,
+        step: Option<&str>,
+        key: &str,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (reference, item) in
+            self.strings(value, path, step, key, "registry.example.com/team/app:1.2")
+        {
+            match crate::model::reference_problem(&reference) {
+                None => out.push(reference),
+                Some(problem) => self.at_value(
+                    &item,
+                    step,
+                    format!("`{reference}` is not an image name: {problem}"),
+                    Some("write `[registry/]repository[:tag]`, e.g. `registry.example.com/team/app:1.2`".into()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `cache_to`: only `inline` (BuildKit's cache metadata in the image).
+    fn cache_to(&mut self, value: &Value, path: &str, step: Option<&str>) -> bool {
+        match self.string(value, path, step, "`cache_to`").as_deref() {
+            None => false,
+            Some("inline") => true,
+            Some(other) => {
+                self.at_value(
+                    path,
+                    step,
+                    format!("unknown cache export `{other}`"),
+                    Some("`cache_to: inline` is the one export habitus offers: the cache travels in the pushed image".into()),
+                );
+                false
+            }
         }
     }
 

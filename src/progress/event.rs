@@ -68,6 +68,14 @@ pub enum Event<'a> {
         bytes: u64,
         hits: serde_json::Value,
     },
+    /// An image reached its registry under `name`: the digest the
+    /// registry serves for it, and the manifest's size in bytes.
+    ImagePushed {
+        step: &'a str,
+        name: &'a str,
+        digest: &'a str,
+        size: u64,
+    },
     /// What a successful build produced.
     Summary {
         steps: Vec<SummaryStep<'a>>,
@@ -124,7 +132,7 @@ pub enum Status {
 
 impl Event<'_> {
     /// Every event's name, as `event` carries it.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "build_started",
         "step_started",
         "step_output",
@@ -133,6 +141,7 @@ impl Event<'_> {
         "artifact_copied",
         "secret_fetched",
         "audit_finished",
+        "image_pushed",
         "summary",
         "build_finished",
     ];
@@ -148,6 +157,7 @@ impl Event<'_> {
             Event::ArtifactCopied { .. } => "artifact_copied",
             Event::SecretFetched { .. } => "secret_fetched",
             Event::AuditFinished { .. } => "audit_finished",
+            Event::ImagePushed { .. } => "image_pushed",
             Event::Summary { .. } => "summary",
             Event::BuildFinished { .. } => "build_finished",
         }
@@ -212,6 +222,12 @@ mod tests {
                 layers: 1,
                 bytes: 1,
                 hits: serde_json::json!([]),
+            },
+            Event::ImagePushed {
+                step: "a",
+                name: "r.example/a:1",
+                digest: "sha256:1",
+                size: 528,
             },
             Event::Summary {
                 steps: vec![SummaryStep {

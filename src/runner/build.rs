@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use super::registry::CacheImage;
 use super::secrets::{BuildSession, SessionOptions};
 use super::{fold, lock, BuildError, Runner, SecretUse, Summary};
 use crate::audit::Scanner;
@@ -21,7 +22,8 @@ use crate::secrets::{SecretStore, Settings};
 pub type Served = Arc<Mutex<BTreeMap<SecretUse, usize>>>;
 
 /// A build in progress. Every field is set before the first step starts;
-/// only `tagged` and `served` change while it runs.
+/// only `tagged`, `served`, `named`, `audited` and `cache` change while it
+/// runs.
 pub struct Build {
     pub engine: Arc<dyn Engine>,
     pub manifest: Arc<Manifest>,
@@ -45,6 +47,12 @@ pub struct Build {
     pub audit: Option<Arc<Scanner>>,
     /// Step label → the label of the step that builds it as a stage.
     pub folds: BTreeMap<String, String>,
+    /// Step label → the names its image was given besides its own.
+    pub named: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Images the audit has searched (before their push).
+    pub audited: Mutex<BTreeSet<String>>,
+    /// Cache images, as this build found or pulled them.
+    pub cache: tokio::sync::Mutex<BTreeMap<String, CacheImage>>,
 }
 
 /// What a build with secrets sets up before its first step.
@@ -82,6 +90,9 @@ impl Build {
             mounts: secrets.mounts,
             audit: secrets.audit,
             folds,
+            named: Mutex::default(),
+            audited: Mutex::default(),
+            cache: tokio::sync::Mutex::default(),
         })
     }
 
@@ -99,6 +110,15 @@ impl Build {
         for (step, info) in built.zip(sizes) {
             step.size = info.ok().flatten().map(|i| i.size);
         }
+    }
+
+    /// The index of `step` in build.yml's order (the plan's numbering).
+    pub fn index(&self, step: &Step) -> usize {
+        self.manifest
+            .steps
+            .iter()
+            .position(|s| s.label == step.label)
+            .unwrap_or(0)
     }
 
     /// The unique image name of `step`.

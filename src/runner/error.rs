@@ -129,6 +129,14 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
+    /// `--metadata-file` could not be written.
+    #[error("metadata file `{}`: {message}", path.display())]
+    Metadata {
+        /// The file as given.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Ctrl-C or SIGTERM.
     #[error("interrupted by {}", match signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM", Signal::Hangup => "SIGHUP" })]
     Interrupted {

@@ -28,7 +28,8 @@ fn alias(n: usize) -> String {
 /// BuildKit from the same context; `y` is `x`'s only dependent and `x`
 /// `y`'s only dependency, and `y`'s Dockerfile refers to `x`'s image;
 /// `x` has one unnamed stage and no artifacts, cleanup, command,
-/// `keep`, `target`, secrets or `ssh`; `y` declares no secrets or
+/// `keep`, `target`, secrets, `ssh`, `push` or `tags`, and the same
+/// `cache_from` and `cache_to` as `y`; `y` declares no secrets or
 /// cleanup; both have the same `no_cache` and `args`; `y`'s
 /// Dockerfile can follow another one (see [`dockerfile::appendable`]);
 /// and `--keep-all` is off. Chains fold whole.
@@ -55,6 +56,11 @@ pub async fn plan(runner: &Runner) -> BTreeMap<String, String> {
             && x.target.is_none()
             && x.secrets.is_empty()
             && !x.ssh
+            && !x.push
+            && x.tags.is_empty()
+            // The build of `y` takes its cache for both.
+            && x.cache_from == y.cache_from
+            && x.cache_to_inline == y.cache_to_inline
             && y.secrets.is_empty()
             && y.cleanup.is_empty()
             && x.context == y.context

@@ -28,6 +28,7 @@ mod error;
 mod fold;
 mod host;
 mod mounts;
+mod registry;
 pub(crate) mod report;
 mod schedule;
 pub(crate) mod secrets;
@@ -52,6 +53,7 @@ use build::Build;
 
 pub use error::BuildError;
 pub use mounts::check_mounts;
+pub use registry::PushedImage;
 
 /// The signal that interrupted a build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,8 @@ pub struct Summary {
     pub audited_images: Vec<String>,
     /// Every step label, in the plan's order.
     pub plan_order: Vec<String>,
+    /// Images pushed, in the order their pushes finished.
+    pub pushed: Vec<PushedImage>,
 }
 
 /// One build as configured: what to build, where, with which secrets.
@@ -248,6 +252,11 @@ impl Runner {
         let result = match result {
             Ok(_) => build.audit_images(&summary).await,
             Err((_, error)) => Err(error),
+        };
+        build.remove_pulled_cache(&summary).await;
+        let result = match (result, &self.options.metadata_file) {
+            (Ok(()), Some(path)) => registry::write_metadata(path, &summary),
+            (result, _) => result,
         };
         if !self.options.keep_artifacts {
             build.remove_artifacts(&host_artifacts);
@@ -393,6 +402,130 @@ mod tests {
         // Only the leaf stays.
         assert_eq!(f.engine.images().into_iter().collect::<Vec<_>>(), ["img/d"]);
         assert_eq!(f.engine.label_sweeps(), [(LABEL_BUILD.into(), "b1".into())]);
+    }
+
+    #[tokio::test]
+    async fn push_pushes_its_step_under_each_name_and_push_flag_pushes_what_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = Step {
+            push: true,
+            tags: vec!["r.example/base:2".into()],
+            ..step(d, "base", &[])
+        };
+        let f = fixture(
+            vec![base, step(d, "app", &["base"]), step(d, "tool", &[])],
+            opts(2),
+        );
+        let summary = run(&f).await.unwrap();
+        // Only `base` asks to be pushed; without --push the leaves stay local.
+        assert_eq!(f.engine.pushes(), ["img/base", "r.example/base:2"]);
+        let names: Vec<_> = summary.pushed.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["img/base", "r.example/base:2"]);
+        // `base` is not kept: its image and the name it was given go.
+        assert!(!f.engine.images().contains("img/base"));
+        assert!(!f.engine.images().contains("r.example/base:2"));
+
+        let f = fixture(
+            vec![
+                step(d, "base", &[]),
+                step(d, "app", &["base"]),
+                step(d, "tool", &[]),
+            ],
+            BuildSettings {
+                push: true,
+                ..opts(2)
+            },
+        );
+        run(&f).await.unwrap();
+        let mut pushed = f.engine.pushes();
+        pushed.sort();
+        assert_eq!(
+            pushed,
+            ["img/app", "img/tool"],
+            "--push pushes what is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_push_fails_the_build_naming_the_step_and_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let f = fixture(
+            vec![Step {
+                push: true,
+                ..step(d, "app", &[])
+            }],
+            opts(1),
+        );
+        f.engine
+            .on_push_fail("img/app", "unauthorized: authentication required");
+        let err = run(&f).await.unwrap_err().to_string();
+        assert!(err.contains("step `app`"), "{err}");
+        assert!(err.contains("pushing `img/app`: unauthorized"), "{err}");
+        assert!(
+            !f.engine.images().contains("img/app"),
+            "a failed build keeps no image"
+        );
+    }
+
+    #[tokio::test]
+    async fn cache_images_are_pulled_once_and_a_missing_one_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = Step {
+            cache_from: vec!["r.example/a:cache".into()],
+            ..step(d, "a", &[])
+        };
+        let f = fixture(
+            vec![a, step(d, "b", &[])],
+            BuildSettings {
+                cache_from: vec!["r.example/all:cache".into()],
+                ..opts(2)
+            },
+        );
+        f.engine.on_pull_missing("r.example/a:cache");
+        run(&f).await.unwrap();
+        let mut pulls = f.engine.pulls();
+        pulls.sort();
+        assert_eq!(pulls, ["r.example/a:cache", "r.example/all:cache"]);
+        for b in f.engine.builds() {
+            assert_eq!(
+                b.request.cache_from,
+                ["r.example/all:cache"],
+                "{}",
+                b.request.tag
+            );
+        }
+        assert!(
+            !f.engine.images().contains("r.example/all:cache"),
+            "the cache image this build pulled is removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_metadata_file_names_each_kept_image_and_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let meta = d.join("out").join("meta.json");
+        std::fs::create_dir(d.join("out")).unwrap();
+        let f = fixture(
+            vec![step(d, "base", &[]), step(d, "app", &["base"])],
+            BuildSettings {
+                push: true,
+                metadata_file: Some(meta.clone()),
+                ..opts(1)
+            },
+        );
+        run(&f).await.unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+        let app = &json["app"];
+        assert_eq!(app["image"], "img/app");
+        assert_eq!(app["image_id"], "sha256:img/app");
+        assert!(app["digest"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(app["names"], serde_json::json!(["img/app"]));
+        assert!(json.get("base").is_none(), "removed images are not listed");
     }
 
     #[tokio::test]

@@ -113,6 +113,12 @@ fn text(summary: &Summary, plan_order: bool) -> String {
             text.push_str(&format!("\n  {step:<16} {secret}: {n} fetch(es)"));
         }
     }
+    if !summary.pushed.is_empty() {
+        text.push_str("\npushed:");
+        for p in &summary.pushed {
+            text.push_str(&format!("\n  {:<16} {}@{}", p.step, p.name, p.digest));
+        }
+    }
     if !summary.audited_images.is_empty() {
         text.push_str(&format!(
             "\naudit: no secret in {}",

@@ -1,6 +1,8 @@
 //! Eager scheduling: a step starts as soon as all its dependencies have
 //! finished, at most `jobs` at once, in plan order among the ready ones.
-//! The first failure, a panic or a signal stops every step in flight.
+//! A step whose image is pushed is pushed by a task of its own, beside
+//! the steps that follow it. The first failure, a panic or a signal stops
+//! every step and push in flight.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::build::Build;
+use super::registry::PushedImage;
 use super::{BuildError, Signal, StepReport, Summary};
 use crate::plan::Plan;
 use crate::progress::Severity;
@@ -55,7 +58,14 @@ impl Queue {
     }
 }
 
-type StepTask = (usize, Result<StepReport, BuildError>);
+/// What a task of the build ends with: a step built, or a step's image
+/// pushed.
+enum Done {
+    Built(Result<StepReport, BuildError>),
+    Pushed(Result<Vec<PushedImage>, BuildError>),
+}
+
+type StepTask = (usize, Done);
 
 impl Build {
     /// Builds every step; on failure, returns what finished with the error.
@@ -78,7 +88,8 @@ impl Build {
                 };
                 let step = self.manifest.steps[i].clone();
                 let build = Arc::clone(self);
-                let handle = tasks.spawn(async move { (i, build.build_step(step).await) });
+                let handle =
+                    tasks.spawn(async move { (i, Done::Built(build.build_step(step).await)) });
                 task_step.insert(handle.id(), i);
             }
             if tasks.is_empty() {
@@ -98,12 +109,25 @@ impl Build {
                 joined = tasks.join_next_with_id() => {
                     let error = match joined {
                         None => continue,
-                        Some(Ok((_, (i, Ok(report))))) => {
+                        Some(Ok((_, (i, Done::Built(Ok(report)))))) => {
+                            // Its push runs beside the steps that follow.
+                            if self.pushes(i) && failure.is_none() {
+                                let build = Arc::clone(self);
+                                let image = report.image.clone();
+                                let handle = tasks.spawn(async move {
+                                    (i, Done::Pushed(build.push_step(i, image).await))
+                                });
+                                task_step.insert(handle.id(), i);
+                            }
                             summary.steps.push(report);
                             queue.finished(&plan, i);
                             continue;
                         }
-                        Some(Ok((_, (_, Err(error))))) => error,
+                        Some(Ok((_, (_, Done::Pushed(Ok(pushed)))))) => {
+                            summary.pushed.extend(pushed);
+                            continue;
+                        }
+                        Some(Ok((_, (_, Done::Built(Err(error)) | Done::Pushed(Err(error)))))) => error,
                         Some(Err(e)) if e.is_panic() => BuildError::Panic {
                             step: plan.label(task_step.get(&e.id()).copied().unwrap_or(0)).to_string(),
                             message: panic_message(e.into_panic()),

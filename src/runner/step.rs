@@ -55,7 +55,9 @@ impl Build {
             .session
             .as_ref()
             .map(|s| s.grant(&step.label, !step.secrets.is_empty()));
-        let request = self.request(&step, &image, &dockerfile, grant.as_ref())?;
+        let cache_from = self.cache_sources(&step).await;
+        let mut request = self.request(&step, &image, &dockerfile, grant.as_ref())?;
+        request.cache_from = cache_from;
         self.protect_credentials(grant.as_ref());
         let sink = self.build_sink(&step.label);
         let built = self.engine.build(request, sink).await;
@@ -71,6 +73,7 @@ impl Build {
         };
         self.run_command(&step, &image).await?;
         self.after_build_command(&step).await?;
+        self.name_image(self.index(&step), &image).await?;
         let image_id = image_id.unwrap_or_else(|| built.id.clone());
         Ok(self.finished(step, image, image_id, &built, artifacts, started))
     }
@@ -124,6 +127,7 @@ impl Build {
             build_args.extend(s.args.clone());
         }
         build_args.extend(step.args.clone());
+        build_args.extend(self.cache_to_args(step, dockerfile.builder));
         build_args.extend(self.options.build_args.clone());
         if let Some(grant) = grant {
             build_args.extend(grant.build_args.clone());
@@ -177,6 +181,7 @@ impl Build {
                 Builder::BuildKit => self.mounts_of(step),
                 Builder::Legacy => MountSecrets::default(),
             },
+            cache_from: Vec::new(),
         })
     }
 

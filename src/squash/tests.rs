@@ -752,6 +752,15 @@ impl Engine for ArchiveEngine {
     async fn remove_containers_with_label(&self, _: &str, _: &str) -> Result<usize, EngineError> {
         Ok(0)
     }
+    async fn tag_image(&self, _: &str, _: &str) -> Result<(), EngineError> {
+        unimplemented!()
+    }
+    async fn push_image(&self, _: &str, _: LineSink) -> Result<crate::engine::Pushed, EngineError> {
+        unimplemented!()
+    }
+    async fn pull_image(&self, _: &str, _: LineSink) -> Result<bool, EngineError> {
+        unimplemented!()
+    }
     async fn save_image(&self, _: &str) -> Result<ByteStream, EngineError> {
         let chunks: Vec<Result<bytes::Bytes, EngineError>> = self
             .archive

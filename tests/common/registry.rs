@@ -128,6 +128,39 @@ impl Registry {
         v2_status(&self.host, &self.ca_der)
     }
 
+    /// The digest the registry serves for `repo:tag` (its
+    /// `Docker-Content-Digest`), asked over TLS with the login, as curl
+    /// sees it: independent of the daemon and of habitus.
+    #[track_caller]
+    pub fn served_digest(&self, repo: &str, tag: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "-I", "--cacert"])
+            .arg(self.ca_pem_path())
+            .args(["-u", &format!("{USER}:{}", self.password)])
+            .args([
+                "-H",
+                "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
+            ])
+            .arg(format!("https://{}/v2/{repo}/manifests/{tag}", self.host))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        let headers = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "HEAD {repo}:{tag} failed: {}{headers}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        headers
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("docker-content-digest")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no Docker-Content-Digest for {repo}:{tag}:\n{headers}"))
+    }
+
     /// The last lines of the registry's log, for failure messages.
     pub fn log_tail(&self) -> String {
         log_tail(self.dir.path())

@@ -38,6 +38,7 @@ use super::{BuildRequest, EngineError};
 pub use dial::Dialer;
 pub use progress::instruction;
 pub use progress::Progress;
+pub use session::credentials_for;
 use session::{refusal, Session};
 
 /// Longest line of the daemon's build stream habitus accepts.
@@ -120,8 +121,8 @@ fn check_network_mode(req: &BuildRequest) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// The task driving a build request's connection; aborted when dropped.
-type Connection = AbortOnDrop<Result<(), hyper::Error>>;
+/// The task driving a request's connection; aborted when dropped.
+pub type Connection = AbortOnDrop<Result<(), hyper::Error>>;
 
 /// Sends the build request (no body) on a connection of its own; a refusal
 /// fails the build with the daemon's answer.
@@ -129,19 +130,11 @@ async fn send_build(
     dialer: &Dialer,
     uri: String,
 ) -> Result<(hyper::Response<Incoming>, Connection), EngineError> {
-    let stream = dialer.dial().await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| transport(&e))?;
-    let connection = AbortOnDrop(tokio::spawn(connection));
     let request = Request::post(uri)
         .header(HOST, "docker")
         .body(Empty::<Bytes>::new())
         .map_err(|e| EngineError::Api(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| transport(&e))?;
+    let (response, connection) = send(dialer, request).await?;
     if response.status() != StatusCode::OK {
         return Err(EngineError::BuildFailed {
             instruction: None,
@@ -150,6 +143,31 @@ async fn send_build(
         });
     }
     Ok((response, connection))
+}
+
+/// Sends `request` to the daemon on a connection of its own and returns
+/// the response, whatever its status, and the connection's task (the
+/// connection closes when it drops).
+pub async fn send(
+    dialer: &Dialer,
+    request: Request<Empty<Bytes>>,
+) -> Result<(hyper::Response<Incoming>, Connection), EngineError> {
+    let stream = dialer.dial().await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| transport(&e))?;
+    let connection = AbortOnDrop(tokio::spawn(connection));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| transport(&e))?;
+    Ok((response, connection))
+}
+
+/// What the daemon answered to a refused request: its `message`, or the
+/// status.
+pub async fn refused(response: hyper::Response<Incoming>) -> String {
+    refusal(response).await
 }
 
 /// Reads the build stream message by message; returns the error message
@@ -304,6 +322,12 @@ fn query(req: &BuildRequest, session: &str) -> String {
             serde_json::to_string(&req.build_args).unwrap_or_default(),
         ));
     }
+    if !req.cache_from.is_empty() {
+        pairs.push((
+            "cachefrom",
+            serde_json::to_string(&req.cache_from).unwrap_or_default(),
+        ));
+    }
     if !req.labels.is_empty() {
         pairs.push((
             "labels",
@@ -330,7 +354,7 @@ fn query(req: &BuildRequest, session: &str) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
+pub fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -355,7 +379,7 @@ pub fn supports(version: &str) -> bool {
 }
 
 /// Aborts the task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -324,7 +324,7 @@ impl AsRef<[u8]> for SecretBytes {
 /// The credentials for registry `host` as BuildKit names it
 /// (`registry-1.docker.io`, `ghcr.io`, `localhost:5000`), looked up the way
 /// the docker CLI stores them in `config.json`.
-fn credentials_for<'a>(
+pub fn credentials_for<'a>(
     all: &'a HashMap<String, DockerCredentials>,
     host: &str,
 ) -> Option<&'a DockerCredentials> {

@@ -345,6 +345,7 @@ fn build_options(req: &BuildRequest) -> Result<BuildImageOptions, EngineError> {
         memory,
         cpusetcpus: req.cpuset_cpus.clone(),
         cpushares,
+        cachefrom: (!req.cache_from.is_empty()).then(|| req.cache_from.clone()),
         ..Default::default()
     })
 }

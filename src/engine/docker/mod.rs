@@ -21,6 +21,8 @@ mod credentials;
 mod images;
 mod networks;
 mod progress;
+mod push;
+pub use push::push_hint;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
@@ -36,7 +38,7 @@ pub use connect::{parse_api_version, DaemonInfo, MIN_API_VERSION};
 use super::buildkit::Dialer;
 use super::{
     BuildRequest, BuildSink, BuiltImage, ByteStream, ContainerRequest, Engine, EngineError,
-    HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, RunRequest,
+    HistoryEntry, ImageDetails, ImageInfo, Leftover, LineSink, Pushed, RunRequest,
 };
 
 /// The daemon address used when neither `--host` nor DOCKER_HOST is set.
@@ -232,6 +234,18 @@ impl Engine for DockerEngine {
         noprune: bool,
     ) -> Result<(), EngineError> {
         images::remove_image(self, image, force, noprune).await
+    }
+
+    async fn tag_image(&self, image: &str, name: &str) -> Result<(), EngineError> {
+        push::tag_image(self, image, name).await
+    }
+
+    async fn push_image(&self, name: &str, sink: LineSink) -> Result<Pushed, EngineError> {
+        push::push_image(self, name, sink).await
+    }
+
+    async fn pull_image(&self, reference: &str, sink: LineSink) -> Result<bool, EngineError> {
+        push::pull_image(self, reference, sink).await
     }
 
     async fn remove_containers_with_label(

@@ -1,0 +1,329 @@
+//! A build and its registries: the names a step's image gets (`tags:`,
+//! and `name` when it is pushed), its push once the image is final (after
+//! cleanup and, with secrets, after its audit), the images it takes its
+//! cache from (pulled first), and the metadata file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::build::Build;
+use super::{lock, BuildError, Summary};
+use crate::engine::EngineError;
+use crate::manifest::Step;
+use crate::model::Builder;
+use crate::progress::{Event, Severity};
+
+/// One name a step's image was pushed under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedImage {
+    /// The step label.
+    pub step: String,
+    /// The name pushed (`registry/repository:tag`).
+    pub name: String,
+    /// The digest the registry serves for it.
+    pub digest: String,
+    /// The manifest's size in bytes.
+    pub size: u64,
+}
+
+/// A cache image as this build found it.
+#[derive(Debug, Clone)]
+pub struct CacheImage {
+    /// The daemon has it (it was there, or was pulled).
+    available: bool,
+    /// Its id, when this build pulled it: removed at the end.
+    pulled: Option<String>,
+}
+
+impl Build {
+    /// Whether step `i`'s image is pushed: `push: true`, or `--push` and
+    /// the image is kept at the end (`keep:`, `--keep-all`, or no step
+    /// depends on it).
+    pub fn pushes(&self, i: usize) -> bool {
+        let step = &self.manifest.steps[i];
+        step.push
+            || (self.options.push
+                && (step.keep || self.options.keep_all || self.plan.dependents(i).is_empty()))
+    }
+
+    /// The names `step`'s image is pushed under: `name` first, then
+    /// `tags:`.
+    fn push_names(step: &Step) -> Vec<String> {
+        let mut names = vec![step.name.clone()];
+        for tag in &step.tags {
+            if !names.contains(tag) {
+                names.push(tag.clone());
+            }
+        }
+        names
+    }
+
+    /// Gives the final image of step `i` its other names: `tags:`, and
+    /// `name` when the build tags it with a unique one (`--uid`) and it is
+    /// pushed.
+    pub async fn name_image(&self, i: usize, image: &str) -> Result<(), BuildError> {
+        let step = &self.manifest.steps[i];
+        let mut names = Vec::new();
+        if self.pushes(i) && step.name != image {
+            names.push(step.name.clone());
+        }
+        names.extend(step.tags.iter().filter(|t| *t != image).cloned());
+        for name in names {
+            self.engine
+                .tag_image(image, &name)
+                .await
+                .map_err(|source| BuildError::Engine {
+                    step: step.label.clone(),
+                    source,
+                })?;
+            self.reporter
+                .step(Severity::Info, &step.label, &format!("tagged `{name}`"));
+            lock(&self.named)
+                .entry(step.label.clone())
+                .or_default()
+                .push(name);
+        }
+        Ok(())
+    }
+
+    /// Removes the names [`Build::name_image`] gave step `label`'s image
+    /// (when the image itself goes).
+    pub async fn remove_names(&self, label: &str) {
+        let names = lock(&self.named).remove(label).unwrap_or_default();
+        for name in names {
+            if let Err(e) = self.engine.remove_image(&name, false, true).await {
+                self.reporter.step(
+                    Severity::Warning,
+                    label,
+                    &format!("could not remove the name `{name}`: {e}"),
+                );
+            }
+        }
+    }
+
+    /// Pushes step `i`'s final image under each of its names; with
+    /// secrets, audits it first: an image the audit did not clear is never
+    /// pushed.
+    pub async fn push_step(&self, i: usize, image: String) -> Result<Vec<PushedImage>, BuildError> {
+        let step = &self.manifest.steps[i];
+        let hits = self.audit_image(&step.label, &image).await?;
+        if !hits.is_empty() {
+            return Err(BuildError::Leak { hits });
+        }
+        let mut pushed = Vec::new();
+        for name in Build::push_names(step) {
+            self.reporter
+                .step(Severity::Info, &step.label, &format!("pushing `{name}`"));
+            let result = self
+                .engine
+                .push_image(&name, self.sink(&step.label))
+                .await
+                .map_err(|source| BuildError::Engine {
+                    step: step.label.clone(),
+                    source,
+                })?;
+            self.reporter.event(Event::ImagePushed {
+                step: &step.label,
+                name: &name,
+                digest: &result.digest,
+                size: result.size,
+            });
+            self.reporter.step(
+                Severity::Info,
+                &step.label,
+                &format!("pushed `{name}`: {}", result.digest),
+            );
+            pushed.push(PushedImage {
+                step: step.label.clone(),
+                name,
+                digest: result.digest,
+                size: result.size,
+            });
+        }
+        Ok(pushed)
+    }
+
+    /// The images `step` may take its cache from (`cache_from:` and
+    /// `--cache-from`), each pulled once per build with the credentials of
+    /// its registry; one that cannot be had is a warning, and left out.
+    pub async fn cache_sources(&self, step: &Step) -> Vec<String> {
+        let mut wanted: Vec<String> = step.cache_from.clone();
+        for image in &self.options.cache_from {
+            if !wanted.contains(image) {
+                wanted.push(image.clone());
+            }
+        }
+        let mut sources = Vec::new();
+        for image in wanted {
+            // One lock for the whole lookup: two steps with the same cache
+            // image pull it once.
+            let mut cache = self.cache.lock().await;
+            let found = match cache.get(&image) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = self.pull_cache(step, &image).await;
+                    cache.insert(image.clone(), found.clone());
+                    found
+                }
+            };
+            drop(cache);
+            if found.available {
+                sources.push(image);
+            }
+        }
+        sources
+    }
+
+    /// Pulls cache image `image` for `step`.
+    async fn pull_cache(&self, step: &Step, image: &str) -> CacheImage {
+        let before = self.engine.inspect_image(image).await.ok().flatten();
+        self.reporter.step(
+            Severity::Info,
+            &step.label,
+            &format!("pulling cache image `{image}`"),
+        );
+        let warn = |why: String| {
+            self.reporter.step(
+                Severity::Warning,
+                &step.label,
+                &format!("cache image `{image}` {why}"),
+            );
+        };
+        match self.engine.pull_image(image, self.sink(&step.label)).await {
+            Ok(true) => {
+                let after = self.engine.inspect_image(image).await.ok().flatten();
+                let pulled = match (&before, after) {
+                    (Some(b), Some(a)) if b.id == a.id => None,
+                    (_, after) => after.map(|a| a.id),
+                };
+                CacheImage {
+                    available: true,
+                    pulled,
+                }
+            }
+            Ok(false) => {
+                warn(format!(
+                    "is not in its registry{}",
+                    if before.is_some() {
+                        ": using the local one"
+                    } else {
+                        ": building without it"
+                    }
+                ));
+                CacheImage {
+                    available: before.is_some(),
+                    pulled: None,
+                }
+            }
+            Err(e) => {
+                let e = match e {
+                    EngineError::Credentials(m) => m,
+                    other => other.to_string(),
+                };
+                warn(format!(
+                    "could not be pulled ({}){}",
+                    self.reporter.redact(&e).into_string(),
+                    if before.is_some() {
+                        ": using the local one"
+                    } else {
+                        ": building without it"
+                    }
+                ));
+                CacheImage {
+                    available: before.is_some(),
+                    pulled: None,
+                }
+            }
+        }
+    }
+
+    /// Removes the cache images this build pulled, by id: a name the
+    /// build moved to its own image keeps it; an image a step's image
+    /// still is, or that carries other names, stays.
+    pub async fn remove_pulled_cache(&self, summary: &Summary) {
+        let pulled: Vec<(String, String)> = self
+            .cache
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(image, c)| c.pulled.clone().map(|id| (image.clone(), id)))
+            .collect();
+        for (image, id) in pulled {
+            if summary.steps.iter().any(|s| s.image_id == id) {
+                continue;
+            }
+            match self.engine.remove_image(&id, false, false).await {
+                Ok(()) => self.reporter.message(
+                    Severity::Debug,
+                    &format!("removed the cache image `{image}` this build pulled"),
+                ),
+                Err(e) => self.reporter.message(
+                    Severity::Debug,
+                    &format!("kept the cache image `{image}` this build pulled: {e}"),
+                ),
+            }
+        }
+    }
+
+    /// The build arguments that make a BuildKit step embed its cache
+    /// (`cache_to: inline`, `--cache-to inline`).
+    pub fn cache_to_args(&self, step: &Step, builder: Builder) -> BTreeMap<String, String> {
+        let inline = step.cache_to_inline || self.options.cache_to_inline;
+        if inline && builder == Builder::BuildKit {
+            BTreeMap::from([("BUILDKIT_INLINE_CACHE".to_string(), "1".to_string())])
+        } else {
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Writes `--metadata-file`: JSON keyed by step label, for each step whose
+/// image the build kept: `image`, `image_id`, and for pushed steps
+/// `digest` and `names`. Written whole, then renamed into place.
+pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> {
+    let mut out = serde_json::Map::new();
+    for step in &summary.steps {
+        if step.folded_into.is_some() || summary.removed_images.contains(&step.image) {
+            continue;
+        }
+        let mut entry = serde_json::Map::new();
+        entry.insert("image".into(), step.image.clone().into());
+        entry.insert("image_id".into(), step.image_id.clone().into());
+        let pushed: Vec<&PushedImage> = summary
+            .pushed
+            .iter()
+            .filter(|p| p.step == step.label)
+            .collect();
+        if let Some(first) = pushed.first() {
+            entry.insert("digest".into(), first.digest.clone().into());
+            entry.insert(
+                "names".into(),
+                pushed
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        out.insert(step.label.clone(), entry.into());
+    }
+    let fail = |message: String| BuildError::Metadata {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(out))
+        .map_err(|e| fail(e.to_string()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(e.to_string()))?;
+    // Readable as a file written with the usual umask would be.
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(|e| fail(e.to_string()))?;
+    std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    file.persist(path).map_err(|e| fail(e.error.to_string()))?;
+    Ok(())
+}
