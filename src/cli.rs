@@ -274,7 +274,8 @@ pub struct Flags {
 
     /// An image every step may take cached layers from, pulled first
     /// (repeatable; adds to `cache_from:`).
-    #[arg(long, global = true, value_name = "IMAGE", action = ArgAction::Append)]
+    #[arg(long, global = true, value_name = "IMAGE", value_parser = parse_reference,
+          action = ArgAction::Append)]
     pub cache_from: Vec<String>,
 
     /// `inline`: BuildKit steps write their cache metadata into their
@@ -502,6 +503,15 @@ fn parse_key_value(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, val)) if !key.is_empty() => Ok((key.to_string(), val.to_string())),
         _ => Err(format!("`{value}` is not NAME=VALUE")),
+    }
+}
+
+fn parse_reference(value: &str) -> Result<String, String> {
+    match crate::model::reference_problem(value) {
+        None => Ok(value.to_string()),
+        Some(problem) => Err(format!(
+            "`{value}` is not an image name: {problem} (write `[registry/]repository[:tag]`)"
+        )),
     }
 }
 

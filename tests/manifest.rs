@@ -234,6 +234,42 @@ fn builder_is_read_and_checked() {
 }
 
 #[test]
+fn registry_keys_are_read_and_checked() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: r.example/one:1\n      dockerfile: Dockerfile\n      push: true\n      tags: [r.example/one:latest, r.example/one:stable]\n      cache_from: [r.example/one:latest]\n      cache_to: inline\n";
+    let step = check(dir.path(), yml).expect("valid").manifest.steps[0].clone();
+    assert!(step.push);
+    assert_eq!(step.tags, ["r.example/one:latest", "r.example/one:stable"]);
+    assert_eq!(step.cache_from, ["r.example/one:latest"]);
+    assert!(step.cache_to_inline);
+
+    let bad = yml.replace("r.example/one:stable]", "r.example/One:stable]");
+    assert_eq!(
+        errors(dir.path(), &bad),
+        "error: build.yml:8:36: step `one`: `r.example/One:stable` is not an image name: the repository must be lowercase\n  help: write `[registry/]repository[:tag]`, e.g. `registry.example.com/team/app:1.2`"
+    );
+    let bad = yml.replace("cache_to: inline", "cache_to: registry");
+    assert_eq!(
+        errors(dir.path(), &bad),
+        "error: build.yml:10:17: step `one`: unknown cache export `registry`\n  help: `cache_to: inline` is the one export habitus offers: the cache travels in the pushed image"
+    );
+    let bad = yml.replace("push: true", "push: later");
+    assert_eq!(
+        errors(dir.path(), &bad),
+        "error: build.yml:7:13: step `one`: `push` must be `true` or `false`, found a string"
+    );
+    let bad = yml.replace(
+        "cache_from: [r.example/one:latest]",
+        "cache_from: r.example/one:latest",
+    );
+    assert!(
+        errors(dir.path(), &bad).contains("`cache_from` must be a list"),
+        "{}",
+        errors(dir.path(), &bad)
+    );
+}
+
+#[test]
 fn invalid_yaml_names_line_and_column() {
     let dir = workdir(&[]);
     let yml = "build:\n  version: 2016-03-14\n  steps: [\n    a: b\n";

@@ -516,3 +516,93 @@ fn cache_from_a_pushed_image_caches_a_classic_rebuild() {
 fn cache_from_a_pushed_image_caches_a_buildkit_rebuild() {
     cache_from_reuses_a_pushed_image("buildkit");
 }
+
+/// With secrets, a step's image is audited before its push: an image
+/// that kept its secret fails the build and never reaches the registry.
+#[test]
+fn an_image_that_kept_a_secret_is_never_pushed() {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push-leak");
+    let repo = format!("team/leaky-{}", cleanup.uid());
+    let name = format!("{}/{repo}:1", reg.host());
+    let secret = format!(
+        "pushed-secret-{}-{:08x}",
+        cleanup.uid(),
+        rand::random::<u32>()
+    );
+    let fetch_and_keep = r#"ARG HABITUS_URL
+ARG HABITUS_CA
+ARG HABITUS_TOKEN
+RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
+ && curl -fsS --cacert /tmp/ca.pem -H "Authorization: Bearer $HABITUS_TOKEN" "$HABITUS_URL/v1/secrets/file/key" -o /root/key \
+ && rm /tmp/ca.pem
+"#;
+    let out = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    leaky:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n      secrets:\n        key:\n          type: file\n          value: key.txt\n"
+            ),
+        )
+        .file("key.txt", &secret)
+        .file("Dockerfile", crate::common::from_base(fetch_and_keep))
+        .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("error: a secret reached an image:"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("pushing `"), "{}", out.stderr);
+    assert!(!out.stderr.contains(&secret));
+    assert_eq!(reg.try_served_digest(&repo, "1"), None);
+    assert!(!image_exists(&name));
+}
+
+/// `--push` pushes the images a build keeps (its leaf and `keep:` steps),
+/// not the intermediate ones.
+#[test]
+fn the_push_flag_pushes_what_the_build_keeps() {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push-flag");
+    let uid = cleanup.uid().to_string();
+    let name = |step: &str| format!("{}/flag/{step}-{uid}:1", reg.host());
+    let yml = format!(
+        "build:\n  version: 2016-03-14\n  steps:\n    base:\n      name: {}\n      dockerfile: Dockerfile.base\n    kept:\n      name: {}\n      dockerfile: Dockerfile.kept\n      keep: true\n    app:\n      name: {}\n      dockerfile: Dockerfile.app\n      depends_on: [base, kept]\n",
+        name("base"),
+        name("kept"),
+        name("app")
+    );
+    let out = crate::common::Habitus::new()
+        .file("build.yml", yml)
+        .file(
+            "Dockerfile.base",
+            crate::common::from_base("RUN echo base > /base\n"),
+        )
+        .file(
+            "Dockerfile.kept",
+            crate::common::from_base("RUN echo kept > /kept\n"),
+        )
+        .file(
+            "Dockerfile.app",
+            format!(
+                "FROM {}\nCOPY --from={} /kept /kept\n",
+                name("base"),
+                name("kept")
+            ),
+        )
+        .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
+        .arg("--push")
+        .run();
+    out.assert_success();
+    let repo = |step: &str| format!("flag/{step}-{uid}");
+    assert_eq!(
+        reg.try_served_digest(&repo("base"), "1"),
+        None,
+        "{}",
+        out.stderr
+    );
+    assert!(reg.try_served_digest(&repo("kept"), "1").is_some());
+    assert!(reg.try_served_digest(&repo("app"), "1").is_some());
+}

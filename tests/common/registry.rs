@@ -133,8 +133,16 @@ impl Registry {
     /// sees it: independent of the daemon and of habitus.
     #[track_caller]
     pub fn served_digest(&self, repo: &str, tag: &str) -> String {
+        self.try_served_digest(repo, tag)
+            .unwrap_or_else(|| panic!("the registry has no `{repo}:{tag}`{}", self.log_tail()))
+    }
+
+    /// Like [`Registry::served_digest`]; `None` when the registry answers
+    /// 404 (it has no such manifest).
+    #[track_caller]
+    pub fn try_served_digest(&self, repo: &str, tag: &str) -> Option<String> {
         let out = Command::new("curl")
-            .args(["-sS", "-f", "-I", "--cacert"])
+            .args(["-sS", "-I", "--cacert"])
             .arg(self.ca_pem_path())
             .args(["-u", &format!("{USER}:{}", self.password)])
             .args([
@@ -146,19 +154,25 @@ impl Registry {
             .output()
             .expect("run curl");
         let headers = String::from_utf8_lossy(&out.stdout);
+        let status = headers.lines().next().unwrap_or_default();
         assert!(
-            out.status.success(),
+            out.status.success() && (status.contains(" 200") || status.contains(" 404")),
             "HEAD {repo}:{tag} failed: {}{headers}",
             String::from_utf8_lossy(&out.stderr)
         );
-        headers
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("docker-content-digest")
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no Docker-Content-Digest for {repo}:{tag}:\n{headers}"))
+        if status.contains(" 404") {
+            return None;
+        }
+        let digest = headers.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_string())
+        });
+        assert!(
+            digest.is_some(),
+            "no Docker-Content-Digest for {repo}:{tag}:\n{headers}"
+        );
+        digest
     }
 
     /// The last lines of the registry's log, for failure messages.
