@@ -606,3 +606,27 @@ fn the_push_flag_pushes_what_the_build_keeps() {
     assert!(reg.try_served_digest(&repo("kept"), "1").is_some());
     assert!(reg.try_served_digest(&repo("app"), "1").is_some());
 }
+
+/// On a terminal, the summary that replaces the live lines lists each
+/// name pushed with its digest.
+#[test]
+fn a_terminal_shows_each_name_pushed_with_its_digest() {
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push-term");
+    let repo = format!("team/term-{}", cleanup.uid());
+    let name = format!("{}/{repo}:1", reg.host());
+    let (screen, code) = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
+            ),
+        )
+        .file("Dockerfile", crate::common::from_base("RUN echo t > /t\n"))
+        .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
+        .run_in_terminal(200);
+    assert_eq!(code, 0, "{screen}");
+    let digest = reg.served_digest(&repo, "1");
+    assert!(screen.contains("pushed:"), "{screen}");
+    assert!(screen.contains(&format!("{name}@{digest}")), "{screen}");
+}

@@ -247,6 +247,13 @@ impl Reporter {
         }
     }
 
+    /// What a finished step does now (its push): shown on its live line.
+    pub fn step_activity(&self, label: &str, activity: &str) {
+        if let Some(live) = &self.live {
+            live.step_summary(label, &self.redact(activity));
+        }
+    }
+
     /// The final line of a finished step, now with its image size.
     pub fn step_summary(&self, finished: &StepFinished<'_>, size: Option<&str>) {
         if let Some(live) = &self.live {

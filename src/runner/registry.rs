@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::build::Build;
 use super::{lock, BuildError, Summary};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, LineSink};
 use crate::manifest::Step;
 use crate::model::Builder;
 use crate::progress::{Event, Severity};
@@ -114,9 +115,19 @@ impl Build {
         for name in Build::push_names(step) {
             self.reporter
                 .step(Severity::Info, &step.label, &format!("pushing `{name}`"));
+            self.reporter
+                .step_activity(&step.label, &format!("pushing `{name}`"));
+            let sink: LineSink = {
+                let reporter = Arc::clone(&self.reporter);
+                let (label, name) = (step.label.clone(), name.clone());
+                Arc::new(move |line: &str| {
+                    reporter.step_output(&label, line);
+                    reporter.step_activity(&label, &format!("pushing `{name}`: {line}"));
+                })
+            };
             let result = self
                 .engine
-                .push_image(&name, self.sink(&step.label))
+                .push_image(&name, sink)
                 .await
                 .map_err(|source| BuildError::Engine {
                     step: step.label.clone(),
@@ -128,11 +139,9 @@ impl Build {
                 digest: &result.digest,
                 size: result.size,
             });
-            self.reporter.step(
-                Severity::Info,
-                &step.label,
-                &format!("pushed `{name}`: {}", result.digest),
-            );
+            let done = format!("pushed `{name}`: {}", result.digest);
+            self.reporter.step(Severity::Info, &step.label, &done);
+            self.reporter.step_activity(&step.label, &done);
             pushed.push(PushedImage {
                 step: step.label.clone(),
                 name,
