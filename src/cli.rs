@@ -758,4 +758,34 @@ mod tests {
         assert!(cli.flags.keep_all);
         assert!(cli.command.is_none());
     }
+
+    #[test]
+    fn registry_flags_parse_in_both_syntaxes() {
+        let cli = parse([
+            "habitus",
+            "-push",
+            "-metadata-file=out/meta.json",
+            "--cache-from",
+            "r.example/app:latest",
+            "-cache-from=r.example/base:1",
+            "--cache-to",
+            "inline",
+        ])
+        .unwrap();
+        assert!(cli.flags.push);
+        assert_eq!(
+            cli.flags.metadata_file.as_deref(),
+            Some(std::path::Path::new("out/meta.json"))
+        );
+        assert_eq!(
+            cli.flags.cache_from,
+            ["r.example/app:latest", "r.example/base:1"]
+        );
+        assert_eq!(cli.flags.cache_to.as_deref(), Some("inline"));
+        let err = parse(["habitus", "--cache-from", "Team/App"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the repository must be lowercase"), "{err}");
+        assert!(parse(["habitus", "--cache-to", "registry"]).is_err());
+    }
 }
