@@ -441,6 +441,49 @@ fn prune_build_cache(needle: &str) {
     }
 }
 
+/// Removes the untagged images whose history names `needle` (the `RUN`
+/// of one test): on the containerd image store the images a classic
+/// build makes for its instructions are not parents of its result, so
+/// removing the result leaves them, and a later classic build takes its
+/// `RUN` from them. (On a graph driver they are parents: removing the
+/// result removed them, and none is dangling.)
+fn remove_instruction_images(needle: &str) {
+    let ids = docker(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    for id in ids.split_whitespace() {
+        let history = std::process::Command::new("docker")
+            .args([
+                "image",
+                "history",
+                "--no-trunc",
+                "--format",
+                "{{.CreatedBy}}",
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        let Ok(history) = history else { continue };
+        if String::from_utf8_lossy(&history.stdout).contains(needle) {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Removes the instruction images of builds whose `RUN` names its
+/// string when dropped (see [`remove_instruction_images`]).
+struct InstructionImages(String);
+
+impl Drop for InstructionImages {
+    fn drop(&mut self) {
+        remove_instruction_images(&self.0);
+    }
+}
+
 /// `cached` of the step's `step_finished` event.
 fn cached_of(stdout: &str, step: &str) -> u64 {
     events(stdout)
@@ -455,9 +498,11 @@ fn cached_of(stdout: &str, step: &str) -> u64 {
 /// a rebuild without `cache_from` runs it again); a rebuild with
 /// `cache_from:` the pushed image takes its `RUN` from it.
 fn cache_from_reuses_a_pushed_image(builder: &str) {
-    let reg = registry::start();
     let cleanup = crate::common::Cleanup::new("cache");
     let uid = cleanup.uid().to_string();
+    // Dropped after the registry, which removes the named images.
+    let _instructions = InstructionImages(uid.clone());
+    let reg = registry::start();
     let name = format!("{}/cache/app-{uid}:1", reg.host());
     let yml = |more: &str| {
         format!(
@@ -482,6 +527,7 @@ fn cache_from_reuses_a_pushed_image(builder: &str) {
     assert_eq!(cached_of(&first.stdout, "app"), 0, "{}", first.stdout);
     let wipe = || {
         cleanup.sweep();
+        remove_instruction_images(&uid);
         prune_build_cache(&uid);
         assert!(!image_exists(&name));
     };
