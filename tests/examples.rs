@@ -26,13 +26,32 @@ fn examples() -> Vec<PathBuf> {
     dirs
 }
 
+/// The `_env()` values an example's README has its users set (none for
+/// most): without them its names would be empty, a warning and an error.
+fn example_env(dir: &Path) -> Vec<(&'static str, &'static str)> {
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("ci-push") => vec![("REGISTRY", "registry.example.com/team")],
+        _ => Vec::new(),
+    }
+}
+
 /// Loads the example through the library and builds its plan.
 fn load_and_plan(dir: &Path) -> (habitus::manifest::Manifest, Plan) {
     let file = dir.join("build.yml");
+    let vars = example_env(dir);
+    let env = if vars.is_empty() {
+        EnvSource::Process
+    } else {
+        EnvSource::Given(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
     let loaded = load(&LoadOptions {
         file: &file,
         workdir: dir,
-        env: &EnvSource::Process,
+        env: &env,
         sec_providers: &SecretKind::ALL,
     })
     .unwrap_or_else(|diagnostics| panic!("`{}` does not load:\n{diagnostics}", file.display()));
@@ -77,6 +96,11 @@ fn every_example_passes_habitus_check() {
             .arg(dir.join("build.yml"))
             .arg("-d")
             .arg(&dir)
+            .args(
+                example_env(&dir)
+                    .iter()
+                    .map(|(k, v)| format!("--env={k}={v}")),
+            )
             .output()
             .expect("cannot run habitus");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -450,5 +474,92 @@ fn secretapp_example_ships_the_artifact_in_both_runtime_images() {
     assert!(!image_exists(&format!(
         "habitus-examples/secretapp-build-{uid}"
     )));
+    assert_eq!(listing(&dir), before);
+}
+
+/// Without REGISTRY the ci-push example does not load, and says what to
+/// set.
+#[test]
+fn ci_push_example_without_registry_names_it() {
+    let out = crate::common::Habitus::new()
+        .no_workdir()
+        .args(["check", "-d"])
+        .arg(example_dir("ci-push"))
+        .env_remove("REGISTRY")
+        .run();
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("`REGISTRY` is not set"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `ci.sh` of the ci-push example, as a CI job runs it against the test
+/// registry (its login in DOCKER_CONFIG) on the test base image, with no
+/// jq on PATH (the sed fallback): habitus pushes the app image, and the
+/// digest in meta.json and the one the script deploys are the digest the
+/// registry serves; the image pulled by that digest runs the program.
+#[test]
+fn ci_push_example_deploys_the_digest_the_registry_serves() {
+    use crate::common::registry;
+    let reg = registry::start();
+    let dir = example_dir("ci-push");
+    let before = listing(&dir);
+    let work = tempfile::tempdir().unwrap();
+    // PATH: habitus and the few tools ci.sh uses, no jq.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_habitus"), bin.path().join("habitus")).unwrap();
+    for tool in ["dirname", "tr", "sed"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no `{tool}` in /usr/bin or /bin"));
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).unwrap();
+    }
+    let namespace = format!("{}/ci", reg.host());
+    let out = Command::new("/bin/sh")
+        .arg(dir.join("ci.sh"))
+        .arg("--build")
+        .arg(format!("BUILDER_IMAGE={}", crate::common::base_image()))
+        .current_dir(work.path())
+        .env("PATH", bin.path())
+        .env("REGISTRY", &namespace)
+        .env("DOCKER_CONFIG", reg.docker_config())
+        .env_remove("METADATA_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ci.sh failed ({}):\n{stdout}\n{stderr}{}",
+        out.status,
+        reg.log_tail()
+    );
+    assert!(
+        stderr.contains("built by step `app` as a stage of its BuildKit build"),
+        "the build step was not folded into app's build:\n{stderr}"
+    );
+
+    let served = reg.served_digest("ci/ci-push", "latest");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("meta.json")).unwrap())
+            .unwrap();
+    let name = format!("{namespace}/ci-push:latest");
+    assert_eq!(meta["app"]["digest"], served.as_str(), "{meta:#}");
+    assert_eq!(meta["app"]["names"], serde_json::json!([name]), "{meta:#}");
+    let deployed = format!("{namespace}/ci-push@{served}");
+    assert_eq!(stdout.trim(), format!("deploy {deployed}"));
+
+    // What is deployed is the app: pulled by its digest, it runs.
+    crate::common::docker(&["rmi", &name]);
+    reg.docker(&["pull", &deployed]);
+    assert_eq!(
+        crate::common::docker(&["run", "--rm", &deployed, "CI"]),
+        "hello from ci-push, CI\n"
+    );
     assert_eq!(listing(&dir), before);
 }
