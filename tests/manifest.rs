@@ -270,6 +270,18 @@ fn registry_keys_are_read_and_checked() {
 }
 
 #[test]
+fn a_name_that_is_no_image_name_is_an_error_naming_the_unset_variable() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: _env(REGISTRY)/app:1\n      dockerfile: Dockerfile\n";
+    let text = errors(dir.path(), yml);
+    assert!(
+        text.starts_with("error: build.yml:5:13: step `one`: `name` `/app:1` is not an image name: a path component is empty"),
+        "{text}"
+    );
+    assert!(text.contains("`REGISTRY` is not set"), "{text}");
+}
+
+#[test]
 fn invalid_yaml_names_line_and_column() {
     let dir = workdir(&[]);
     let yml = "build:\n  version: 2016-03-14\n  steps: [\n    a: b\n";
@@ -365,7 +377,7 @@ error: build.yml:1:1: unknown key `bulid`
 error: build.yml:3:3: unknown key `verison`
   help: did you mean `version`?
 error: build.yml:9:7: step `one`: unknown key `image`
-  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`, `builder`, `ssh`
+  help: valid keys: `name`, `dockerfile`, `context`, `target`, `args`, `no_cache`, `artifacts`, `cleanup`, `secrets`, `command`, `after_build_command`, `depends_on`, `keep`, `builder`, `ssh`, `push`, `tags`, `cache_from`, `cache_to`
 error: build.yml:11:9: step `one`: unknown key `comands` in `cleanup`
   help: did you mean `commands`?
 error: build.yml:13:9: step `one`: secret `key` is missing `value`

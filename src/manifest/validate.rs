@@ -605,7 +605,21 @@ impl Checker<'_> {
         let path = path.as_str();
         let what = format!("`{key}`");
         match key.as_str() {
-            "name" => draft.step.name = self.required_string(draft, "name", value, path, step),
+            "name" => {
+                draft.step.name = self.required_string(draft, "name", value, path, step);
+                let name = &draft.step.name;
+                if let Some(problem) = (!name.is_empty())
+                    .then(|| crate::model::reference_problem(name))
+                    .flatten()
+                {
+                    self.at_value(
+                        path,
+                        step,
+                        format!("`name` `{name}` is not an image name: {problem}"),
+                        Some("write `[registry/]repository[:tag]`, e.g. `myorg/app:1.2`".into()),
+                    );
+                }
+            }
             "dockerfile" => {
                 draft.step.dockerfile =
                     self.required_string(draft, "dockerfile", value, path, step);
