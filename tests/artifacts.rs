@@ -293,17 +293,23 @@ const CLEANUP_YML: &str = "build:
 
 fn cleanup_project(prefix: &str, command: &str) -> (Habitus, Cleanup) {
     let (h, c) = project(prefix, &CLEANUP_YML.replace("CMD_ONE", command));
+    // The label makes each test's instructions its own: tests running at
+    // once must not share the classic builder's cache (on the containerd
+    // store the instruction images one build took from another's cache
+    // are left behind; see README, "Images").
     let h = h.file("secret.txt", "s3cr3t-value-for-cleanup\n").file(
         "Dockerfile",
-        from_base(
-            "COPY secret.txt /secret.txt
+        from_base(&format!(
+            "LABEL habitus.test.case={}
+COPY secret.txt /secret.txt
 RUN mkdir -p /work && echo data > /work/data && chmod 0644 /secret.txt
 ENV HABITUS_TEST=kept
 WORKDIR /work
 USER 65534
 CMD [\"cat\", \"/work/data\"]
 ",
-        ),
+            c.uid()
+        )),
     );
     (h, c)
 }
