@@ -16,13 +16,24 @@ fn build(tag: &str, dockerfile: &str, files: &[(&str, &str)]) {
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).unwrap();
     }
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(dir.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new("docker")
+            .args(["build", "-q", "-t", tag])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let mut out = run();
+    // On the containerd store, a build running beside this one may remove
+    // an instruction image this one took from the cache (`unable to find
+    // image`): built again, it no longer finds that entry.
+    if !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("unable to find image")
+    {
+        out = run();
+    }
     assert!(
         out.status.success(),
         "docker build: {}",
