@@ -676,3 +676,42 @@ fn a_terminal_shows_each_name_pushed_with_its_digest() {
     assert!(screen.contains("pushed:"), "{screen}");
     assert!(screen.contains(&format!("{name}@{digest}")), "{screen}");
 }
+
+/// A push to a registry nothing answers at fails the build naming the
+/// name and what to check, after the image was built.
+#[test]
+fn a_push_to_an_unreachable_registry_names_it() {
+    let cleanup = crate::common::Cleanup::new("push-unreachable");
+    // A port of 127.0.0.1 nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = format!("127.0.0.1:{port}/team/gone-{}:1", cleanup.uid());
+    let config = tempfile::tempdir().unwrap();
+    let out = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
+            ),
+        )
+        .file("Dockerfile", crate::common::from_base("RUN true\n"))
+        .env("DOCKER_CONFIG", config.path().display().to_string())
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("pushing `{name}`")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "the daemon cannot reach the registry `127.0.0.1:{port}`"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!image_exists(&name));
+}

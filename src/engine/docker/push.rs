@@ -494,5 +494,10 @@ mod tests {
         );
         assert!(e.hint().unwrap().contains("403"));
         assert!(e.to_string().contains("r.example/app"), "{e}");
+        let hint = |m: &str| push_hint("r.example/app", m).unwrap_or_default();
+        assert!(hint("name unknown: repository name not known to registry").contains("404"));
+        assert!(hint("net/http: request canceled (Client.Timeout exceeded)").contains("in time"));
+        assert!(hint("dial tcp 10.0.0.1:443: connect: connection refused").contains("cannot reach"));
+        assert_eq!(push_hint("r.example/app", "something else"), None);
     }
 }
