@@ -715,3 +715,63 @@ fn a_push_to_an_unreachable_registry_names_it() {
     );
     assert!(!image_exists(&name));
 }
+
+/// Ctrl-C while a push runs: the push stops, the build exits 130, the
+/// registry has no manifest for the name, and the image and its other
+/// names are gone from the daemon.
+#[test]
+fn ctrl_c_during_a_push_stops_it_and_leaves_nothing() {
+    use std::io::{BufRead, BufReader};
+    let reg = registry::start();
+    let cleanup = crate::common::Cleanup::new("push-int");
+    let repo = format!("team/int-{}", cleanup.uid());
+    let name = format!("{}/{repo}:1", reg.host());
+    let extra = format!("{}/{repo}:also", reg.host());
+    let h = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n      tags: [{extra}]\n"
+            ),
+        )
+        // A layer large enough that its upload takes a while.
+        .file(
+            "Dockerfile",
+            crate::common::from_base("RUN head -c 200000000 /dev/urandom > /big\n"),
+        );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .env("DOCKER_CONFIG", reg.docker_config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("The push refers to repository") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("pushing `"), "{seen}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("interrupted by SIGINT"), "{rest}");
+    assert!(!rest.contains(&format!("pushed `{name}`")), "{seen}{rest}");
+    assert_eq!(reg.try_served_digest(&repo, "1"), None, "{seen}{rest}");
+    assert!(!image_exists(&name));
+    assert!(!image_exists(&extra));
+}
