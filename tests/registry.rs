@@ -293,6 +293,21 @@ fn buildkit_reaches_the_registry() -> bool {
     minor >= 44
 }
 
+/// A project of one step `app` named `name`, `push: true`, whose
+/// Dockerfile runs `rest` on the test base image, with DOCKER_CONFIG
+/// `config`.
+fn push_project(name: &str, rest: &str, config: String) -> crate::common::Habitus {
+    crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            format!(
+                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
+            ),
+        )
+        .file("Dockerfile", crate::common::from_base(rest))
+        .env("DOCKER_CONFIG", config)
+}
+
 /// `push: true` pushes the step's image under its name and every `tags:`
 /// name with credentials only in a helper; `--metadata-file` names the
 /// digest the registry serves for each, as curl reads it off the
@@ -394,16 +409,7 @@ fn a_refused_push_fails_the_build_naming_the_registry_and_the_401() {
         serde_json::json!({ "auths": { reg.host(): { "auth": auth } } }).to_string(),
     )
     .unwrap();
-    let out = crate::common::Habitus::new()
-        .file(
-            "build.yml",
-            format!(
-                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
-            ),
-        )
-        .file("Dockerfile", crate::common::from_base("RUN true\n"))
-        .env("DOCKER_CONFIG", config.path().display().to_string())
-        .run();
+    let out = push_project(&name, "RUN true\n", config.path().display().to_string()).run();
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains(&format!("pushing `{name}`")),
@@ -661,16 +667,12 @@ fn a_terminal_shows_each_name_pushed_with_its_digest() {
     let cleanup = crate::common::Cleanup::new("push-term");
     let repo = format!("team/term-{}", cleanup.uid());
     let name = format!("{}/{repo}:1", reg.host());
-    let (screen, code) = crate::common::Habitus::new()
-        .file(
-            "build.yml",
-            format!(
-                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
-            ),
-        )
-        .file("Dockerfile", crate::common::from_base("RUN echo t > /t\n"))
-        .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
-        .run_in_terminal(200);
+    let (screen, code) = push_project(
+        &name,
+        "RUN echo t > /t\n",
+        reg.docker_config().display().to_string(),
+    )
+    .run_in_terminal(200);
     assert_eq!(code, 0, "{screen}");
     let digest = reg.served_digest(&repo, "1");
     assert!(screen.contains("pushed:"), "{screen}");
@@ -690,16 +692,7 @@ fn a_push_to_an_unreachable_registry_names_it() {
         .port();
     let name = format!("127.0.0.1:{port}/team/gone-{}:1", cleanup.uid());
     let config = tempfile::tempdir().unwrap();
-    let out = crate::common::Habitus::new()
-        .file(
-            "build.yml",
-            format!(
-                "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
-            ),
-        )
-        .file("Dockerfile", crate::common::from_base("RUN true\n"))
-        .env("DOCKER_CONFIG", config.path().display().to_string())
-        .run();
+    let out = push_project(&name, "RUN true\n", config.path().display().to_string()).run();
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains(&format!("pushing `{name}`")),

@@ -32,7 +32,8 @@ pub struct PushedImage {
 pub struct CacheImage {
     /// The daemon has it (it was there, or was pulled).
     available: bool,
-    /// Its id, when this build pulled it: removed at the end.
+    /// Its id, when this build pulled it and the daemon had no image of
+    /// that name before: removed at the end.
     pulled: Option<String>,
 }
 
@@ -191,58 +192,46 @@ impl Build {
             &step.label,
             &format!("pulling cache image `{image}`"),
         );
-        let warn = |why: String| {
-            self.reporter.step(
-                Severity::Warning,
-                &step.label,
-                &format!("cache image `{image}` {why}"),
-            );
-        };
-        match self.engine.pull_image(image, self.sink(&step.label)).await {
+        let why = match self.engine.pull_image(image, self.sink(&step.label)).await {
             Ok(true) => {
-                let after = self.engine.inspect_image(image).await.ok().flatten();
-                let pulled = match (&before, after) {
-                    (Some(b), Some(a)) if b.id == a.id => None,
-                    (_, after) => after.map(|a| a.id),
+                // Only a name the daemon did not have is removed again: a
+                // name it had now names what the registry holds, as after
+                // `docker pull`.
+                let pulled = match before {
+                    Some(_) => None,
+                    None => self
+                        .engine
+                        .inspect_image(image)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|a| a.id),
                 };
-                CacheImage {
+                return CacheImage {
                     available: true,
                     pulled,
-                }
-            }
-            Ok(false) => {
-                warn(format!(
-                    "is not in its registry{}",
-                    if before.is_some() {
-                        ": using the local one"
-                    } else {
-                        ": building without it"
-                    }
-                ));
-                CacheImage {
-                    available: before.is_some(),
-                    pulled: None,
-                }
-            }
-            Err(e) => {
-                let e = match e {
-                    EngineError::Credentials(m) => m,
-                    other => other.to_string(),
                 };
-                warn(format!(
-                    "could not be pulled ({}){}",
-                    self.reporter.redact(&e).into_string(),
-                    if before.is_some() {
-                        ": using the local one"
-                    } else {
-                        ": building without it"
-                    }
-                ));
-                CacheImage {
-                    available: before.is_some(),
-                    pulled: None,
-                }
             }
+            Ok(false) => "is not in its registry".to_string(),
+            Err(EngineError::Credentials(m)) => format!("could not be pulled ({m})"),
+            Err(e) => format!(
+                "could not be pulled ({})",
+                self.reporter.redact(&e.to_string()).into_string()
+            ),
+        };
+        let fallback = if before.is_some() {
+            "using the local one"
+        } else {
+            "building without it"
+        };
+        self.reporter.step(
+            Severity::Warning,
+            &step.label,
+            &format!("cache image `{image}` {why}: {fallback}"),
+        );
+        CacheImage {
+            available: before.is_some(),
+            pulled: None,
         }
     }
 
