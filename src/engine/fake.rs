@@ -61,6 +61,9 @@ pub struct FakeEngine {
     gateway: Mutex<Option<String>>,
     /// Names pushed, in order.
     pushes: Mutex<Vec<String>>,
+    /// How long each push takes, and when each one ran.
+    push_delay: Mutex<Duration>,
+    push_windows: Mutex<Vec<(String, Instant, Instant)>>,
     /// Names whose push fails, with the registry's message.
     push_failures: Mutex<BTreeMap<String, String>>,
     /// References pulled, in order; those in `missing` are not found.
@@ -118,6 +121,14 @@ impl FakeEngine {
     /// Makes the push of `name` fail with the registry's `message`.
     pub fn on_push_fail(&self, name: &str, message: &str) {
         lock(&self.push_failures).insert(name.to_string(), message.to_string());
+    }
+    /// Makes every push take `delay`.
+    pub fn on_push_delay(&self, delay: Duration) {
+        *lock(&self.push_delay) = delay;
+    }
+    /// `(name, started, finished)` of every push that finished.
+    pub fn push_windows(&self) -> Vec<(String, Instant, Instant)> {
+        lock(&self.push_windows).clone()
     }
     /// Names pushed so far, in order.
     pub fn pushes(&self) -> Vec<String> {
@@ -273,8 +284,12 @@ impl Engine for FakeEngine {
                 message: message.clone(),
             });
         }
+        let started = Instant::now();
+        let delay = *lock(&self.push_delay);
+        tokio::time::sleep(delay).await;
         sink(&format!("pushed {name}"));
         lock(&self.pushes).push(name.to_string());
+        lock(&self.push_windows).push((name.to_string(), started, Instant::now()));
         Ok(Pushed {
             digest: format!("sha256:{:064x}", name.len()),
             size: 528,

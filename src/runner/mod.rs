@@ -448,6 +448,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_push_runs_beside_the_next_step_even_with_one_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = Step {
+            push: true,
+            ..step(d, "a", &[])
+        };
+        let f = fixture(vec![a, step(d, "b", &["a"])], opts(1));
+        f.engine.on_push_delay(Duration::from_millis(400));
+        f.engine.on_build("img/b", delay(100));
+        let summary = run(&f).await.unwrap();
+        let (_, push_started, push_finished) = f.engine.push_windows()[0].clone();
+        let b = window(&f, "img/b");
+        assert!(b.0 < push_finished, "b waited for a's push");
+        assert!(b.0 >= push_started || b.1 <= push_finished);
+        assert_eq!(summary.pushed.len(), 1, "the build waits for the push");
+    }
+
+    #[tokio::test]
     async fn a_failed_push_fails_the_build_naming_the_step_and_the_name() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

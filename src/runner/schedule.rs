@@ -81,8 +81,11 @@ impl Build {
         let mut summary = Summary::default();
         let mut failure: Option<BuildError> = None;
         let jobs = self.options.jobs.max(1);
+        // Step tasks running (push tasks are not counted).
+        let mut building = 0usize;
         loop {
-            while failure.is_none() && tasks.len() < jobs {
+            // Pushes run beside the steps: only steps count against `jobs`.
+            while failure.is_none() && building < jobs {
                 let Some(i) = queue.ready.pop_front() else {
                     break;
                 };
@@ -90,6 +93,7 @@ impl Build {
                 let build = Arc::clone(self);
                 let handle =
                     tasks.spawn(async move { (i, Done::Built(build.build_step(step).await)) });
+                building += 1;
                 task_step.insert(handle.id(), i);
             }
             if tasks.is_empty() {
@@ -110,6 +114,7 @@ impl Build {
                     let error = match joined {
                         None => continue,
                         Some(Ok((_, (i, Done::Built(Ok(report)))))) => {
+                            building -= 1;
                             // Its push runs beside the steps that follow.
                             if self.pushes(i) && failure.is_none() {
                                 let build = Arc::clone(self);
@@ -127,7 +132,11 @@ impl Build {
                             summary.pushed.extend(pushed);
                             continue;
                         }
-                        Some(Ok((_, (_, Done::Built(Err(error)) | Done::Pushed(Err(error)))))) => error,
+                        Some(Ok((_, (_, Done::Built(Err(error)))))) => {
+                            building -= 1;
+                            error
+                        }
+                        Some(Ok((_, (_, Done::Pushed(Err(error)))))) => error,
                         Some(Err(e)) if e.is_panic() => BuildError::Panic {
                             step: plan.label(task_step.get(&e.id()).copied().unwrap_or(0)).to_string(),
                             message: panic_message(e.into_panic()),
