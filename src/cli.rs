@@ -507,10 +507,10 @@ fn parse_key_value(value: &str) -> Result<(String, String), String> {
 }
 
 fn parse_reference(value: &str) -> Result<String, String> {
-    match crate::model::reference_problem(value) {
+    match crate::model::pull_reference_problem(value) {
         None => Ok(value.to_string()),
         Some(problem) => Err(format!(
-            "`{value}` is not an image name: {problem} (write `[registry/]repository[:tag]`)"
+            "`{value}` is not an image name: {problem} (write `[registry/]repository[:tag]` or `…@sha256:…`)"
         )),
     }
 }

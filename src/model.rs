@@ -121,11 +121,18 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
 /// (`[registry/]repository[:tag]`), if anything: the checks the daemon
 /// would make later, made while reading build.yml.
 pub fn reference_problem(reference: &str) -> Option<&'static str> {
+    check_reference(reference, false)
+}
+
+/// As [`reference_problem`], for an image to pull: a digest
+/// (`repository@sha256:…`) is allowed.
+pub fn pull_reference_problem(reference: &str) -> Option<&'static str> {
+    check_reference(reference, true)
+}
+
+fn check_reference(reference: &str, digest_ok: bool) -> Option<&'static str> {
     if reference.is_empty() {
         return Some("it is empty");
-    }
-    if reference.len() > 255 {
-        return Some("it is longer than 255 characters");
     }
     if reference
         .chars()
@@ -133,54 +140,147 @@ pub fn reference_problem(reference: &str) -> Option<&'static str> {
     {
         return Some("it contains a space");
     }
-    if reference.contains('@') {
-        return Some("a digest (`@sha256:…`) cannot be tagged or pushed; name a tag");
-    }
-    let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
-    let (repository, tag) = match reference[last_slash..].rfind(':') {
-        Some(colon) => (
-            &reference[..last_slash + colon],
-            Some(&reference[last_slash + colon + 1..]),
-        ),
+    let (name, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
         None => (reference, None),
     };
-    // The registry host (first component with `.` or `:`) may have
-    // capitals and a port; the path may not.
-    let path = match repository.split_once('/') {
-        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
-            rest
+    if let Some(digest) = digest {
+        if !digest_ok {
+            return Some("a digest (`@sha256:…`) cannot be tagged or pushed; name a tag");
         }
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            return Some("a digest is `sha256:` and 64 hex digits");
+        }
+    }
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repository, tag) = match name[last_slash..].rfind(':') {
+        Some(colon) => (
+            &name[..last_slash + colon],
+            Some(&name[last_slash + colon + 1..]),
+        ),
+        None => (name, None),
+    };
+    if repository.len() > 255 {
+        return Some("the repository is longer than 255 characters");
+    }
+    let path = match repository.split_once('/') {
+        Some((host, rest)) if is_registry_host(host) => rest,
         _ => repository,
     };
-    if path.is_empty() || path.split('/').any(str::is_empty) {
-        return Some("a path component is empty");
-    }
-    if path.chars().any(|c| c.is_ascii_uppercase()) {
-        return Some("the repository must be lowercase");
-    }
-    if !path
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
-    {
-        return Some("the repository may hold only a-z, 0-9, `.`, `_`, `-` and `/`");
+    if let Some(problem) = path.split('/').find_map(path_component_problem) {
+        return Some(problem);
     }
     match tag {
         Some("") => Some("the tag after `:` is empty"),
-        Some(t)
-            if t.len() > 128
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
-        {
-            Some("a tag is at most 128 of A-Z, a-z, 0-9, `.`, `_` and `-`")
-        }
+        Some(t) if !tag_is_valid(t) => Some(
+            "a tag is at most 128 of A-Z, a-z, 0-9, `.`, `_` and `-`, not starting with `.` or `-`",
+        ),
         _ => None,
+    }
+}
+
+/// Whether the first component of a reference names a registry, as the
+/// daemon decides: it has a `.` or a `:`, is `localhost`, or has capitals.
+pub fn is_registry_host(first: &str) -> bool {
+    first.contains('.')
+        || first.contains(':')
+        || first == "localhost"
+        || first.chars().any(|c| c.is_ascii_uppercase())
+}
+
+/// What is wrong with one `/`-separated component of a repository path:
+/// lowercase letters and digits, separated by one `.`, one or two `_`,
+/// or any number of `-`.
+fn path_component_problem(component: &str) -> Option<&'static str> {
+    if component.is_empty() {
+        return Some("a path component is empty");
+    }
+    if component.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some("the repository must be lowercase");
+    }
+    let mut separator = String::new();
+    let mut first = true;
+    for c in component.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if !separator.is_empty() {
+                let ok = separator == "."
+                    || separator == "_"
+                    || separator == "__"
+                    || separator.chars().all(|s| s == '-');
+                if !ok || first {
+                    return Some("the repository may hold only a-z and 0-9 separated by `.`, `_`, `__` or dashes");
+                }
+                separator.clear();
+            }
+            first = false;
+        } else if "._-".contains(c) {
+            separator.push(c);
+        } else {
+            return Some(
+                "the repository may hold only a-z and 0-9 separated by `.`, `_`, `__` or dashes",
+            );
+        }
+    }
+    if first || !separator.is_empty() {
+        return Some(
+            "the repository may hold only a-z and 0-9 separated by `.`, `_`, `__` or dashes",
+        );
+    }
+    None
+}
+
+fn tag_is_valid(tag: &str) -> bool {
+    let mut chars = tag.chars();
+    let head = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    head && tag.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// One spelling for one image name: Docker Hub's `docker.io/library/app`,
+/// `docker.io/app`… and `app` are `app`; no tag is `:latest`.
+pub fn normalize_reference(reference: &str) -> String {
+    let mut name = reference;
+    for prefix in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            name = rest.strip_prefix("library/").unwrap_or(rest);
+            break;
+        }
+    }
+    if name.contains('@') {
+        return name.to_string();
+    }
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    if name[last_slash..].contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{reference_problem, SecretKind};
+    use super::{normalize_reference, pull_reference_problem, reference_problem, SecretKind};
+
+    #[test]
+    fn digests_are_for_pulls_and_names_have_one_spelling() {
+        let digest = format!("r.example/app@sha256:{}", "a".repeat(64));
+        assert_eq!(pull_reference_problem(&digest), None);
+        assert!(reference_problem(&digest).is_some());
+        assert!(pull_reference_problem("r.example/app@sha256:12").is_some());
+        assert_eq!(normalize_reference("app"), "app:latest");
+        assert_eq!(normalize_reference("docker.io/library/app"), "app:latest");
+        assert_eq!(normalize_reference("docker.io/team/app:1"), "team/app:1");
+        assert_eq!(
+            normalize_reference("r.example:5000/app"),
+            "r.example:5000/app:latest"
+        );
+    }
 
     #[test]
     fn secret_kinds_are_named_and_ordered_as_their_names() {
@@ -202,17 +302,26 @@ mod tests {
             "127.0.0.1:5000/team/app:1",
             "Registry.Example.com/app",
             "localhost/app_x-y.z:V1",
+            "localhost:5000/a",
+            "registry:5000/a/b:tag",
+            "MyReg/app",
+            "r.example/a__b/c---d:_x",
         ] {
             assert_eq!(reference_problem(ok), None, "{ok}");
         }
         for (bad, why) in [
             ("", "empty"),
-            ("Team/app", "lowercase"),
+            ("r.example/Team/app", "lowercase"),
             ("app:", "tag"),
             ("app@sha256:00", "digest"),
             ("a b", "space"),
             ("r.example//app", "empty"),
             ("r.example/a+b", "only"),
+            ("r.example/-app", "separated"),
+            ("r.example/a..b", "separated"),
+            ("r.example/a___b", "separated"),
+            ("app:.x", "tag"),
+            ("app:-x", "tag"),
         ] {
             let problem = reference_problem(bad).unwrap_or_else(|| panic!("{bad} passed"));
             assert!(problem.contains(why), "{bad}: {problem}");

@@ -59,6 +59,8 @@ pub struct FakeEngine {
     removed_networks: Mutex<Vec<String>>,
     /// The gateway `create_network` reports (default `127.0.0.1`).
     gateway: Mutex<Option<String>>,
+    /// Names given with `tag_image` → the image they name.
+    aliases: Mutex<BTreeMap<String, String>>,
     /// Names pushed, in order.
     pushes: Mutex<Vec<String>>,
     /// How long each push takes, and when each one ran.
@@ -235,8 +237,12 @@ impl Engine for FakeEngine {
     }
 
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let target = lock(&self.aliases)
+            .get(image)
+            .cloned()
+            .unwrap_or_else(|| image.to_string());
         Ok(lock(&self.images).contains(image).then(|| ImageInfo {
-            id: format!("sha256:{image}"),
+            id: format!("sha256:{target}"),
             size: 1000,
             layers: 1,
             labels: BTreeMap::new(),
@@ -257,6 +263,7 @@ impl Engine for FakeEngine {
         };
         let removed = images.remove(image);
         drop(images);
+        lock(&self.aliases).remove(image);
         if removed {
             lock(&self.removed).push(image.to_string());
             Ok(())
@@ -271,6 +278,13 @@ impl Engine for FakeEngine {
             return Err(EngineError::Api(format!("no such image: {image}")));
         }
         images.insert(name.to_string());
+        drop(images);
+        let mut aliases = lock(&self.aliases);
+        let target = aliases
+            .get(image)
+            .cloned()
+            .unwrap_or_else(|| image.to_string());
+        aliases.insert(name.to_string(), target);
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
 use super::locate::{item_path, key_path, Index, Pos};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
-use crate::model::{Builder, SecretKind};
+use crate::model::{normalize_reference, Builder, SecretKind};
 use crate::plan::{Plan, PlanError};
 use crate::workpath;
 
@@ -644,6 +644,7 @@ impl Checker<'_> {
             "push" => draft.step.push = self.boolean(value, path, step, &key),
             "tags" => draft.step.tags = self.references(value, path, step, &key),
             "cache_from" => draft.step.cache_from = self.references(value, path, step, &key),
+
             "cache_to" => draft.step.cache_to_inline = self.cache_to(value, path, step),
             "builder" => draft.step.builder = self.builder(value, path, step),
             "args" => draft.step.args = self.args(value, path, step),
@@ -712,7 +713,12 @@ impl Checker<'_> {
         for (reference, item) in
             self.strings(value, path, step, key, "registry.example.com/team/app:1.2")
         {
-            match crate::model::reference_problem(&reference) {
+            let problem = if key == "cache_from" {
+                crate::model::pull_reference_problem(&reference)
+            } else {
+                crate::model::reference_problem(&reference)
+            };
+            match problem {
                 None => out.push(reference),
                 Some(problem) => self.at_value(
                     &item,
@@ -1089,6 +1095,34 @@ impl Checker<'_> {
                 );
             } else {
                 seen.insert(name, &draft.step.label);
+            }
+        }
+        // A `tags:` name another step also gives its image would make one
+        // step push the other's image.
+        let mut owner: HashMap<String, &str> = HashMap::new();
+        for draft in drafts.iter().filter(|d| !d.step.name.is_empty()) {
+            owner
+                .entry(normalize_reference(&draft.step.name))
+                .or_insert(&draft.step.label);
+        }
+        for draft in drafts {
+            for tag in &draft.step.tags {
+                let key = normalize_reference(tag);
+                match owner.get(&key) {
+                    Some(other) if *other != draft.step.label => {
+                        let other = other.to_string();
+                        self.at_value(
+                            &key_path(&draft.path, "tags"),
+                            Some(&draft.step.label),
+                            format!("tag `{tag}` also names the image of step `{other}`"),
+                            Some("give every step's image names of its own".into()),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert(key, &draft.step.label);
+                    }
+                }
             }
         }
     }

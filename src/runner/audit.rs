@@ -41,8 +41,10 @@ impl Build {
             Ok(audit) => audit,
             Err(e) => {
                 // What the audit could not read it could not clear: the
-                // image goes, as it would on a hit.
+                // image goes, as it would on a hit, with every name the
+                // build gave it.
                 if !self.options.keep_all {
+                    self.remove_names(label, image).await;
                     let _ = self.engine.remove_image(image, true, false).await;
                 }
                 return Err(BuildError::Audit {
@@ -74,6 +76,7 @@ impl Build {
             hits.push(line);
         }
         if !hits.is_empty() && !self.options.keep_all {
+            self.remove_names(label, image).await;
             let _ = self.engine.remove_image(image, true, false).await;
         }
         Ok(hits)

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use super::registry::CacheImage;
+use super::registry::CacheImages;
 use super::secrets::{BuildSession, SessionOptions};
 use super::{fold, lock, BuildError, Runner, SecretUse, Summary};
 use crate::audit::Scanner;
@@ -52,7 +52,7 @@ pub struct Build {
     /// Images the audit has searched (before their push).
     pub audited: Mutex<BTreeSet<String>>,
     /// Cache images, as this build found or pulled them.
-    pub cache: tokio::sync::Mutex<BTreeMap<String, CacheImage>>,
+    pub cache: Mutex<CacheImages>,
 }
 
 /// What a build with secrets sets up before its first step.
@@ -92,7 +92,7 @@ impl Build {
             folds,
             named: Mutex::default(),
             audited: Mutex::default(),
-            cache: tokio::sync::Mutex::default(),
+            cache: Mutex::default(),
         })
     }
 

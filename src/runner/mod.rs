@@ -845,6 +845,8 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let mut a = step(dir.path(), "a", &[]);
+        // A name given with `tags:` goes with the image.
+        a.tags = vec!["r.example/a:also".into(), "img/a:latest".into()];
         a.secrets.insert(
             "key".into(),
             SecretSpec {

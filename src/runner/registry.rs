@@ -11,7 +11,7 @@ use super::build::Build;
 use super::{lock, BuildError, Summary};
 use crate::engine::{EngineError, LineSink};
 use crate::manifest::Step;
-use crate::model::Builder;
+use crate::model::{normalize_reference, Builder};
 use crate::progress::{Event, Severity};
 
 /// One name a step's image was pushed under.
@@ -26,6 +26,9 @@ pub struct PushedImage {
     /// The manifest's size in bytes.
     pub size: u64,
 }
+
+/// Cache images as this build found them, each looked up once.
+pub type CacheImages = BTreeMap<String, Arc<tokio::sync::OnceCell<CacheImage>>>;
 
 /// A cache image as this build found it.
 #[derive(Debug, Clone)]
@@ -49,12 +52,15 @@ impl Build {
     }
 
     /// The names `step`'s image is pushed under: `name` first, then
-    /// `tags:`.
+    /// `tags:`, each once (`app` and `app:latest` are one name).
     fn push_names(step: &Step) -> Vec<String> {
-        let mut names = vec![step.name.clone()];
-        for tag in &step.tags {
-            if !names.contains(tag) {
-                names.push(tag.clone());
+        let mut names: Vec<String> = Vec::new();
+        for name in std::iter::once(&step.name).chain(&step.tags) {
+            if !names
+                .iter()
+                .any(|n| normalize_reference(n) == normalize_reference(name))
+            {
+                names.push(name.clone());
             }
         }
         names
@@ -62,24 +68,16 @@ impl Build {
 
     /// Gives the final image of step `i` its other names: `tags:`, and
     /// `name` when the build tags it with a unique one (`--uid`) and it is
-    /// pushed.
+    /// pushed; each once, and never the image's own name again.
     pub async fn name_image(&self, i: usize, image: &str) -> Result<(), BuildError> {
         let step = &self.manifest.steps[i];
-        let mut names = Vec::new();
-        if self.pushes(i) && step.name != image {
-            names.push(step.name.clone());
+        let mut names = Build::push_names(step);
+        if !self.pushes(i) {
+            names.remove(0);
         }
-        names.extend(step.tags.iter().filter(|t| *t != image).cloned());
+        names.retain(|n| normalize_reference(n) != normalize_reference(image));
         for name in names {
-            self.engine
-                .tag_image(image, &name)
-                .await
-                .map_err(|source| BuildError::Engine {
-                    step: step.label.clone(),
-                    source,
-                })?;
-            self.reporter
-                .step(Severity::Info, &step.label, &format!("tagged `{name}`"));
+            self.tag(&step.label, image, &name).await?;
             lock(&self.named)
                 .entry(step.label.clone())
                 .or_default()
@@ -88,11 +86,36 @@ impl Build {
         Ok(())
     }
 
+    /// Tags `image` as `name` for step `label`.
+    async fn tag(&self, label: &str, image: &str, name: &str) -> Result<(), BuildError> {
+        self.engine
+            .tag_image(image, name)
+            .await
+            .map_err(|source| BuildError::Engine {
+                step: label.to_string(),
+                source,
+            })?;
+        self.reporter
+            .step(Severity::Info, label, &format!("tagged `{name}`"));
+        Ok(())
+    }
+
     /// Removes the names [`Build::name_image`] gave step `label`'s image
-    /// (when the image itself goes).
-    pub async fn remove_names(&self, label: &str) {
+    /// `image` (when the image itself goes); a name that meanwhile names
+    /// another image (another build's) is left alone.
+    pub async fn remove_names(&self, label: &str, image: &str) {
         let names = lock(&self.named).remove(label).unwrap_or_default();
+        if names.is_empty() {
+            return;
+        }
+        let Ok(Some(ours)) = self.engine.inspect_image(image).await else {
+            return;
+        };
         for name in names {
+            match self.engine.inspect_image(&name).await {
+                Ok(Some(info)) if info.id == ours.id => {}
+                _ => continue,
+            }
             if let Err(e) = self.engine.remove_image(&name, false, true).await {
                 self.reporter.step(
                     Severity::Warning,
@@ -105,15 +128,43 @@ impl Build {
 
     /// Pushes step `i`'s final image under each of its names; with
     /// secrets, audits it first: an image the audit did not clear is never
-    /// pushed.
+    /// pushed. Each name is set on the audited image again right before
+    /// its push, and checked to name it.
     pub async fn push_step(&self, i: usize, image: String) -> Result<Vec<PushedImage>, BuildError> {
         let step = &self.manifest.steps[i];
+        let engine_error = |source| BuildError::Engine {
+            step: step.label.clone(),
+            source,
+        };
+        let audited = self
+            .engine
+            .inspect_image(&image)
+            .await
+            .map_err(engine_error)?
+            .map(|info| info.id)
+            .unwrap_or_default();
         let hits = self.audit_image(&step.label, &image).await?;
         if !hits.is_empty() {
             return Err(BuildError::Leak { hits });
         }
         let mut pushed = Vec::new();
         for name in Build::push_names(step) {
+            if normalize_reference(&name) != normalize_reference(&image) {
+                self.tag(&step.label, &image, &name).await?;
+            }
+            let now = self
+                .engine
+                .inspect_image(&name)
+                .await
+                .map_err(engine_error)?;
+            if now.as_ref().map(|info| info.id.as_str()) != Some(audited.as_str()) {
+                return Err(engine_error(crate::engine::EngineError::Push {
+                    name: name.clone(),
+                    message: format!(
+                        "the name no longer names the image this build made ({audited}): another build moved it"
+                    ),
+                }));
+            }
             self.reporter
                 .step(Severity::Info, &step.label, &format!("pushing `{name}`"));
             self.reporter
@@ -165,18 +216,10 @@ impl Build {
         }
         let mut sources = Vec::new();
         for image in wanted {
-            // One lock for the whole lookup: two steps with the same cache
-            // image pull it once.
-            let mut cache = self.cache.lock().await;
-            let found = match cache.get(&image) {
-                Some(found) => found.clone(),
-                None => {
-                    let found = self.pull_cache(step, &image).await;
-                    cache.insert(image.clone(), found.clone());
-                    found
-                }
-            };
-            drop(cache);
+            // One cell per image: two steps with the same cache image pull
+            // it once; different images are pulled at the same time.
+            let cell = Arc::clone(lock(&self.cache).entry(image.clone()).or_default());
+            let found = cell.get_or_init(|| self.pull_cache(step, &image)).await;
             if found.available {
                 sources.push(image);
             }
@@ -186,7 +229,11 @@ impl Build {
 
     /// Pulls cache image `image` for `step`.
     async fn pull_cache(&self, step: &Step, image: &str) -> CacheImage {
-        let before = self.engine.inspect_image(image).await.ok().flatten();
+        // An image the daemon cannot say it lacks counts as one it had.
+        let before = match self.engine.inspect_image(image).await {
+            Ok(found) => found.map(|_| ()),
+            Err(_) => Some(()),
+        };
         self.reporter.step(
             Severity::Info,
             &step.label,
@@ -239,18 +286,25 @@ impl Build {
     /// build moved to its own image keeps it; an image a step's image
     /// still is, or that carries other names, stays.
     pub async fn remove_pulled_cache(&self, summary: &Summary) {
-        let pulled: Vec<(String, String)> = self
-            .cache
-            .lock()
-            .await
+        let pulled: Vec<(String, String)> = lock(&self.cache)
             .iter()
-            .filter_map(|(image, c)| c.pulled.clone().map(|id| (image.clone(), id)))
+            .filter_map(|(image, c)| {
+                c.get()
+                    .and_then(|c| c.pulled.clone())
+                    .map(|id| (image.clone(), id))
+            })
             .collect();
         for (image, id) in pulled {
             if summary.steps.iter().any(|s| s.image_id == id) {
                 continue;
             }
-            match self.engine.remove_image(&id, false, false).await {
+            // By name, and only while the name still names what was
+            // pulled: other names and digests of it stay.
+            match self.engine.inspect_image(&image).await {
+                Ok(Some(info)) if info.id == id => {}
+                _ => continue,
+            }
+            match self.engine.remove_image(&image, false, false).await {
                 Ok(()) => self.reporter.message(
                     Severity::Debug,
                     &format!("removed the cache image `{image}` this build pulled"),
@@ -276,22 +330,28 @@ impl Build {
 }
 
 /// Writes `--metadata-file`: JSON keyed by step label, for each step whose
-/// image the build kept: `image`, `image_id`, and for pushed steps
-/// `digest` and `names`. Written whole, then renamed into place.
+/// image the build kept or pushed: `image`, `image_id`, and for pushed
+/// steps `digest` and `names` (and `kept: false` when the image was
+/// removed from the daemon at the end). Written whole, then renamed into place.
 pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> {
     let mut out = serde_json::Map::new();
     for step in &summary.steps {
-        if step.folded_into.is_some() || summary.removed_images.contains(&step.image) {
-            continue;
-        }
-        let mut entry = serde_json::Map::new();
-        entry.insert("image".into(), step.image.clone().into());
-        entry.insert("image_id".into(), step.image_id.clone().into());
         let pushed: Vec<&PushedImage> = summary
             .pushed
             .iter()
             .filter(|p| p.step == step.label)
             .collect();
+        let kept = !summary.removed_images.contains(&step.image);
+        if step.folded_into.is_some() || (!kept && pushed.is_empty()) {
+            continue;
+        }
+        let mut entry = serde_json::Map::new();
+        entry.insert("image".into(), step.image.clone().into());
+        entry.insert("image_id".into(), step.image_id.clone().into());
+        if !kept {
+            // Pushed, then removed from the daemon at the end.
+            entry.insert("kept".into(), false.into());
+        }
         if let Some(first) = pushed.first() {
             entry.insert("digest".into(), first.digest.clone().into());
             entry.insert(

@@ -49,13 +49,14 @@ impl Build {
         self.reporter
             .step_started(&step.label, &image, &step.dockerfile);
         let dockerfile = self.dockerfile(&step).await?;
+        // Cache images are pulled before the step's token exists.
+        let cache_from = self.cache_sources(&step).await;
         // The step's token lives until `grant` drops: right after the
         // build, or when the step is cancelled.
         let grant = self
             .session
             .as_ref()
             .map(|s| s.grant(&step.label, !step.secrets.is_empty()));
-        let cache_from = self.cache_sources(&step).await;
         let mut request = self.request(&step, &image, &dockerfile, grant.as_ref())?;
         request.cache_from = cache_from;
         self.protect_credentials(grant.as_ref());

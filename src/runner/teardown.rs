@@ -43,7 +43,7 @@ impl Build {
                 continue;
             }
             let image = self.image_of(step);
-            self.remove_names(&step.label).await;
+            self.remove_names(&step.label, &image).await;
             match self
                 .engine
                 .remove_image(&image, self.options.force_rmi, self.options.noprune_rmi)

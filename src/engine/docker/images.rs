@@ -64,6 +64,16 @@ pub(super) async fn remove_image(
         Err(err) if is_not_found(&err) => {}
         Err(err) => return Err(api(err)),
     }
+    // Only a name went (the image has others), or the caller keeps the
+    // intermediates: they stay recorded for the image's own removal.
+    if noprune {
+        return Ok(());
+    }
+    if let Some(key) = &key {
+        if engine.docker.inspect_image(key).await.is_ok() {
+            return Ok(());
+        }
+    }
     let below = key.and_then(|key| {
         engine
             .intermediates
@@ -71,7 +81,7 @@ pub(super) async fn remove_image(
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key)
     });
-    if let Some(below) = below.filter(|_| !noprune) {
+    if let Some(below) = below {
         // Untagged ones only, newest first; on a graph driver the
         // daemon has already pruned them.
         remove_fresh(&engine.docker, below).await;

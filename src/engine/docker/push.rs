@@ -40,8 +40,12 @@ pub fn registry_host(reference: &str) -> &str {
     }
 }
 
-/// `name` split into repository and tag (`latest` when it has none).
+/// `name` split into repository and tag (`latest` when it has none); a
+/// digest reference is its own repository, with no tag.
 fn repository_and_tag(name: &str) -> (&str, &str) {
+    if name.contains('@') {
+        return (name, "");
+    }
     let last_slash = name.rfind('/').map_or(0, |i| i + 1);
     match name[last_slash..].rfind(':') {
         Some(colon) => (&name[..last_slash + colon], &name[last_slash + colon + 1..]),
@@ -273,17 +277,22 @@ pub(super) async fn push_image(
     if let Some(error) = progress.error {
         return Err(fail(error));
     }
+    let Some(pushed) = progress.digest else {
+        return Err(fail(
+            "the push ended without naming the digest it pushed".into(),
+        ));
+    };
     let served = registry_digest(engine, name, credentials).await?;
-    match &progress.digest {
-        Some(pushed) if *pushed != served.0 => Err(fail(format!(
+    if pushed != served.0 {
+        return Err(fail(format!(
             "the push reported digest {pushed}, but the registry serves {} for it",
             served.0
-        ))),
-        _ => Ok(Pushed {
-            digest: served.0,
-            size: progress.size.or(served.1).unwrap_or(0),
-        }),
+        )));
     }
+    Ok(Pushed {
+        digest: served.0,
+        size: progress.size.or(served.1).unwrap_or(0),
+    })
 }
 
 /// The digest (and manifest size) the registry serves for `name`: the
@@ -327,16 +336,24 @@ fn push_failed(name: &str, message: String) -> EngineError {
 pub fn push_hint(name: &str, message: &str) -> Option<String> {
     let registry = registry_host(name);
     let lower = message.to_lowercase();
-    if lower.contains("unauthorized") || lower.contains("401") {
+    // A status code as a word of its own, not digits inside a digest.
+    let status = |code: &str| {
+        lower.match_indices(code).any(|(at, _)| {
+            let before = lower[..at].chars().next_back();
+            let after = lower[at + code.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+        })
+    };
+    if lower.contains("unauthorized") || status("401") {
         Some(format!(
             "the registry `{registry}` wants a login (401): `docker login {registry}`, or a credential helper for it in $DOCKER_CONFIG/config.json"
         ))
-    } else if lower.contains("denied") || lower.contains("403") || lower.contains("forbidden") {
+    } else if lower.contains("denied") || status("403") || lower.contains("forbidden") {
         Some(format!(
             "the registry `{registry}` refused the push (403): the account has no right to push to this repository"
         ))
-    } else if lower.contains("name unknown") || lower.contains("404") || lower.contains("not found")
-    {
+    } else if lower.contains("name unknown") || status("404") || lower.contains("not found") {
         Some(format!(
             "the registry `{registry}` does not know the repository (404): create it, or check the name"
         ))
@@ -364,7 +381,7 @@ pub(super) async fn pull_image(
     let (repo, tag) = repository_and_tag(reference);
     let options = CreateImageOptions {
         from_image: Some(repo.to_string()),
-        tag: Some(tag.to_string()),
+        tag: (!tag.is_empty()).then(|| tag.to_string()),
         ..Default::default()
     };
     let mut stream = engine.docker.create_image(Some(options), None, credentials);
@@ -499,5 +516,6 @@ mod tests {
         assert!(hint("net/http: request canceled (Client.Timeout exceeded)").contains("in time"));
         assert!(hint("dial tcp 10.0.0.1:443: connect: connection refused").contains("cannot reach"));
         assert_eq!(push_hint("r.example/app", "something else"), None);
+        assert_eq!(push_hint("r.example/app", "bad blob sha256:ab401cd"), None);
     }
 }
