@@ -270,6 +270,21 @@ fn registry_keys_are_read_and_checked() {
 }
 
 #[test]
+fn a_tag_that_names_another_steps_image_is_an_error() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: r.example/one\n      dockerfile: Dockerfile\n    two:\n      name: r.example/two:1\n      dockerfile: Dockerfile\n      tags: [r.example/one:latest]\n";
+    assert_eq!(
+        errors(dir.path(), yml),
+        "error: build.yml:10:13: step `two`: tag `r.example/one:latest` also names the image of step `one`\n  help: give every step's image names of its own"
+    );
+    let ok = yml.replace(
+        "tags: [r.example/one:latest]",
+        "tags: [r.example/two:1, r.example/two:latest]",
+    );
+    assert!(check(dir.path(), &ok).is_ok());
+}
+
+#[test]
 fn a_name_that_is_no_image_name_is_an_error_naming_the_unset_variable() {
     let dir = workdir(&["Dockerfile"]);
     let yml = "build:\n  version: 2016-03-14\n  steps:\n    one:\n      name: _env(REGISTRY)/app:1\n      dockerfile: Dockerfile\n";
