@@ -684,13 +684,9 @@ fn a_terminal_shows_each_name_pushed_with_its_digest() {
 #[test]
 fn a_push_to_an_unreachable_registry_names_it() {
     let cleanup = crate::common::Cleanup::new("push-unreachable");
-    // A port of 127.0.0.1 nothing listens on: bound, then let go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let name = format!("127.0.0.1:{port}/team/gone-{}:1", cleanup.uid());
+    // 127.0.0.2: the test registries listen on 127.0.0.1 only, so no
+    // other test's registry can take this address meanwhile.
+    let name = format!("127.0.0.2:9/team/gone-{}:1", cleanup.uid());
     let config = tempfile::tempdir().unwrap();
     let out = push_project(&name, "RUN true\n", config.path().display().to_string()).run();
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
@@ -700,9 +696,8 @@ fn a_push_to_an_unreachable_registry_names_it() {
         out.stderr
     );
     assert!(
-        out.stderr.contains(&format!(
-            "the daemon cannot reach the registry `127.0.0.1:{port}`"
-        )),
+        out.stderr
+            .contains("the daemon cannot reach the registry `127.0.0.2:9`"),
         "{}",
         out.stderr
     );

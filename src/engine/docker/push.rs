@@ -172,8 +172,15 @@ impl PushProgress {
         }
         let status = message.status.unwrap_or_default();
         let Some(id) = message.id else {
-            // `The push refers to repository […]`, `tag: digest: … size: …`.
-            if !status.is_empty() && !status.contains("digest: ") {
+            // `tag: digest: sha256:… size: N` closes a push; Docker 26 on
+            // the containerd store sends it without an `aux` message.
+            if let Some((digest, size)) = digest_line(&status) {
+                self.digest.get_or_insert(digest);
+                if self.size.is_none() {
+                    self.size = size;
+                }
+            } else if !status.is_empty() {
+                // `The push refers to repository […]`.
                 sink(&status);
             }
             return;
@@ -211,6 +218,20 @@ impl PushProgress {
             _ => {}
         }
     }
+}
+
+/// The digest and size of a `tag: digest: sha256:… size: N` status.
+fn digest_line(status: &str) -> Option<(String, Option<u64>)> {
+    let rest = &status[status.find("digest: ")? + "digest: ".len()..];
+    let digest = rest.split_whitespace().next()?;
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let size = rest
+        .split_once("size: ")
+        .and_then(|(_, n)| n.trim().parse().ok());
+    Some((digest.to_string(), size))
 }
 
 /// `1234567` → `1.2 MB`.
@@ -468,12 +489,15 @@ mod tests {
             r#"{"status":"Pushing","progressDetail":{"current":512,"total":2048},"id":"abc"}"#,
             r#"{"status":"Pushed","progressDetail":{},"id":"abc"}"#,
             r#"{"status":"Layer already exists","progressDetail":{},"id":"def"}"#,
-            r#"{"status":"1: digest: sha256:aa size: 528"}"#,
-            r#"{"progressDetail":{},"aux":{"Tag":"1","Digest":"sha256:aa","Size":528}}"#,
+            r#"{"status":"1: digest: sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa size: 528"}"#,
+            r#"{"progressDetail":{},"aux":{"Tag":"1","Digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","Size":528}}"#,
         ] {
             p.feed(line.as_bytes(), &sink);
         }
-        assert_eq!(p.digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(
+            p.digest.as_deref(),
+            Some("sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        );
         assert_eq!(p.size, Some(528));
         assert!(p.error.is_none());
         assert_eq!(
@@ -484,6 +508,14 @@ mod tests {
                 "layer def: already in the registry",
             ]
         );
+        let mut only_status = PushProgress::default();
+        let digest = format!("sha256:{}", "b".repeat(64));
+        only_status.feed(
+            format!(r#"{{"status":"1: digest: {digest} size: 751"}}"#).as_bytes(),
+            &sink,
+        );
+        assert_eq!(only_status.digest.as_deref(), Some(digest.as_str()));
+        assert_eq!(only_status.size, Some(751));
         p.feed(
             br#"{"errorDetail":{"message":"unauthorized: authentication required"},"error":"unauthorized: authentication required"}"#,
             &sink,
