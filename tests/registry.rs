@@ -279,20 +279,6 @@ fn events(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Whether BuildKit on this daemon can reach the test registry (see
-/// `a_private_base_image_builds_with_buildkit_and_a_helper`).
-#[allow(dead_code)]
-fn buildkit_reaches_the_registry() -> bool {
-    let api = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
-    let minor: u32 = api
-        .trim()
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    minor >= 44
-}
-
 /// A project of one step `app` named `name`, `push: true`, whose
 /// Dockerfile runs `rest` on the test base image, with DOCKER_CONFIG
 /// `config`.
