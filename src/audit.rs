@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+
+mod walk;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
@@ -99,11 +101,25 @@ pub enum Location {
         /// the file's name or content.
         #[serde(skip_serializing_if = "Option::is_none")]
         record: Option<String>,
+        /// Bytes of the layer that are neither a name nor content, when
+        /// the secret is there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        part: Option<Part>,
+        /// What was unpacked to reach the file (`gzip`, `tar`, `zip`).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        within: Vec<&'static str>,
+        /// The image's platform (`linux/arm64`), when the archive holds
+        /// more than one image.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
     },
     /// In a string of the image config.
     Config {
         /// A JSON path such as `config.Env[2]` or `history[4].created_by`.
         field: String,
+        /// The image's platform, when the archive holds more than one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
     },
     /// In another JSON document of the saved image: `index.json`,
     /// `manifest.json`, an OCI manifest (annotations).
@@ -113,6 +129,20 @@ pub enum Location {
         /// A JSON path in it.
         field: String,
     },
+}
+
+/// Bytes of a layer that are not a file's name or content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Part {
+    /// The entry's tar header blocks or the padding after its content.
+    Header,
+    /// After the tar's end-of-archive blocks.
+    AfterEnd,
+    /// The packed bytes of a compressed layer or nested archive: headers
+    /// (gzip's name, comment and extra field; zip's names and directory)
+    /// and anything its unpacked content does not hold.
+    Packed,
 }
 
 /// One secret found in one place.
@@ -199,16 +229,35 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, secret: &[u8], align: us
     encoded.get(skip..end).unwrap_or_default().to_string()
 }
 
-fn url_encode(secret: &[u8]) -> Vec<u8> {
+/// `secret` percent-encoded: hex digits in upper or lower case, a space
+/// as `%20` or (form encoding) as `+`.
+fn url_encode(secret: &[u8], upper: bool, plus: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(secret.len() * 3);
     for &b in secret {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b);
-        } else {
+        } else if b == b' ' && plus {
+            out.push(b'+');
+        } else if upper {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.extend_from_slice(format!("%{b:02x}").as_bytes());
         }
     }
     out
+}
+
+/// `pattern` without its line breaks: the audit searches text with its
+/// line breaks removed (see [`Search`]), so patterns are matched the same
+/// way.
+fn without_breaks(pattern: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        pattern
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\n' && b != b'\r')
+            .collect(),
+    )
 }
 
 /// The forms of a secret that are searched for, each in every encoding:
@@ -260,56 +309,61 @@ fn encodings_of(value: &[u8]) -> Vec<(Zeroizing<Vec<u8>>, Encoding)> {
         Encoding::HexUpper,
     ));
     out.push((Zeroizing::new(hex.as_bytes().to_vec()), Encoding::HexLower));
-    out.push((Zeroizing::new(url_encode(value)), Encoding::UrlEncoded));
+    for (upper, plus) in [(true, false), (false, false), (true, true), (false, true)] {
+        out.push((
+            Zeroizing::new(url_encode(value, upper, plus)),
+            Encoding::UrlEncoded,
+        ));
+    }
     out
 }
 
 impl Scanner {
-    /// A scanner for `secrets` (name, value). Secrets shorter than
-    /// [`MIN_SECRET_LEN`] are skipped; their names are returned.
+    /// A scanner for `secrets` (name, value). Secrets are keyed by value:
+    /// every value is searched, and a value given under several names is
+    /// searched once and named by all of them (`a: file/id_rsa, b:
+    /// file/id_rsa`). Values shorter than [`MIN_SECRET_LEN`] are skipped;
+    /// their names are returned.
     pub fn new<'a>(
         secrets: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> (Scanner, Vec<String>) {
-        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
-        let mut needles = Vec::new();
-        let mut skipped = Vec::new();
-        // Each (secret, pattern) once: identical forms (an alphanumeric
-        // secret is its own URL encoding; URL-safe base64 often equals
-        // standard) are searched under the first encoding and form.
-        // (name, hash of pattern) → indexes of patterns with that hash.
-        let mut seen: std::collections::HashMap<(String, u64), Vec<usize>> =
-            std::collections::HashMap::new();
+        let mut values: Vec<(Vec<&'a str>, &'a [u8])> = Vec::new();
         for (name, value) in secrets {
             // A trailing newline is how files usually end; the secret is
             // what comes before it.
             let trimmed = value.strip_suffix(b"\n").unwrap_or(value);
             let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
-            if trimmed.len() < MIN_SECRET_LEN {
-                skipped.push(name.to_string());
+            match values.iter_mut().find(|(_, v)| *v == trimmed) {
+                Some((names, _)) if !names.contains(&name) => names.push(name),
+                Some(_) => {}
+                None => values.push((vec![name], trimmed)),
+            }
+        }
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut needles = Vec::new();
+        let mut skipped = Vec::new();
+        for (names, value) in values {
+            if value.len() < MIN_SECRET_LEN {
+                skipped.extend(names.iter().map(|n| n.to_string()));
                 continue;
             }
-            for (form_value, form) in forms_of(trimmed) {
+            let name = names.join(", ");
+            let first = patterns.len();
+            for (form_value, form) in forms_of(value) {
                 for (pattern, encoding) in encodings_of(&form_value) {
-                    if pattern.len() < MIN_SECRET_LEN {
-                        continue;
-                    }
-                    let key = (name.to_string(), {
-                        use std::hash::{Hash, Hasher};
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        pattern.as_slice().hash(&mut h);
-                        h.finish()
-                    });
-                    let same = seen.entry(key).or_default();
-                    if same
-                        .iter()
-                        .any(|&i| patterns[i].as_slice() == pattern.as_slice())
+                    let pattern = without_breaks(&pattern);
+                    // Each pattern once per value: identical forms (an
+                    // alphanumeric secret is its own URL encoding; a CRLF
+                    // value without its breaks is the value) are searched
+                    // under the first encoding and form.
+                    if pattern.len() < MIN_SECRET_LEN
+                        || patterns[first..].iter().any(|p| **p == *pattern)
                     {
                         continue;
                     }
-                    same.push(patterns.len());
                     patterns.push(pattern);
                     needles.push(Found {
-                        secret: name.to_string(),
+                        secret: name.clone(),
                         encoding,
                         form,
                     });
@@ -340,57 +394,18 @@ impl Scanner {
         self.needles.is_empty()
     }
 
-    /// Every form of a secret found in `reader`, streamed: read in blocks
-    /// of [`SCAN_BLOCK`] bytes, each searched together with the last
-    /// `longest - 1` bytes of the one before, so that a match across a
-    /// block boundary is found. (A block search uses the automaton's
-    /// prefilters; its stream search runs the DFA byte by byte, several
-    /// times slower.)
+    /// Every form of a secret found in `reader`, read to its end.
     pub fn scan_reader<R: Read>(&self, mut reader: R) -> std::io::Result<Vec<Found>> {
-        let mut found = Vec::new();
-        if self.is_empty() {
-            // Still drain the reader: callers rely on it being consumed.
-            std::io::copy(&mut reader, &mut std::io::sink())?;
-            return Ok(found);
-        }
-        let keep = self.longest.saturating_sub(1);
-        let mut window: Vec<u8> = Vec::new();
-        loop {
-            let read = (&mut reader)
-                .take(SCAN_BLOCK as u64)
-                .read_to_end(&mut window)?;
-            if read == 0 {
-                break;
-            }
-            for m in self.automaton.find_iter(&window) {
-                let needle = &self.needles[m.pattern().as_usize()];
-                if !found.contains(needle) {
-                    found.push(needle.clone());
-                }
-            }
-            let cut = window.len().saturating_sub(keep);
-            window.drain(..cut);
-        }
-        Ok(found)
+        let mut search = Search::new(self);
+        search.feed_from(&mut reader)?;
+        Ok(search.finish())
     }
 
     /// Every form of a secret found in `bytes`.
     pub fn scan_bytes(&self, bytes: &[u8]) -> Vec<Found> {
-        let mut found = Vec::new();
-        for m in self.automaton.find_iter(bytes) {
-            let needle = &self.needles[m.pattern().as_usize()];
-            if !found.contains(needle) {
-                found.push(needle.clone());
-            }
-        }
-        found
-    }
-
-    /// Searches every file of one layer tar; returns (path, secret,
-    /// encoding) and, for the shadow report, every regular file with its
-    /// size.
-    pub fn scan_layer<R: Read>(&self, layer: R) -> Result<LayerScan, AuditError> {
-        self.scan_entries(&mut tar::Archive::new(layer))
+        let mut search = Search::new(self);
+        search.feed(bytes);
+        search.finish()
     }
 
     /// Searches a layer (plain, gzip or zstd) to the end of its stream and
@@ -399,61 +414,10 @@ impl Scanner {
         &self,
         layer: crate::layer::Layer<'_>,
     ) -> Result<(LayerScan, crate::layer::LayerSummary), AuditError> {
-        let mut archive = tar::Archive::new(layer);
-        let scan = self.scan_entries(&mut archive)?;
-        let summary = archive.into_inner().finish()?;
+        let mut layer = layer;
+        let scan = walk::walk_layer(self, &mut layer).map_err(AuditError::Format)?;
+        let summary = layer.finish()?;
         Ok((scan, summary))
-    }
-
-    fn scan_entries<R: Read>(
-        &self,
-        archive: &mut tar::Archive<R>,
-    ) -> Result<LayerScan, AuditError> {
-        let mut scan = LayerScan::default();
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().into_owned();
-            let kind = entry.header().entry_type();
-            let size = entry.header().size().unwrap_or(0);
-            scan.files.push(LayerFile {
-                path: path.clone(),
-                size,
-                regular: kind.is_file(),
-            });
-            let hit = |found: Found, record: Option<String>| LayerHit {
-                path: path.clone(),
-                record,
-                found,
-            };
-            // A symlink's target can hold a secret too.
-            if let Some(link) = entry.link_name_bytes() {
-                scan.hits
-                    .extend(self.scan_bytes(&link).into_iter().map(|f| hit(f, None)));
-            }
-            scan.hits.extend(
-                self.scan_bytes(&entry.path_bytes())
-                    .into_iter()
-                    .map(|f| hit(f, None)),
-            );
-            // PAX records, extended attributes among them.
-            if let Some(records) = entry.pax_extensions()? {
-                for record in records {
-                    let record = record?;
-                    let key = String::from_utf8_lossy(record.key_bytes()).into_owned();
-                    for part in [record.key_bytes(), record.value_bytes()] {
-                        scan.hits.extend(
-                            self.scan_bytes(part)
-                                .into_iter()
-                                .map(|f| hit(f, Some(key.clone()))),
-                        );
-                    }
-                }
-            }
-            for found in self.scan_reader(&mut entry)? {
-                scan.hits.push(hit(found, None));
-            }
-        }
-        Ok(scan)
     }
 
     /// Searches every string (and key) of a JSON document; fields are
@@ -499,6 +463,85 @@ impl Scanner {
     }
 }
 
+/// One stream searched as it is fed, piece by piece.
+///
+/// Line breaks (`\r`, `\n`) are dropped before matching, and the patterns
+/// have none: base64 and hex wrapped at any width (coreutils `base64`,
+/// `openssl base64`, PEM bodies, `xxd -p`), with LF or CRLF, match as if
+/// unwrapped. The text is searched in blocks of [`SCAN_BLOCK`] bytes, each
+/// together with the last `longest - 1` bytes of the one before, so that
+/// a match across a block boundary is found. (A block search uses the
+/// automaton's prefilters; its stream search runs the DFA byte by byte,
+/// several times slower.)
+pub struct Search<'s> {
+    scanner: &'s Scanner,
+    /// Text not searched yet, after the overlap kept from the last block.
+    window: Vec<u8>,
+    found: Vec<Found>,
+}
+
+impl<'s> Search<'s> {
+    /// An empty search for `scanner`'s patterns.
+    pub fn new(scanner: &'s Scanner) -> Search<'s> {
+        Search {
+            scanner,
+            window: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+
+    /// Searches `bytes` as the continuation of what was fed before.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        if self.scanner.is_empty() {
+            return;
+        }
+        while let Some(at) = memchr::memchr2(b'\n', b'\r', bytes) {
+            self.window.extend_from_slice(&bytes[..at]);
+            bytes = &bytes[at + 1..];
+        }
+        self.window.extend_from_slice(bytes);
+        if self.window.len() >= SCAN_BLOCK + self.scanner.longest {
+            self.search();
+            let keep = self.scanner.longest.saturating_sub(1);
+            let cut = self.window.len().saturating_sub(keep);
+            self.window.drain(..cut);
+        }
+    }
+
+    /// Feeds everything `reader` has, to its end.
+    pub fn feed_from<R: Read + ?Sized>(&mut self, reader: &mut R) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += n as u64;
+            self.feed(&buf[..n]);
+        }
+    }
+
+    fn search(&mut self) {
+        for m in self.scanner.automaton.find_iter(&self.window) {
+            let needle = &self.scanner.needles[m.pattern().as_usize()];
+            if !self.found.contains(needle) {
+                self.found.push(needle.clone());
+            }
+        }
+    }
+
+    /// Every form of a secret found in what was fed.
+    pub fn finish(mut self) -> Vec<Found> {
+        if !self.window.is_empty() {
+            self.search();
+        }
+        self.found
+    }
+}
+
 /// A file of a layer, for the shadow report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerFile {
@@ -510,10 +553,14 @@ pub struct LayerFile {
 /// A secret found in an entry of a layer.
 #[derive(Debug, Clone)]
 pub struct LayerHit {
-    /// The entry's path.
+    /// The entry's path; inside a nested archive `outer!/inner`.
     pub path: String,
     /// The PAX record it is in, if not in the name or content.
     pub record: Option<String>,
+    /// The bytes it is in, if not a name or content.
+    pub part: Option<Part>,
+    /// What was unpacked to reach it.
+    pub within: Vec<&'static str>,
     pub found: Found,
 }
 
@@ -522,6 +569,27 @@ pub struct LayerHit {
 pub struct LayerScan {
     pub hits: Vec<LayerHit>,
     pub files: Vec<LayerFile>,
+    /// Nested files not searched (whole or in part): path and why.
+    pub not_searched: Vec<(String, String)>,
+    /// Nested archives and compressed files opened.
+    pub nested: usize,
+}
+
+/// Something of an image the audit did not search, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct NotSearched {
+    /// 0-based layer index (none for a whole platform).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// The layer's digest, or the platform's manifest digest.
+    pub digest: String,
+    /// The path in the layer (`outer!/inner` when nested).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Why, naming the limit.
+    pub reason: String,
 }
 
 /// A file that a layer adds and a later layer deletes or overwrites: it
@@ -546,8 +614,15 @@ pub struct ImageAudit {
     pub layers: usize,
     /// Uncompressed bytes of those layers.
     pub bytes: u64,
-    /// Per layer (bottom first), its files.
+    /// Per layer (bottom first), its files (of the first image).
     pub layer_files: Vec<Vec<LayerFile>>,
+    /// What could not be searched: nested files beyond a limit, platforms
+    /// whose blobs the archive lacks.
+    pub not_searched: Vec<NotSearched>,
+    /// Nested archives and compressed files opened and searched.
+    pub nested: usize,
+    /// Images (platforms) read.
+    pub images: usize,
 }
 
 impl ImageAudit {
@@ -625,60 +700,57 @@ enum Member {
     Link(String),
 }
 
-/// Largest JSON document of an archive (configs, manifests) read.
-const MAX_JSON: u64 = 64 << 20;
+/// Largest JSON document of an archive (configs, manifests) read: larger
+/// members are read as layers, in a stream.
+const MAX_JSON: u64 = 8 << 20;
 
 /// Audits one image archive (`docker save` output) read from `archive`.
 ///
 /// The archive's members may come in any order, so each is read as it
 /// arrives: JSON documents are kept, anything else is opened as a layer
 /// (plain, gzip or zstd, whatever its name) and searched to its end. Once
-/// the whole archive has been read, the image's manifest says which
-/// members are its layers, and the audit fails closed: a listed layer that
-/// is missing, could not be read to its end, or whose content is not the
-/// one the image config's `rootfs.diff_ids` names is an error naming the
-/// layer; so is a missing config. "Clean" therefore always means every
-/// byte of every layer and every string of the config was searched.
+/// the whole archive has been read, its manifests say which members are
+/// layers of which image (every image of `manifest.json`, every platform
+/// of `index.json`), and the audit fails closed: a listed layer that is
+/// missing, could not be read to its end, or whose content is not the one
+/// the image config's `rootfs.diff_ids` names is an error naming the layer;
+/// so is a missing config. A platform the index lists but whose manifest
+/// the archive lacks is named as not searched. "Clean" therefore always
+/// means every byte of every layer and every string of the config was
+/// searched, or the output says what was not.
 pub fn audit_archive<R: Read>(scanner: &Scanner, archive: R) -> Result<ImageAudit, AuditError> {
     let members = read_members(scanner, archive)?;
-    let image = find_image(&members)?;
-    let Some(Member::Json(config)) = members.get(&image.config) else {
-        return Err(AuditError::Format(format!(
-            "the image config `{}` is missing from the archive or is not JSON",
-            image.config
-        )));
-    };
-    let config_hits: Vec<Hit> = scanner
-        .scan_json(config)
-        .into_iter()
-        .map(|(field, found)| found.at(Location::Config { field }))
-        .collect();
-    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|id| id.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if diff_ids.len() != image.layers.len() {
-        return Err(AuditError::Format(format!(
-            "the manifest lists {} layer(s) but the image config {} diff id(s)",
-            image.layers.len(),
-            diff_ids.len()
-        )));
-    }
+    let listed = find_images(&members)?;
     let mut audit = ImageAudit {
-        layers: image.layers.len(),
+        images: listed.images.len(),
         ..ImageAudit::default()
     };
-    for (index, layer_path) in image.layers.iter().enumerate() {
-        audit.add_layer(&members, index, layer_path, &diff_ids[index])?;
+    let several = listed.images.len() > 1;
+    let mut counted = std::collections::BTreeSet::new();
+    for (n, image) in listed.images.iter().enumerate() {
+        let platform = several.then(|| {
+            image
+                .platform
+                .clone()
+                .unwrap_or_else(|| format!("image {}", n + 1))
+        });
+        audit.add_image(scanner, &members, image, platform, n == 0, &mut counted)?;
     }
-    audit.hits.extend(config_hits);
-    audit.add_metadata(scanner, &members, &image.config);
+    for (platform, digest) in listed.missing {
+        audit.not_searched.push(NotSearched {
+            layer: None,
+            digest: digest.clone(),
+            path: String::new(),
+            platform: Some(platform),
+            reason: format!("the index lists manifest `{digest}`, which is not in the saved image (the daemon does not hold that platform)"),
+        });
+    }
+    let configs: Vec<&str> = listed.images.iter().map(|i| i.config.as_str()).collect();
+    audit.add_metadata(scanner, &members, &configs);
     audit.hits.sort();
     audit.hits.dedup();
+    audit.not_searched.sort();
+    audit.not_searched.dedup();
     Ok(audit)
 }
 
@@ -708,21 +780,78 @@ fn read_members<R: Read>(
 }
 
 impl ImageAudit {
-    /// Adds layer `index` at `layer_path`, which must have been read to its
-    /// end with the content `diff_id` names: its size, files and hits.
-    fn add_layer(
+    /// Adds one image of the archive: its config's strings and each of its
+    /// layers (`first`: its files make the shadow report; `counted`: the
+    /// layers already counted in `layers` and `bytes`).
+    fn add_image(
         &mut self,
+        scanner: &Scanner,
         members: &BTreeMap<String, Member>,
-        index: usize,
-        layer_path: &str,
-        diff_id: &str,
+        image: &ImagePaths,
+        platform: Option<String>,
+        first: bool,
+        counted: &mut std::collections::BTreeSet<String>,
     ) -> Result<(), AuditError> {
-        let unreadable = |reason: String| AuditError::Layer {
-            index,
-            digest: display_digest(layer_path),
-            reason,
+        let Some(Member::Json(config)) = follow(members, &image.config) else {
+            return Err(AuditError::Format(format!(
+                "the image config `{}` is missing from the archive or is not JSON",
+                image.config
+            )));
         };
-        let (scan, summary) = match follow(members, layer_path) {
+        for (field, found) in scanner.scan_json(config) {
+            self.hits.push(found.at(Location::Config {
+                field,
+                platform: platform.clone(),
+            }));
+        }
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if diff_ids.len() != image.layers.len() {
+            return Err(AuditError::Format(format!(
+                "the manifest lists {} layer(s) but the image config {} diff id(s)",
+                image.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        for (index, layer_path) in image.layers.iter().enumerate() {
+            let at = LayerAt {
+                index,
+                path: layer_path,
+                platform: platform.as_deref(),
+            };
+            let scan = self.add_layer(members, &at, &diff_ids[index], counted)?;
+            if first {
+                self.layer_files.push(scan.files.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the layer `at`, which must have been read to its end with the
+    /// content `diff_id` names: its size, hits and what was not searched.
+    fn add_layer<'m>(
+        &mut self,
+        members: &'m BTreeMap<String, Member>,
+        at: &LayerAt<'_>,
+        diff_id: &str,
+        counted: &mut std::collections::BTreeSet<String>,
+    ) -> Result<&'m LayerScan, AuditError> {
+        let digest = display_digest(at.path);
+        let unreadable = |reason: String| AuditError::Layer {
+            index: at.index,
+            digest: digest.clone(),
+            reason: match at.platform {
+                Some(platform) => format!("{reason} ({platform})"),
+                None => reason,
+            },
+        };
+        let (scan, summary) = match follow(members, at.path) {
             Some(Member::Layer { scan, summary }) => (scan, summary),
             Some(Member::Unreadable(reason)) => return Err(unreadable(reason.clone())),
             Some(Member::Json(_)) => return Err(unreadable("it is a JSON document".into())),
@@ -735,17 +864,33 @@ impl ImageAudit {
                 summary.diff_id, diff_id
             )));
         }
-        self.bytes += summary.bytes;
-        self.layer_files.push(scan.files.clone());
+        if counted.insert(summary.diff_id.clone()) {
+            self.layers += 1;
+            self.bytes += summary.bytes;
+            self.nested += scan.nested;
+        }
+        let platform = at.platform.map(str::to_string);
         for hit in &scan.hits {
             self.hits.push(hit.found.clone().at(Location::Layer {
-                index: Some(index),
-                digest: display_digest(layer_path),
+                index: Some(at.index),
+                digest: digest.clone(),
                 path: hit.path.clone(),
                 record: hit.record.clone(),
+                part: hit.part,
+                within: hit.within.clone(),
+                platform: platform.clone(),
             }));
         }
-        Ok(())
+        for (path, reason) in &scan.not_searched {
+            self.not_searched.push(NotSearched {
+                layer: Some(at.index),
+                digest: digest.clone(),
+                path: path.clone(),
+                platform: platform.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(scan)
     }
 
     /// Adds the hits of every JSON document of the archive but the config
@@ -755,11 +900,11 @@ impl ImageAudit {
         &mut self,
         scanner: &Scanner,
         members: &BTreeMap<String, Member>,
-        config: &str,
+        configs: &[&str],
     ) {
         for (document, member) in members {
             if let Member::Json(value) = member {
-                if document != config {
+                if !configs.contains(&document.as_str()) {
                     for (field, found) in scanner.scan_json(value) {
                         self.hits.push(found.at(Location::Metadata {
                             document: document.clone(),
@@ -800,9 +945,16 @@ fn read_member<R: Read>(
         // The member's bytes pass through `Counted` so that a short
         // archive (fewer bytes than the header promised) is told apart
         // from a layer that ends early.
+        // A compressed layer's own bytes are searched too: gzip's name,
+        // comment and extra field ship with it.
+        let packed = matches!(
+            crate::layer::sniff(&head),
+            Ok(crate::layer::Compression::Gzip | crate::layer::Compression::Zstd)
+        );
         let mut counted = Counted {
             inner: std::io::Cursor::new(head).chain(&mut *entry),
             read: 0,
+            search: packed.then(|| Search::new(scanner)),
         };
         let member = match crate::layer::Layer::open(&mut counted) {
             Err(crate::layer::LayerError::Format(why)) => Member::Unreadable(why),
@@ -811,6 +963,23 @@ fn read_member<R: Read>(
                 Ok((scan, summary)) => Member::Layer { scan, summary },
                 Err(e) => Member::Unreadable(e.to_string()),
             },
+        };
+        let member = match (member, counted.search.take()) {
+            (Member::Layer { mut scan, summary }, Some(search)) => {
+                for found in search.finish() {
+                    if !scan.hits.iter().any(|h| h.found == found) {
+                        scan.hits.push(LayerHit {
+                            path: String::new(),
+                            record: None,
+                            part: Some(Part::Packed),
+                            within: Vec::new(),
+                            found,
+                        });
+                    }
+                }
+                Member::Layer { scan, summary }
+            }
+            (member, _) => member,
         };
         // Whatever happened, the rest of the member is consumed so the next
         // one can be read; an archive that ends early is an error here.
@@ -828,15 +997,20 @@ fn read_member<R: Read>(
 }
 
 /// A reader that counts what passes through it.
-struct Counted<R> {
+struct Counted<'s, R> {
     inner: R,
     read: u64,
+    /// Searches the bytes as they pass, if set.
+    search: Option<Search<'s>>,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
+        if let Some(search) = &mut self.search {
+            search.feed(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -860,76 +1034,189 @@ fn follow<'m>(members: &'m BTreeMap<String, Member>, path: &str) -> Option<&'m M
     members.get(&path)
 }
 
-/// The first image of an archive: its config's and its layers' paths.
+/// One layer of one image.
+struct LayerAt<'a> {
+    index: usize,
+    path: &'a str,
+    platform: Option<&'a str>,
+}
+
+/// One image of an archive: its config's and its layers' paths.
+#[derive(Debug, PartialEq, Eq)]
 struct ImagePaths {
     config: String,
     layers: Vec<String>,
+    /// `os/architecture[/variant]`, as the index names it.
+    platform: Option<String>,
 }
 
-/// Finds the (first) image of the archive: through `manifest.json` (both
-/// layouts of current Docker write it) or else through the OCI
-/// `index.json` → manifest blob.
-fn find_image(members: &BTreeMap<String, Member>) -> Result<ImagePaths, AuditError> {
-    let json = |path: &str| match follow(members, path) {
+/// The images of an archive, and the platforms its index lists but whose
+/// manifests it lacks (platform, manifest digest).
+#[derive(Default)]
+struct Listed {
+    images: Vec<ImagePaths>,
+    missing: Vec<(String, String)>,
+}
+
+/// How deep image indexes may nest.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// Finds every image of the archive: each entry of `manifest.json` (both
+/// layouts of current Docker write it) and each manifest reachable from
+/// the OCI `index.json`, through nested indexes (every platform).
+fn find_images(members: &BTreeMap<String, Member>) -> Result<Listed, AuditError> {
+    let mut listed = Listed::default();
+    if let Some(manifest) = json_member(members, "manifest.json") {
+        let entries = manifest
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| AuditError::Format("`manifest.json` lists no image".into()))?;
+        for entry in entries {
+            let config = entry["Config"]
+                .as_str()
+                .map(crate::layer::member_path)
+                .ok_or_else(|| AuditError::Format("`manifest.json` names no config".into()))?;
+            let layers = strings(&entry["Layers"])
+                .ok_or_else(|| AuditError::Format("`manifest.json` lists no layers".into()))?;
+            listed.add(config, layers, None);
+        }
+    }
+    if let Some(index) = json_member(members, "index.json") {
+        list_index(members, index, "index.json", 0, &mut listed)?;
+    } else if listed.images.is_empty() {
+        return Err(AuditError::Format(
+            "the archive has neither `manifest.json` nor `index.json`".into(),
+        ));
+    }
+    if listed.images.is_empty() {
+        return Err(AuditError::Format(
+            "the archive's index lists no image".into(),
+        ));
+    }
+    Ok(listed)
+}
+
+impl Listed {
+    /// Adds an image once; an image `manifest.json` listed gets the
+    /// platform the index names.
+    fn add(&mut self, config: String, layers: Vec<String>, platform: Option<String>) {
+        match self
+            .images
+            .iter_mut()
+            .find(|i| i.config == config && i.layers == layers)
+        {
+            Some(known) => known.platform = known.platform.take().or(platform),
+            None => self.images.push(ImagePaths {
+                config,
+                layers,
+                platform,
+            }),
+        }
+    }
+}
+
+fn json_member<'m>(
+    members: &'m BTreeMap<String, Member>,
+    path: &str,
+) -> Option<&'m serde_json::Value> {
+    match follow(members, path) {
         Some(Member::Json(value)) => Some(value),
         _ => None,
-    };
-    let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
-        v.as_array()?
-            .iter()
-            .map(|x| x.as_str().map(crate::layer::member_path))
-            .collect()
-    };
-    if let Some(manifest) = json("manifest.json") {
-        let first = manifest
-            .as_array()
-            .and_then(|a| a.first())
-            .ok_or_else(|| AuditError::Format("`manifest.json` lists no image".into()))?;
-        let config = first["Config"]
-            .as_str()
-            .map(crate::layer::member_path)
-            .ok_or_else(|| AuditError::Format("`manifest.json` names no config".into()))?;
-        let layers = strings(&first["Layers"])
-            .ok_or_else(|| AuditError::Format("`manifest.json` lists no layers".into()))?;
-        return Ok(ImagePaths { config, layers });
     }
-    let index = json("index.json").ok_or_else(|| {
-        AuditError::Format("the archive has neither `manifest.json` nor `index.json`".into())
-    })?;
-    let blob_path = |digest: &str| format!("blobs/{}", digest.replacen(':', "/", 1));
-    let mut digest = index["manifests"][0]["digest"]
-        .as_str()
-        .ok_or_else(|| AuditError::Format("`index.json` lists no manifest".into()))?
-        .to_string();
-    // An index may point at another index (multi-platform).
-    for _ in 0..4 {
-        let blob = json(&blob_path(&digest)).ok_or_else(|| {
-            AuditError::Format(format!("the manifest blob `{digest}` is missing"))
-        })?;
-        if let Some(layers) = blob["layers"].as_array() {
-            let layers = layers
-                .iter()
-                .map(|l| l["digest"].as_str().map(blob_path))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    AuditError::Format(format!("manifest `{digest}` has a layer without a digest"))
-                })?;
-            let config = blob["config"]["digest"]
-                .as_str()
-                .map(blob_path)
-                .ok_or_else(|| {
-                    AuditError::Format(format!("manifest `{digest}` names no config"))
-                })?;
-            return Ok(ImagePaths { config, layers });
-        }
-        digest = blob["manifests"][0]["digest"]
-            .as_str()
-            .ok_or_else(|| AuditError::Format(format!("`{digest}` lists no manifest")))?
-            .to_string();
-    }
-    Err(AuditError::Format("the image index nests too deep".into()))
 }
 
+fn strings(v: &serde_json::Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|x| x.as_str().map(crate::layer::member_path))
+        .collect()
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("blobs/{}", digest.replacen(':', "/", 1))
+}
+
+/// `os/architecture[/variant]` of an index entry.
+fn platform_of(descriptor: &serde_json::Value) -> Option<String> {
+    let p = &descriptor["platform"];
+    let os = p["os"].as_str()?;
+    let arch = p["architecture"].as_str()?;
+    Some(match p["variant"].as_str() {
+        Some(variant) => format!("{os}/{arch}/{variant}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
+/// Adds every manifest `index` (the document at `path`) lists.
+fn list_index(
+    members: &BTreeMap<String, Member>,
+    index: &serde_json::Value,
+    path: &str,
+    depth: usize,
+    listed: &mut Listed,
+) -> Result<(), AuditError> {
+    if depth >= MAX_INDEX_DEPTH {
+        return Err(AuditError::Format(format!(
+            "image indexes nest deeper than {MAX_INDEX_DEPTH} levels"
+        )));
+    }
+    let manifests = index["manifests"]
+        .as_array()
+        .ok_or_else(|| AuditError::Format(format!("`{path}` lists no manifest")))?;
+    for descriptor in manifests {
+        let digest = descriptor["digest"].as_str().ok_or_else(|| {
+            AuditError::Format(format!("`{path}` lists a manifest without a digest"))
+        })?;
+        let platform = platform_of(descriptor);
+        let Some(blob) = json_member(members, &blob_path(digest)) else {
+            listed.missing.push((
+                platform.unwrap_or_else(|| "an image".into()),
+                digest.to_string(),
+            ));
+            continue;
+        };
+        if blob.get("manifests").is_some() {
+            list_index(members, blob, digest, depth + 1, listed)?;
+            continue;
+        }
+        let Some(layers) = blob["layers"].as_array() else {
+            return Err(AuditError::Format(format!(
+                "manifest `{digest}` lists no layers"
+            )));
+        };
+        let attestation = descriptor["annotations"]["vnd.docker.reference.type"].as_str()
+            == Some("attestation-manifest");
+        let layers = layers
+            .iter()
+            .map(|l| l["digest"].as_str().map(blob_path))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                AuditError::Format(format!("manifest `{digest}` has a layer without a digest"))
+            })?;
+        if attestation {
+            // An attestation's layers are JSON documents (in-toto
+            // statements), searched as such; one that is missing is named.
+            for layer in layers {
+                if json_member(members, &layer).is_none() {
+                    listed.missing.push((
+                        format!("attestation of {}", platform.clone().unwrap_or_default()),
+                        display_digest(&layer),
+                    ));
+                }
+            }
+            continue;
+        }
+        let config = blob["config"]["digest"]
+            .as_str()
+            .map(blob_path)
+            .ok_or_else(|| AuditError::Format(format!("manifest `{digest}` names no config")))?;
+        listed.add(config, layers, platform);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod proof_tests;
 #[cfg(test)]
 mod tests {
     use super::{audit_archive, base64_core, Encoding, Form, Found, Location, Scanner};
@@ -1139,12 +1426,16 @@ mod tests {
                 digest: "aaa".into(),
                 path: "root/.ssh/id".into(),
                 record: None,
+                part: None,
+                within: Vec::new(),
+                platform: None,
             }
         );
         assert_eq!(
             audit.hits[1].location,
             Location::Config {
-                field: "config.Env[1]".into()
+                field: "config.Env[1]".into(),
+                platform: None,
             }
         );
     }
@@ -1287,7 +1578,8 @@ AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
         let body: Vec<&str> = KEY.trim_end().lines().collect();
         let cases = [
             (format!("KEY={}\n", body.join(" ")), Form::NewlinesAsSpaces),
-            (body.join("\r\n"), Form::Crlf),
+            // Line breaks do not count: CRLF is the value itself.
+            (body.join("\r\n"), Form::Whole),
             (format!("x {} y", body[3]), Form::Line(4)),
         ];
         for (haystack, form) in cases {
@@ -1333,6 +1625,9 @@ AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
                 digest: format!("sha256:{}", &diff_id(&gzip(&layers[0]))[7..]),
                 path: "etc/motd".into(),
                 record: Some("SCHILY.xattr.user.note".into()),
+                part: None,
+                within: Vec::new(),
+                platform: None,
             }
         );
         assert!(audit.hits[0]
@@ -1566,18 +1861,71 @@ impl Hit {
                 digest,
                 path,
                 record,
-            } => format!(
-                "{what} in layer {} ({digest}) at `/{path}`{}",
-                index.map_or("?".to_string(), |i| i.to_string()),
-                record
+                part,
+                within,
+                platform,
+            } => {
+                let layer = format!(
+                    "{what} in layer {} ({digest}){}",
+                    index.map_or("?".to_string(), |i| i.to_string()),
+                    platform
+                        .as_ref()
+                        .map(|p| format!(" of {p}"))
+                        .unwrap_or_default(),
+                );
+                let file = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at `/{path}`")
+                };
+                let record = record
                     .as_ref()
                     .map(|r| format!(", in its PAX record `{r}`"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default();
+                let part = match part {
+                    None => "",
+                    Some(Part::Header) => ", in its tar header or padding",
+                    Some(Part::AfterEnd) => ", after the end of the tar archive",
+                    Some(Part::Packed) if path.is_empty() => {
+                        ", in the compressed blob's own bytes (headers, name, comment)"
+                    }
+                    Some(Part::Packed) => ", in its packed bytes (headers, names, comment)",
+                };
+                let within = if within.is_empty() {
+                    String::new()
+                } else {
+                    format!(", inside {}", within.join(", "))
+                };
+                format!("{layer}{file}{record}{part}{within}")
+            }
+            Location::Config { field, platform } => format!(
+                "{what} in the image config{} at `{field}`",
+                platform
+                    .as_ref()
+                    .map(|p| format!(" of {p}"))
+                    .unwrap_or_default()
             ),
-            Location::Config { field } => format!("{what} in the image config at `{field}`"),
             Location::Metadata { document, field } => {
                 format!("{what} in `{document}` of the saved image at `{field}`")
             }
+        }
+    }
+}
+
+impl NotSearched {
+    /// One line for humans: what was not searched, and why.
+    pub fn describe(&self, image: &str) -> String {
+        let platform = self
+            .platform
+            .as_ref()
+            .map(|p| format!(" of {p}"))
+            .unwrap_or_default();
+        match self.layer {
+            Some(layer) => format!(
+                "{image}: not searched: `/{}` in layer {layer} ({}){platform}: {}",
+                self.path, self.digest, self.reason
+            ),
+            None => format!("{image}: not searched:{platform}: {}", self.reason),
         }
     }
 }

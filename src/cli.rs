@@ -76,8 +76,9 @@ pub enum Command {
     /// Print the man page (roff): `habitus man | man -l -`.
     Man,
     /// Search images for secrets: every layer (also files a later layer
-    /// deletes) and the config, raw, base64, hex and URL-encoded. Exits 1
-    /// on any hit; never prints a secret.
+    /// deletes, and files inside gzip, zstd, zip and tar files) and the
+    /// config, raw, base64, hex (also wrapped) and URL-encoded. Exits 1 on
+    /// any hit; never prints a secret.
     Audit {
         /// Images to audit.
         #[arg(required = true)]
@@ -95,6 +96,10 @@ pub enum Command {
         /// overwrites: they still ship with the image.
         #[arg(long)]
         shadowed: bool,
+        /// Exit 2 when anything was not searched (a nested archive beyond a
+        /// limit, a platform the saved image lacks), not just warn.
+        #[arg(long)]
+        strict: bool,
     },
     /// Remove the networks and containers that killed habitus builds left
     /// behind (what every build also does when it starts): those of a

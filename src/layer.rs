@@ -65,7 +65,7 @@ pub fn sniff(head: &[u8]) -> Result<Compression, String> {
 }
 
 /// Whether a 512-byte block carries a valid tar header checksum.
-fn tar_checksum_ok(block: &[u8]) -> bool {
+pub(crate) fn tar_checksum_ok(block: &[u8]) -> bool {
     let field = &block[148..156];
     let text: String = field
         .iter()

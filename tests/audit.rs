@@ -491,7 +491,9 @@ fn secrets_from_a_build_yml_are_resolved_as_the_build_resolves_them() {
     let out = audit(&[&tag, "--secrets-from", file.to_str().unwrap()]);
     assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("secret `deploy` (raw) in layer") && out.stdout.contains("/root/leak"),
+        out.stdout
+            .contains("secret `app: file/deploy` (raw) in layer")
+            && out.stdout.contains("/root/leak"),
         "{}",
         out.stdout
     );

@@ -651,7 +651,7 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr.contains(&format!(
-            "error: a secret reached an image:\n  hb/secrets-leaky-{}: secret `file/key` (raw) in layer ",
+            "error: a secret reached an image:\n  hb/secrets-leaky-{}: secret `leaky: file/key` (raw) in layer ",
             c.uid()
         )),
         "{}",

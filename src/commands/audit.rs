@@ -31,12 +31,14 @@ impl Sources {
     }
 }
 
-/// Audits each image; fails with [`Error::Leak`] if any secret was found.
+/// Audits each image; fails with [`Error::Leak`] if any secret was found,
+/// and with `strict`, with [`Error::Audit`] if anything was not searched.
 pub fn audit(
     config: &Config,
     images: &[String],
     sources: &Sources,
     shadowed: bool,
+    strict: bool,
 ) -> Result<(), Error> {
     let secrets = if shadowed && sources.is_empty() {
         Vec::new()
@@ -58,18 +60,24 @@ pub fn audit(
     let runtime = runtime()?;
     let hits = runtime.block_on(async {
         let engine = connect(config).await?;
-        let mut hits = 0;
+        let (mut hits, mut unsearched) = (0, 0);
         for image in images {
             let result = auditor::audit_image(&engine, image, Arc::clone(&scanner))
                 .await
                 .map_err(|e| Error::Audit(e.to_string()))?;
             hits += result.hits.len();
+            unsearched += result.not_searched.len();
             report(config.output.json, image, &result, &scanner, shadowed);
         }
-        Ok::<usize, Error>(hits)
+        Ok::<(usize, usize), Error>((hits, unsearched))
     })?;
+    let (hits, unsearched) = hits;
     if hits > 0 {
         Err(Error::Leak { hits })
+    } else if strict && unsearched > 0 {
+        Err(Error::Audit(format!(
+            "{unsearched} part(s) of the image(s) not searched (listed above); --strict makes that an error"
+        )))
     } else {
         Ok(())
     }
@@ -89,7 +97,9 @@ fn report(
             "image": image,
             "layers": result.layers,
             "bytes": result.bytes,
+            "nested": result.nested,
             "hits": result.hits,
+            "not_searched": result.not_searched,
             "shadowed": if shadowed { serde_json::to_value(result.shadowed()).unwrap_or_default() } else { serde_json::Value::Null },
         });
         print_stdout(&value.to_string());
@@ -97,6 +107,9 @@ fn report(
     }
     for hit in &result.hits {
         print_stdout(&hit.describe(image));
+    }
+    for skipped in &result.not_searched {
+        print_stdout(&skipped.describe(image));
     }
     if shadowed {
         for s in result.shadowed() {
@@ -107,10 +120,19 @@ fn report(
         }
     }
     if result.hits.is_empty() && !scanner.is_empty() {
+        let unsearched = if result.not_searched.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} part(s) not searched, listed above",
+                result.not_searched.len()
+            )
+        };
         print_stderr(&format!(
-            "{image}: no secret in {} layer(s) ({} read to their end) and the config",
+            "{image}: no secret in {} layer(s) ({} read to their end), {} nested file(s) and the config{unsearched}",
             result.layers,
-            human_size(i64::try_from(result.bytes).unwrap_or(i64::MAX))
+            human_size(i64::try_from(result.bytes).unwrap_or(i64::MAX)),
+            result.nested
         ));
     }
 }
@@ -161,12 +183,15 @@ fn secrets_of_build(config: &Config, file: &Path) -> Result<Vec<NamedSecret>, Er
         std::env::var_os(name)
     })
     .map_err(|e| Error::Usage(e.to_string()))?;
+    // Every step's values, named `step: type/name` as the build names
+    // them (the scanner merges the names of one value).
     let mut out: Vec<NamedSecret> = Vec::new();
     for step in store.steps() {
         for (key, secret) in store.of_step(step) {
-            if !out.iter().any(|(name, _)| *name == key.name) {
-                out.push((key.name.clone(), Zeroizing::new(secret.expose().to_vec())));
-            }
+            out.push((
+                format!("{step}: {}", key.path()),
+                Zeroizing::new(secret.expose().to_vec()),
+            ));
         }
     }
     Ok(out)

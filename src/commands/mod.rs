@@ -39,6 +39,7 @@ pub fn dispatch(command: Command, config: &Config) -> Result<(), Error> {
             secret_file,
             secret_env,
             shadowed,
+            strict,
         } => audit::audit(
             config,
             &images,
@@ -48,6 +49,7 @@ pub fn dispatch(command: Command, config: &Config) -> Result<(), Error> {
                 env: secret_env,
             },
             shadowed,
+            strict,
         ),
         Command::Prune { dry_run } => prune::prune(config, dry_run),
         Command::Squash {

@@ -66,7 +66,11 @@ pub enum Event<'a> {
         image: &'a str,
         layers: usize,
         bytes: u64,
+        /// Nested archives and compressed files opened and searched.
+        nested: usize,
         hits: serde_json::Value,
+        /// What was not searched, and why (a warning).
+        not_searched: serde_json::Value,
     },
     /// An image reached its registry under `name`: the digest the
     /// registry serves for it, and the manifest's size in bytes.
@@ -221,7 +225,9 @@ mod tests {
                 image: "i",
                 layers: 1,
                 bytes: 1,
+                nested: 0,
                 hits: serde_json::json!([]),
+                not_searched: serde_json::json!([]),
             },
             Event::ImagePushed {
                 step: "a",

@@ -56,18 +56,26 @@ impl Build {
             Severity::Info,
             label,
             &format!(
-                "audit: {} layer(s) ({} read to their end) and the config of `{image}` searched, {} secret occurrence(s)",
+                "audit: {} layer(s) ({} read to their end), {} nested file(s) and the config of `{image}` searched, {} secret occurrence(s)",
                 audit.layers,
                 human_size(i64::try_from(audit.bytes).unwrap_or(i64::MAX)),
+                audit.nested,
                 audit.hits.len()
             ),
         );
+        // What the audit could not open is named, never passed over.
+        for skipped in &audit.not_searched {
+            self.reporter
+                .step(Severity::Warning, label, &skipped.describe(image));
+        }
         self.reporter.event(Event::AuditFinished {
             step: label,
             image,
             layers: audit.layers,
             bytes: audit.bytes,
+            nested: audit.nested,
             hits: serde_json::to_value(&audit.hits).unwrap_or_default(),
+            not_searched: serde_json::to_value(&audit.not_searched).unwrap_or_default(),
         });
         let mut hits = Vec::new();
         for hit in &audit.hits {

@@ -266,11 +266,12 @@ fn scanner(runner: &Runner, store: &SecretStore) -> Option<Arc<Scanner>> {
     if runner.options.no_audit || store.is_empty() {
         return None;
     }
-    // Each secret once, named `type/name` (never by its value).
+    // Every value of every step, named `step: type/name` (never by its
+    // value); the scanner searches each value once, under all its names.
     let mut named: BTreeMap<String, Arc<crate::secrets::Secret>> = BTreeMap::new();
     for step in store.steps() {
         for (key, secret) in store.of_step(step) {
-            named.entry(key.path()).or_insert(secret);
+            named.insert(format!("{step}: {}", key.path()), secret);
         }
     }
     // `expose`: the audit searches the produced images for these

@@ -867,7 +867,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "a secret reached an image:\n  img/a: secret `env/key` (raw) in layer 0 (l0) at `/root/.ssh/id`\nfix: fetch, use and delete the secret in one RUN, or pass --no-audit to build anyway"
+            "a secret reached an image:\n  img/a: secret `a: env/key` (raw) in layer 0 (l0) at `/root/.ssh/id`\nfix: fetch, use and delete the secret in one RUN, or pass --no-audit to build anyway"
         );
         assert!(!err.to_string().contains("the-private-key-bytes"));
         assert!(engine.images().is_empty(), "the leaking image is removed");
