@@ -456,11 +456,6 @@ impl Scanner {
             _ => {}
         }
     }
-
-    /// The longest pattern, in bytes.
-    pub fn longest_pattern(&self) -> usize {
-        self.longest
-    }
 }
 
 /// One stream searched as it is fed, piece by piece.

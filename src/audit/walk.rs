@@ -362,7 +362,7 @@ impl Walk<'_> {
                 source.searching = true;
             }
         }
-        io::copy(&mut source, &mut io::sink())?;
+        drain(&mut source)?;
         let packed = std::mem::replace(&mut source.search, Search::new(self.scanner)).finish();
         let part = kind.map(|_| Part::Packed);
         for found in packed {
@@ -569,6 +569,25 @@ fn packing(head: &[u8]) -> Option<&'static str> {
         Some("tar")
     } else {
         None
+    }
+}
+
+/// Reads `r` to its end in large blocks (what passes is searched by the
+/// readers beneath).
+fn drain(r: &mut impl Read) -> io::Result<()> {
+    // Most files are small: a block on the stack first.
+    let mut small = [0u8; 8 << 10];
+    if read_full(r, &mut small)? < small.len() {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
