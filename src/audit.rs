@@ -420,6 +420,35 @@ impl Scanner {
         Ok((scan, summary))
     }
 
+    /// `text` with every searched form of a secret in it replaced by `***`:
+    /// a path or field name that holds a secret is printed without it.
+    pub fn redact(&self, text: &str) -> String {
+        if self.is_empty() {
+            return text.to_string();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in self.automaton.find_iter(text.as_bytes()) {
+            // Patterns may end inside a UTF-8 character: widen to whole
+            // characters.
+            let mut start = m.start();
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = m.end();
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            if start >= last {
+                out.push_str(&text[last..start]);
+                out.push_str("***");
+                last = end;
+            }
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+
     /// Searches every string (and key) of a JSON document; fields are
     /// named by their JSON path.
     pub fn scan_json(&self, value: &serde_json::Value) -> Vec<(String, Found)> {
@@ -442,6 +471,7 @@ impl Scanner {
             }
             serde_json::Value::Object(map) => {
                 for (key, item) in map {
+                    let key = self.redact(key);
                     let child = if path.is_empty() {
                         key.clone()
                     } else {

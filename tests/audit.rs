@@ -294,7 +294,8 @@ fn a_key_a_run_reshaped_is_found_and_its_armour_alone_is_not() {
             format!("{}\n", words.join(" ")),
             Some("its newlines as spaces"),
         ),
-        ("crlf", words.join("\r\n"), Some("with CRLF line endings")),
+        // Line breaks do not count: CRLF is the value itself.
+        ("crlf", words.join("\r\n"), Some("(raw) in layer")),
         ("line", format!("{}\n", body[2]), Some("line 3 of it alone")),
         // A key joined by spaces: the whole form is named, not the lines
         // inside it.

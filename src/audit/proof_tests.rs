@@ -411,3 +411,18 @@ fn a_secret_in_a_gzip_layer_blob_header_is_found() {
         );
     }
 }
+
+#[test]
+fn a_path_or_record_name_that_holds_a_secret_is_named_without_it() {
+    let (scanner, _) = Scanner::new([("t", &b"token-0123456789"[..])]);
+    assert_eq!(
+        scanner.redact("srv/token-0123456789/é.txt"),
+        "srv/***/é.txt"
+    );
+    let name = "keys/token-0123456789";
+    let audit = audit_archive(&scanner, saved(&[tar_of(&[(name, b"x")])]).as_slice()).unwrap();
+    let line = audit.hits[0].describe("img");
+    assert!(line.contains("at `/keys/***`"), "{line}");
+    assert!(!line.contains("0123456789"), "{line}");
+    assert!(!format!("{:?}", audit.layer_files).contains("0123456789"));
+}

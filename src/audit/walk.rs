@@ -227,7 +227,7 @@ impl Walk<'_> {
             b'K' => pending.link = Some(trimmed()),
             _ => {
                 for (key, value) in pax_records(&data)? {
-                    let name = String::from_utf8_lossy(key).into_owned();
+                    let name = self.scanner.redact(&String::from_utf8_lossy(key));
                     for part in [key, value] {
                         for found in self.scanner.scan_bytes(part) {
                             pending.records.push((name.clone(), found));
@@ -262,7 +262,8 @@ impl Walk<'_> {
         let link = pending
             .link
             .unwrap_or_else(|| nul_terminated(&block[157..257]).to_vec());
-        let path = String::from_utf8_lossy(&name).into_owned();
+        // A name that holds a secret is named without it.
+        let path = self.scanner.redact(&String::from_utf8_lossy(&name));
         let place = if top {
             Place {
                 path: path.clone(),
@@ -450,7 +451,7 @@ impl Walk<'_> {
             r.read_exact(&mut name)?;
             r.read_exact(&mut extra)?;
             let zip64 = zip64_sizes(&extra, &mut size, &mut packed);
-            let name = String::from_utf8_lossy(&name).into_owned();
+            let name = self.scanner.redact(&String::from_utf8_lossy(&name));
             let member = place.member("zip", &name);
             let described = flags & 8 != 0;
             if flags & 1 != 0 {
