@@ -10,6 +10,8 @@ mod architecture;
 mod artifacts;
 /// `habitus audit` on real images.
 mod audit;
+/// `habitus audit` on keys reshaped by the usual tools, nested archives, a zip bomb.
+mod audit_nested;
 /// End-to-end builds against the real daemon.
 mod build;
 /// `--builder buildkit`: chains, secret mounts, mixed builds, old daemons.
