@@ -191,9 +191,19 @@ fn keys_wrapped_compressed_zipped_or_tarred_by_the_usual_tools_are_found_at_ever
         );
     }
 
-    // The same tools' output of a different key: clean, archives opened.
+    // The same tools' output of a different key: clean, archives opened;
+    // also for another key of the same type, whose OpenSSH header line is
+    // the same.
+    let others = dir.path().join("others");
+    std::fs::create_dir(&others).unwrap();
+    let (rsa2, ed2) = (keygen(&others, "rsa"), keygen(&others, "ed25519"));
     let (rsa_image, ed_image) = (&images[0].1, &images[1].1);
-    for (image, other) in [(rsa_image, &ed25519), (ed_image, &rsa)] {
+    for (image, other) in [
+        (rsa_image, &ed25519),
+        (ed_image, &rsa),
+        (rsa_image, &rsa2),
+        (ed_image, &ed2),
+    ] {
         let out = audit(&[image, "--secret-file", other.to_str().unwrap()]);
         assert_eq!(
             out.code(),
