@@ -10,6 +10,8 @@ mod architecture;
 mod artifacts;
 /// `habitus audit` on real images.
 mod audit;
+/// `habitus audit` reads every byte that ships: past tar ends, gzip headers, every platform, in bounded memory.
+mod audit_bytes;
 /// `habitus audit` on keys reshaped by the usual tools, nested archives, a zip bomb.
 mod audit_nested;
 /// End-to-end builds against the real daemon.
