@@ -321,6 +321,69 @@ pub fn ssh_mounts(src: &str) -> Result<Vec<(usize, String)>, DockerfileError> {
         .collect())
 }
 
+/// The instruction that declares a variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableKind {
+    /// `ARG`: a build arg, recorded in the image history by the `RUN`s
+    /// that see it.
+    Arg,
+    /// `ENV`: a variable of the image config.
+    Env,
+}
+
+impl VariableKind {
+    /// `ARG` or `ENV`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            VariableKind::Arg => "ARG",
+            VariableKind::Env => "ENV",
+        }
+    }
+}
+
+/// A variable that an `ARG` or `ENV` instruction declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declaration {
+    /// The 1-based line the instruction starts on.
+    pub line: usize,
+    pub kind: VariableKind,
+    /// The name as written, quotes removed.
+    pub name: String,
+}
+
+/// Lists the variables the `ARG` and `ENV` instructions of `src` declare
+/// (`ARG A B=1`, `ENV A=1 B="x y"`, the old `ENV A value`), in file order;
+/// not those inside `ONBUILD`, nor names built from other variables.
+pub fn declarations(src: &str) -> Result<Vec<Declaration>, DockerfileError> {
+    let parsed = parse(src)?;
+    let mut out = Vec::new();
+    for instruction in &parsed.instructions {
+        let command = split_command(&instruction.text, parsed.escape);
+        let kind = if command.name.eq_ignore_ascii_case("arg") {
+            VariableKind::Arg
+        } else if command.name.eq_ignore_ascii_case("env") {
+            VariableKind::Env
+        } else {
+            continue;
+        };
+        let words = shell_words(&instruction.text[command.rest.clone()]);
+        // `ENV NAME value with spaces`: the first word alone is the name.
+        let legacy = kind == VariableKind::Env && words.first().is_some_and(|w| !w.contains('='));
+        let names = if legacy { &words[..1] } else { &words[..] };
+        for word in names {
+            let name = unquote(word.split_once('=').map_or(word, |(name, _)| name));
+            if !name.is_empty() && !name.contains('$') {
+                out.push(Declaration {
+                    line: instruction.line,
+                    kind,
+                    name,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The fields of one `--mount` value (keys lowercased, quotes removed).
 type MountFields = std::collections::HashMap<String, String>;
 

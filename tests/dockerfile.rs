@@ -571,3 +571,45 @@ fn fuzz_regression_whitespace_only_instruction() {
     }
     let _ = habitus::dockerfile::from_images(input);
 }
+
+/// The names `ARG` and `ENV` declare, with their line, in every form
+/// Docker reads; not those inside `ONBUILD`, nor computed names.
+#[test]
+fn arg_and_env_declarations() {
+    use habitus::dockerfile::{
+        declarations,
+        VariableKind::{Arg, Env},
+    };
+    let src = "\
+ARG BASE=busybox
+FROM $BASE
+arg A B=\"x y\" C
+ENV D=1 E=\"two words\" \\
+    F=3
+ENV G value with spaces
+# ENV H=comment
+ONBUILD ENV I=1
+ENV ${J}=1 'K'=2
+RUN echo ENV L=1
+";
+    let got: Vec<(usize, _, String)> = declarations(src)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.line, d.kind, d.name))
+        .collect();
+    let want = [
+        (1, Arg, "BASE"),
+        (3, Arg, "A"),
+        (3, Arg, "B"),
+        (3, Arg, "C"),
+        (4, Env, "D"),
+        (4, Env, "E"),
+        (4, Env, "F"),
+        (6, Env, "G"),
+        (9, Env, "K"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(line, kind, name)| (line, kind, name.to_string()))
+    );
+}

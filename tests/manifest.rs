@@ -1242,3 +1242,51 @@ fn errors_name_the_unset_variable_at_the_files_own_position() {
         "{text}"
     );
 }
+
+/// Where each build arg that takes `_env()` is written, and which
+/// variables it takes: what the warning about secrets in build args
+/// names. No value is kept.
+#[test]
+fn args_that_take_env_are_recorded_with_their_line_and_variables() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      args:
+        NPM_TOKEN: _env(NPM_TOKEN)
+        URL: \"https://_env(HOST)/_env(REPO)\"
+        VERSION: 1.2
+    other: { name: other, dockerfile: Dockerfile, args: { GH: _env(GH_PAT) } }
+";
+    let env = EnvSource::Given(BTreeMap::from([
+        ("NPM_TOKEN".to_owned(), "tok-value".to_owned()),
+        ("HOST".to_owned(), "example.com".to_owned()),
+        ("REPO".to_owned(), "r".to_owned()),
+        ("GH_PAT".to_owned(), "p".to_owned()),
+    ]));
+    let loaded = check_with(dir.path(), yml, &env, &providers()).expect("valid");
+    let found: Vec<(&str, &str, usize, Vec<&str>)> = loaded
+        .manifest
+        .steps
+        .iter()
+        .flat_map(|step| {
+            step.env_args.iter().map(|(name, arg)| {
+                let vars = arg.vars.iter().map(String::as_str).collect();
+                (step.label.as_str(), name.as_str(), arg.line, vars)
+            })
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("app", "NPM_TOKEN", 8, vec!["NPM_TOKEN"]),
+            ("app", "URL", 9, vec!["HOST", "REPO"]),
+            ("other", "GH", 11, vec!["GH_PAT"]),
+        ]
+    );
+    assert!(!format!("{:?}", loaded.manifest.steps[0].env_args).contains("tok-value"));
+}

@@ -140,6 +140,23 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, text[line_start..offset].chars().count() + 1)
 }
 
+/// The NAME of every `_env(NAME)` in `text`, in order, read as
+/// [`substitute_mapped`] reads them.
+pub(crate) fn names(text: &str) -> Vec<&str> {
+    const OPEN: &str = "_env(";
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(found) = rest.find(OPEN) {
+        rest = &rest[found + OPEN.len()..];
+        let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
+        if let Some(close) = line.find(')') {
+            names.push(&rest[..close]);
+            rest = &rest[close + 1..];
+        }
+    }
+    names
+}
+
 /// The substituted text grew beyond `limit` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TooLarge;
@@ -258,6 +275,14 @@ mod tests {
         let env = given(&[("ML", "a\nb")]);
         let (_, unset) = substitute("_env(ML)\n_env(X)\n", &env, 1000).unwrap();
         assert_eq!(unset[0].line, 2);
+    }
+
+    #[test]
+    fn names_are_read_as_substitution_reads_them() {
+        use super::names;
+        assert_eq!(names("\"_env(A)-_env(B_C)\""), ["A", "B_C"]);
+        assert_eq!(names("_env(A\n_env(B)"), ["B"]);
+        assert!(names("plain").is_empty());
     }
 
     #[test]

@@ -169,7 +169,35 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
         serde_yaml::from_str(&text).map_err(|e| in_file(yaml_error(e)))?;
     root.apply_merge().map_err(|e| in_file(yaml_error(e)))?;
     let index = Index::scan(&text);
-    validate::validate(&root, &index, opts, warnings).map_err(in_file)
+    let mut loaded = validate::validate(&root, &index, opts, warnings).map_err(in_file)?;
+    if src.contains("_env(") {
+        record_env_args(&mut loaded.manifest, src);
+    }
+    Ok(loaded)
+}
+
+/// Fills in each step's [`Step::env_args`]: the build args whose value,
+/// as written in `src` (the file before substitution), holds `_env()`.
+/// Args that a merge key (`<<: *defaults`) brings in are not written under
+/// the step, and are not found.
+fn record_env_args(manifest: &mut Manifest, src: &str) {
+    let written = Index::scan(src);
+    let steps = locate::key_path(&locate::key_path("", "build"), "steps");
+    for step in &mut manifest.steps {
+        let args = locate::key_path(&locate::key_path(&steps, &step.label), "args");
+        for name in step.args.keys() {
+            let path = locate::key_path(&args, name);
+            let Some(raw) = written.raw(&path) else {
+                continue;
+            };
+            let vars: Vec<String> = env::names(raw).into_iter().map(str::to_owned).collect();
+            if vars.is_empty() {
+                continue;
+            }
+            let line = written.locate(&path).map_or(0, |p| p.line);
+            step.env_args.insert(name.clone(), EnvArg { line, vars });
+        }
+    }
 }
 
 /// Adds to `d` which unset `_env()` variable emptied the value it is
@@ -279,6 +307,8 @@ pub struct Step {
     pub context: PathBuf,
     pub target: Option<String>,
     pub args: BTreeMap<String, String>,
+    /// The `args` whose value is written with `_env(NAME)`, and where.
+    pub env_args: BTreeMap<String, EnvArg>,
     pub no_cache: bool,
     pub artifacts: Vec<Artifact>,
     /// `cleanup.commands`.
@@ -321,6 +351,7 @@ impl Step {
             context,
             target: None,
             args: BTreeMap::new(),
+            env_args: BTreeMap::new(),
             no_cache: false,
             artifacts: Vec::new(),
             cleanup: Vec::new(),
@@ -350,6 +381,16 @@ impl Step {
             ..Step::blank(label.into(), "/nonexistent".into(), 0)
         }
     }
+}
+
+/// A build arg of `args:` whose value build.yml writes with `_env(NAME)`.
+/// Holds no value, only where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvArg {
+    /// 1-based line of the arg in build.yml (0 if unknown).
+    pub line: usize,
+    /// The NAME of each `_env(NAME)` in the value, in order.
+    pub vars: Vec<String>,
 }
 
 /// `artifacts:` entry: `/src` or `/src:dest`.
