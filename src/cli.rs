@@ -39,7 +39,12 @@ pub enum Command {
     /// Build every step of build.yml (the default).
     Build,
     /// Validate build.yml and print the plan; needs no Docker daemon.
-    Check,
+    Check {
+        /// Fail on build args and `ENV` that look like secrets (and would
+        /// be stored in the image) instead of warning about them.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Print the build plan as text, JSON, Graphviz dot or Mermaid.
     Plan {
         /// Output format.

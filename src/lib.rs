@@ -19,6 +19,7 @@ pub mod context;
 pub mod dockerfile;
 pub mod engine;
 mod error;
+pub mod exposure;
 pub mod layer;
 pub mod manifest;
 pub mod model;

@@ -133,6 +133,12 @@ fn parts_know_only_what_is_below_them() {
                 "runner", "secrets", "cli", "commands", "progress", "config", "manifest",
             ],
         ),
+        (
+            "exposure",
+            &[
+                "engine", "runner", "secrets", "cli", "commands", "progress", "config",
+            ],
+        ),
         ("runner", &["cli", "commands"]),
         ("config", &["runner", "commands", "progress"]),
     ];

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, Habitus, Output,
+    base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, unique,
+    Habitus, Output,
 };
 
 /// Removes images by id when dropped.
@@ -277,6 +278,76 @@ RUN exit 1
     assert!(files.contains(&"kept.txt"), "{files:?}");
     assert!(!files.contains(&"secret.log"), "{files:?}");
     assert!(!files.contains(&"outside.txt"), "{files:?}");
+}
+
+/// A build warns as it starts, once, about a build arg that passes a
+/// secret from the environment and about the `ARG` that receives it; the
+/// image history then holds the value, as the warning says.
+#[test]
+fn a_secret_passed_as_a_build_arg_is_warned_about_once_as_the_build_starts() {
+    let (h, c) = project(
+        "exposed",
+        "build:
+  version: 2016-03-14
+  steps:
+    base:
+      name: hb/exposed-base
+      dockerfile: Dockerfile.base
+    app:
+      name: hb/exposed
+      dockerfile: Dockerfile
+      depends_on: [base]
+      args:
+        NPM_TOKEN: _env(NPM_TOKEN)
+        VERSION: _env(VERSION)
+",
+    );
+    let value = unique("npm-token-value");
+    let h = h
+        .file("Dockerfile.base", from_base("RUN true\n"))
+        .file(
+            "Dockerfile",
+            "FROM hb/exposed-base\nARG NPM_TOKEN\nARG VERSION\nRUN echo built\n",
+        )
+        .env("NPM_TOKEN", &value)
+        .env("VERSION", "1.0");
+    let out = h.run();
+    out.assert_success();
+    let fix = "declare it under `secrets:` and fetch it from the secrets server, or mount it with BuildKit (`RUN --mount=type=secret`)";
+    let warnings = [
+        format!(
+            "warning: {}:12: step `app`: build arg `NPM_TOKEN` takes `_env(NPM_TOKEN)`: build args are stored in the image history; {fix}",
+            h.dir().join("build.yml").display()
+        ),
+        format!(
+            "warning: {}:2: step `app`: `ARG NPM_TOKEN` looks like a secret: build args are stored in the image history; {fix}",
+            h.dir().join("Dockerfile").display()
+        ),
+    ];
+    let first_step = out.stderr.find(" | Step 1/").expect("step output");
+    for warning in &warnings {
+        assert_eq!(
+            out.stderr.matches(warning.as_str()).count(),
+            1,
+            "{warning}\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.find(warning.as_str()) < Some(first_step),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(out.stderr.matches("warning: ").count(), 2, "{}", out.stderr);
+    assert!(!out.stderr.contains(&value), "{}", out.stderr);
+    let history = docker(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        &format!("hb/exposed-{}", c.uid()),
+    ]);
+    assert!(history.contains(&format!("NPM_TOKEN={value}")), "{history}");
 }
 
 #[test]

@@ -1290,3 +1290,103 @@ build:
     );
     assert!(!format!("{:?}", loaded.manifest.steps[0].env_args).contains("tok-value"));
 }
+
+const EXPOSING_YML: &str = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      args:
+        VERSION: _env(VERSION)
+        NPM_TOKEN: _env(NPM_TOKEN)
+";
+
+const EXPOSING_DOCKERFILE: &str = "\
+FROM scratch
+ARG VERSION
+ARG PUBLIC_KEY_URL
+ARG GITHUB_TOKEN
+ENV DB_PASSWORD=hunter2 \\
+    MODE=prod
+";
+
+/// The warnings `habitus check` prints for `project`, each with its
+/// position and step, and the fix.
+fn exposure_warnings(dir: &Path) -> [String; 3] {
+    let fix = "declare it under `secrets:` and fetch it from the secrets server, or mount it with BuildKit (`RUN --mount=type=secret`)";
+    let yml = dir.join("build.yml");
+    let dockerfile = dir.join("Dockerfile");
+    [
+        format!("warning: {}:9: step `app`: build arg `NPM_TOKEN` takes `_env(NPM_TOKEN)`: build args are stored in the image history; {fix}", yml.display()),
+        format!("warning: {}:4: step `app`: `ARG GITHUB_TOKEN` looks like a secret: build args are stored in the image history; {fix}", dockerfile.display()),
+        format!("warning: {}:5: step `app`: `ENV DB_PASSWORD` looks like a secret: `ENV` variables are stored in the image config; {fix}", dockerfile.display()),
+    ]
+}
+
+/// `habitus check` warns about build args and `ENV` that look like
+/// secrets, naming file:line, step and fix; ordinary names (`VERSION`) and
+/// allowed ones (`PUBLIC_KEY_URL`) pass, and so does the check.
+#[test]
+fn check_warns_about_secrets_passed_as_build_args_or_env() {
+    let h = crate::common::Habitus::new()
+        .file("build.yml", EXPOSING_YML)
+        .file("Dockerfile", EXPOSING_DOCKERFILE)
+        .env("NPM_TOKEN", "npm-value-never-printed")
+        .env("VERSION", "1.0")
+        .arg("check");
+    let out = h.run();
+    out.assert_success();
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings, exposure_warnings(h.dir()), "{}", out.stderr);
+    assert!(!out.stderr.contains("npm-value-never-printed"));
+    assert!(!out.stderr.contains("hunter2"));
+    assert!(out.stdout.contains("app"), "{}", out.stdout);
+}
+
+/// `--strict` (or Go's `-strict`) turns those warnings into errors: exit
+/// 1, each error with its help, and no plan.
+#[test]
+fn check_strict_fails_on_secrets_passed_as_build_args_or_env() {
+    for flag in ["--strict", "-strict"] {
+        let h = crate::common::Habitus::new()
+            .file("build.yml", EXPOSING_YML)
+            .file("Dockerfile", EXPOSING_DOCKERFILE)
+            .env("NPM_TOKEN", "x")
+            .env("VERSION", "1.0")
+            .args(["check", flag]);
+        let out = h.run();
+        assert_eq!(out.code(), Some(1), "{flag}: {out:?}");
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+        let [args, arg, env] = exposure_warnings(h.dir());
+        for warning in [args, arg, env] {
+            let (message, fix) = warning.rsplit_once("; ").unwrap();
+            let error = format!(
+                "{}\n  help: {fix}",
+                message.replacen("warning: ", "error: ", 1)
+            );
+            assert!(
+                out.stderr.contains(&error),
+                "{flag}: {error}\n{}",
+                out.stderr
+            );
+        }
+    }
+    // Nothing to refuse: --strict passes.
+    let out = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: app\n      dockerfile: Dockerfile\n      args: { VERSION: _env(VERSION) }\n",
+        )
+        .file("Dockerfile", "FROM scratch\nARG VERSION\nARG PUBLIC_KEY_URL\nARG HABITUS_TOKEN\n")
+        .env("VERSION", "1.0")
+        .args(["check", "--strict"])
+        .run();
+    out.assert_success();
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}

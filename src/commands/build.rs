@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{connect, load, runtime};
+use super::{connect, exposures, load, runtime};
 use crate::config::Config;
 use crate::engine::docker::DockerEngine;
 use crate::engine::Engine;
@@ -70,6 +70,9 @@ pub async fn build_in(
     signal: Arc<Mutex<Option<Signal>>>,
 ) -> Result<(), Error> {
     let Loaded { manifest, plan, .. } = load(config)?;
+    for exposure in exposures(&manifest) {
+        reporter.message(Severity::Warning, &exposure.to_string());
+    }
     // Secrets are resolved before anything else happens: a missing one
     // stops the build before the daemon is even contacted.
     let prepared = runner::secrets::prepare(

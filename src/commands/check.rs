@@ -1,33 +1,36 @@
 //! `habitus check` and `habitus plan`: build.yml and the Dockerfiles'
-//! mounts checked, the plan printed; no daemon involved.
+//! mounts checked, secrets passed as build args or `ENV` warned about, the
+//! plan printed; no daemon involved.
 
-use super::load;
+use super::{load, read_dockerfile};
 use crate::cli::PlanFormat;
 use crate::config::Config;
 use crate::error::Error;
-use crate::manifest::Loaded;
-use crate::progress::print_stdout;
-use crate::runner::{self, BuildError};
-use crate::{render, workpath};
+use crate::exposure::{self, Exposure};
+use crate::manifest::{Diagnostics, Loaded};
+use crate::progress::{print_stderr, print_stdout};
+use crate::render;
+use crate::runner;
 
 /// `habitus check`: what a build would refuse before contacting the
-/// daemon, then the plan.
-pub fn check(config: &Config) -> Result<(), Error> {
+/// daemon, and the build args and `ENV` it would store in its images that
+/// look like secrets (refused too when `strict`), then the plan.
+pub fn check(config: &Config, strict: bool) -> Result<(), Error> {
     let Loaded { manifest, plan, .. } = load(config)?;
-    // Secret and SSH mounts a step is not entitled to.
+    let mut exposures = Vec::new();
     for step in &manifest.steps {
-        let text = workpath::confine(&manifest.workdir, &step.dockerfile_path)
-            .and_then(std::fs::read_to_string)
-            .map_err(|e| {
-                Error::from(BuildError::Dockerfile {
-                    step: step.label.clone(),
-                    dockerfile: step.dockerfile_path.clone(),
-                    message: e.to_string(),
-                    hint: None,
-                })
-            })?;
+        let text = read_dockerfile(&manifest, step)?;
+        // Secret and SSH mounts a step is not entitled to.
         let builder = step.builder.unwrap_or(config.build.builder);
         runner::check_mounts(step, builder, &text)?;
+        exposures.extend(exposure::in_step(&manifest.file, step, Some(&text)));
+    }
+    if strict && !exposures.is_empty() {
+        let errors = exposures.iter().map(Exposure::diagnostic).collect();
+        return Err(Error::Manifest(Diagnostics(errors)));
+    }
+    for exposure in &exposures {
+        print_stderr(&format!("warning: {exposure}"));
     }
     print_stdout(&render::text(&manifest, &plan));
     Ok(())

@@ -17,14 +17,17 @@ use crate::config::Config;
 use crate::engine::docker::DockerEngine;
 use crate::engine::EngineError;
 use crate::error::Error;
-use crate::manifest::{self, LoadOptions, Loaded};
+use crate::exposure::{self, Exposure};
+use crate::manifest::{self, LoadOptions, Loaded, Manifest, Step};
 use crate::progress;
+use crate::runner::BuildError;
+use crate::workpath;
 
 /// Runs `command` with `config`.
 pub fn dispatch(command: Command, config: &Config) -> Result<(), Error> {
     match command {
         Command::Version { verbose } => info::version(config, verbose),
-        Command::Check => check::check(config),
+        Command::Check { strict } => check::check(config, strict),
         Command::Plan { format } => check::plan(config, format),
         Command::Build => build::build(config),
         Command::Serve {
@@ -74,6 +77,31 @@ fn load(config: &Config) -> Result<Loaded, Error> {
         progress::print_stderr(&format!("warning: {warning}"));
     }
     Ok(loaded)
+}
+
+/// The text of `step`'s Dockerfile, read only inside the work directory.
+fn read_dockerfile(manifest: &Manifest, step: &Step) -> Result<String, BuildError> {
+    workpath::confine(&manifest.workdir, &step.dockerfile_path)
+        .and_then(std::fs::read_to_string)
+        .map_err(|e| BuildError::Dockerfile {
+            step: step.label.clone(),
+            dockerfile: step.dockerfile_path.clone(),
+            message: e.to_string(),
+            hint: None,
+        })
+}
+
+/// The build args and `ENV` of every step that look like secrets. A
+/// Dockerfile that cannot be read is left to its step to report.
+fn exposures(manifest: &Manifest) -> Vec<Exposure> {
+    manifest
+        .steps
+        .iter()
+        .flat_map(|step| {
+            let text = read_dockerfile(manifest, step).ok();
+            exposure::in_step(&manifest.file, step, text.as_deref())
+        })
+        .collect()
 }
 
 /// The async runtime for one command.

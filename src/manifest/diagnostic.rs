@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// One problem in a build.yml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
-    /// The build.yml as the user gave it.
+    /// The build.yml as the user gave it (or, for what a step's
+    /// Dockerfile declares, that Dockerfile).
     pub file: PathBuf,
     /// 1-based line, if known.
     pub line: Option<usize>,
