@@ -25,6 +25,9 @@ pub struct Rewritten {
     /// The step image names (keys of the map given to [`rewrite`]) that the
     /// Dockerfile refers to, each once, in order of first use.
     pub references: Vec<String>,
+    /// The 1-based line of the instruction that first uses each of
+    /// `references`, in the same order.
+    pub lines: Vec<usize>,
 }
 
 /// One `FROM` instruction.
@@ -154,6 +157,7 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
         .collect();
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     let mut references: Vec<String> = Vec::new();
+    let mut lines: Vec<usize> = Vec::new();
     let mut use_image = |reference: &str, raw: &Instruction, range: Range<usize>| {
         if reference.contains('$') {
             return;
@@ -162,6 +166,7 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
             raw.replace(range, unique, &mut edits);
             if !references.contains(key) {
                 references.push(key.clone());
+                lines.push(raw.line);
             }
         }
     };
@@ -219,7 +224,11 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
         done = range.end;
     }
     text.push_str(&src[done..]);
-    Ok(Rewritten { text, references })
+    Ok(Rewritten {
+        text,
+        references,
+        lines,
+    })
 }
 
 /// Whether a Dockerfile can be appended to others in one file: it has no

@@ -816,3 +816,67 @@ fn terminal_view_shows_a_line_per_step() {
     // No colour with NO_COLOR.
     assert!(!screen.contains("\u{1b}[32m"), "{screen}");
 }
+
+#[test]
+fn a_step_using_another_steps_image_without_depends_on_waits_for_it() {
+    unsaid_dependency("unsaid", "legacy");
+}
+
+#[test]
+fn a_step_using_another_steps_image_without_depends_on_waits_for_it_with_buildkit() {
+    unsaid_dependency("bk-unsaid", "buildkit");
+}
+
+/// `app` builds `FROM` the image of `base`, listed after it and without
+/// `depends_on`, while a stale image of `base`'s name is present: `app` is
+/// built from the fresh one and the output names the inferred dependency.
+fn unsaid_dependency(prefix: &str, builder: &str) {
+    let (h, c) = project(
+        prefix,
+        "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/unsaid-app
+      dockerfile: Dockerfile.app
+    base:
+      name: hb/unsaid-base
+      dockerfile: Dockerfile.base
+",
+    );
+    let uid = c.uid().to_owned();
+    let stale = tempfile::tempdir().unwrap();
+    std::fs::write(
+        stale.path().join("Dockerfile"),
+        from_base(&format!(
+            "LABEL habitus.uid={uid}\nRUN echo stale > /marker\n"
+        )),
+    )
+    .unwrap();
+    let stale_tag = format!("hb/unsaid-base-{uid}");
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &stale_tag,
+        stale.path().to_str().unwrap(),
+    ]);
+    let h = h
+        .args(["--builder", builder])
+        .file(
+            "Dockerfile.base",
+            from_base("RUN sleep 2 && echo fresh > /marker\n"),
+        )
+        .file(
+            "Dockerfile.app",
+            "FROM hb/unsaid-base\nRUN cat /marker > /seen\n",
+        );
+    let out = h.run();
+    out.assert_success();
+    assert_eq!(
+        read_in_image(&format!("hb/unsaid-app-{uid}"), "/seen"),
+        "fresh\n"
+    );
+    let notice = "step `app` uses the image of step `base` (Dockerfile line 1): built after it; add `depends_on: [base]` to say so";
+    assert_eq!(out.stderr.matches(notice).count(), 1, "{}", out.stderr);
+}

@@ -306,3 +306,151 @@ fn deep_chain_plans_in_linear_time() {
     assert_eq!(labels(&plan, &plan.order()[..3]), ["s0", "s1", "s2"]);
     assert_eq!(labels(&plan, plan.leaves()), [format!("s{}", n - 1)]);
 }
+
+/// Two steps where `app` builds `FROM` the image of `base` without
+/// `depends_on`, and whatever else `app`'s Dockerfile says.
+const UNSAID_YML: &str = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/unsaid-app
+      dockerfile: Dockerfile.app
+    base:
+      name: hb/unsaid-base
+      dockerfile: Dockerfile.base
+";
+
+const UNSAID_NOTICE: &str = "warning: step `app` uses the image of step `base` (Dockerfile line 1): built after it; add `depends_on: [base]` to say so";
+
+fn unsaid(app: &str) -> crate::common::Habitus {
+    crate::common::Habitus::new()
+        .file("build.yml", UNSAID_YML)
+        .file("Dockerfile.base", "FROM scratch\n")
+        .file("Dockerfile.app", app)
+}
+
+#[test]
+fn a_step_using_another_steps_image_is_planned_after_it_and_told_once() {
+    let h = unsaid("FROM hb/unsaid-base\nCOPY --from=hb/unsaid-base:latest / /\n");
+    let out = h.arg("check").run();
+    out.assert_success();
+    assert_eq!(
+        out.stderr.matches(UNSAID_NOTICE).count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("level 1\n  app "), "{}", out.stdout);
+    assert!(out.stdout.contains("<- base"), "{}", out.stdout);
+
+    let out = unsaid("FROM hb/unsaid-base\n")
+        .args(["plan", "--format", "json"])
+        .run();
+    out.assert_success();
+    assert_eq!(
+        out.stderr.matches(UNSAID_NOTICE).count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(plan["order"], serde_json::json!(["base", "app"]), "{plan}");
+}
+
+#[test]
+fn copy_from_and_mount_from_are_uses_of_an_image_too() {
+    let out = unsaid("FROM scratch\n\n\nCOPY --from=hb/unsaid-base /a /a\n")
+        .arg("check")
+        .run();
+    out.assert_success();
+    assert!(
+        out.stderr
+            .contains("step `app` uses the image of step `base` (Dockerfile line 4)"),
+        "{}",
+        out.stderr
+    );
+    let out = unsaid("FROM scratch\nRUN --mount=type=bind,from=hb/unsaid-base,target=/b true\n")
+        .arg("check")
+        .run();
+    out.assert_success();
+    assert!(
+        out.stderr
+            .contains("step `app` uses the image of step `base` (Dockerfile line 2)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_use_that_depends_on_already_orders_says_nothing() {
+    let yml = UNSAID_YML.replace(
+        "dockerfile: Dockerfile.app\n",
+        "dockerfile: Dockerfile.app\n      depends_on: [mid]\n    mid:\n      name: hb/unsaid-mid\n      dockerfile: Dockerfile.mid\n      depends_on: [base]\n",
+    );
+    let out = unsaid("FROM hb/unsaid-base\n")
+        .file("build.yml", yml)
+        .file("Dockerfile.mid", "FROM hb/unsaid-base\n")
+        .arg("check")
+        .run();
+    out.assert_success();
+    assert!(!out.stderr.contains("uses the image"), "{}", out.stderr);
+}
+
+#[test]
+fn a_stage_index_or_the_steps_own_name_is_no_use_of_another_step() {
+    let out = unsaid(
+        "FROM scratch AS unsaid\nFROM hb/unsaid-app\nCOPY --from=0 / /\nCOPY --from=unsaid / /\n",
+    )
+    .arg("check")
+    .run();
+    out.assert_success();
+    assert!(!out.stderr.contains("uses the image"), "{}", out.stderr);
+}
+
+#[test]
+fn check_strict_refuses_a_use_without_depends_on() {
+    let out = unsaid("FROM hb/unsaid-base\n")
+        .args(["check", "--strict"])
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "build.yml:4: step `app`: the Dockerfile uses the image of step `base` (line 1) but `depends_on` does not name it\n  help: add `depends_on: [base]`"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_use_that_closes_a_loop_is_an_error_naming_it() {
+    let yml = UNSAID_YML.replace(
+        "dockerfile: Dockerfile.base\n",
+        "dockerfile: Dockerfile.base\n      depends_on: [app]\n",
+    );
+    let out = unsaid("# the base image\nFROM hb/unsaid-base\n")
+        .file("build.yml", yml)
+        .arg("check")
+        .run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "build.yml:6:19: step `app`: circular dependency `app -> base -> app`\n  help: step `app` uses the image of step `base` (Dockerfile line 2): remove that use or one of these `depends_on` entries"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn is_after_follows_dependencies_through_other_steps() {
+    let nodes = nodes(&[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &[])]);
+    let plan = Plan::new(&nodes).unwrap();
+    let at = |label: &str| plan.index_of(label).unwrap();
+    assert!(plan.is_after(at("c"), at("a")));
+    assert!(plan.is_after(at("b"), at("a")));
+    assert!(!plan.is_after(at("a"), at("c")));
+    assert!(!plan.is_after(at("d"), at("a")));
+    assert!(!plan.is_after(at("a"), at("a")));
+}

@@ -70,6 +70,9 @@ pub async fn build_in(
     signal: Arc<Mutex<Option<Signal>>>,
 ) -> Result<(), Error> {
     let Loaded { manifest, plan, .. } = load(config)?;
+    for notice in manifest.steps.iter().flat_map(|s| s.inferred_notices()) {
+        reporter.message(Severity::Warning, &notice);
+    }
     for exposure in exposures(&manifest) {
         reporter.message(Severity::Warning, &exposure.to_string());
     }

@@ -7,14 +7,15 @@ use crate::cli::PlanFormat;
 use crate::config::Config;
 use crate::error::Error;
 use crate::exposure::{self, Exposure};
-use crate::manifest::{Diagnostics, Loaded};
+use crate::manifest::{Diagnostics, Loaded, Manifest};
 use crate::progress::{print_stderr, print_stdout};
 use crate::render;
 use crate::runner;
 
 /// `habitus check`: what a build would refuse before contacting the
 /// daemon, and the build args and `ENV` it would store in its images that
-/// look like secrets (refused too when `strict`), then the plan.
+/// look like secrets and the steps ordered only by the images their
+/// Dockerfiles use (both refused when `strict`), then the plan.
 pub fn check(config: &Config, strict: bool) -> Result<(), Error> {
     let Loaded { manifest, plan, .. } = load(config)?;
     let mut exposures = Vec::new();
@@ -25,10 +26,17 @@ pub fn check(config: &Config, strict: bool) -> Result<(), Error> {
         runner::check_mounts(step, builder, &text)?;
         exposures.extend(exposure::in_step(&manifest.file, step, Some(&text)));
     }
-    if strict && !exposures.is_empty() {
-        let errors = exposures.iter().map(Exposure::diagnostic).collect();
+    let inferred = manifest.steps.iter().any(|s| !s.inferred.is_empty());
+    if strict && (inferred || !exposures.is_empty()) {
+        let mut errors: Vec<_> = manifest
+            .steps
+            .iter()
+            .flat_map(|s| s.inferred_diagnostics(&manifest.file))
+            .collect();
+        errors.extend(exposures.iter().map(Exposure::diagnostic));
         return Err(Error::Manifest(Diagnostics(errors)));
     }
+    print_inferred(&manifest);
     for exposure in &exposures {
         print_stderr(&format!("warning: {exposure}"));
     }
@@ -36,9 +44,20 @@ pub fn check(config: &Config, strict: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// Says on stderr which steps are ordered by the images their
+/// Dockerfiles use rather than by `depends_on`.
+fn print_inferred(manifest: &Manifest) {
+    for step in &manifest.steps {
+        for notice in step.inferred_notices() {
+            print_stderr(&format!("warning: {notice}"));
+        }
+    }
+}
+
 /// `habitus plan [--format F]`.
 pub fn plan(config: &Config, format: PlanFormat) -> Result<(), Error> {
     let Loaded { manifest, plan, .. } = load(config)?;
+    print_inferred(&manifest);
     let m = &manifest;
     let text = match format {
         PlanFormat::Text => render::text(m, &plan),

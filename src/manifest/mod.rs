@@ -13,6 +13,7 @@
 
 mod diagnostic;
 mod env;
+mod infer;
 mod locate;
 mod validate;
 
@@ -317,6 +318,10 @@ pub struct Step {
     pub command: Option<String>,
     pub after_build_command: Option<String>,
     pub depends_on: Vec<String>,
+    /// The steps whose image this step's Dockerfile uses while
+    /// `depends_on` does not order them before it: built before it all
+    /// the same. In file order of first use.
+    pub inferred: Vec<InferredDependency>,
     /// Our addition: keep this step's image after the build.
     pub keep: bool,
     /// Our addition: the builder of this step (`None`: `--builder`).
@@ -359,6 +364,7 @@ impl Step {
             command: None,
             after_build_command: None,
             depends_on: Vec::new(),
+            inferred: Vec::new(),
             keep: false,
             builder: None,
             ssh: false,
@@ -380,6 +386,53 @@ impl Step {
             dockerfile_path: "/nonexistent/Dockerfile".into(),
             ..Step::blank(label.into(), "/nonexistent".into(), 0)
         }
+    }
+}
+
+/// A step whose image a Dockerfile uses (`FROM`, `COPY --from=`, `RUN
+/// --mount=…,from=`) without `depends_on` saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferredDependency {
+    /// The label of the step whose image is used.
+    pub step: String,
+    /// The 1-based Dockerfile line of the first use.
+    pub line: usize,
+}
+
+impl Step {
+    /// One line per inferred dependency, for `habitus check`, `plan` and
+    /// the start of a build: ``step `app` uses the image of step `base`
+    /// (Dockerfile line 1): built after it; add `depends_on: [base]` to
+    /// say so``.
+    pub fn inferred_notices(&self) -> Vec<String> {
+        self.inferred
+            .iter()
+            .map(|d| {
+                format!(
+                    "step `{}` uses the image of step `{}` (Dockerfile line {}): built after it; add `depends_on: [{}]` to say so",
+                    self.label, d.step, d.line, d.step
+                )
+            })
+            .collect()
+    }
+
+    /// The inferred dependencies as errors (`habitus check --strict`),
+    /// at the step in `build_yml`.
+    pub fn inferred_diagnostics(&self, build_yml: &Path) -> Vec<Diagnostic> {
+        self.inferred
+            .iter()
+            .map(|d| Diagnostic {
+                file: build_yml.to_path_buf(),
+                line: (self.line > 0).then_some(self.line),
+                column: None,
+                step: Some(self.label.clone()),
+                message: format!(
+                    "the Dockerfile uses the image of step `{}` (line {}) but `depends_on` does not name it",
+                    d.step, d.line
+                ),
+                help: Some(format!("add `depends_on: [{}]`", d.step)),
+            })
+            .collect()
     }
 }
 

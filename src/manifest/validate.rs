@@ -335,10 +335,10 @@ impl Checker<'_> {
             drafts.push(self.step(label, path, value, &rules));
         }
         self.unique_names(&drafts);
-        self.dependencies(&drafts);
         if workdir_ok {
             self.all_paths(&mut drafts, &workdir);
         }
+        self.dependencies(&mut drafts, &workdir);
         Some(Manifest {
             file: opts.file.to_path_buf(),
             workdir,
@@ -1128,13 +1128,44 @@ impl Checker<'_> {
     }
 
     /// Checks the dependency graph: unique labels, known `depends_on`
-    /// entries, then (if the labels are unique) no loops.
-    fn dependencies(&mut self, drafts: &[Draft]) {
-        let (labels, duplicates) = self.labels(drafts);
-        let nodes = self.known_dependencies(drafts, &labels);
-        if !duplicates {
+    /// entries, then (if the labels are unique) no loops. Once
+    /// `depends_on` forms a plan, a step whose Dockerfile uses another
+    /// step's image that the plan does not build before it gets that
+    /// step as an inferred dependency, and the plan is checked again.
+    fn dependencies(&mut self, drafts: &mut [Draft], workdir: &Path) {
+        let mut nodes = {
+            let (labels, duplicates) = self.labels(drafts);
+            let nodes = self.known_dependencies(drafts, &labels);
+            if duplicates {
+                return;
+            }
             self.cycles(drafts, &labels, &nodes);
+            nodes
+        };
+        let Some(plan) = self.plan.take() else {
+            return;
+        };
+        let steps: Vec<Step> = drafts.iter().map(|d| d.step.clone()).collect();
+        let uses = super::infer::image_uses(&steps, workdir);
+        let mut inferred = false;
+        for (i, uses) in uses.into_iter().enumerate() {
+            for used in uses {
+                let ordered = plan
+                    .index_of(&used.step)
+                    .is_some_and(|d| plan.is_after(i, d));
+                if !ordered {
+                    nodes[i].1.push(used.step.clone());
+                    drafts[i].step.inferred.push(used);
+                    inferred = true;
+                }
+            }
         }
+        if !inferred {
+            self.plan = Some(plan);
+            return;
+        }
+        let (labels, _) = self.labels(drafts);
+        self.cycles(drafts, &labels, &nodes);
     }
 
     /// Each label's index in `drafts`, and whether one is used twice
@@ -1213,16 +1244,20 @@ impl Checker<'_> {
             else {
                 continue;
             };
-            // Point at the entry that closes the loop's first edge.
-            let at = path
-                .get(1)
-                .and_then(|next| draft.deps.iter().find(|(dep, _)| dep == next))
-                .map_or(draft.path.as_str(), |(_, p)| p.as_str());
+            // Point at the entry that closes the loop's first edge, or
+            // at `dockerfile` when the Dockerfile's use of an image does.
+            let next = path.get(1);
+            let at = match next.and_then(|next| draft.deps.iter().find(|(dep, _)| dep == next)) {
+                Some((_, p)) => p.clone(),
+                None if next.is_some() => key_path(&draft.path, "dockerfile"),
+                None => draft.path.clone(),
+            };
+            let help = cycle_help(drafts, labels, &path);
             self.at_value(
-                at,
+                &at,
                 Some(&draft.step.label),
                 format!("circular dependency `{}`", path.join(" -> ")),
-                Some("remove one of these `depends_on` entries".into()),
+                Some(help),
             );
         }
     }
@@ -1407,6 +1442,30 @@ impl Checker<'_> {
 }
 
 /// The help for a file without a proper `build` mapping.
+/// How to break the loop `path`: remove a `depends_on` entry, or a
+/// Dockerfile's use of another step's image, named with its line.
+fn cycle_help(drafts: &[Draft], labels: &HashMap<&str, usize>, path: &[String]) -> String {
+    let uses: Vec<String> = path
+        .windows(2)
+        .filter_map(|edge| {
+            let draft = &drafts[*labels.get(edge[0].as_str())?];
+            let used = draft.step.inferred.iter().find(|d| d.step == edge[1])?;
+            Some(format!(
+                "step `{}` uses the image of step `{}` (Dockerfile line {})",
+                edge[0], edge[1], used.line
+            ))
+        })
+        .collect();
+    if uses.is_empty() {
+        "remove one of these `depends_on` entries".into()
+    } else {
+        format!(
+            "{}: remove that use or one of these `depends_on` entries",
+            uses.join("; ")
+        )
+    }
+}
+
 fn build_help() -> Option<String> {
     Some("a build.yml starts with `build:`, holding `version:` and `steps:`".to_owned())
 }

@@ -172,6 +172,24 @@ impl Plan {
     pub fn is_leaf(&self, i: usize) -> bool {
         self.dependents.of(i).is_empty()
     }
+    /// True if step `i` depends on step `d`, directly or through others,
+    /// so the plan builds `d` before `i`.
+    pub fn is_after(&self, i: usize, d: usize) -> bool {
+        let mut seen = vec![false; self.len()];
+        let mut stack = vec![i];
+        while let Some(next) = stack.pop() {
+            for &dep in self.deps.of(next) {
+                if dep == d {
+                    return true;
+                }
+                if !seen[dep] {
+                    seen[dep] = true;
+                    stack.push(dep);
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Edge lists of all steps in one allocation: the edges of step `i` are

@@ -185,26 +185,29 @@ impl Runner {
         self.plan.len()
     }
 
-    /// `(label, depends_on)` of every step, in file order.
+    /// `(label, dependencies)` of every step, in file order: its
+    /// `depends_on`, then the steps whose image its Dockerfile uses.
     pub fn steps(&self) -> Vec<(String, Vec<String>)> {
-        self.manifest
-            .steps
-            .iter()
-            .map(|s| (s.label.clone(), s.depends_on.clone()))
+        (0..self.manifest.steps.len())
+            .map(|i| self.step_dependencies(i))
             .collect()
     }
 
-    /// `(label, depends_on)` of every step, in the plan's order (the
+    /// `(label, dependencies)` of every step, in the plan's order (the
     /// order the terminal shows them in).
     pub fn steps_in_plan_order(&self) -> Vec<(String, Vec<String>)> {
         self.plan
             .order()
             .iter()
-            .map(|&i| {
-                let s = &self.manifest.steps[i];
-                (s.label.clone(), s.depends_on.clone())
-            })
+            .map(|&i| self.step_dependencies(i))
             .collect()
+    }
+
+    fn step_dependencies(&self, i: usize) -> (String, Vec<String>) {
+        let s = &self.manifest.steps[i];
+        let mut deps = s.depends_on.clone();
+        deps.extend(s.inferred.iter().map(|d| d.step.clone()));
+        (s.label.clone(), deps)
     }
 
     /// The id that labels this build's objects.
