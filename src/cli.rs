@@ -41,7 +41,8 @@ pub enum Command {
     /// Validate build.yml and print the plan; needs no Docker daemon.
     Check {
         /// Fail on build args and `ENV` that look like secrets (and would
-        /// be stored in the image) instead of warning about them.
+        /// be stored in the image), and on a step whose Dockerfile uses
+        /// another step's image without `depends_on`, instead of warning.
         #[arg(long)]
         strict: bool,
     },
