@@ -49,7 +49,7 @@ pub enum CleanupError {
 /// following `FROM <earlier stage>` back to an image. Everything is
 /// squashed ([`Keep::Nothing`]) for `FROM scratch`, and when the base
 /// cannot be known before the build (`FROM $IMAGE`).
-pub fn keep_for(dockerfile_text: &str, target: Option<&str>) -> Keep {
+pub fn keep_for(dockerfile_text: impl AsRef<[u8]>, target: Option<&str>) -> Keep {
     let Ok(froms) = dockerfile::from_images(dockerfile_text) else {
         return Keep::Nothing;
     };

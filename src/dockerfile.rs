@@ -5,6 +5,13 @@
 //! those steps' unique image names. A rewrite changes only the image tokens:
 //! every other byte, and so every line number, stays as the user wrote it.
 //!
+//! Dockerfiles are bytes, as for BuildKit: a file need not be UTF-8 (a
+//! Latin-1 byte in a comment or a `LABEL` is common). Each byte that is not
+//! part of valid UTF-8 is read as one byte that no rule of the parser gives
+//! a meaning to (not a space, quote, escape or separator, as for Go's
+//! parser, which sees the rune U+FFFD there), and is passed through a
+//! rewrite unchanged. A message that quotes such text shows U+FFFD for it.
+//!
 //! This module also owns [`unique_name`], the image name a step gets when a
 //! build runs with `--uid`.
 
@@ -20,8 +27,8 @@ pub const MAX_DOCKERFILE_SIZE: usize = 4 * 1024 * 1024;
 /// A Dockerfile with its references to other steps' images rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
-    /// The Dockerfile text; it differs from the input only in image tokens.
-    pub text: String,
+    /// The Dockerfile; it differs from the input only in image tokens.
+    pub text: Vec<u8>,
     /// The step image names (keys of the map given to [`rewrite`]) that the
     /// Dockerfile refers to, each once, in order of first use.
     pub references: Vec<String>,
@@ -133,9 +140,17 @@ pub fn unique_name(name: &str, uid: Option<&str>) -> String {
 }
 
 /// Lists the `FROM` instructions of a Dockerfile.
-pub fn from_images(src: &str) -> Result<Vec<FromLine>, DockerfileError> {
-    let parsed = parse(src)?;
-    Ok(parsed.froms.into_iter().map(|from| from.line).collect())
+pub fn from_images(src: impl AsRef<[u8]>) -> Result<Vec<FromLine>, DockerfileError> {
+    let (lossy, parsed) = parse_bytes(src.as_ref())?;
+    Ok(parsed
+        .froms
+        .into_iter()
+        .map(|from| FromLine {
+            image: shown(from.line.image, lossy),
+            stage: from.line.stage.map(|stage| shown(stage, lossy)),
+            ..from.line
+        })
+        .collect())
 }
 
 /// Rewrites every reference to a step image in `src`. `images` maps a step's
@@ -148,8 +163,12 @@ pub fn from_images(src: &str) -> Result<Vec<FromLine>, DockerfileError> {
 /// same Dockerfile (`FROM` only sees earlier stages, as in Docker), a stage
 /// index (`COPY --from=0`) or contains an `ARG` reference (`$`). Instructions
 /// inside `ONBUILD` run in another build and are left alone.
-pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten, DockerfileError> {
-    let parsed = parse(src)?;
+pub fn rewrite(
+    src: impl AsRef<[u8]>,
+    images: &BTreeMap<String, String>,
+) -> Result<Rewritten, DockerfileError> {
+    let src = src.as_ref();
+    let (_, parsed) = parse_bytes(src)?;
     let all_stages: BTreeSet<&str> = parsed
         .froms
         .iter()
@@ -216,14 +235,14 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
     }
 
     edits.sort_by_key(|(range, _)| range.start);
-    let mut text = String::with_capacity(src.len());
+    let mut text = Vec::with_capacity(src.len());
     let mut done = 0;
     for (range, replacement) in edits {
-        text.push_str(&src[done..range.start]);
-        text.push_str(&replacement);
+        text.extend_from_slice(&src[done..range.start]);
+        text.extend_from_slice(replacement.as_bytes());
         done = range.end;
     }
-    text.push_str(&src[done..]);
+    text.extend_from_slice(&src[done..]);
     Ok(Rewritten {
         text,
         references,
@@ -235,8 +254,8 @@ pub fn rewrite(src: &str, images: &BTreeMap<String, String>) -> Result<Rewritten
 /// parser directive, starts with `FROM` (no `ARG` before it, which would
 /// belong to the stage before) and names no stage by index (`COPY
 /// --from=0` would point elsewhere once stages come before it).
-pub fn appendable(src: &str) -> Result<bool, DockerfileError> {
-    let parsed = parse(src)?;
+pub fn appendable(src: impl AsRef<[u8]>) -> Result<bool, DockerfileError> {
+    let (_, parsed) = parse_bytes(src.as_ref())?;
     if parsed.directives || parsed.froms.first().is_none_or(|f| f.instruction != 0) {
         return Ok(false);
     }
@@ -266,8 +285,12 @@ pub fn appendable(src: &str) -> Result<bool, DockerfileError> {
 /// Names the one stage of a single-stage Dockerfile `alias` (`FROM image`
 /// becomes `FROM image AS alias`); `None` if it has several stages or its
 /// stage already has a name.
-pub fn name_single_stage(src: &str, alias: &str) -> Result<Option<String>, DockerfileError> {
-    let parsed = parse(src)?;
+pub fn name_single_stage(
+    src: impl AsRef<[u8]>,
+    alias: &str,
+) -> Result<Option<Vec<u8>>, DockerfileError> {
+    let src = src.as_ref();
+    let (_, parsed) = parse_bytes(src)?;
     let [from] = parsed.froms.as_slice() else {
         return Ok(None);
     };
@@ -276,7 +299,10 @@ pub fn name_single_stage(src: &str, alias: &str) -> Result<Option<String>, Docke
     }
     let instruction = &parsed.instructions[from.instruction];
     let end = instruction.offsets[from.image.end - 1] + 1;
-    Ok(Some(format!("{} AS {alias}{}", &src[..end], &src[end..])))
+    let mut named = src[..end].to_vec();
+    named.extend_from_slice(format!(" AS {alias}").as_bytes());
+    named.extend_from_slice(&src[end..]);
+    Ok(Some(named))
 }
 
 /// A `RUN --mount=type=secret` of a Dockerfile.
@@ -291,8 +317,8 @@ pub struct SecretMount {
 
 /// Lists the secret mounts of the `RUN` instructions of `src` (not those
 /// inside `ONBUILD`).
-pub fn secret_mounts(src: &str) -> Result<Vec<SecretMount>, DockerfileError> {
-    Ok(run_mounts(src, "secret")?
+pub fn secret_mounts(src: impl AsRef<[u8]>) -> Result<Vec<SecretMount>, DockerfileError> {
+    Ok(run_mounts(src.as_ref(), "secret")?
         .into_iter()
         .map(|(line, fields)| {
             let target = ["target", "dst", "destination"]
@@ -316,8 +342,8 @@ pub fn secret_mounts(src: &str) -> Result<Vec<SecretMount>, DockerfileError> {
 
 /// The lines of the `RUN --mount=type=ssh` of `src`, with the agent id
 /// each asks for (`default` without `id=`).
-pub fn ssh_mounts(src: &str) -> Result<Vec<(usize, String)>, DockerfileError> {
-    Ok(run_mounts(src, "ssh")?
+pub fn ssh_mounts(src: impl AsRef<[u8]>) -> Result<Vec<(usize, String)>, DockerfileError> {
+    Ok(run_mounts(src.as_ref(), "ssh")?
         .into_iter()
         .map(|(line, fields)| {
             let id = fields
@@ -363,8 +389,8 @@ pub struct Declaration {
 /// Lists the variables the `ARG` and `ENV` instructions of `src` declare
 /// (`ARG A B=1`, `ENV A=1 B="x y"`, the old `ENV A value`), in file order;
 /// not those inside `ONBUILD`, nor names built from other variables.
-pub fn declarations(src: &str) -> Result<Vec<Declaration>, DockerfileError> {
-    let parsed = parse(src)?;
+pub fn declarations(src: impl AsRef<[u8]>) -> Result<Vec<Declaration>, DockerfileError> {
+    let (lossy, parsed) = parse_bytes(src.as_ref())?;
     let mut out = Vec::new();
     for instruction in &parsed.instructions {
         let command = split_command(&instruction.text, parsed.escape);
@@ -385,7 +411,7 @@ pub fn declarations(src: &str) -> Result<Vec<Declaration>, DockerfileError> {
                 out.push(Declaration {
                     line: instruction.line,
                     kind,
-                    name,
+                    name: shown(name, lossy),
                 });
             }
         }
@@ -398,8 +424,8 @@ type MountFields = std::collections::HashMap<String, String>;
 
 /// The `--mount` flags of type `kind` of the `RUN` instructions of `src`,
 /// with their line.
-fn run_mounts(src: &str, kind: &str) -> Result<Vec<(usize, MountFields)>, DockerfileError> {
-    let parsed = parse(src)?;
+fn run_mounts(src: &[u8], kind: &str) -> Result<Vec<(usize, MountFields)>, DockerfileError> {
+    let (lossy, parsed) = parse_bytes(src)?;
     let mut out = Vec::new();
     for instruction in &parsed.instructions {
         let command = split_command(&instruction.text, parsed.escape);
@@ -415,7 +441,7 @@ fn run_mounts(src: &str, kind: &str) -> Result<Vec<(usize, MountFields)>, Docker
                 let (key, val) = field.split_once('=').unwrap_or((field, ""));
                 fields.insert(
                     key.trim().to_ascii_lowercase(),
-                    val.trim().trim_matches('"').to_string(),
+                    shown(val.trim().trim_matches('"').to_string(), lossy),
                 );
             }
             if fields.get("type").map(String::as_str) == Some(kind) {
@@ -608,6 +634,55 @@ fn trim_continuation(line: &str, escape: u8) -> (&str, bool) {
             (&trimmed[..rest.len()], false)
         }
         _ => (line, true),
+    }
+}
+
+/// The byte that stands for a byte of `src` outside valid UTF-8 in the
+/// text the parser reads: DEL, which no rule of the parser gives a meaning
+/// to, as Go's parser gives none to U+FFFD. One byte for one byte, so that
+/// every offset in the text is the same offset in `src`.
+const NOT_UTF8: char = '\u{7f}';
+
+/// Parses the bytes of a Dockerfile (see [`parse`]); the flag says whether
+/// some were not UTF-8, and so are [`NOT_UTF8`] in the parsed text.
+fn parse_bytes(src: &[u8]) -> Result<(bool, Parsed), DockerfileError> {
+    if let Ok(text) = std::str::from_utf8(src) {
+        return Ok((false, parse(text)?));
+    }
+    let mut text = String::with_capacity(src.len());
+    for chunk in src.utf8_chunks() {
+        text.push_str(chunk.valid());
+        text.extend(std::iter::repeat_n(NOT_UTF8, chunk.invalid().len()));
+    }
+    debug_assert_eq!(text.len(), src.len());
+    parse(&text).map(|parsed| (true, parsed)).map_err(|mut e| {
+        e.kind = match e.kind {
+            DockerfileErrorKind::InvalidEscape(v) => {
+                DockerfileErrorKind::InvalidEscape(shown(v, true))
+            }
+            DockerfileErrorKind::FromArguments(v) => {
+                DockerfileErrorKind::FromArguments(shown(v, true))
+            }
+            DockerfileErrorKind::InvalidStageName(v) => {
+                DockerfileErrorKind::InvalidStageName(shown(v, true))
+            }
+            DockerfileErrorKind::UnterminatedHeredoc(v) => {
+                DockerfileErrorKind::UnterminatedHeredoc(shown(v, true))
+            }
+            kind => kind,
+        };
+        e
+    })
+}
+
+/// `text` from a parse, as a message shows it: when the file was not all
+/// UTF-8 (`lossy`), U+FFFD where it was not, as `String::from_utf8_lossy`
+/// shows a byte.
+fn shown(text: String, lossy: bool) -> String {
+    if lossy && text.contains(NOT_UTF8) {
+        text.replace(NOT_UTF8, "\u{fffd}")
+    } else {
+        text
     }
 }
 
@@ -1077,7 +1152,7 @@ pub struct MountError {
 /// declare, mounts the SSH agent without `ssh: true`, or mounts either
 /// while the step builds with the classic builder: checked before
 /// anything is sent to the daemon, and by `habitus check`.
-pub fn check_mounts(text: &str, step: &Entitlement<'_>) -> Result<(), MountError> {
+pub fn check_mounts(text: &[u8], step: &Entitlement<'_>) -> Result<(), MountError> {
     let unreadable = |e: DockerfileError| MountError {
         message: e.to_string(),
         hint: None,
@@ -1187,7 +1262,7 @@ RUN echo --mount=type=secret,id=no\n";
             super::name_single_stage("FROM --platform=linux/amd64 \\\n  a\nRUN x\n", "s0")
                 .unwrap()
                 .as_deref(),
-            Some("FROM --platform=linux/amd64 \\\n  a AS s0\nRUN x\n")
+            Some(&b"FROM --platform=linux/amd64 \\\n  a AS s0\nRUN x\n"[..])
         );
         assert_eq!(
             super::name_single_stage("FROM a AS b\n", "s0").unwrap(),

@@ -124,7 +124,7 @@ impl Exposure {
 /// `dockerfile`, its Dockerfile's text, when there is one. A Dockerfile
 /// that does not parse yields nothing here: the build and `habitus check`
 /// report it on their own.
-pub fn in_step(build_yml: &Path, step: &Step, dockerfile: Option<&str>) -> Vec<Exposure> {
+pub fn in_step(build_yml: &Path, step: &Step, dockerfile: Option<&[u8]>) -> Vec<Exposure> {
     let mut found = Vec::new();
     for (name, arg) in &step.env_args {
         // The variable to name: the first that looks like a secret, else
@@ -276,7 +276,7 @@ mod tests {
         let step = Step::for_test("app");
         let dockerfile = "FROM a\nARG HABITUS_URL\nARG HABITUS_TOKEN\nARG VERSION=1 GITHUB_TOKEN\nENV DB_PASSWORD=x \\\n    MODE=prod\nENV API_KEY some value\nARG PUBLIC_KEY_URL\nARG habitus_password\nRUN echo $HABITUS_TOKEN\n";
         let found: Vec<(Option<usize>, String)> =
-            in_step(Path::new("build.yml"), &step, Some(dockerfile))
+            in_step(Path::new("build.yml"), &step, Some(dockerfile.as_bytes()))
                 .into_iter()
                 .map(|e| {
                     assert_eq!(e.file, Path::new("/nonexistent/Dockerfile"));
@@ -293,7 +293,7 @@ mod tests {
             ]
         );
         // A Dockerfile that does not parse is reported elsewhere.
-        assert!(in_step(Path::new("build.yml"), &step, Some("ARG TOKEN\n")).is_empty());
+        assert!(in_step(Path::new("build.yml"), &step, Some(b"ARG TOKEN\n")).is_empty());
     }
 
     #[test]

@@ -163,11 +163,12 @@ pub fn confine(workdir: &Path, path: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Reads the text file at `path` under `workdir` after [`confine`]: a
-/// Dockerfile never comes from outside the work directory.
-pub async fn read_inside(workdir: &Path, path: &Path) -> io::Result<String> {
+/// Reads the file at `path` under `workdir` after [`confine`]: a
+/// Dockerfile never comes from outside the work directory. Its bytes, as
+/// they are: a Dockerfile need not be UTF-8.
+pub async fn read_inside(workdir: &Path, path: &Path) -> io::Result<Vec<u8>> {
     let real = confine(workdir, path)?;
-    tokio::fs::read_to_string(real).await
+    tokio::fs::read(real).await
 }
 
 /// Why a destination directory could not be made.

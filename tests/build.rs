@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, unique,
-    Habitus, Output,
+    Cleanup, Habitus, Output,
 };
 
 /// Removes images by id when dropped.
@@ -879,4 +879,73 @@ fn unsaid_dependency(prefix: &str, builder: &str) {
     );
     let notice = "step `app` uses the image of step `base` (Dockerfile line 1): built after it; add `depends_on: [base]` to say so";
     assert_eq!(out.stderr.matches(notice).count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn a_dockerfile_with_latin1_bytes_builds_as_docker_builds_it() {
+    latin1_dockerfile("latin1", "legacy");
+}
+
+#[test]
+fn a_dockerfile_with_latin1_bytes_builds_as_docker_builds_it_with_buildkit() {
+    latin1_dockerfile("bk-latin1", "buildkit");
+}
+
+/// A Dockerfile with a Latin-1 `é` (byte 0xE9, not UTF-8) in a comment and
+/// in a `LABEL`: `habitus check` reads it, the step builds, and the label
+/// holds what `docker build` stores for the same file, U+FFFD for the byte.
+fn latin1_dockerfile(prefix: &str, builder: &str) {
+    let c = Cleanup::new(prefix);
+    let uid = c.uid().to_owned();
+    let yml = format!(
+        "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/latin1
+      dockerfile: Dockerfile
+      builder: {builder}
+"
+    );
+    let dockerfile = [
+        from_base("").as_bytes(),
+        b"# caf\xe9 au lait\nLABEL habitus.uid=",
+        uid.as_bytes(),
+        b"\nLABEL note=\"caf\xe9\"\nRUN echo ok > /ok\n",
+    ]
+    .concat();
+    let project = || {
+        Habitus::new()
+            .file("build.yml", &yml)
+            .file("Dockerfile", &dockerfile)
+            .args(["--uid", &uid])
+    };
+    project().arg("check").run().assert_success();
+    let h = project();
+    h.run().assert_success();
+    let label = |image: &str| {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"note\"}}",
+            image,
+        ])
+    };
+    let built = label(&format!("hb/latin1-{uid}"));
+    assert_eq!(built, "caf\u{fffd}\n");
+    // `docker build` (classic) of the same file stores the same label.
+    let reference = format!("hb/latin1-reference-{uid}");
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &reference, "-f", "Dockerfile", "."])
+        .current_dir(h.dir())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(label(&reference), built);
 }

@@ -24,10 +24,11 @@ fn images() -> BTreeMap<String, String> {
 #[track_caller]
 fn check(src: &str, want: &str, references: &[&str]) {
     let rewritten = rewrite(src, &images()).unwrap();
-    assert_eq!(rewritten.text, want);
+    let text = String::from_utf8(rewritten.text).unwrap();
+    assert_eq!(text, want);
     assert_eq!(rewritten.references, references);
     assert_eq!(
-        rewritten.text.lines().count(),
+        text.lines().count(),
         src.lines().count(),
         "line count changed"
     );
@@ -539,7 +540,7 @@ proptest! {
     fn rewriting_never_panics_and_keeps_the_lines(src in dockerfile_strategy()) {
         match rewrite(&src, &images()) {
             Ok(rewritten) => {
-                prop_assert_eq!(rewritten.text.matches('\n').count(), src.matches('\n').count());
+                prop_assert_eq!(rewritten.text.iter().filter(|&&b| b == b'\n').count(), src.matches('\n').count());
                 let froms = from_images(&src).unwrap();
                 let again = from_images(&rewritten.text).unwrap();
                 prop_assert_eq!(froms.len(), again.len());
@@ -549,7 +550,7 @@ proptest! {
                 }
                 // Nothing to rewrite: nothing changes.
                 let same = rewrite(&src, &BTreeMap::new()).unwrap();
-                prop_assert_eq!(same.text, src);
+                prop_assert_eq!(same.text, src.as_bytes());
             }
             Err(error) => {
                 prop_assert_eq!(from_images(&src).unwrap_err(), error);
@@ -567,7 +568,10 @@ fn fuzz_regression_whitespace_only_instruction() {
     let mut images = BTreeMap::new();
     images.insert("app".to_string(), "app-uid".to_string());
     if let Ok(out) = habitus::dockerfile::rewrite(input, &images) {
-        assert_eq!(out.text.lines().count(), input.lines().count());
+        assert_eq!(
+            out.text.iter().filter(|&&b| b == b'\n').count(),
+            input.matches('\n').count()
+        );
     }
     let _ = habitus::dockerfile::from_images(input);
 }
@@ -612,4 +616,27 @@ RUN echo ENV L=1
         got,
         want.map(|(line, kind, name)| (line, kind, name.to_string()))
     );
+}
+
+/// Bytes that are not UTF-8 (Latin-1 here) pass through a rewrite as they
+/// are, and a message quoting them shows U+FFFD.
+#[test]
+fn bytes_that_are_not_utf8_pass_through_and_are_quoted_lossily() {
+    let src: &[u8] =
+        b"# caf\xe9\nFROM myorg/app:1.0\nLABEL note=\"caf\xe9\"\nCOPY --from=compile /\xff /x\n";
+    let rewritten = rewrite(src, &images()).unwrap();
+    assert_eq!(
+        rewritten.text,
+        b"# caf\xe9\nFROM myorg/app-ab12:1.0\nLABEL note=\"caf\xe9\"\nCOPY --from=compile-ab12 /\xff /x\n"
+    );
+    assert_eq!(rewritten.references, ["myorg/app:1.0", "compile"]);
+    assert_eq!(rewritten.lines, [2, 4]);
+    let error = from_images(b"FROM a b caf\xe9\n").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Dockerfile:1: FROM takes `IMAGE [AS NAME]`, found `a b caf\u{fffd}`"
+    );
+    // A byte that is not UTF-8 is no space: it belongs to the image name.
+    let froms = from_images(b"FROM a\xa0b\n").unwrap();
+    assert_eq!(froms[0].image, "a\u{fffd}b");
 }

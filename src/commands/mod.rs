@@ -79,10 +79,11 @@ fn load(config: &Config) -> Result<Loaded, Error> {
     Ok(loaded)
 }
 
-/// The text of `step`'s Dockerfile, read only inside the work directory.
-fn read_dockerfile(manifest: &Manifest, step: &Step) -> Result<String, BuildError> {
+/// The bytes of `step`'s Dockerfile (it need not be UTF-8), read only
+/// inside the work directory.
+fn read_dockerfile(manifest: &Manifest, step: &Step) -> Result<Vec<u8>, BuildError> {
     workpath::confine(&manifest.workdir, &step.dockerfile_path)
-        .and_then(std::fs::read_to_string)
+        .and_then(std::fs::read)
         .map_err(|e| BuildError::Dockerfile {
             step: step.label.clone(),
             dockerfile: step.dockerfile_path.clone(),

@@ -49,9 +49,9 @@ pub(super) fn image_uses(steps: &[Step], workdir: &Path) -> Vec<Vec<InferredDepe
         .collect()
 }
 
-/// The Dockerfile at `path`, read inside `workdir`, up to one byte over
-/// the size limit (so that the parser refuses it).
-fn read(workdir: &Path, path: &Path) -> Option<String> {
+/// The bytes of the Dockerfile at `path`, read inside `workdir`, up to
+/// one byte over the size limit (so that the parser refuses it).
+fn read(workdir: &Path, path: &Path) -> Option<Vec<u8>> {
     if path.as_os_str().is_empty() {
         return None;
     }
@@ -62,5 +62,5 @@ fn read(workdir: &Path, path: &Path) -> Option<String> {
         .take(MAX_DOCKERFILE_SIZE as u64 + 1)
         .read_to_end(&mut bytes)
         .ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    Some(bytes)
 }

@@ -149,7 +149,7 @@ impl Build {
         &self,
         step: &Step,
         builder: Builder,
-    ) -> Result<(Vec<Step>, String, Arc<BTreeMap<String, String>>), BuildError> {
+    ) -> Result<(Vec<Step>, Vec<u8>, Arc<BTreeMap<String, String>>), BuildError> {
         let chain = self.folded_chain(&step.label);
         let mut images = Arc::clone(&self.images);
         if !chain.is_empty() {
@@ -158,7 +158,7 @@ impl Build {
                 names.insert(s.name.clone(), alias(n));
             }
         }
-        let mut stages = String::new();
+        let mut stages = Vec::new();
         for (n, s) in chain.iter().enumerate() {
             let error = |message: String| BuildError::Dockerfile {
                 step: s.label.clone(),
@@ -179,9 +179,9 @@ impl Build {
                 .ok_or_else(|| {
                     error("changed during the build: it has more than one stage now".into())
                 })?;
-            stages.push_str(&named);
-            if !stages.ends_with('\n') {
-                stages.push('\n');
+            stages.extend_from_slice(&named);
+            if !stages.ends_with(b"\n") {
+                stages.push(b'\n');
             }
         }
         if !chain.is_empty() {

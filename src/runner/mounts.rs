@@ -10,7 +10,7 @@ use crate::manifest::Step;
 use crate::model::Builder;
 
 /// [`dockerfile::check_mounts`] for `step` building with `builder`.
-pub fn check_mounts(step: &Step, builder: Builder, text: &str) -> Result<(), BuildError> {
+pub fn check_mounts(step: &Step, builder: Builder, text: &[u8]) -> Result<(), BuildError> {
     let entitlement = dockerfile::Entitlement {
         step: &step.label,
         builder,

@@ -23,8 +23,8 @@ struct Dockerfile {
     builder: Builder,
     /// The steps built as stages of this one, first first.
     chain: Vec<Step>,
-    /// Their stages, then the step's own Dockerfile.
-    text: String,
+    /// Their stages, then the step's own Dockerfile: bytes, as written.
+    text: Vec<u8>,
     /// What `cleanup:` keeps (the base image's layers), when it has one.
     keep: Option<squash::Keep>,
 }
@@ -110,7 +110,7 @@ impl Build {
         Ok(Dockerfile {
             builder,
             chain,
-            text: format!("{stages}{}", rewritten.text),
+            text: [stages, rewritten.text].concat(),
             keep,
         })
     }
@@ -146,10 +146,7 @@ impl Build {
         Ok(BuildRequest {
             tag: image.to_string(),
             context_dir,
-            extra_files: vec![(
-                dockerfile_name.clone(),
-                dockerfile.text.clone().into_bytes(),
-            )],
+            extra_files: vec![(dockerfile_name.clone(), dockerfile.text.clone())],
             dockerfile: dockerfile_name,
             target: step.target.clone(),
             build_args,
