@@ -139,6 +139,31 @@ pub fn unique_name(name: &str, uid: Option<&str>) -> String {
     format!("{repository}-{uid}{tag}{digest}").to_lowercase()
 }
 
+/// A logical instruction of a Dockerfile, as the parser reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionLine {
+    /// The 1-based line the instruction starts on.
+    pub line: usize,
+    /// Its text: continuation lines joined without their escape
+    /// character and newline, comments and blank lines among them left
+    /// out, here-document bodies not included; U+FFFD for a byte that is
+    /// not UTF-8.
+    pub text: String,
+}
+
+/// Lists the logical instructions of a Dockerfile, in order.
+pub fn instructions(src: impl AsRef<[u8]>) -> Result<Vec<InstructionLine>, DockerfileError> {
+    let (lossy, parsed) = parse_bytes(src.as_ref())?;
+    Ok(parsed
+        .instructions
+        .into_iter()
+        .map(|instruction| InstructionLine {
+            line: instruction.line,
+            text: shown(instruction.text, lossy),
+        })
+        .collect())
+}
+
 /// Lists the `FROM` instructions of a Dockerfile.
 pub fn from_images(src: impl AsRef<[u8]>) -> Result<Vec<FromLine>, DockerfileError> {
     let (lossy, parsed) = parse_bytes(src.as_ref())?;

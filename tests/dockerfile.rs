@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use habitus::dockerfile::{
-    from_images, rewrite, unique_name, DockerfileErrorKind, FromLine, MAX_DOCKERFILE_SIZE,
+    from_images, instructions, rewrite, unique_name, DockerfileErrorKind, FromLine,
+    MAX_DOCKERFILE_SIZE,
 };
 use proptest::prelude::{prop_assert_eq, prop_oneof, proptest, Just};
 use proptest::strategy::Strategy;
@@ -639,4 +640,47 @@ fn bytes_that_are_not_utf8_pass_through_and_are_quoted_lossily() {
     // A byte that is not UTF-8 is no space: it belongs to the image name.
     let froms = from_images(b"FROM a\xa0b\n").unwrap();
     assert_eq!(froms[0].image, "a\u{fffd}b");
+}
+
+/// Every Dockerfile of `tests/dockerfiles/` (escapes, continuations,
+/// here-documents, comments between continuation lines, a byte order
+/// mark, CRLF, parser directives, Latin-1 bytes): the instructions the
+/// parser finds (`NAME.instructions`, one `LINE|TEXT` each) and the bytes
+/// of its rewrite with [`images`] (`NAME.rewritten`).
+#[test]
+fn tricky_dockerfiles_read_and_rewrite_as_written() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dockerfiles");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".Dockerfile").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        let src = std::fs::read(dir.join(format!("{name}.Dockerfile"))).unwrap();
+        let found: Vec<String> = instructions(&src)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .into_iter()
+            .map(|i| format!("{}|{}", i.line, i.text))
+            .collect();
+        let want = std::fs::read_to_string(dir.join(format!("{name}.instructions"))).unwrap();
+        assert_eq!(
+            found,
+            want.lines().collect::<Vec<_>>(),
+            "{name}: instructions"
+        );
+        let rewritten = rewrite(&src, &images()).unwrap().text;
+        let want = std::fs::read(dir.join(format!("{name}.rewritten"))).unwrap();
+        assert!(
+            rewritten == want,
+            "{name}: rewritten\n--- got\n{}\n--- want\n{}",
+            String::from_utf8_lossy(&rewritten),
+            String::from_utf8_lossy(&want)
+        );
+        // Nothing to rewrite: every byte stays.
+        assert_eq!(rewrite(&src, &BTreeMap::new()).unwrap().text, src, "{name}");
+    }
 }
