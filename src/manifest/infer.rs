@@ -14,7 +14,7 @@ use crate::workpath;
 /// For each of `steps`, the other steps whose image its Dockerfile uses,
 /// with the line of the first use, in order of use. A Dockerfile that
 /// cannot be read or parsed uses none here: the build reports it.
-pub(super) fn image_uses(steps: &[Step], workdir: &Path) -> Vec<Vec<InferredDependency>> {
+pub(super) fn image_uses(steps: &[&Step], workdir: &Path) -> Vec<Vec<InferredDependency>> {
     let images: BTreeMap<String, String> = steps
         .iter()
         .filter(|s| !s.name.is_empty())

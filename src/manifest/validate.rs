@@ -1145,7 +1145,7 @@ impl Checker<'_> {
         let Some(plan) = self.plan.take() else {
             return;
         };
-        let steps: Vec<Step> = drafts.iter().map(|d| d.step.clone()).collect();
+        let steps: Vec<&Step> = drafts.iter().map(|d| &d.step).collect();
         let uses = super::infer::image_uses(&steps, workdir);
         let mut inferred = false;
         for (i, uses) in uses.into_iter().enumerate() {
@@ -1441,7 +1441,6 @@ impl Checker<'_> {
     }
 }
 
-/// The help for a file without a proper `build` mapping.
 /// How to break the loop `path`: remove a `depends_on` entry, or a
 /// Dockerfile's use of another step's image, named with its line.
 fn cycle_help(drafts: &[Draft], labels: &HashMap<&str, usize>, path: &[String]) -> String {
@@ -1466,6 +1465,7 @@ fn cycle_help(drafts: &[Draft], labels: &HashMap<&str, usize>, path: &[String]) 
     }
 }
 
+/// The help for a file without a proper `build` mapping.
 fn build_help() -> Option<String> {
     Some("a build.yml starts with `build:`, holding `version:` and `steps:`".to_owned())
 }
