@@ -66,8 +66,8 @@ const IN_HISTORY: &str = "build args are stored in the image history";
 
 /// Whether a variable name says it holds a secret, as BuildKit's
 /// `SecretsUsedInArgOrEnv` decides: one of its parts (split on `_` and
-/// `-`, case-insensitive) is a word of [`SECRET_PARTS`] and none is a word
-/// of [`HARMLESS_PARTS`]. Whole parts only: `NPM_TOKEN` and `API_KEY` are
+/// `-`, case-insensitive) is a word of `SECRET_PARTS` and none is a word
+/// of `HARMLESS_PARTS`. Whole parts only: `NPM_TOKEN` and `API_KEY` are
 /// secrets, `KEYBOARD` and `TOKENIZER` are not.
 pub fn looks_like_secret(name: &str) -> bool {
     let has = |words: &[&str]| {
