@@ -193,6 +193,22 @@ pub fn is_registry_host(first: &str) -> bool {
         || first.chars().any(|c| c.is_ascii_uppercase())
 }
 
+/// The registry host of an image reference, by the docker CLI's rule
+/// (distribution/reference `splitDockerDomain`): the first `/`-separated
+/// component when there is a `/` after it and it has a `.` or a `:`, is
+/// `localhost`, or has an uppercase letter (`LOCALHOST/x` is the host
+/// `LOCALHOST`, not Docker Hub); else Docker Hub, `docker.io` (as is
+/// `index.docker.io`). A tag or digest does not change the host. Every
+/// path that picks credentials for a name (push, cache pulls, digest
+/// lookups, hints) asks this one function.
+pub fn registry_host(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some(("index.docker.io", _)) => "docker.io",
+        Some((first, _)) if is_registry_host(first) => first,
+        _ => "docker.io",
+    }
+}
+
 /// What is wrong with one `/`-separated component of a repository path:
 /// lowercase letters and digits, separated by one `.`, one or two `_`,
 /// or any number of `-`.
@@ -265,7 +281,44 @@ pub fn normalize_reference(reference: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize_reference, pull_reference_problem, reference_problem, SecretKind};
+    use super::{
+        normalize_reference, pull_reference_problem, reference_problem, registry_host, SecretKind,
+    };
+
+    #[test]
+    fn a_reference_names_its_registry_as_the_docker_cli_decides() {
+        // Docker Hub: no `/`, or a first component without `.`, `:`,
+        // `localhost` or capitals.
+        assert_eq!(registry_host("app"), "docker.io");
+        assert_eq!(registry_host("app:1"), "docker.io");
+        assert_eq!(registry_host("team/app:1"), "docker.io");
+        assert_eq!(registry_host("library/app"), "docker.io");
+        assert_eq!(registry_host("docker.io/library/app"), "docker.io");
+        assert_eq!(registry_host("index.docker.io/team/app"), "docker.io");
+        // `localhost`, with or without a port, is a registry.
+        assert_eq!(registry_host("localhost/x"), "localhost");
+        assert_eq!(registry_host("localhost:5000/x:1"), "localhost:5000");
+        // A capital makes the first component a host, not a Hub account.
+        assert_eq!(registry_host("LOCALHOST/x"), "LOCALHOST");
+        assert_eq!(registry_host("UPPER/x"), "UPPER");
+        assert_eq!(registry_host("Team/app"), "Team");
+        // A `.` or a `:` makes a host.
+        assert_eq!(registry_host("my.reg/x"), "my.reg");
+        assert_eq!(registry_host("reg:5000/x"), "reg:5000");
+        assert_eq!(registry_host("127.0.0.1:5000/team/app:1"), "127.0.0.1:5000");
+        // Without a `/` there is no host, whatever the name holds.
+        assert_eq!(registry_host("localhost"), "docker.io");
+        assert_eq!(registry_host("my.reg:5000"), "docker.io");
+        // A digest does not change the host.
+        let sum = "a".repeat(64);
+        assert_eq!(registry_host(&format!("my.reg/x@sha256:{sum}")), "my.reg");
+        assert_eq!(registry_host(&format!("team/x@sha256:{sum}")), "docker.io");
+        assert_eq!(registry_host(&format!("app@sha256:{sum}")), "docker.io");
+        assert_eq!(
+            registry_host(&format!("reg:5000/x:1@sha256:{sum}")),
+            "reg:5000"
+        );
+    }
 
     #[test]
     fn digests_are_for_pulls_and_names_have_one_spelling() {

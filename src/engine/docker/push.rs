@@ -21,24 +21,13 @@ use zeroize::Zeroizing;
 use super::{api, is_not_found, DockerEngine};
 use crate::engine::buildkit::{self, credentials_for};
 use crate::engine::{EngineError, LineSink, Pushed};
+use crate::model::registry_host;
 
 /// Longest message of a push stream habitus accepts.
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// How often one layer's bytes are reported while it uploads.
 const LAYER_REPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// The registry host of an image reference, as the daemon resolves it:
-/// the first path component when it has a `.` or a `:` or is `localhost`,
-/// else Docker Hub (`docker.io`).
-pub fn registry_host(reference: &str) -> &str {
-    match reference.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
 
 /// `name` split into repository and tag (`latest` when it has none); a
 /// digest reference is its own repository, with no tag.
@@ -447,6 +436,33 @@ mod tests {
         assert_eq!(registry_host("localhost/app"), "localhost");
         assert_eq!(registry_host("team/app:1"), "docker.io");
         assert_eq!(registry_host("app"), "docker.io");
+        assert_eq!(registry_host("LOCALHOST/app"), "LOCALHOST");
+    }
+
+    #[test]
+    fn hub_credentials_go_to_the_hub_only() {
+        // The docker CLI's config with only a Docker Hub login.
+        let all = crate::engine::docker::credentials::parse_docker_config(
+            r#"{"auths":{"https://index.docker.io/v1/":{"auth":"aHViOmh1Yi1wYXNz"}}}"#,
+        );
+        let header = |name: &str| {
+            let creds = credentials_for(&all, registry_host(name));
+            auth_header(creds).to_string()
+        };
+        let empty = auth_header(None).to_string();
+        for name in ["team/app:1", "app", "library/app", "docker.io/team/app"] {
+            assert_ne!(header(name), empty, "{name}");
+        }
+        for name in [
+            "LOCALHOST/x",
+            "UPPER/x:1",
+            "localhost/x",
+            "localhost:5000/x",
+            "my.reg/x",
+            "reg:5000/x",
+        ] {
+            assert_eq!(header(name), empty, "{name} must get no credentials");
+        }
     }
 
     #[test]
