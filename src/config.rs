@@ -66,8 +66,8 @@ impl DockerSettings {
 }
 
 /// Everything a habitus run needs, resolved. Only this module reads the
-/// command line's flags and DOCKER_HOST, DOCKER_TLS_VERIFY and
-/// DOCKER_CERT_PATH.
+/// command line's flags and DOCKER_HOST, DOCKER_TLS_VERIFY,
+/// DOCKER_CERT_PATH and HABITUS_CREDENTIAL_HELPER_TIMEOUT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
@@ -87,6 +87,20 @@ pub struct Config {
     pub output: OutputSettings,
     /// `--stale-after`: when another host's leftovers may be swept.
     pub stale_after: std::time::Duration,
+    /// How long a registry credential helper may take before it is killed
+    /// and the build fails naming it: HABITUS_CREDENTIAL_HELPER_TIMEOUT
+    /// (seconds, may have a fraction), else 30 s.
+    pub credential_helper_timeout: std::time::Duration,
+}
+
+/// HABITUS_CREDENTIAL_HELPER_TIMEOUT as a duration: a positive number of
+/// seconds; unset, empty or not such a number is the default, 30 s.
+pub fn credential_helper_timeout(env: &dyn Fn(&str) -> Option<String>) -> std::time::Duration {
+    env("HABITUS_CREDENTIAL_HELPER_TIMEOUT")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 86_400.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(crate::engine::docker::DEFAULT_CREDENTIAL_HELPER_TIMEOUT)
 }
 
 /// How the steps of a build are built: the command line's build options.
@@ -216,6 +230,7 @@ impl Config {
                 json: flags.json,
             },
             stale_after: flags.stale_after,
+            credential_helper_timeout: credential_helper_timeout(env),
         }
     }
 }
@@ -318,6 +333,25 @@ mod tests {
                 .iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_credential_helper_timeout_is_30_s_unless_set() {
+        use std::time::Duration;
+        let with = |v: &'static str| {
+            super::credential_helper_timeout(&move |n: &str| {
+                (n == "HABITUS_CREDENTIAL_HELPER_TIMEOUT").then(|| v.to_string())
+            })
+        };
+        assert_eq!(
+            super::credential_helper_timeout(&|_| None),
+            Duration::from_secs(30)
+        );
+        assert_eq!(with("2"), Duration::from_secs(2));
+        assert_eq!(with("0.5"), Duration::from_millis(500));
+        for bad in ["", "0", "-1", "soon", "inf", "NaN"] {
+            assert_eq!(with(bad), Duration::from_secs(30), "{bad}");
         }
     }
 

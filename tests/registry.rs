@@ -749,3 +749,136 @@ fn ctrl_c_during_a_push_stops_it_and_leaves_nothing() {
     assert!(!image_exists(&name));
     assert!(!image_exists(&extra));
 }
+
+/// Writes `docker-credential-<name>`, a shell script running `body`, into
+/// `dir`.
+fn helper_script(dir: &std::path::Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A project whose one step builds `FROM` the base image, with
+/// DOCKER_CONFIG sending `helper.example` to helper `name` in `helpers`.
+fn helper_project(
+    prefix: &str,
+    helpers: &std::path::Path,
+    name: &str,
+) -> (
+    crate::common::Habitus,
+    crate::common::Cleanup,
+    tempfile::TempDir,
+) {
+    let (h, cleanup) = crate::common::project(prefix, PRIVATE_YML);
+    let config = helper_config("helper.example", name);
+    let h = h
+        .file("Dockerfile", crate::common::from_base("RUN true\n"))
+        .env("DOCKER_CONFIG", config.path().display().to_string())
+        .env("PATH", path_with(helpers));
+    (h, cleanup, config)
+}
+
+/// A helper that prints its whole answer, secret included, and exits 1
+/// fails the build by its exit status; the secret shows nowhere: not on
+/// stderr, not on stdout, not in `--json` events.
+#[test]
+fn a_failing_helper_fails_the_build_without_its_output() {
+    let helpers = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-helper-value";
+    helper_script(
+        helpers.path(),
+        "habitusleaky",
+        &format!(
+            "read server\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"u\",\"Secret\":\"{secret}\"}}' \"$server\"\nexit 1"
+        ),
+    );
+    let (h, _cleanup, _config) = helper_project("helper-leaky", helpers.path(), "habitusleaky");
+    let plain = h.run();
+    let h = h.args(["--json"]);
+    for out in [plain, h.run()] {
+        assert_eq!(out.code(), Some(1), "{}", out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains(secret), "{all}");
+        assert!(
+            all.contains(
+                "registry credentials for `helper.example`: `docker-credential-habitusleaky` failed (exit status: 1"
+            ),
+            "{all}"
+        );
+    }
+}
+
+/// A helper that never answers is killed after
+/// HABITUS_CREDENTIAL_HELPER_TIMEOUT seconds (30 by default): the build
+/// fails naming the helper, the registry and the limit.
+#[test]
+fn a_helper_that_hangs_is_killed_after_the_timeout() {
+    let helpers = tempfile::tempdir().unwrap();
+    helper_script(helpers.path(), "habitushang", "exec sleep 1000");
+    let (h, _cleanup, _config) = helper_project("helper-hang", helpers.path(), "habitushang");
+    let started = Instant::now();
+    let out = h.env("HABITUS_CREDENTIAL_HELPER_TIMEOUT", "1").run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "registry credentials for `helper.example`: `docker-credential-habitushang` did not answer `get` within 1 s"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Ctrl-C while a helper runs ends habitus at once (130), the helper
+/// killed.
+#[test]
+fn ctrl_c_while_a_helper_runs_ends_the_build() {
+    let helpers = tempfile::tempdir().unwrap();
+    let marker = helpers.path().join("started");
+    helper_script(
+        helpers.path(),
+        "habitusslow",
+        &format!("touch '{}'\nexec sleep 1000", marker.display()),
+    );
+    let (h, _cleanup, config) = helper_project("helper-int", helpers.path(), "habitusslow");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
+        .arg("-d")
+        .arg(h.dir())
+        .env("DOCKER_CONFIG", config.path())
+        .env("PATH", path_with(helpers.path()))
+        .env("HABITUS_CREDENTIAL_HELPER_TIMEOUT", "600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !marker.exists() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(120),
+            "the helper never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}: {rest}",
+        sent.elapsed()
+    );
+}

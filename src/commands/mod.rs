@@ -118,5 +118,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// Connects to the daemon as the flags and DOCKER_* variables say.
 async fn connect(config: &Config) -> Result<DockerEngine, EngineError> {
-    DockerEngine::connect(&config.docker.options()).await
+    Ok(DockerEngine::connect(&config.docker.options())
+        .await?
+        .with_credential_helper_timeout(config.credential_helper_timeout))
 }

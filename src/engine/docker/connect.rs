@@ -83,6 +83,7 @@ impl DockerEngine {
             docker,
             address,
             credentials: Arc::new(tokio::sync::OnceCell::new()),
+            helper_timeout: super::credentials::DEFAULT_HELPER_TIMEOUT,
             dialer,
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
             intermediates: Arc::default(),

@@ -7,11 +7,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bollard::auth::DockerCredentials;
 
 use super::home_dir;
 use crate::model::base64_decode;
+use zeroize::Zeroizing;
 
 /// The docker CLI's `config.json`, as far as credentials go.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -106,46 +109,85 @@ fn helper_get(
     server: &str,
     run: &HelperRunner,
 ) -> Result<Option<DockerCredentials>, CredentialError> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(rename = "Username", default)]
-        username: String,
-        #[serde(rename = "Secret", default)]
-        secret: String,
-    }
     let fail = |problem: String| CredentialError {
         registry: Some(server.to_string()),
         helper: helper.to_string(),
         problem,
     };
     let text = match run(helper, "get", server) {
-        Ok(text) => text,
+        Ok(text) => Zeroizing::new(text),
         Err(problem) if problem.contains("credentials not found") => return Ok(None),
         Err(problem) => return Err(fail(problem)),
     };
-    // The answer holds the secret: a parse error must not quote it.
-    let answer: Answer = serde_json::from_str(&text)
-        .map_err(|_| fail("answered `get` with something that is not its JSON".into()))?;
-    let token = answer.username == "<token>";
+    let (username, secret) = parse_answer(&text).map_err(|p| fail(p.into()))?;
+    let token = username == "<token>";
     Ok(Some(DockerCredentials {
-        username: (!token).then_some(answer.username),
-        password: (!token).then(|| answer.secret.clone()),
-        identitytoken: token.then_some(answer.secret),
+        username: (!token).then_some(username),
+        password: (!token).then(|| secret.clone()),
+        identitytoken: token.then_some(secret),
         serveraddress: Some(server.to_string()),
         ..Default::default()
     }))
 }
 
-/// Runs a real helper from PATH, giving it 30 s.
-pub(super) fn run_helper(helper: &str, action: &str, input: &str) -> Result<String, String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
+/// A helper's answer to `get`: its `Username` and `Secret`, or what is
+/// wrong with it. The answer holds the secret: the problem never quotes it.
+fn parse_answer(text: &str) -> Result<(String, String), &'static str> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| "answered `get` with something that is not JSON")?;
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+    if !value.is_object() {
+        return Err("answered `get` with JSON that is not an object");
+    }
+    let secret = field("Secret").ok_or("answered `get` without a `Secret` string")?;
+    // No `Username` is an empty one, as the docker CLI reads it.
+    let username = field("Username").unwrap_or_default();
+    Ok((username.to_string(), secret.to_string()))
+}
+
+/// How long a credential helper may take before habitus kills it.
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a real helper from PATH, giving it `timeout`; `stop` (set when
+/// the build is cancelled: Ctrl-C, SIGTERM) kills it too. Its stdout may
+/// hold a secret: it is returned on success, and never quoted in an error
+/// (a helper that fails is reported by its exit status only, except the
+/// protocol's "credentials not found", which means no credentials).
+pub(super) fn run_helper(
+    helper: &str,
+    action: &str,
+    input: &str,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<String, String> {
     let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
+    run_program(
+        std::path::Path::new(&program),
+        helper,
+        action,
+        input,
+        timeout,
+        stop,
+    )
+}
+
+/// [`run_helper`] with the helper at `program` (a name looked up on PATH,
+/// or a path).
+fn run_program(
+    program: &std::path::Path,
+    _helper: &str,
+    action: &str,
+    input: &str,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
         .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -156,28 +198,61 @@ pub(super) fn run_helper(helper: &str, action: &str, input: &str) -> Result<Stri
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("failed: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
+    // Read stdout on a thread, so that a helper that never exits cannot
+    // hold habitus; it is dropped with what it read when the helper is
+    // killed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out);
+            let _ = tx.send(Zeroizing::new(out));
+        });
     }
-    // Helpers print their error on stdout (`credentials not found in
-    // native keychain`) or stderr; never the secret.
-    let said = [stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()]
-        .into_iter()
-        .find(|t| !t.is_empty())
-        .map(|t| {
-            t.lines()
-                .next()
-                .unwrap_or(t)
-                .chars()
-                .take(200)
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    Err(format!("failed ({}): {said}", out.status))
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("failed: {e}"));
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("was stopped: the build was cancelled".into());
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "did not answer `{action}` within {} (killed; HABITUS_CREDENTIAL_HELPER_TIMEOUT sets the limit)",
+                seconds(timeout)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    let stdout = Zeroizing::new(String::from_utf8_lossy(&out).into_owned());
+    if status.success() {
+        return Ok(stdout.to_string());
+    }
+    // Helpers say "credentials not found in native keychain" on stdout;
+    // anything else they print may be the secret itself.
+    if stdout.contains("credentials not found") {
+        return Err("credentials not found".into());
+    }
+    Err(format!(
+        "failed ({status}; its output is not shown: it may hold a secret)"
+    ))
+}
+
+/// `30 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// The credentials of one `auths` entry, with `auth` (base64 of
@@ -281,6 +356,68 @@ mod tests {
         let err =
             all_credentials(&config(r#"{"credHelpers":{"reg.io":"x"}}"#), &garbled).unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_helper_answer_without_its_fields_is_named_without_the_secret() {
+        let err = |text: &str| {
+            let text = text.to_string();
+            let answer = move |_: &str, _: &str, _: &str| Ok(text.clone());
+            all_credentials(&config(r#"{"credHelpers":{"reg.io":"x"}}"#), &answer)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(r#"{"Username":"u","Secret":"s3cret""#).ends_with("is not JSON"));
+        assert!(err(r#"["s3cret"]"#).ends_with("JSON that is not an object"));
+        assert!(
+            err(r#"{"Username":"u","Password":"s3cret"}"#).ends_with("without a `Secret` string")
+        );
+        assert!(err(r#"{"Username":"u","Secret":3}"#).ends_with("without a `Secret` string"));
+        for text in [r#"{"Username":"s3cret"}"#, r#"{"Secret":"s3cret""#] {
+            assert!(!err(text).contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn a_helper_that_fails_or_hangs_is_killed_and_never_quoted() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str| {
+            let path = dir.path().join(format!("docker-credential-{name}"));
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let run = |name: &str, timeout: Duration, stop: &AtomicBool| {
+            let path = dir.path().join(format!("docker-credential-{name}"));
+            super::run_program(&path, name, "get", "reg.io", timeout, stop)
+        };
+        let never = AtomicBool::new(false);
+        write(
+            "leaky",
+            r#"printf '{"ServerURL":"reg.io","Username":"u","Secret":"s3cr3t"}'; exit 1"#,
+        );
+        let err = run("leaky", Duration::from_secs(10), &never).unwrap_err();
+        assert!(err.contains("exit status: 1"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        write(
+            "none",
+            "echo 'credentials not found in native keychain'; exit 1",
+        );
+        assert_eq!(
+            run("none", Duration::from_secs(10), &never).unwrap_err(),
+            "credentials not found"
+        );
+        write("hang", "exec sleep 1000");
+        let started = Instant::now();
+        let err = run("hang", Duration::from_millis(300), &never).unwrap_err();
+        assert!(err.contains("within 0.3 s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let stopped = AtomicBool::new(true);
+        let err = run("hang", Duration::from_secs(60), &stopped).unwrap_err();
+        assert!(err.contains("cancelled"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod networks;
 mod progress;
 mod push;
 pub use push::push_hint;
+pub use credentials::DEFAULT_HELPER_TIMEOUT as DEFAULT_CREDENTIAL_HELPER_TIMEOUT;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
@@ -93,6 +94,8 @@ pub struct DockerEngine {
     /// Registry credentials sent with builds (for `FROM` pulls), resolved
     /// on the first build (helpers run then, not for other commands).
     credentials: Arc<tokio::sync::OnceCell<Arc<HashMap<String, DockerCredentials>>>>,
+    /// How long a credential helper may take (30 s by default).
+    helper_timeout: std::time::Duration,
     /// Raw connections for BuildKit builds and their sessions.
     dialer: Dialer,
     /// The daemon's version and whether it builds with BuildKit, asked
@@ -129,7 +132,23 @@ impl std::fmt::Debug for DockerEngine {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl DockerEngine {
+    /// How long a credential helper may take before it is killed and the
+    /// build fails naming it.
+    pub fn with_credential_helper_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.helper_timeout = timeout;
+        self
+    }
+
     /// The registry credentials of `config.json` and its helpers, resolved
     /// once (a helper that fails is an error naming it and the registry).
     pub(super) async fn credentials(
@@ -138,8 +157,16 @@ impl DockerEngine {
         self.credentials
             .get_or_try_init(|| async {
                 let config = credentials::load_config();
+                let timeout = self.helper_timeout;
+                // Set when this future is dropped (the build cancelled):
+                // the helper running then is killed, so that habitus ends.
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
                 tokio::task::spawn_blocking(move || {
-                    credentials::all_credentials(&config, &credentials::run_helper)
+                    let run = move |helper: &str, action: &str, input: &str| {
+                        credentials::run_helper(helper, action, input, timeout, &stop)
+                    };
+                    credentials::all_credentials(&config, &run)
                 })
                 .await
                 .map_err(|e| EngineError::Api(format!("registry credentials: {e}")))?
@@ -353,6 +380,7 @@ mod tests {
             credentials: Arc::new(tokio::sync::OnceCell::new_with(Some(Arc::new(
                 parse_docker_config(r#"{"auths":{"reg.io":{"auth":"dXNlcjpodW50ZXIy"}}}"#),
             )))),
+            helper_timeout: super::credentials::DEFAULT_HELPER_TIMEOUT,
             dialer: super::Dialer::tcp("tcp://127.0.0.1:1", "127.0.0.1:1"),
             buildkit: Arc::new(tokio::sync::OnceCell::new()),
             intermediates: Arc::default(),
