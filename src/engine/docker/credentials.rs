@@ -161,21 +161,13 @@ pub(super) fn run_helper(
     stop: &AtomicBool,
 ) -> Result<String, String> {
     let program = format!("docker-credential-{helper}");
-    run_program(
-        std::path::Path::new(&program),
-        helper,
-        action,
-        input,
-        timeout,
-        stop,
-    )
+    run_program(std::path::Path::new(&program), action, input, timeout, stop)
 }
 
 /// [`run_helper`] with the helper at `program` (a name looked up on PATH,
 /// or a path).
 fn run_program(
     program: &std::path::Path,
-    _helper: &str,
     action: &str,
     input: &str,
     timeout: Duration,
@@ -392,7 +384,7 @@ mod tests {
         };
         let run = |name: &str, timeout: Duration, stop: &AtomicBool| {
             let path = dir.path().join(format!("docker-credential-{name}"));
-            super::run_program(&path, name, "get", "reg.io", timeout, stop)
+            super::run_program(&path, "get", "reg.io", timeout, stop)
         };
         let never = AtomicBool::new(false);
         write(
