@@ -22,8 +22,8 @@ mod images;
 mod networks;
 mod progress;
 mod push;
-pub use push::push_hint;
 pub use credentials::DEFAULT_HELPER_TIMEOUT as DEFAULT_CREDENTIAL_HELPER_TIMEOUT;
+pub use push::push_hint;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
