@@ -20,6 +20,7 @@ use std::cell::Cell;
 use std::io::{self, BufReader, Read};
 
 use super::{Found, LayerHit, LayerScan, Part, Scanner, Search};
+use crate::layer::read_full;
 
 /// How deep archives inside a layer are opened (a `.tgz` is two: gzip,
 /// then tar).
@@ -590,20 +591,6 @@ fn drain(r: &mut impl Read) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Reads until `buf` is full or the stream ends.
-fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Reads the padding after `size` bytes of data into `into`.
