@@ -1740,7 +1740,7 @@ AAAEBw9RnJ3Y0w6mZ1kQ2x8fN7c5a4b3d2e1f0g9h8i7j6k5l4m3n2o1p0q9r8s7t6u5==
 
 /// How many bytes of the save stream may wait, read from the daemon but
 /// not yet searched.
-const PREFETCH: usize = 16 << 20;
+const PREFETCH: usize = 8 << 20;
 
 /// Audits `image` on the daemon: streams `docker save` through the scanner
 /// on a blocking thread.
@@ -1790,10 +1790,7 @@ pub async fn audit_image(
         taken: 0,
     };
     let name = image.to_string();
-    let result = tokio::task::spawn_blocking(move || {
-        audit_archive(&scanner, std::io::BufReader::with_capacity(1 << 20, reader))
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || audit_archive(&scanner, reader)).await;
     prefetch.abort();
     result
         .map_err(|e| ImageAuditError::Audit {
@@ -1807,7 +1804,9 @@ pub async fn audit_image(
 }
 
 /// The blocking side of the prefetch: chunks in arrival order, each
-/// returning its bytes to the budget once consumed.
+/// returning its bytes to the budget once consumed. Reads are served from
+/// the chunks themselves (no buffer in between: small reads, such as tar
+/// headers, cost no copy of the stream).
 struct Prefetched {
     rx: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<bytes::Bytes>>,
     budget: std::sync::Arc<tokio::sync::Semaphore>,
