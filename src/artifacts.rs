@@ -10,7 +10,7 @@
 //! `<workdir>/app`, `/etc/app/conf:config` at `<workdir>/config/conf`.
 //!
 //! The extractor ([`extract`]) trusts nothing in the archive: an entry with
-//! a `..` component or an absolute name, an entry under a symlink (the
+//! a `..` or `.git` component or an absolute name, an entry under a symlink (the
 //! archive's own or one already on the host), a hard link to anything
 //! outside the destination, is refused with an error naming the entry.
 //! Files, directories, symlinks and hard links are created; mode bits and
@@ -62,6 +62,13 @@ pub enum ExtractError {
     #[error("entry `{entry}` has an absolute name")]
     Absolute {
         /// The entry name as written in the archive.
+        entry: String,
+    },
+    /// An entry (or a hard link's target) has a `.git` component: git runs
+    /// the hooks and reads the configuration found there.
+    #[error("entry `{entry}` would land inside a `.git` folder, where git finds the hooks and configuration it runs")]
+    GitDir {
+        /// The entry name (or link target) as written in the archive.
         entry: String,
     },
     /// An entry lies under a symlink, which could point anywhere.
@@ -341,6 +348,7 @@ impl Extractor<'_> {
         let link = entry.link_name().map_err(ExtractError::Read)?;
         let link_rel = match link.as_deref().map(|l| clean(l, &link_name)) {
             Some(Ok(Some(rel))) => rel,
+            Some(Err(git @ ExtractError::GitDir { .. })) => return Err(git),
             _ => return Err(outside()),
         };
         // The target's own directories must not be symlinks either.
@@ -519,8 +527,15 @@ fn time(mtime: u64) -> SystemTime {
 }
 
 /// The entry's path relative to the destination, without `.` components;
-/// `None` for the destination itself.
+/// `None` for the destination itself. A `.git` component is refused: an
+/// artifact `/dir/.` spills the folder's content, its `.git` included,
+/// into a destination that build.yml's check found free of `.git`.
 fn clean(path: &Path, name: &str) -> Result<Option<PathBuf>, ExtractError> {
+    if workpath::in_git_dir(path) {
+        return Err(ExtractError::GitDir {
+            entry: name.to_string(),
+        });
+    }
     let mut rel = PathBuf::new();
     for component in path.components() {
         match component {
@@ -939,6 +954,38 @@ mod tests {
             err,
             "entry `a/../../x` has a `..` component: it would land outside the destination"
         );
+    }
+
+    #[test]
+    fn entries_into_a_git_folder_are_refused() {
+        for name in ["./.git/config", ".git", "app/.GIT/hooks/post-checkout"] {
+            let (err, sandbox) = refused(Tar::default().file(name, 0o644, b"evil").bytes());
+            assert_eq!(
+                err,
+                format!("entry `{name}` would land inside a `.git` folder, where git finds the hooks and configuration it runs")
+            );
+            assert_eq!(
+                std::fs::read_dir(sandbox.dest()).unwrap().count(),
+                0,
+                "{name}"
+            );
+        }
+        let (err, _) = refused(
+            Tar::default()
+                .file("a", 0o644, b"x")
+                .hardlink("b", ".git/config")
+                .bytes(),
+        );
+        assert!(
+            err.contains("`.git/config` would land inside a `.git` folder"),
+            "{err}"
+        );
+        let ok = Sandbox::new();
+        extract(
+            &Tar::default().file(".gitignore", 0o644, b"x").bytes()[..],
+            &ok.dest(),
+        )
+        .unwrap();
     }
 
     #[test]

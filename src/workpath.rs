@@ -254,9 +254,20 @@ pub fn create_dirs(root: &Path, rel: &Path) -> Result<PathBuf, DirError> {
     Ok(root.join(rel))
 }
 
+/// Whether `path` has a component named `.git` (in any case: `.GIT` is
+/// the same folder on a case-insensitive file system). Git reads its
+/// configuration and hooks there, so a file written into it runs code at
+/// the next git command (`core.hooksPath`, `core.fsmonitor`).
+pub fn in_git_dir(path: &Path) -> bool {
+    path.components().any(|component| match component {
+        Component::Normal(part) => part.eq_ignore_ascii_case(".git"),
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{confine, create_dirs, real_root, resolve, DirError, Escape};
+    use super::{confine, create_dirs, in_git_dir, real_root, resolve, DirError, Escape};
     use std::os::unix::fs::symlink;
     use std::path::{Path, PathBuf};
 
@@ -397,5 +408,21 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("is not under the work directory"));
+    }
+
+    #[test]
+    fn git_folders_are_found_in_any_case_and_depth() {
+        for path in [
+            ".git",
+            ".git/config",
+            "a/.GIT/hooks",
+            "./.Git/",
+            "x/../.git",
+        ] {
+            assert!(in_git_dir(Path::new(path)), "{path}");
+        }
+        for path in ["", ".", "git", ".gitignore", "a/.github/x", "a.git/b"] {
+            assert!(!in_git_dir(Path::new(path)), "{path}");
+        }
     }
 }

@@ -1390,3 +1390,55 @@ fn check_strict_fails_on_secrets_passed_as_build_args_or_env() {
     out.assert_success();
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
 }
+
+#[test]
+fn an_artifact_into_git_is_refused_trusted_or_not() {
+    let dir = workdir(&["Dockerfile"]);
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      artifacts:
+        - /x/config:.git
+        - /x/.git
+        - /x/hooks:./a/../.GIT/
+        - /x/repo/.git:vendor
+        - /x/y:sub/.git/modules
+        - /x/.git/.:keep
+        - /x/.gitignore
+        - /x/.:sub
+        - /x/tree:.github
+";
+    let err = errors(dir.path(), yml);
+    let want = [
+        "error: build.yml:8:11: step `app`: artifact `/x/config:.git` would land in `.git/config`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+        "error: build.yml:9:11: step `app`: artifact `/x/.git` would land in `.git`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+        "error: build.yml:10:11: step `app`: artifact `/x/hooks:./a/../.GIT/` would land in `.GIT/hooks`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+        "error: build.yml:11:11: step `app`: artifact `/x/repo/.git:vendor` would land in `vendor/.git`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+        "error: build.yml:12:11: step `app`: artifact `/x/y:sub/.git/modules` would land in `sub/.git/modules/y`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+    ];
+    for line in want {
+        assert!(
+            err.contains(&format!(
+                "{line}\n  help: copy the artifact to a folder outside `.git`"
+            )),
+            "{line}\n---\n{err}"
+        );
+    }
+    assert_eq!(err.matches("inside a `.git` folder").count(), 5, "{err}");
+    // `/x/.git/.` spills the folder's content into `keep`: the archive's
+    // entries are checked when they are extracted, not here.
+    let fine = yml
+        .replace("        - /x/config:.git\n", "")
+        .replace("        - /x/.git\n", "");
+    let fine: String = fine
+        .lines()
+        .filter(|l| !l.contains(".GIT") && !l.contains("repo/.git") && !l.contains("sub/.git"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let loaded = check(dir.path(), &fine).expect("valid");
+    assert_eq!(loaded.manifest.steps[0].artifacts.len(), 4);
+}

@@ -1072,6 +1072,24 @@ impl Checker<'_> {
                 }
             }
         }
+        // `/dir/.` spills the folder's content into the destination.
+        let lands = if source.trim_end_matches('/').ends_with("/.") {
+            normalized.clone()
+        } else {
+            normalized.join(Path::new(source).file_name()?)
+        };
+        if workpath::in_git_dir(&lands) {
+            self.at_value(
+                path,
+                step,
+                format!(
+                    "artifact `{text}` would land in `{}`, inside a `.git` folder, where git finds the hooks and configuration it runs",
+                    lands.display()
+                ),
+                Some("copy the artifact to a folder outside `.git`".into()),
+            );
+            return None;
+        }
         Some(Artifact {
             source: source.to_owned(),
             dest: normalized,
