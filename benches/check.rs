@@ -84,6 +84,7 @@ fn in_process(file: &Path, workdir: &Path) {
         workdir,
         env: &EnvSource::Process,
         sec_providers: &SecretKind::ALL,
+        untrusted: None,
     };
     let (mut load_t, mut plan_t, mut text_t, mut total_t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

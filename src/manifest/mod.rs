@@ -15,6 +15,7 @@ mod diagnostic;
 mod env;
 mod infer;
 mod locate;
+mod trust;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use env::EnvSource;
+pub use trust::Untrusted;
 pub use validate::SCHEMA_VERSIONS;
 
 use crate::model::SecretKind;
@@ -45,6 +47,9 @@ pub struct LoadOptions<'a> {
     pub env: &'a EnvSource,
     /// The enabled secret types (`--sec-providers`).
     pub sec_providers: &'a [SecretKind],
+    /// `--untrusted`: what the file may reach on this machine; `None`
+    /// when it is trusted.
+    pub untrusted: Option<&'a Untrusted>,
 }
 
 /// A validated build.yml and what the user should know about it.
@@ -133,7 +138,16 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
                 None,
             )])
         })?;
-    let warnings = unset_warnings(opts.file, &unset);
+    // An untrusted file gets only what `--env` gives: any other name is
+    // refused, not read as empty.
+    let refused = match opts.untrusted {
+        Some(_) => env_refusals(opts.file, src, &map),
+        None => Vec::new(),
+    };
+    let warnings = match opts.untrusted {
+        Some(_) => Vec::new(),
+        None => unset_warnings(opts.file, &unset),
+    };
     let yaml_error = |e: serde_yaml::Error| {
         let location = e.location();
         let mut message = e.to_string();
@@ -160,21 +174,55 @@ pub fn parse(text: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostics> 
                         d.line = Some(line);
                         d.column = Some(column);
                     }
-                    explain_unset(&mut d, src, &map);
+                    // Untrusted, an unset name is refused on its own.
+                    if opts.untrusted.is_none() {
+                        explain_unset(&mut d, src, &map);
+                    }
                     d
                 })
                 .collect(),
         )
     };
+    let with_refused = |diagnostics: Diagnostics| merge(diagnostics, &refused);
     let mut root: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| in_file(yaml_error(e)))?;
-    root.apply_merge().map_err(|e| in_file(yaml_error(e)))?;
+        serde_yaml::from_str(&text).map_err(|e| with_refused(in_file(yaml_error(e))))?;
+    root.apply_merge()
+        .map_err(|e| with_refused(in_file(yaml_error(e))))?;
     let index = Index::scan(&text);
-    let mut loaded = validate::validate(&root, &index, opts, warnings).map_err(in_file)?;
+    let mut loaded =
+        validate::validate(&root, &index, opts, warnings).map_err(|e| with_refused(in_file(e)))?;
+    if !refused.is_empty() {
+        return Err(Diagnostics(refused));
+    }
     if src.contains("_env(") {
         record_env_args(&mut loaded.manifest, src);
     }
     Ok(loaded)
+}
+
+/// One refusal per `_env(NAME)` whose NAME `--env` does not give, at its
+/// line and column in the file as written.
+fn env_refusals(file: &Path, src: &str, map: &env::SourceMap) -> Vec<Diagnostic> {
+    map.unset_positions(src)
+        .map(|(line, column, name)| Diagnostic {
+            file: file.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            step: None,
+            message: trust::refusal(
+                &format!("`_env({name})` reads this machine's environment"),
+                &format!("--env {name}=VALUE"),
+            ),
+            help: None,
+        })
+        .collect()
+}
+
+/// `diagnostics` and `more` together, in file order.
+fn merge(Diagnostics(mut list): Diagnostics, more: &[Diagnostic]) -> Diagnostics {
+    list.extend(more.iter().cloned());
+    list.sort_by_key(|d| (d.line.unwrap_or(0), d.column.unwrap_or(0)));
+    Diagnostics(list)
 }
 
 /// Fills in each step's [`Step::env_args`]: the build args whose value,

@@ -9,6 +9,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::diagnostic::{list, suggest, Diagnostic, Diagnostics};
 use super::locate::{item_path, key_path, Index, Pos};
+use super::trust::{refusal, Untrusted};
 use super::{Artifact, LoadOptions, Loaded, Manifest, SchemaVersion, SecretSpec, Step};
 use crate::model::{normalize_reference, Builder, SecretKind};
 use crate::plan::{Plan, PlanError};
@@ -94,6 +95,10 @@ struct Checker<'a> {
     warnings: Vec<String>,
     /// The steps' plan, once the dependency check built one.
     plan: Option<Plan>,
+    /// `--untrusted`: what the file may reach on this machine.
+    untrusted: Option<&'a Untrusted>,
+    /// With `--untrusted`, the `--secret-dir` folders, symlinks resolved.
+    secret_roots: Vec<PathBuf>,
 }
 
 /// Validates `root` (the YAML after `_env()` substitution and merge keys).
@@ -109,6 +114,8 @@ pub(crate) fn validate(
         diagnostics: Vec::new(),
         warnings,
         plan: None,
+        untrusted: opts.untrusted,
+        secret_roots: Vec::new(),
     };
     let manifest = checker.manifest(root, opts);
     let Checker {
@@ -330,6 +337,9 @@ impl Checker<'_> {
             workdir: &workdir,
             sec_providers: opts.sec_providers,
         };
+        if let Some(untrusted) = self.untrusted {
+            self.secret_roots = self.secret_dirs(untrusted);
+        }
         let mut drafts = Vec::with_capacity(steps.len());
         for (label, path, value) in self.entries(steps, &steps_path, None) {
             drafts.push(self.step(label, path, value, &rules));
@@ -661,6 +671,54 @@ impl Checker<'_> {
             "secrets" => draft.step.secrets = self.step_secrets(value, path, step, rules),
             _ => self.unknown_key(path, step, &key, STEP_KEYS, ""),
         }
+        self.untrusted_key(&draft.step, &key, path);
+    }
+
+    /// With `--untrusted`, refuses `ssh: true` and `after_build_command`
+    /// at their key unless the flag that allows them was given.
+    fn untrusted_key(&mut self, step: &Step, key: &str, path: &str) {
+        let Some(untrusted) = self.untrusted else {
+            return;
+        };
+        let refused = match (key, &step.after_build_command) {
+            ("ssh", _) if step.ssh && !untrusted.ssh => {
+                refusal("`ssh: true` forwards this machine's SSH agent", "--ssh")
+            }
+            ("after_build_command", Some(command)) if !untrusted.after_build_commands => refusal(
+                &format!("`after_build_command` runs `{command}` on this machine"),
+                "--after-build-commands",
+            ),
+            _ => return,
+        };
+        self.at_key(path, Some(&step.label), refused, None);
+    }
+
+    /// The `--secret-dir` folders with their symlinks resolved; reports
+    /// one that is not a folder.
+    fn secret_dirs(&mut self, untrusted: &Untrusted) -> Vec<PathBuf> {
+        let mut roots = Vec::with_capacity(untrusted.secret_dirs.len());
+        for dir in &untrusted.secret_dirs {
+            match std::fs::canonicalize(dir) {
+                Ok(real) if real.is_dir() => roots.push(real),
+                Ok(real) => self.report(
+                    None,
+                    None,
+                    format!(
+                        "--secret-dir `{}` is not a folder: `{}`",
+                        dir.display(),
+                        real.display()
+                    ),
+                    None,
+                ),
+                Err(e) => self.report(
+                    None,
+                    None,
+                    format!("--secret-dir `{}` cannot be resolved: {e}", dir.display()),
+                    None,
+                ),
+            }
+        }
+        roots
     }
 
     /// The value of `name` or `dockerfile` (empty if absent); one of the
@@ -1344,7 +1402,11 @@ impl Checker<'_> {
         let label = draft.step.label.clone();
         let step = Some(label.as_str());
         self.artifact_destinations(draft, roots, step);
-        self.secret_files(draft, roots, step);
+        if self.untrusted.is_some() {
+            self.untrusted_secret_files(draft, roots, step);
+        } else {
+            self.secret_files(draft, roots, step);
+        }
         if let Some(context) = &draft.context {
             let context_at = OnDisk {
                 key: "context",
@@ -1411,6 +1473,56 @@ impl Checker<'_> {
             let path = key_path(&key_path(&key_path(&draft.path, "secrets"), name), "value");
             let what = format!("secret file `{}`", spec.value);
             self.confine(roots, rel, &path, step, &what);
+        }
+    }
+
+    /// With `--untrusted`: refuses a `file` secret that resolves, `..` and
+    /// symlinks followed, outside the work directory (`real` once its own
+    /// symlinks are resolved) and every `--secret-dir`. The value of one
+    /// inside becomes the path it resolved to, so that what is read is
+    /// what was checked.
+    fn untrusted_secret_files(
+        &mut self,
+        draft: &mut Draft,
+        (workdir, real): (&Path, &Path),
+        step: Option<&str>,
+    ) {
+        let secrets_path = key_path(&draft.path, "secrets");
+        for (name, spec) in &mut draft.step.secrets {
+            if spec.kind != SecretKind::File {
+                continue;
+            }
+            let written = workdir.join(&spec.value);
+            // A missing file is resolved as far as it exists (and then
+            // fails to be read, as any missing secret does).
+            let resolved = std::fs::canonicalize(&written).unwrap_or_else(|_| {
+                workpath::resolve(Path::new("/"), &written)
+                    .map_or_else(|_| normalize(&written), |r| r.path)
+            });
+            let mut roots =
+                std::iter::once(real).chain(self.secret_roots.iter().map(PathBuf::as_path));
+            if roots.any(|root| resolved.starts_with(root)) {
+                if let Some(text) = resolved.to_str() {
+                    spec.value = text.to_owned();
+                }
+                continue;
+            }
+            let outside = if self.secret_roots.is_empty() {
+                "outside the work directory"
+            } else {
+                "outside the work directory and every --secret-dir"
+            };
+            let folder = resolved.parent().unwrap_or(Path::new("/"));
+            let message = refusal(
+                &format!(
+                    "secret `{name}` reads the file `{}`, which resolves to `{}`, {outside}",
+                    spec.value,
+                    resolved.display()
+                ),
+                &format!("--secret-dir {}", folder.display()),
+            );
+            let path = key_path(&key_path(&secrets_path, name), "value");
+            self.at_value(&path, step, message, None);
         }
     }
 
