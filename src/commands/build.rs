@@ -50,10 +50,15 @@ pub fn build(config: &Config) -> Result<(), Error> {
         Err(e) => (Status::Failure, e.code()),
     };
     reporter.build_finished(status, code, result.as_ref().err().map(Error::report));
-    // The error is printed last, outside the reporter: redacted here.
-    result.map_err(|e| Error::Redacted {
-        message: reporter.redact(&e.report()).into_string(),
-        code: e.code(),
+    // The error is printed last, outside the reporter: redacted here. The
+    // problems of build.yml are found before any secret is read, and are
+    // printed as `habitus check` prints them (each with its `error:`).
+    result.map_err(|e| match e {
+        Error::Manifest(_) => e,
+        e => Error::Redacted {
+            message: reporter.redact(&e.report()).into_string(),
+            code: e.code(),
+        },
     })
 }
 
