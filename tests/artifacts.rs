@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::common::{
-    base_image, containers_with_label, docker, from_base, project, Cleanup, Habitus, UID_LABEL,
+    base_image, containers_with_label, docker, from_base, image_exists, project, Cleanup, Habitus,
+    UID_LABEL,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -638,4 +639,70 @@ fn a_dockerfile_or_context_turned_symlink_mid_build_is_never_followed() {
             c.uid()
         )));
     }
+}
+
+/// Makes the work directory of `h` a git repository and returns its
+/// `.git/config`.
+fn git_init(h: &Habitus) -> Vec<u8> {
+    let status = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(h.dir())
+        .status()
+        .expect("run git");
+    assert!(status.success(), "git init");
+    std::fs::read(h.dir().join(".git/config")).unwrap()
+}
+
+/// A step's image holding a git configuration that would run a hook.
+const HOOKED_DOCKERFILE: &str = "RUN mkdir -p /x/.git/hooks \\
+ && printf '[core]\\n\\thooksPath = /tmp/evil\\n' > /x/config && cp /x/config /x/.git/config
+";
+
+#[test]
+fn an_artifact_into_git_fails_before_the_build_and_leaves_git_alone() {
+    for (prefix, artifact, lands) in [
+        ("art-git", "/x/config:.git", ".git/config"),
+        ("art-git-self", "/x/.git", ".git"),
+        ("art-git-case", "/x/config:./sub/../.GIT/", ".GIT/config"),
+    ] {
+        let yml = format!(
+            "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: hb/{prefix}\n      dockerfile: Dockerfile\n      artifacts: [\"{artifact}\"]\n"
+        );
+        let (h, c) = project(prefix, &yml);
+        let h = h.file("Dockerfile", from_base(HOOKED_DOCKERFILE));
+        let config = git_init(&h);
+        let out = h.run();
+        assert_eq!(out.code(), Some(1), "{artifact}: {}", out.stderr);
+        let want = format!(
+            ":7:19: step `app`: artifact `{artifact}` would land in `{lands}`, inside a `.git` folder, where git finds the hooks and configuration it runs"
+        );
+        assert!(out.stderr.contains(&want), "{want}\n---\n{}", out.stderr);
+        assert!(!out.stderr.contains("error: error:"), "{}", out.stderr);
+        assert!(!out.stderr.contains(" step(s) from "), "{}", out.stderr);
+        assert!(!image_exists(&format!("hb/{prefix}-{}", c.uid())));
+        assert_eq!(std::fs::read(h.dir().join(".git/config")).unwrap(), config);
+    }
+}
+
+#[test]
+fn a_folder_spilling_its_git_into_the_work_dir_is_refused_while_extracting() {
+    let (h, c) = project(
+        "art-git-spill",
+        "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: hb/art-git-spill\n      dockerfile: Dockerfile\n      artifacts: [\"/x/.\"]\n",
+    );
+    let h = h.file("Dockerfile", from_base(HOOKED_DOCKERFILE));
+    let config = git_init(&h);
+    let out = h.run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("artifact `/x/.`: entry `")
+            && out.stderr.contains(
+                "would land inside a `.git` folder, where git finds the hooks and configuration it runs"
+            ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(h.dir().join(".git/config")).unwrap(), config);
+    assert!(!h.dir().join(".git/hooks/post-checkout").exists());
+    assert_no_container_left(&c);
 }

@@ -475,7 +475,7 @@ fn a_daemon_without_buildkit_is_named_with_its_version() {
 /// A stand-in for an SSH agent on a unix socket: it answers each
 /// connection with an HTTP response, so that `curl --unix-socket` in a
 /// `RUN` shows the bytes went both ways through the forwarded socket.
-fn fake_agent(socket: &std::path::Path, answer: &'static str) {
+pub(crate) fn fake_agent(socket: &std::path::Path, answer: &'static str) {
     let listener = UnixListener::bind(socket).unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -338,3 +338,89 @@ fn check_fails_on_a_symlinked_artifact_destination_naming_the_line_and_link() {
     assert!(stderr.contains(&want), "{stderr}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+/// `habitus check --untrusted` reports every refusal without a daemon.
+#[test]
+fn check_untrusted_reports_every_refusal_without_a_daemon() {
+    let h = crate::common::Habitus::new()
+        .file(
+            "build.yml",
+            "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: app
+      dockerfile: Dockerfile
+      args: { WHO: _env(USER) }
+      ssh: true
+      secrets:
+        key: { type: file, value: /etc/hostname }
+      after_build_command: id
+",
+        )
+        .file("Dockerfile", "FROM scratch\n")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    for untrusted in [&["check", "--untrusted"][..], &["check", "-untrusted=true"]] {
+        let out = h.run_with(untrusted, &[]);
+        assert_eq!(out.code(), Some(1), "{}", out.stderr);
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+        for flag in [
+            "(allow it with --env USER=VALUE)",
+            "(allow it with --ssh)",
+            "(allow it with --secret-dir /etc)",
+            "(allow it with --after-build-commands)",
+        ] {
+            assert!(out.stderr.contains(flag), "{flag}\n---\n{}", out.stderr);
+        }
+        assert_eq!(out.stderr.matches("error: ").count(), 4, "{}", out.stderr);
+        assert!(!out.stderr.contains("docker.sock"), "{}", out.stderr);
+    }
+    // Every flag given: the check passes, still without a daemon.
+    let out = h.run_with(
+        &[
+            "check",
+            "--untrusted",
+            "--env",
+            "USER=ci",
+            "--ssh",
+            "--secret-dir=/etc",
+            "--after-build-commands",
+        ],
+        &[],
+    );
+    out.assert_success();
+}
+
+#[test]
+fn untrusted_flags_show_in_help_and_parse_in_go_syntax() {
+    let out = habitus(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--untrusted", "--secret-dir <DIR>", "--ssh"] {
+        assert!(help.contains(flag), "--help lacks `{flag}`:\n{help}");
+    }
+    let go = config(&[
+        "habitus",
+        "-untrusted",
+        "-secret-dir=/run/keys",
+        "-secret-dir",
+        "/srv/keys",
+        "-ssh=true",
+    ]);
+    let gnu = config(&[
+        "habitus",
+        "--untrusted",
+        "--secret-dir",
+        "/run/keys",
+        "--secret-dir=/srv/keys",
+        "--ssh",
+    ]);
+    assert_eq!(go, gnu);
+    let untrusted = go.untrusted.expect("untrusted");
+    assert_eq!(
+        untrusted.secret_dirs,
+        [Path::new("/run/keys"), Path::new("/srv/keys")]
+    );
+    assert!(untrusted.ssh && !untrusted.after_build_commands);
+    assert_eq!(go.env, EnvSource::Given(Default::default()));
+    assert_eq!(config(&["habitus", "-ssh=false"]).untrusted, None);
+}

@@ -46,3 +46,5 @@ mod squash;
 mod sweep;
 /// The live view in a terminal (tmux).
 mod terminal;
+/// `--untrusted` on the real daemon: each host access refused before the build, and let through by its flag.
+mod untrusted;

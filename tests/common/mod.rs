@@ -537,6 +537,17 @@ impl Habitus {
         self.output_of(self.command())
     }
 
+    /// Runs the binary as [`Habitus::run`] does, with `args` after the
+    /// others and `env` set too, for one run only.
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        self.output_of(cmd)
+    }
+
     /// Runs the binary as [`Habitus::run`] does, inside network namespace
     /// `netns` (`ip netns exec`).
     pub fn run_in(&self, netns: &str) -> Output {
