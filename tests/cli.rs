@@ -339,7 +339,8 @@ fn check_fails_on_a_symlinked_artifact_destination_naming_the_line_and_link() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
-/// `habitus check --untrusted` reports every refusal without a daemon.
+/// `habitus check --untrusted` reports every refusal without a daemon, and
+/// a build refuses the same before it would contact one.
 #[test]
 fn check_untrusted_reports_every_refusal_without_a_daemon() {
     let h = crate::common::Habitus::new()
@@ -360,8 +361,17 @@ fn check_untrusted_reports_every_refusal_without_a_daemon() {
         )
         .file("Dockerfile", "FROM scratch\n")
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
-    for untrusted in [&["check", "--untrusted"][..], &["check", "-untrusted=true"]] {
-        let out = h.run_with(untrusted, &[]);
+    /// Arguments and environment of one run.
+    type Run<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let runs: [Run; 5] = [
+        (&["check", "--untrusted"], &[]),
+        (&["check", "-untrusted=true"], &[]),
+        (&["check"], &[("HABITUS_UNTRUSTED", "1")]),
+        (&["--untrusted"], &[]),
+        (&["build"], &[("HABITUS_UNTRUSTED", "true")]),
+    ];
+    for (args, env) in runs {
+        let out = h.run_with(args, env);
         assert_eq!(out.code(), Some(1), "{}", out.stderr);
         assert!(out.stdout.is_empty(), "{}", out.stdout);
         for flag in [
