@@ -95,6 +95,12 @@ pub const LABEL_BUILD: &str = "habitus.build";
 pub const LABEL_STEP: &str = "habitus.step";
 /// Label carrying `--uid`.
 pub const LABEL_UID: &str = "habitus.uid";
+/// Label carrying the build id on every container habitus creates, and on
+/// nothing else: never on an image (a cleanup's squash drops what the
+/// daemon's commit copies from the container). The sweep removes only
+/// containers that carry it; a container run from an image that carries
+/// `habitus.build` lacks it and is never touched.
+pub const LABEL_CONTAINER: &str = "habitus.container";
 
 /// A new build id: 12 random hex digits, short enough for names
 /// (`habitus-<id>` networks) and unique enough for one daemon.

@@ -12,7 +12,7 @@ use crate::audit::Scanner;
 use crate::config::BuildSettings;
 use crate::engine::{BuildOutput, BuildSink, Engine, LineSink, MountLog, MountSecrets, MountValue};
 use crate::manifest::{Manifest, Step};
-use crate::model::{LABEL_BUILD, LABEL_STEP, LABEL_UID};
+use crate::model::{LABEL_BUILD, LABEL_CONTAINER, LABEL_STEP, LABEL_UID};
 use crate::plan::Plan;
 use crate::progress::{Event, Reporter, Severity};
 use crate::secrets::server::{AccessLog, AccessRecord};
@@ -126,11 +126,13 @@ impl Build {
         self.images[&step.name].clone()
     }
 
-    /// The labels of a container this step makes: the image labels and
-    /// who owns it, so that a later build can sweep it if this one dies.
+    /// The labels of a container this step makes: the image labels, who
+    /// owns it, so that a later build can sweep it if this one dies, and
+    /// the label that only containers habitus creates carry.
     pub fn container_labels(&self, step: &Step) -> BTreeMap<String, String> {
         let mut labels = (*self.owner).clone();
         labels.extend(self.labels(step));
+        labels.insert(LABEL_CONTAINER.to_string(), self.build_id.clone());
         labels
     }
 

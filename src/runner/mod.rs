@@ -301,7 +301,7 @@ mod tests {
     use crate::engine::fake::{FakeBuild, FakeEngine};
     use crate::manifest::{Manifest, SchemaVersion, Step};
     use crate::model::Level;
-    use crate::model::LABEL_BUILD;
+    use crate::model::LABEL_CONTAINER;
     use crate::plan::Plan;
     use crate::progress::Reporter;
 
@@ -404,7 +404,10 @@ mod tests {
         assert!(dd.0 >= b.1 && dd.0 >= c.1);
         // Only the leaf stays.
         assert_eq!(f.engine.images().into_iter().collect::<Vec<_>>(), ["img/d"]);
-        assert_eq!(f.engine.label_sweeps(), [(LABEL_BUILD.into(), "b1".into())]);
+        assert_eq!(
+            f.engine.label_sweeps(),
+            [(LABEL_CONTAINER.into(), "b1".into())]
+        );
     }
 
     #[tokio::test]
@@ -724,7 +727,9 @@ mod tests {
         options.uid = Some("u1".into());
         options.build_args.insert("X".into(), "from-cli".into());
         options.image_labels = true;
-        let f = fixture(vec![a, step(d, "b", &["a"])], options);
+        let mut b = step(d, "b", &["a"]);
+        b.command = Some("true".into());
+        let f = fixture(vec![a, b], options);
         run(&f).await.unwrap();
         let builds = f.engine.builds();
         let req = &builds[0].request;
@@ -733,6 +738,11 @@ mod tests {
         assert_eq!(req.build_args["Y"], "yml-only");
         assert_eq!(req.labels["habitus.uid"], "u1");
         assert_eq!(req.labels["habitus.step"], "a");
+        // Only the containers habitus creates carry the container label.
+        assert!(!req.labels.contains_key(LABEL_CONTAINER));
+        let runs = f.engine.runs();
+        assert_eq!(runs[0].labels[LABEL_CONTAINER], "b1");
+        assert_eq!(runs[0].labels["habitus.build"], "b1");
         // `keep: true` keeps a non-leaf image.
         assert!(f.engine.images().contains("img/a-u1"));
     }

@@ -5,17 +5,18 @@
 use std::collections::BTreeSet;
 
 use super::build::Build;
-use crate::model::LABEL_BUILD;
+use crate::model::LABEL_CONTAINER;
 use crate::progress::Severity;
 
 impl Build {
-    /// Sweeps this build's containers and removes the images it no longer
+    /// Sweeps this build's containers (those habitus created for it: a
+    /// user's container of an image labelled with this build stays) and removes the images it no longer
     /// needs. Errors are reported, never raised: they must not hide the
     /// build's own result.
     pub async fn teardown(&self, tagged: &BTreeSet<String>, success: bool) -> Vec<String> {
         match self
             .engine
-            .remove_containers_with_label(LABEL_BUILD, &self.build_id)
+            .remove_containers_with_label(LABEL_CONTAINER, &self.build_id)
             .await
         {
             Ok(0) => {}
