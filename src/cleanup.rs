@@ -7,17 +7,22 @@
 //! streamed to the step's output; a non-zero exit fails the step), the
 //! container is committed with the image's own config (Env, Cmd,
 //! Entrypoint, WorkingDir, User, Labels… — not the shell's), and the
-//! committed image is squashed under the step's image name. The layers of
-//! the step's base image (the `FROM` of its final stage, see [`keep_for`])
-//! stay as they are, so they remain shared with other images; the step's
-//! own layers and the cleanup's become one. The container, the committed
-//! image and the unsquashed image are removed afterwards.
+//! committed image is squashed under the step's image name, with exactly
+//! the labels the step's image had (the commit also copies the
+//! container's labels, which name habitus's build and process: they are
+//! dropped, so a container run from the image is never habitus's). The
+//! layers of the step's base image (the `FROM` of its final stage, see
+//! [`keep_for`]) stay as they are, so they remain shared with other
+//! images; the step's own layers and the cleanup's become one. The
+//! container, the committed image and the unsquashed image are removed
+//! afterwards.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::dockerfile;
 use crate::engine::{ContainerGuard, ContainerRequest, Engine, EngineError, LineSink};
+use crate::model::LABEL_CONTAINER;
 use crate::squash::{self, Keep, SquashError};
 
 /// Why a cleanup failed.
@@ -91,7 +96,16 @@ pub async fn run(
     keep: Keep,
     sink: LineSink,
 ) -> Result<(), CleanupError> {
-    let original = engine.inspect_image(image).await?.map(|info| info.id);
+    let original = engine.inspect_image(image).await?;
+    // The squashed image keeps the step's own labels: the commit adds the
+    // container's (who owns it, which build made it), and a container run
+    // from the image must not look like one habitus made.
+    let mut own_labels = original
+        .as_ref()
+        .map(|info| info.labels.clone())
+        .unwrap_or_default();
+    own_labels.remove(LABEL_CONTAINER);
+    let original = original.map(|info| info.id);
     let id = engine
         .create_container(ContainerRequest {
             image: image.to_string(),
@@ -106,11 +120,12 @@ pub async fn run(
     let committed = committed?;
     removed?;
 
-    let squashed = squash::squash(
+    let squashed = squash::squash_labelled(
         &*engine,
         &committed,
         &crate::squash::with_tag(image),
         keep,
+        &own_labels,
         Arc::clone(&sink),
     )
     .await;

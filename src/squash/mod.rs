@@ -19,6 +19,7 @@ pub mod layout;
 pub mod merge;
 pub mod write;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -172,8 +173,39 @@ pub async fn squash(
     keep: Keep,
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
+    squash_with(engine, image, tag, keep, None, sink).await
+}
+
+/// Squashes like [`squash`], but the new image's labels are exactly
+/// `labels`, not those of `image`. A commit gives the image every label of
+/// the container it was made from (the daemon merges them into the config
+/// it is given), so a committed image carries the labels of habitus's
+/// container; the image a cleanup squashes carries its step's own labels
+/// instead.
+pub async fn squash_labelled(
+    engine: &dyn Engine,
+    image: &str,
+    tag: &str,
+    keep: Keep,
+    labels: &BTreeMap<String, String>,
+    sink: LineSink,
+) -> Result<SquashReport, SquashError> {
+    squash_with(engine, image, tag, keep, Some(labels), sink).await
+}
+
+async fn squash_with(
+    engine: &dyn Engine,
+    image: &str,
+    tag: &str,
+    keep: Keep,
+    labels: Option<&BTreeMap<String, String>>,
+    sink: LineSink,
+) -> Result<SquashReport, SquashError> {
     let tag = &with_tag(tag);
-    let details = details_of(engine, image).await?;
+    let mut details = details_of(engine, image).await?;
+    if let Some(labels) = labels {
+        details.config["Labels"] = json!(labels);
+    }
     let layers = details.diff_ids.len();
     let kept = match &keep {
         Keep::Nothing => 0,
@@ -202,7 +234,7 @@ pub async fn squash(
             return Ok(report);
         }
     }
-    squash_by_merge(engine, image, &details, kept, tag, &sink).await
+    squash_by_merge(engine, image, &details, kept, tag, labels, &sink).await
 }
 
 /// The details of `image`; a missing image is [`SquashError::NotFound`].
@@ -349,6 +381,7 @@ async fn squash_by_merge(
     details: &ImageDetails,
     kept: usize,
     tag: &str,
+    labels: Option<&BTreeMap<String, String>>,
     sink: &LineSink,
 ) -> Result<SquashReport, SquashError> {
     let layers = details.diff_ids.len();
@@ -360,7 +393,10 @@ async fn squash_by_merge(
         .prefix("habitus-squash-")
         .tempdir()
         .map_err(io_error("cannot create a temporary directory"))?;
-    let saved = save_spooled(engine, image, details, dir.path()).await?;
+    let mut saved = save_spooled(engine, image, details, dir.path()).await?;
+    if let Some(labels) = labels {
+        set_labels(&mut saved.config, labels);
+    }
     let layer_files = saved.layers.clone();
     let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
     let (emits, size) = blocking(move || merge_layers(&layer_files, &digests, kept)).await??;
@@ -598,6 +634,18 @@ pub fn rewrite_config(
     config["history"] = Value::Array(kept_history);
     config["created"] = Value::String(created.to_string());
     config
+}
+
+/// Sets the labels of an image config (as `docker save` writes it) to
+/// `labels`: those of its runtime config, and those of the config of the
+/// container it was committed from (`container_config`, which older
+/// daemons keep and `docker image inspect` shows), so that no label of
+/// that container is left anywhere in the image.
+pub fn set_labels(config: &mut Value, labels: &BTreeMap<String, String>) {
+    config["config"]["Labels"] = json!(labels);
+    if config["container_config"].is_object() {
+        config["container_config"]["Labels"] = json!(labels);
+    }
 }
 
 /// The current time as RFC 3339 UTC (`2024-05-01T12:00:00Z`).

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use super::layout::{read_save, Layout};
 use super::write::{sha256, write_layer};
-use super::{merge_layers, rewrite_config, rfc3339, squash, Keep, Method, SquashError};
+use super::{
+    merge_layers, rewrite_config, rfc3339, squash, squash_labelled, Keep, Method, SquashError,
+};
 use crate::engine::{
     BuildRequest, BuiltImage, ByteStream, Engine, EngineError, ImageDetails, ImageInfo, LineSink,
     RunRequest,
@@ -927,6 +929,45 @@ async fn a_crafted_oci_save_is_squashed_and_loaded_with_its_config() {
         apply(&[layers[0].clone(), squashed.clone()]),
         apply(&layers)
     );
+}
+
+/// A committed image carries its container's labels, in `config` and in
+/// `container_config`; squashed with the step's own labels, neither keeps
+/// them.
+#[tokio::test]
+async fn a_labelled_squash_keeps_only_the_given_labels() {
+    let layers = stack();
+    let mut config = config_for(&layers);
+    let committed = json!({"l": "v", "habitus.build": "b1", "habitus.container": "b1", "habitus.owner.pid": "42"});
+    config["config"]["Labels"] = committed.clone();
+    config["container_config"] = json!({"Cmd": ["/bin/sh"], "Labels": committed});
+    let engine = ArchiveEngine {
+        archive: legacy_archive(&layers, &config),
+        details: ImageDetails {
+            id: "sha256:app".into(),
+            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
+            config: config["config"].clone(),
+            author: String::new(),
+            architecture: "amd64".into(),
+            os: "linux".into(),
+        },
+        loaded: Mutex::new(Vec::new()),
+    };
+    let sink: LineSink = Arc::new(|_| {});
+    let own = BTreeMap::from([("l".to_string(), "v".to_string())]);
+    let report = squash_labelled(&engine, "app", "app:squashed", Keep::Layers(1), &own, sink)
+        .await
+        .unwrap();
+    assert_eq!(report.method, Method::Merge);
+    let loaded = members(&engine.loaded.lock().unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&loaded["manifest.json"]).unwrap();
+    let new_config: serde_json::Value =
+        serde_json::from_slice(&loaded[manifest[0]["Config"].as_str().unwrap()]).unwrap();
+    assert_eq!(new_config["config"]["Labels"], json!({"l": "v"}));
+    assert_eq!(new_config["container_config"]["Labels"], json!({"l": "v"}));
+    // The rest of the config is the committed image's.
+    assert_eq!(new_config["config"]["Cmd"], config["config"]["Cmd"]);
+    assert_eq!(new_config["container_config"]["Cmd"], json!(["/bin/sh"]));
 }
 
 #[tokio::test]
