@@ -9,8 +9,15 @@
 //! time (so that a reused pid is not mistaken for the build). Only an owner
 //! on this very host, boot and PID namespace can be proved dead; anything
 //! else is removed only once it is older than `--stale-after`.
+//!
+//! A pid missing from `/proc` proves nothing when `/proc` hides other
+//! users' processes (mounted with `hidepid`): a live build of another user
+//! looks exactly like a dead one. Then, and whenever `/proc` cannot be
+//! read, the verdict is "keep: cannot tell".
 
 use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Host name of the process that created the object.
@@ -21,6 +28,8 @@ pub const LABEL_PID: &str = "habitus.owner.pid";
 pub const LABEL_START: &str = "habitus.owner.start";
 /// When the object was created, in seconds since the Unix epoch.
 pub const LABEL_CREATED: &str = "habitus.created";
+/// The effective user and group ids of the process, `<uid>:<gid>`.
+pub const LABEL_OWNER_USER: &str = "habitus.owner.user";
 
 /// The process that creates objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,25 +39,36 @@ pub struct Owner {
     pub pid_ns: String,
     pub pid: u32,
     pub start: u64,
+    /// Its effective user and group ids, `<uid>:<gid>`, if `/proc` says.
+    pub user: Option<String>,
 }
 
 impl Owner {
     /// This process.
     pub fn current() -> Owner {
         let pid = std::process::id();
+        let proc = Proc::host();
         Owner {
             host: read_trimmed("/proc/sys/kernel/hostname"),
             boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
             pid_ns: pid_namespace("self"),
             pid,
-            start: start_time(pid).unwrap_or(0),
+            start: match proc.liveness(pid, None) {
+                Liveness::Runs(start) => start,
+                _ => 0,
+            },
+            user: proc.user(),
         }
     }
 
     /// The labels that name this owner, created `now`.
     pub fn labels(&self, now: SystemTime) -> BTreeMap<String, String> {
         let created = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        BTreeMap::from([
+        let user = self
+            .user
+            .clone()
+            .map(|user| (LABEL_OWNER_USER.to_string(), user));
+        let mut labels = BTreeMap::from([
             (LABEL_HOST.to_string(), self.host.clone()),
             (LABEL_PID.to_string(), self.pid.to_string()),
             (
@@ -56,7 +76,9 @@ impl Owner {
                 format!("{}/{}/{}", self.boot_id, self.pid_ns, self.start),
             ),
             (LABEL_CREATED.to_string(), created.to_string()),
-        ])
+        ]);
+        labels.extend(user);
+        labels
     }
 
     /// Whether `labels` name a process of this host, boot and PID
@@ -85,7 +107,8 @@ pub enum Verdict {
 }
 
 /// Judges an object labelled `labels` (created at `created` as the daemon
-/// says, if known, used when it has no creation label) from the point of view of `me` at `now`.
+/// says, if known, used when it has no creation label) from the point of
+/// view of `me` at `now`, reading processes from the host's `/proc`.
 pub fn judge(
     labels: &BTreeMap<String, String>,
     created: Option<SystemTime>,
@@ -93,13 +116,30 @@ pub fn judge(
     now: SystemTime,
     stale_after: Duration,
 ) -> Verdict {
+    judge_with(labels, created, me, now, stale_after, &Proc::host())
+}
+
+/// [`judge`], reading processes from `proc`.
+pub fn judge_with(
+    labels: &BTreeMap<String, String>,
+    created: Option<SystemTime>,
+    me: &Owner,
+    now: SystemTime,
+    stale_after: Duration,
+    proc: &Proc,
+) -> Verdict {
     if let Some((pid, start)) = me.same_machine(labels) {
-        return match start_time(pid) {
-            Some(now_start) if now_start == start => {
+        return match proc.liveness(pid, labels.get(LABEL_OWNER_USER).map(String::as_str)) {
+            Liveness::Runs(now_start) if now_start == start => {
                 Verdict::Keep(format!("its build still runs (pid {pid})"))
             }
-            Some(_) => Verdict::Dead(format!("its build (pid {pid}) is gone; the pid is reused")),
-            None => Verdict::Dead(format!("its build (pid {pid}) is gone")),
+            Liveness::Runs(_) => {
+                Verdict::Dead(format!("its build (pid {pid}) is gone; the pid is reused"))
+            }
+            Liveness::Gone => Verdict::Dead(format!("its build (pid {pid}) is gone")),
+            Liveness::CannotTell(why) => Verdict::Keep(format!(
+                "cannot tell whether its build (pid {pid}) still runs: {why}"
+            )),
         };
     }
     // The time habitus wrote, else the daemon's.
@@ -175,13 +215,129 @@ fn pid_namespace(pid: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock
-/// ticks after boot. `None` when no such process exists.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// Field 22 of a `/proc/<pid>/stat`: when the process started, in clock
+/// ticks after boot.
+fn start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What `/proc` says of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs, started at this many clock ticks after boot.
+    Runs(u64),
+    /// No such process exists.
+    Gone,
+    /// `/proc` cannot tell (the text says why): it may run.
+    CannotTell(String),
+}
+
+/// Where process facts are read: the host's `/proc`, or (in tests) a
+/// directory laid out like it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    root: PathBuf,
+}
+
+/// `CAP_SYS_PTRACE`: its holder sees every process whatever `hidepid` says.
+const CAP_SYS_PTRACE: u32 = 19;
+
+impl Proc {
+    /// The host's `/proc`.
+    pub fn host() -> Proc {
+        Proc::at("/proc")
+    }
+
+    /// A directory laid out like `/proc` (`<pid>/stat`, `self/status`,
+    /// `self/mountinfo`, `1/`).
+    pub fn at(root: impl Into<PathBuf>) -> Proc {
+        Proc { root: root.into() }
+    }
+
+    /// Whether process `pid` (which ran as `owner`, `<uid>:<gid>`, if
+    /// known) runs. A missing pid is [`Liveness::Gone`] only when this
+    /// process could see it: `/proc` hides nothing from us, or the owner
+    /// ran with our very user and group ids (`hidepid` lets a process see
+    /// those whose ids all match its own).
+    pub fn liveness(&self, pid: u32, owner: Option<&str>) -> Liveness {
+        let path = self.root.join(pid.to_string()).join("stat");
+        match std::fs::read_to_string(&path) {
+            Ok(stat) => match start_time(&stat) {
+                Some(start) => Liveness::Runs(start),
+                None => {
+                    Liveness::CannotTell(format!("`{}` does not hold a start time", path.display()))
+                }
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let me = self.user();
+                if owner.is_some() && owner == me.as_deref() {
+                    return Liveness::Gone;
+                }
+                match self.hides_others() {
+                    None => Liveness::Gone,
+                    Some(how) => Liveness::CannotTell(format!(
+                        "{how}, so another user's build is invisible to uid:gid {}; run `habitus prune` as {} or with CAP_SYS_PTRACE",
+                        me.as_deref().unwrap_or("unknown"),
+                        owner.map_or("the user who ran it".to_string(), |u| format!("uid:gid {u}")),
+                    )),
+                }
+            }
+            Err(e) => Liveness::CannotTell(format!("cannot read `{}`: {e}", path.display())),
+        }
+    }
+
+    /// This process's effective user and group ids, `<uid>:<gid>` (of
+    /// `self/status`).
+    pub fn user(&self) -> Option<String> {
+        let effective = |field: &str| -> Option<u32> {
+            self.status_field(field)?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        Some(format!("{}:{}", effective("Uid:")?, effective("Gid:")?))
+    }
+
+    /// How `/proc` hides other users' processes from this one, if it may:
+    /// the `hidepid` option of the `proc` mount at `/proc` (the last one
+    /// mounted there), or pid 1, which always exists, missing. `None`
+    /// when this process holds `CAP_SYS_PTRACE`, which sees through it.
+    fn hides_others(&self) -> Option<String> {
+        let caps = self
+            .status_field("CapEff:")
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+        if caps.is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0) {
+            return None;
+        }
+        let mountinfo = std::fs::read_to_string(self.root.join("self/mountinfo"));
+        let hidepid = mountinfo.ok().and_then(|text| {
+            let proc_mount = text.lines().rev().find_map(|line| {
+                let (mount, fs) = line.split_once(" - ")?;
+                let point = mount.split_whitespace().nth(4)?;
+                let mut fs = fs.split_whitespace();
+                (point == "/proc" && fs.next()? == "proc").then(|| fs.nth(1).map(str::to_string))
+            })??;
+            proc_mount
+                .split(',')
+                .find_map(|o| o.strip_prefix("hidepid="))
+                .filter(|v| !matches!(*v, "0" | "off"))
+                .map(|v| format!("/proc is mounted with hidepid={v}"))
+        });
+        hidepid.or_else(|| {
+            (!self.root.join("1").exists())
+                .then(|| "/proc hides other users' processes (pid 1 is not visible)".to_string())
+        })
+    }
+
+    fn status_field(&self, name: &str) -> Option<String> {
+        let status = std::fs::read_to_string(self.root.join("self/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name).map(str::to_string))
+    }
 }
 
 #[cfg(test)]
@@ -210,11 +366,14 @@ mod tests {
         let me = me();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        let start = start_time(pid);
+        let start = match Proc::host().liveness(pid, None) {
+            Liveness::Runs(start) => start,
+            _ => 1,
+        };
         child.wait().unwrap();
         let mut owner = me.clone();
         owner.pid = pid;
-        owner.start = start.unwrap_or(1);
+        owner.start = start;
         let labels = owner.labels(SystemTime::now());
         assert_eq!(
             judge(
@@ -279,6 +438,132 @@ mod tests {
         assert!(matches!(
             judge(&bare, None, &me, now, day),
             Verdict::Keep(_)
+        ));
+    }
+
+    /// A directory laid out like `/proc` for a process of uid `uid` with
+    /// effective capabilities `caps`, whose `/proc` mount has `options`.
+    fn fake_proc(uid: u32, caps: &str, options: &str, pid1: bool) -> tempfile::TempDir {
+        let gid = uid + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let me = dir.path().join("self");
+        std::fs::create_dir_all(&me).unwrap();
+        std::fs::write(
+            me.join("status"),
+            format!("Name:\thabitus\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{gid}\t{gid}\t{gid}\t{gid}\nCapEff:\t{caps}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            me.join("mountinfo"),
+            format!(
+                "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n22 1 0:21 / /proc rw,relatime - proc proc {options}\n"
+            ),
+        )
+        .unwrap();
+        if pid1 {
+            std::fs::create_dir(dir.path().join("1")).unwrap();
+        }
+        dir
+    }
+
+    fn run_as(proc: &Proc, pid: u32, start: u64) {
+        let dir = proc.root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let stat = format!(
+            "{pid} (habitus (x)) S 1 {pid} {pid} 0 -1 4194304 1 0 0 0 0 0 0 0 20 0 1 0 {start} 1 1"
+        );
+        std::fs::write(dir.join("stat"), stat).unwrap();
+    }
+
+    fn judged(proc: &Proc, owner: Option<&str>) -> Verdict {
+        let me = me();
+        let owner = Owner {
+            pid: 4242,
+            start: 777,
+            user: owner.map(str::to_string),
+            ..me.clone()
+        };
+        let now = SystemTime::now();
+        judge_with(&owner.labels(now), None, &me, now, Duration::ZERO, proc)
+    }
+
+    #[test]
+    fn hidepid_hiding_another_users_build_means_keep_cannot_tell() {
+        let dir = fake_proc(1000, "0000000000000000", "rw,hidepid=2", false);
+        let proc = Proc::at(dir.path());
+        assert_eq!(proc.user().as_deref(), Some("1000:1001"));
+        assert_eq!(
+            judged(&proc, Some("0:0")),
+            Verdict::Keep(
+                "cannot tell whether its build (pid 4242) still runs: /proc is mounted with \
+                 hidepid=2, so another user's build is invisible to uid:gid 1000:1001; run \
+                 `habitus prune` as uid:gid 0:0 or with CAP_SYS_PTRACE"
+                    .into()
+            )
+        );
+        // Our uid with another group: hidepid hides it too.
+        assert!(matches!(
+            judged(&proc, Some("1000:0")),
+            Verdict::Keep(why) if why.starts_with("cannot tell")
+        ));
+        // An owner without a uid label (an older habitus) may be anyone.
+        assert!(matches!(
+            judged(&proc, None),
+            Verdict::Keep(why) if why.contains("as the user who ran it or with CAP_SYS_PTRACE")
+        ));
+        // The names newer kernels use, and a hidepid that only the missing
+        // pid 1 betrays.
+        for options in ["rw,hidepid=invisible", "rw,hidepid=ptraceable"] {
+            let dir = fake_proc(1000, "0", options, true);
+            assert!(matches!(
+                judged(&Proc::at(dir.path()), Some("0:0")),
+                Verdict::Keep(why) if why.contains(&options[3..])
+            ));
+        }
+        let dir = fake_proc(1000, "0", "rw", false);
+        assert!(matches!(
+            judged(&Proc::at(dir.path()), Some("0:0")),
+            Verdict::Keep(why) if why.contains("pid 1 is not visible")
+        ));
+    }
+
+    #[test]
+    fn a_missing_pid_is_gone_when_proc_could_show_it() {
+        let gone = Verdict::Dead("its build (pid 4242) is gone".into());
+        // Our own build (same uid and gid): hidepid never hides it.
+        let dir = fake_proc(1000, "0", "rw,hidepid=2", false);
+        assert_eq!(judged(&Proc::at(dir.path()), Some("1000:1001")), gone);
+        // No hidepid.
+        let dir = fake_proc(1000, "0", "rw,hidepid=0", true);
+        assert_eq!(judged(&Proc::at(dir.path()), Some("0:0")), gone);
+        // CAP_SYS_PTRACE sees through hidepid.
+        let dir = fake_proc(0, "000001fffeffffff", "rw,hidepid=2", false);
+        assert_eq!(judged(&Proc::at(dir.path()), Some("1000:1001")), gone);
+        // A visible pid: its start time decides.
+        let proc = Proc::at(dir.path());
+        run_as(&proc, 4242, 777);
+        assert_eq!(
+            judged(&proc, Some("0:1")),
+            Verdict::Keep("its build still runs (pid 4242)".into())
+        );
+    }
+
+    #[test]
+    fn an_unreadable_stat_means_keep_cannot_tell() {
+        let dir = fake_proc(1000, "0", "rw", true);
+        let proc = Proc::at(dir.path());
+        // A directory where the file should be: reading it fails (as
+        // hidepid=1 makes another user's files fail with EACCES).
+        std::fs::create_dir_all(dir.path().join("4242/stat")).unwrap();
+        assert!(matches!(
+            judged(&proc, Some("0:0")),
+            Verdict::Keep(why) if why.starts_with("cannot tell whether its build (pid 4242) still runs: cannot read")
+        ));
+        std::fs::remove_dir(dir.path().join("4242/stat")).unwrap();
+        std::fs::write(dir.path().join("4242/stat"), "4242 (x").unwrap();
+        assert!(matches!(
+            judged(&proc, Some("0:0")),
+            Verdict::Keep(why) if why.ends_with("does not hold a start time")
         ));
     }
 
