@@ -71,9 +71,33 @@ pub struct FakeEngine {
     /// References pulled, in order; those in `missing` are not found.
     pulls: Mutex<Vec<String>>,
     missing: Mutex<BTreeSet<String>>,
+    /// What `list_labelled` lists; a network also counts as created.
+    leftovers: Mutex<Vec<Leftover>>,
+    /// Network id → containers attached to it (id, runs).
+    attached: Mutex<BTreeMap<String, Vec<(String, bool)>>>,
+    /// Ids given to `remove_container`, in order.
+    removed_containers: Mutex<Vec<String>>,
 }
 
 impl FakeEngine {
+    /// Lists `leftover` as left behind by a build (a network by its id).
+    pub fn on_leftover(&self, leftover: Leftover) {
+        if leftover.kind == "network" {
+            lock(&self.networks).insert(leftover.id.clone(), leftover.labels.clone());
+        }
+        lock(&self.leftovers).push(leftover);
+    }
+
+    /// Attaches containers (id, runs) to the network with id `network`.
+    pub fn on_attached(&self, network: &str, containers: Vec<(String, bool)>) {
+        lock(&self.attached).insert(network.to_string(), containers);
+    }
+
+    /// Ids given to `remove_container`, in order.
+    pub fn removed_containers(&self) -> Vec<String> {
+        lock(&self.removed_containers).clone()
+    }
+
     /// Configures how the build of `tag` behaves.
     pub fn on_build(&self, tag: &str, behaviour: FakeBuild) {
         lock(&self.behaviour).insert(tag.to_string(), behaviour);
@@ -380,6 +404,7 @@ impl Engine for FakeEngine {
 
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
         lock(&self.containers).remove(id);
+        lock(&self.removed_containers).push(id.to_string());
         Ok(())
     }
 
@@ -438,22 +463,25 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
-    // Not simulated: the subnets in use and what builds left behind (the
-    // runner's tests need none), and the rest of `squash`.
+    // Not simulated: the subnets in use and the rest of `squash`.
 
     /// No other networks: every subnet is free.
     async fn network_subnets(&self) -> Result<Vec<String>, EngineError> {
         Ok(Vec::new())
     }
 
-    /// Nothing was left behind.
-    async fn list_labelled(&self, _key: &str) -> Result<Vec<Leftover>, EngineError> {
-        Ok(Vec::new())
+    /// What `on_leftover` listed, if it carries `key`.
+    async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError> {
+        Ok(lock(&self.leftovers)
+            .iter()
+            .filter(|l| l.labels.contains_key(key))
+            .cloned()
+            .collect())
     }
 
-    /// No container is attached.
-    async fn containers_on_network(&self, _name: &str) -> Result<Vec<(String, bool)>, EngineError> {
-        Ok(Vec::new())
+    /// What `on_attached` attached to the network with exactly this id.
+    async fn containers_on_network(&self, id: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        Ok(lock(&self.attached).get(id).cloned().unwrap_or_default())
     }
 
     async fn load_image(&self, _archive: ByteStream, _sink: LineSink) -> Result<(), EngineError> {

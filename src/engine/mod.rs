@@ -411,11 +411,13 @@ pub trait Engine: Send + Sync {
     /// value: what builds left behind is found by `habitus.build`.
     async fn list_labelled(&self, key: &str) -> Result<Vec<Leftover>, EngineError>;
 
-    /// Containers (in any state) attached to network `name`: id and
-    /// whether it runs.
-    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError>;
+    /// Containers (in any state) attached to the network whose id is
+    /// exactly `id` (never one whose id merely starts with it, nor one
+    /// named so): id and whether it runs.
+    async fn containers_on_network(&self, id: &str) -> Result<Vec<(String, bool)>, EngineError>;
 
-    /// Removes network `name`; a network that does not exist is not an error.
+    /// Removes network `name` (or id); a network that does not exist is
+    /// not an error.
     async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
 
     // Image transfer, used by `squash`.

@@ -300,8 +300,8 @@ impl Engine for DockerEngine {
         networks::list_labelled(self, key).await
     }
 
-    async fn containers_on_network(&self, name: &str) -> Result<Vec<(String, bool)>, EngineError> {
-        networks::containers_on_network(self, name).await
+    async fn containers_on_network(&self, id: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        networks::containers_on_network(self, id).await
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {

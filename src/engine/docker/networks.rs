@@ -129,16 +129,35 @@ pub(super) async fn list_labelled(
     Ok(out)
 }
 
-/// Containers (in any state) attached to network `name`: id and whether it
-/// runs.
+/// Containers (in any state) attached to the network whose id is exactly
+/// `id`: id and whether it runs. The daemon's `network` filter also
+/// matches names and id prefixes (a network may be named like the start
+/// of another's id), so each container's own endpoints are checked for
+/// the exact id.
 pub(super) async fn containers_on_network(
     engine: &DockerEngine,
-    name: &str,
+    id: &str,
 ) -> Result<Vec<(String, bool)>, EngineError> {
-    let filters = HashMap::from([("network".to_string(), vec![name.to_string()])]);
+    if id.is_empty() {
+        return Err(EngineError::Api(
+            "no network id to list the containers of: the daemon listed a network without one"
+                .into(),
+        ));
+    }
+    let filters = HashMap::from([("network".to_string(), vec![id.to_string()])]);
     let containers = engine.all_containers(filters).await?;
     Ok(containers
         .into_iter()
+        .filter(|c| {
+            c.network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .is_some_and(|networks| {
+                    networks
+                        .values()
+                        .any(|e| e.network_id.as_deref() == Some(id))
+                })
+        })
         .map(|c| {
             let running = !matches!(
                 c.state,
