@@ -551,3 +551,279 @@ fn a_daemon_restart_mid_build_fails_fast_and_the_next_build_sweeps() {
     );
     drop((c1, c2));
 }
+
+const CLEANUP_STEP_YML: &str = "build:\n  version: 2016-03-14\n  steps:\n    STEP:\n      name: hb/sweep-STEP\n      dockerfile: Dockerfile\n      cleanup:\n        commands:\n          - rm /junk\n";
+
+/// The labels of an image (`Config`) and, where the daemon keeps it, of
+/// the container it was committed from (`ContainerConfig`).
+fn image_labels(image: &str) -> Vec<String> {
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker(&["image", "inspect", image])).unwrap();
+    ["Config", "ContainerConfig"]
+        .iter()
+        .filter_map(|config| inspect[0][config]["Labels"].as_object())
+        .flat_map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        })
+        .collect()
+}
+
+fn container_state(name: &str) -> String {
+    docker(&["inspect", "-f", "{{.State.Status}}", name])
+        .trim()
+        .to_string()
+}
+
+/// The image a `cleanup:` step makes carries the step's own labels and
+/// none of the container it was committed from: a container a user runs
+/// from it is the user's, and neither `habitus prune` nor the sweep of a
+/// later build touches it. With `--image-labels` the image carries
+/// `habitus.build`, `habitus.step` and `habitus.uid`, and still a
+/// container of it is never removed: it lacks `habitus.container`.
+#[test]
+fn containers_of_images_habitus_made_are_the_users() {
+    let (h, c) = project("sweep-img", &CLEANUP_STEP_YML.replace("STEP", "plain"));
+    let uid = c.uid().to_string();
+    let dockerfile = from_base(&format!(
+        "LABEL com.example.app={uid}\nRUN echo junk > /junk\n"
+    ));
+    h.file("Dockerfile", &dockerfile).run().assert_success();
+    let plain = format!("hb/sweep-plain-{uid}");
+    // The step's own labels: the base image's and its Dockerfile's.
+    let own = [format!("com.example.app={uid}"), "habitus.test=base".into()];
+    let labels = image_labels(&plain);
+    assert!(
+        labels.iter().all(|l| own.contains(l)) && own.iter().all(|l| labels.contains(l)),
+        "{labels:?}"
+    );
+    let running = format!("{uid}-running");
+    docker(&["run", "-d", "--name", &running, &plain, "sleep", "1000"]);
+
+    // A following build, with image labels.
+    let out = Habitus::new()
+        .file("build.yml", CLEANUP_STEP_YML.replace("STEP", "labelled"))
+        .file("Dockerfile", &dockerfile)
+        .args(["--uid", &uid, "--image-labels"])
+        .run();
+    out.assert_success();
+    assert_eq!(container_state(&running), "running", "{}", out.stderr);
+    let labelled = format!("hb/sweep-labelled-{uid}");
+    let labels = image_labels(&labelled);
+    assert!(
+        labels.iter().all(|l| own.contains(l)
+            || l.starts_with("habitus.build=")
+            || l.starts_with("habitus.step=labelled")
+            || l == &format!("habitus.uid={uid}")),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().any(|l| l.starts_with("habitus.build=")),
+        "{labels:?}"
+    );
+    let created = format!("{uid}-created");
+    docker(&["create", "--name", &created, &labelled, "true"]);
+    let labelled_running = format!("{uid}-labelled");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &labelled_running,
+        &labelled,
+        "sleep",
+        "1000",
+    ]);
+
+    // Even old enough for any --stale-after, they stay (a dry run, so
+    // that other tests' objects are safe from the 0s).
+    let (code, stdout, stderr) = habitus(&["prune", "--dry-run", "--stale-after=0s"]);
+    assert_eq!(code, 0, "{stderr}");
+    for name in [&created, &labelled_running] {
+        assert!(
+            stdout.contains(&format!(
+                "kept container `{name}`: not created by habitus (no `habitus.container` label; its image carries habitus's labels), so never removed"
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(!stdout.contains(&running), "{stdout}");
+    let (code, _, stderr) = habitus(&["prune"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(container_state(&running), "running");
+    assert_eq!(container_state(&labelled_running), "running");
+    assert_eq!(container_state(&created), "created");
+}
+
+/// A network labelled like a dead build's, named like the start of the id
+/// of a user's network: the sweep removes that network and nothing on the
+/// user's network, whose containers and volumes it never sees.
+#[test]
+fn a_network_named_like_another_networks_id_takes_nothing_with_it() {
+    let c = Cleanup::new("sweep-prefix");
+    let uid = c.uid().to_string();
+    let user_net = format!("{uid}-net");
+    let user_net_id = docker(&[
+        "network",
+        "create",
+        "--label",
+        &format!("{UID_LABEL}={uid}"),
+        &user_net,
+    ])
+    .trim()
+    .to_string();
+    let prefix = user_net_id[..12].to_string();
+    let args = owner_labels(&dead_owner(), Duration::ZERO, &uid, "prefixbuild");
+    let mut create = vec!["network", "create"];
+    create.extend(args.iter().map(String::as_str));
+    create.push(&prefix);
+    // By id: `docker network inspect <prefix>` may find the user's network.
+    let labelled_id = docker(&create).trim().to_string();
+    let user = format!("{uid}-user");
+    // Run, so that its endpoint names the network's id, and exited.
+    docker(&[
+        "run",
+        "--name",
+        &user,
+        "--network",
+        &user_net,
+        "-v",
+        "/data",
+        &base_image(),
+        "true",
+    ]);
+    let volume = docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}{{end}}", &user])
+        .trim()
+        .to_string();
+    assert!(!volume.is_empty());
+
+    let (code, stdout, stderr) = habitus(&["prune"]);
+    assert_eq!(code, 0, "{stderr}");
+    // This prune or another test's sweep removed the labelled network.
+    assert!(!network_exists(&labelled_id), "{stdout}");
+    if stdout.contains(&format!("network `{prefix}`")) {
+        assert!(
+            stdout.contains(&format!("removed network `{prefix}`: its build (pid ")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(container_state(&user), "exited", "{stdout}");
+    assert!(network_exists(&user_net_id));
+    assert_eq!(
+        docker(&["volume", "inspect", "-f", "{{.Name}}", &volume]).trim(),
+        volume
+    );
+    docker(&["rm", "-f", "-v", &user]);
+}
+
+/// A child process killed when dropped, even when the test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat` once `pid` runs `comm`.
+fn start_of(pid: u32, comm: &str) -> u64 {
+    let mut stat = String::new();
+    wait_until(Duration::from_secs(30), &format!("running {comm}"), || {
+        stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.contains(&format!("({comm})"))
+    });
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// With `/proc` mounted `hidepid=2`, a live build of another user is
+/// invisible, and `habitus prune` keeps its network, saying it cannot
+/// tell. The mount is made in a private mount namespace (`unshare -m`),
+/// never on the host's `/proc`; habitus runs there without
+/// `CAP_SYS_PTRACE` and in another group, as hidepid would see a user.
+/// Needs root, `unshare` and `setpriv`; says so and passes otherwise.
+#[test]
+fn prune_keeps_what_hidepid_hides_saying_it_cannot_tell() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let tools = ["unshare", "setpriv"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !root || !tools {
+        eprintln!("skipped: needs root, `unshare` and `setpriv` for a private hidepid mount");
+        return;
+    }
+    let c = Cleanup::new("sweep-hidepid");
+    let uid = c.uid().to_string();
+    // Another user's live build.
+    let build = Killed(
+        Command::new("setpriv")
+            .args(["--reuid", "12345", "--regid", "12345", "--clear-groups"])
+            .args(["sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = build.0.id();
+    let owner = Owner {
+        pid,
+        start: start_of(pid, "sleep"),
+        user: Some("12345:12345".into()),
+        ..Owner::current()
+    };
+    let network = format!("hb-hidden-{uid}");
+    let args = owner_labels(&owner, Duration::ZERO, &uid, "hiddenbuild");
+    let mut create = vec!["network", "create"];
+    create.extend(args.iter().map(String::as_str));
+    create.push(&network);
+    docker(&create);
+
+    // Where /proc shows it, the build runs.
+    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "kept network `{network}`: its build still runs (pid {pid})"
+        )),
+        "{stdout}"
+    );
+
+    let proc_before = proc_mounts();
+    let script = "mount -t proc -o hidepid=2 proc /proc && exec setpriv --regid 4242 --clear-groups --bounding-set -sys_ptrace \"$0\" prune";
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_habitus"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "kept network `{network}`: cannot tell whether its build (pid {pid}) still runs: /proc is mounted with hidepid=invisible, so another user's build is invisible to uid:gid 0:4242; run `habitus prune` as uid:gid 12345:12345 or with CAP_SYS_PTRACE"
+        )),
+        "{stdout}"
+    );
+    assert!(network_exists(&network));
+    // The host's /proc is as it was.
+    assert_eq!(proc_mounts(), proc_before);
+}
+
+/// The mounts of `/proc` as this process sees them.
+fn proc_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("/proc"))
+        .map(str::to_string)
+        .collect()
+}
