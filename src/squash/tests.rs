@@ -1070,3 +1070,20 @@ async fn keeping_every_layer_is_refused() {
         "nothing to squash: `app` has 3 layer(s) and 3 are kept"
     );
 }
+
+#[test]
+fn the_containerd_name_of_a_reference_follows_the_docker_cli_registry_rule() {
+    use super::write::full_name;
+    for (reference, full) in [
+        ("app:1", "docker.io/library/app:1"),
+        ("team/app:1", "docker.io/team/app:1"),
+        ("docker.io/app:1", "docker.io/library/app:1"),
+        ("index.docker.io/team/app:1", "docker.io/team/app:1"),
+        ("localhost/app:1", "localhost/app:1"),
+        ("LOCALHOST/app:1", "LOCALHOST/app:1"),
+        ("registry:5000/app:1", "registry:5000/app:1"),
+        ("reg.example/team/app:1", "reg.example/team/app:1"),
+    ] {
+        assert_eq!(full_name(reference), full, "{reference}");
+    }
+}

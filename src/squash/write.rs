@@ -483,15 +483,19 @@ fn blob_path(digest: &str) -> String {
 /// The fully qualified name the containerd store keeps for `reference`
 /// (`app:1` → `docker.io/library/app:1`), as `docker save` writes it.
 pub fn full_name(reference: &str) -> String {
-    let first = reference.split('/').next().unwrap_or_default();
-    let has_domain = reference.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_domain {
-        reference.to_string()
-    } else if reference.contains('/') {
-        format!("docker.io/{reference}")
+    // The registry is decided by the one rule every path uses (the docker
+    // CLI's: `LOCALHOST/app` names a host, `docker.io/app` Docker Hub).
+    if crate::model::registry_host(reference) != "docker.io" {
+        return reference.to_string();
+    }
+    let path = match reference.split_once('/') {
+        Some(("docker.io" | "index.docker.io", rest)) => rest,
+        _ => reference,
+    };
+    if path.contains('/') {
+        format!("docker.io/{path}")
     } else {
-        format!("docker.io/library/{reference}")
+        format!("docker.io/library/{path}")
     }
 }
 
