@@ -376,7 +376,8 @@ pub struct Flags {
     /// Treat build.yml as untrusted input (a pull request's, in CI; also
     /// HABITUS_UNTRUSTED=1): `_env()` reads only `--env`, `file` secrets
     /// only the work directory and `--secret-dir`, `ssh: true` needs
-    /// `--ssh` and `after_build_command` needs `--after-build-commands`.
+    /// `--ssh`, `after_build_command` needs `--after-build-commands` and
+    /// `push: true` needs `--push`.
     /// Whatever else it asks for is refused before anything is built.
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = parse_go_bool,

@@ -253,7 +253,7 @@ fn untrusted_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
 
 /// `--untrusted` or HABITUS_UNTRUSTED (either turns it on; neither can
 /// turn the other off), with its allowances: `--secret-dir` (absolute,
-/// against `cwd`), `--ssh` and `--after-build-commands`.
+/// against `cwd`), `--ssh`, `--after-build-commands` and `--push`.
 fn untrusted(flags: &Flags, cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Option<Untrusted> {
     (flags.untrusted || untrusted_from_env(env)).then(|| Untrusted {
         secret_dirs: flags
@@ -263,6 +263,7 @@ fn untrusted(flags: &Flags, cwd: &Path, env: &dyn Fn(&str) -> Option<String>) ->
             .collect(),
         ssh: flags.ssh,
         after_build_commands: flags.after_build_commands,
+        push: flags.push,
     })
 }
 
@@ -492,6 +493,7 @@ mod tests {
                 "/run/secrets",
                 "-ssh",
                 "-after-build-commands",
+                "-push",
             ],
             &[],
         );
@@ -501,6 +503,7 @@ mod tests {
                 secret_dirs: vec!["/work/keys".into(), "/run/secrets".into()],
                 ssh: true,
                 after_build_commands: true,
+                push: true,
             })
         );
         // Untrusted, `_env()` never reads the process environment.

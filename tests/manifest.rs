@@ -1518,6 +1518,7 @@ fn each_flag_lets_its_host_access_through() {
             secret_dirs: vec![outside.clone()],
             ssh: true,
             after_build_commands: true,
+            push: true,
         },
     )
     .expect("allowed");
@@ -1551,6 +1552,34 @@ fn each_flag_lets_its_host_access_through() {
     .to_string();
     assert!(!err.contains("--ssh"), "{err}");
     assert_eq!(err.matches("refused with --untrusted").count(), 4, "{err}");
+}
+
+#[test]
+fn an_untrusted_push_needs_the_push_flag() {
+    let root = host_reaching_project();
+    let work = root.path().join("work");
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: registry.example/team/app
+      dockerfile: Dockerfile
+      push: true
+";
+    let err = check_untrusted(&work, yml, &[], &Untrusted::default())
+        .expect_err("refused")
+        .to_string();
+    assert_eq!(
+        err.trim_end(),
+        "error: build.yml:7:7: step `app`: `push: true` pushes with this machine's registry credentials; refused with --untrusted (allow it with --push)"
+    );
+    let allowed = Untrusted {
+        push: true,
+        ..Untrusted::default()
+    };
+    let loaded = check_untrusted(&work, yml, &[], &allowed).expect("allowed with --push");
+    assert!(loaded.manifest.steps[0].push);
 }
 
 #[test]

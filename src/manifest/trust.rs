@@ -3,7 +3,8 @@
 //! In CI a build.yml may come from a pull request: whoever wrote it could
 //! otherwise read any host variable through `_env(NAME)`, any host file as
 //! a `file` secret, forward the host's SSH agent with `ssh: true` and run
-//! a host command with `after_build_command`. With [`Untrusted`] each of
+//! a host command with `after_build_command` and push over any image this
+//! machine's registry credentials may write with `push: true`. With [`Untrusted`] each of
 //! these is refused unless the flag named in the refusal allows it, and
 //! every refusal is reported with the other problems of the file, before
 //! anything is built or a daemon is contacted.
@@ -20,6 +21,9 @@ pub struct Untrusted {
     pub ssh: bool,
     /// `--after-build-commands`: `after_build_command` may run on the host.
     pub after_build_commands: bool,
+    /// `--push`: `push: true` may push with this machine's registry
+    /// credentials.
+    pub push: bool,
 }
 
 /// The end of every refusal: `{what}; refused with --untrusted (allow it

@@ -674,8 +674,8 @@ impl Checker<'_> {
         self.untrusted_key(&draft.step, &key, path);
     }
 
-    /// With `--untrusted`, refuses `ssh: true` and `after_build_command`
-    /// at their key unless the flag that allows them was given.
+    /// With `--untrusted`, refuses `ssh: true`, `after_build_command` and
+    /// `push: true` at their key unless the flag that allows them was given.
     fn untrusted_key(&mut self, step: &Step, key: &str, path: &str) {
         let Some(untrusted) = self.untrusted else {
             return;
@@ -687,6 +687,10 @@ impl Checker<'_> {
             ("after_build_command", Some(command)) if !untrusted.after_build_commands => refusal(
                 &format!("`after_build_command` runs `{command}` on this machine"),
                 "--after-build-commands",
+            ),
+            ("push", _) if step.push && !untrusted.push => refusal(
+                "`push: true` pushes with this machine's registry credentials",
+                "--push",
             ),
             _ => return,
         };
