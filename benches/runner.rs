@@ -461,10 +461,14 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
         })
         .collect();
     let mut failures = Vec::new();
-    for child in children {
+    for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         if !out.status.success() {
-            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            failures.push((
+                i,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
         }
     }
     let took = start.elapsed();
@@ -473,13 +477,22 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
         took.as_secs_f64(),
         failures.len()
     );
-    for f in failures.iter().take(3) {
-        println!("--- a failure:\n{f}");
-    }
     for i in 0..builds {
         docker_quiet(&["rmi", "-f", &format!("habitus-bench-conc-{i}")]);
     }
     docker_quiet(&["rmi", base]);
+    // A time is worth nothing if builds failed: each failure's stderr, and
+    // a non-zero exit.
+    if !failures.is_empty() {
+        for (i, status, stderr) in &failures {
+            eprintln!("--- build {i} (`habitus-bench-conc-{i}`) failed with {status}; its stderr:\n{stderr}");
+        }
+        eprintln!(
+            "error: {} of {builds} concurrent builds failed",
+            failures.len()
+        );
+        std::process::exit(1);
+    }
 }
 
 fn main() {
