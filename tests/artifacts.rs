@@ -408,47 +408,24 @@ fn cleanup_removes_a_secret(prefix: &str, builder: &str) {
     // image with the same layers, such as another test's image built on
     // the base).
     let squashed = crate::common::saved::layers(&image);
-    // The containerd store fails `docker history` that meets another
-    // test's image being deleted or a build cancelled meanwhile
-    // (`snapshot …: not found`): ask again for up to 10 s; if it still
-    // fails that way, the image must at least run, and the history check
-    // is left out for this run.
-    let mut history = None;
-    for attempt in 0..20 {
-        let out = std::process::Command::new("docker")
-            .args(["history", "-q", &image])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            history = Some(String::from_utf8_lossy(&out.stdout).into_owned());
-            break;
-        }
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            err.contains("not found"),
-            "`docker history -q {image}` failed: {err}"
-        );
-        if attempt == 19 {
-            eprintln!("docker history of {image} keeps failing ({err}); checking that it runs");
-            docker(&["run", "--rm", &image, "true"]);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let history = history.unwrap_or_default();
+    // `history` asks again, after unpacking the image, when the containerd
+    // store has no snapshot of it; any other failure fails the test with
+    // the daemon's message.
+    let history = crate::common::history(&image, &["-q"])
+        .unwrap_or_else(|| panic!("`{image}` is gone before its history was read"));
     for id in history.lines() {
         if id == "<missing>" {
             continue;
         }
-        let Ok(out) = std::process::Command::new("docker")
-            .args(["image", "inspect", "-f", "{{json .RootFS.Layers}}", id])
-            .output()
-        else {
+        // Another test may remove an image named here meanwhile
+        // (`No such image`); any other failure fails the test.
+        let Some(layers) = crate::common::docker_unless_gone(
+            &["image", "inspect", "-f", "{{json .RootFS.Layers}}", id],
+            &["No such image: "],
+        ) else {
             continue;
         };
-        if !out.status.success() {
-            continue; // removed meanwhile by another test
-        }
-        let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        let theirs: Vec<String> = serde_json::from_str(&layers).unwrap();
         assert!(
             squashed.starts_with(&theirs),
             "history entry `{id}` is an image with layers the squashed one lacks"

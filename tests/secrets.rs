@@ -481,13 +481,10 @@ async fn keep_alive_connections_close_after_10_s_without_a_request() {
 fn assert_network_removed(stderr: &str, uid: &str) {
     let network = network_of(stderr);
     assert_eq!(networks_with_label(UID_LABEL, uid), Vec::<String>::new());
-    let inspect = Command::new("docker")
-        .args(["network", "inspect", &network])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!inspect.success(), "network `{network}` still exists");
+    assert!(
+        !crate::common::network_exists(&network),
+        "network `{network}` still exists"
+    );
 }
 
 const FETCH_BUILD_YML: &str = "build:

@@ -192,15 +192,93 @@ pub fn networks_with_label(key: &str, value: &str) -> Vec<String> {
     ]))
 }
 
-/// Whether an image reference or id exists.
-pub fn image_exists(reference: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", reference])
+/// Runs `docker <args>` about one object that may be gone: its stdout when
+/// it succeeds, `None` when it fails and its stderr holds one of `gone`
+/// (the daemon's own words for a missing object). Any other failure is no
+/// answer about the object: it panics with docker's stderr.
+#[track_caller]
+pub fn docker_unless_gone(args: &[&str], gone: &[&str]) -> Option<String> {
+    let out = Command::new("docker")
+        .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .expect("run docker");
+    if out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        gone.iter().any(|words| stderr.contains(words)),
+        "`docker {}` failed ({}) without saying the object is gone:\n{stderr}",
+        args.join(" "),
+        out.status
+    );
+    None
+}
+
+/// Whether an image reference or id exists: `false` only when the daemon
+/// says `No such image`; any other error fails the test.
+#[track_caller]
+pub fn image_exists(reference: &str) -> bool {
+    docker_unless_gone(
+        &["image", "inspect", "--format", "{{.Id}}", reference],
+        &["No such image: "],
+    )
+    .is_some()
+}
+
+/// Whether a network (name or id) exists: `false` only when the daemon
+/// says it is not found (`network <name> not found`, or the client's `No
+/// such network`); any other error fails the test.
+#[track_caller]
+pub fn network_exists(name: &str) -> bool {
+    docker_unless_gone(
+        &["network", "inspect", "--format", "{{.Id}}", name],
+        &[&format!("network {name} not found"), "No such network: "],
+    )
+    .is_some()
+}
+
+/// `docker history <args> <image>`'s output, or `None` when the image is
+/// gone (`No such image`).
+///
+/// On the containerd image store `docker history` reads the size of each
+/// of the image's snapshots, so it fails with `snapshot sha256:… does not
+/// exist` when the image's content is there but it is not unpacked (no
+/// snapshot was made for it, or it was collected). Creating a container
+/// of the image unpacks it; history is then asked once more, and any
+/// failure but `No such image` fails the test with the daemon's message.
+#[track_caller]
+pub fn history(image: &str, args: &[&str]) -> Option<String> {
+    let mut command = vec!["history"];
+    command.extend_from_slice(args);
+    command.push(image);
+    let out = Command::new("docker")
+        .args(&command)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker");
+    if out.status.success() {
+        return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No such image: ") {
+        return None;
+    }
+    assert!(
+        stderr.contains("snapshot sha256:") && stderr.contains(" does not exist"),
+        "`docker {}` failed ({}):\n{stderr}",
+        command.join(" "),
+        out.status
+    );
+    // A container that is created, never started, and removed at once.
+    let name = unique("unpack");
+    docker_unless_gone(
+        &["create", "--name", &name, image, "/unpack-only"],
+        &["No such image: "],
+    )?;
+    docker(&["rm", "-f", &name]);
+    docker_unless_gone(&command, &["No such image: "])
 }
 
 /// Removes, when dropped, everything of one test: containers, images and
