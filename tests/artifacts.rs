@@ -320,7 +320,7 @@ fn a_failing_cleanup_command_fails_the_build_with_its_code() {
     let (h, c) = cleanup_project("cleanup-fail", "echo cleaning && exit 3");
     let out = h.run();
     out.assert_failure();
-    assert_eq!(out.code(), Some(1));
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("step `app`: cleanup command `echo cleaning && exit 3` exited with code 3"),

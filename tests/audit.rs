@@ -50,7 +50,7 @@ fn a_secret_deleted_by_a_later_layer_is_found_in_its_layer() {
         secret_file.to_str().unwrap(),
         "--shadowed",
     ]);
-    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    out.assert_code(1);
     let layers = docker(&["inspect", "--format", "{{len .RootFS.Layers}}", &tag]);
     let copy_layer = layers.trim().parse::<usize>().unwrap() - 2;
     assert!(
@@ -100,7 +100,7 @@ fn encoded_secrets_in_the_config_are_found_and_clean_images_pass() {
             "--json",
         ])
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     let reports: Vec<serde_json::Value> = out
         .stdout
         .lines()
@@ -134,14 +134,14 @@ fn encoded_secrets_in_the_config_are_found_and_clean_images_pass() {
         .env("AUDIT_TOKEN", SECRET)
         .args(["audit", &clean, "--secret-env", "AUDIT_TOKEN"])
         .run();
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    out.assert_code(0);
     assert!(out.stderr.contains("no secret in"), "{}", out.stderr);
 }
 
 #[test]
 fn audit_without_secrets_or_with_an_unknown_image_is_an_error() {
     let out = audit(&["some-image"]);
-    assert_eq!(out.code(), Some(2));
+    out.assert_code(2);
     assert!(out.stderr.contains("nothing to look for"), "{}", out.stderr);
     let out = Habitus::new()
         .no_workdir()
@@ -153,7 +153,7 @@ fn audit_without_secrets_or_with_an_unknown_image_is_an_error() {
             "AUDIT_TOKEN",
         ])
         .run();
-    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    out.assert_code(2);
     assert!(
         out.stderr.contains("audit of `hb/no-such-image-at-all`"),
         "{}",
@@ -245,7 +245,13 @@ fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
             }
         }
         let out = audit_served(archive_of(&changed), &[&tag, "--secret-env", "AUDIT_TOKEN"]);
-        assert_eq!(out.code(), Some(2), "layer {what}: {}", out.stderr);
+        assert_eq!(
+            out.code(),
+            Some(2),
+            "layer {what}\n--- stdout\n{}\n--- stderr\n{}",
+            out.stdout,
+            out.stderr
+        );
         assert!(
             out.stderr
                 .contains(&format!("cannot read layer {top_index} (`")),
@@ -257,7 +263,7 @@ fn a_layer_the_audit_cannot_read_exits_2_naming_it_never_0() {
     // The untouched archive, served the same way, is clean: the failures
     // above come from the tampering, not from the stand-in daemon.
     let out = audit_served(archive_of(&members), &[&tag, "--secret-env", "AUDIT_TOKEN"]);
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    out.assert_code(0);
     assert!(
         out.stderr
             .contains(&format!("no secret in {} layer(s)", layers.len())),
@@ -490,7 +496,7 @@ fn secrets_from_a_build_yml_are_resolved_as_the_build_resolves_them() {
     );
     let file = project.path().join("build.yml");
     let out = audit(&[&tag, "--secrets-from", file.to_str().unwrap()]);
-    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    out.assert_code(1);
     assert!(
         out.stdout
             .contains("secret `app: file/deploy` (raw) in layer")
@@ -508,7 +514,7 @@ fn secrets_from_a_build_yml_are_resolved_as_the_build_resolves_them() {
     ]);
     // The build.yml diagnostic, with its line, as `habitus check` and a
     // build give it.
-    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("build.yml:9:17: step `app`: secret type `file` is not enabled"),

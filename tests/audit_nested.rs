@@ -447,7 +447,7 @@ fn a_zip_bomb_and_a_20_deep_nesting_are_named_not_searched_in_bounded_memory() {
         .unwrap()
         - 1;
     let out = audit(&[&tag, "--secret-file", key, "--json"]);
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    out.assert_code(0);
     let report: serde_json::Value =
         serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     let skipped = report["not_searched"]

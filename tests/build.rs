@@ -409,7 +409,7 @@ fn command_success_and_failure_with_its_exit_code() {
 
     let h = h.file("build.yml", yml("\"echo failing; exit 7\""));
     let out = h.run();
-    assert_eq!(out.code(), Some(7), "{}", out.stderr);
+    out.assert_code(7);
     assert!(out
         .stderr
         .contains("error: step `t`: command `echo failing; exit 7` exited with code 7"));
@@ -485,7 +485,7 @@ fn failing_run_names_step_instruction_and_leaves_nothing() {
     );
     let before = listing(h.dir());
     let out = h.run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     let expected = format!(
         "error: step `broken` failed at `Step 3/3 : RUN echo {marker} && exit 3`: The command '/bin/sh -c echo {marker} && exit 3' returned a non-zero code: 3\n  dockerfile: {}",
         h.dir().join("Dockerfile.broken").display()
@@ -508,7 +508,7 @@ fn unreachable_daemon_is_a_clear_error_with_exit_code_2() {
         .file("Dockerfile", "FROM scratch\n")
         .args(["--host", "unix:///nonexistent/docker.sock"]);
     let out = h.run();
-    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    out.assert_code(2);
     assert!(
         out.stderr
             .contains("cannot connect to the Docker daemon at `unix:///nonexistent/docker.sock`"),
@@ -632,7 +632,7 @@ fn remote_daemon_over_tcp_with_client_certificates() {
         .arg("--certs")
         .arg(&proxy.bad_cert_dir)
         .run();
-    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    out.assert_code(2);
     let rejected = format!(
         "error: docker TLS settings: the daemon at `{}` did not accept the client certificate `{}`: received fatal alert: UnknownCA\n",
         proxy.host(),

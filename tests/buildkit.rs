@@ -176,7 +176,7 @@ fn a_failure_in_a_folded_step_names_that_step() {
         .file("Dockerfile.three", "FROM hb/bk-two AS final\nRUN true\n")
         .args(["--builder", "buildkit"])
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(
             "error: step `two` failed at `[habitus-fold-1 1/1] RUN echo two-fails && exit 7`"
@@ -283,7 +283,7 @@ fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
             from_base("RUN --mount=type=secret,id=npmrc cat /run/secrets/npmrc\n"),
         );
     let out = h.run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(
             "line 2: mounts secret `npmrc`, which step `app` does not declare (it declares `id_rsa`, `token`)"
@@ -297,7 +297,7 @@ fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
     assert!(!image_exists(&format!("hb/bk-mount-{}", c.uid())));
     // `habitus check` says the same, without a daemon.
     let out = h.arg("check").run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("mounts secret `npmrc`, which step `app` does not declare"),
@@ -318,7 +318,7 @@ fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
             ),
         )
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     // BuildKit 0.8 asks for the id as written, 0.13 expands the argument.
     assert!(
         ["`$NAME`", "`npmrc`"]
@@ -348,7 +348,7 @@ fn mounting_an_undeclared_secret_fails_naming_the_secret_and_the_fix() {
             from_base("RUN --mount=type=secret,id=token true\n"),
         )
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("line 2: `RUN --mount=type=secret` needs BuildKit"),
@@ -460,7 +460,7 @@ fn a_daemon_without_buildkit_is_named_with_its_version() {
         .arg(format!("unix://{}", socket.display()))
         .args(["--builder", "buildkit"]);
     let out = h.run();
-    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    out.assert_failure();
     assert!(
         out.stderr.contains(&format!(
             "the Docker daemon at `unix://{}` (Docker 18.06.3-ce, API 1.38, linux) cannot build with BuildKit",
@@ -530,7 +530,7 @@ fn the_ssh_agent_is_forwarded_to_steps_that_ask_for_it() {
         .file("Dockerfile", &dockerfile)
         .env("SSH_AUTH_SOCK", &socket)
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("line 2: mounts the SSH agent, but step `clone` does not forward it"),
@@ -545,7 +545,7 @@ fn the_ssh_agent_is_forwarded_to_steps_that_ask_for_it() {
         .file("Dockerfile", &dockerfile)
         .env_remove("SSH_AUTH_SOCK")
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains("SSH_AUTH_SOCK is not set"),
         "{}",
@@ -613,7 +613,7 @@ fn a_context_file_buildkit_cannot_carry_fails_the_step_naming_it() {
     let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.txt");
     std::fs::write(h.dir().join(bad), "x").unwrap();
     let out = h.run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr
             .contains("error: step `ctx` failed at `[internal] load build context`: "),

@@ -413,7 +413,7 @@ fn check_strict_refuses_a_use_without_depends_on() {
     let out = unsaid("FROM hb/unsaid-base\n")
         .args(["check", "--strict"])
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(
             "build.yml:4: step `app`: the Dockerfile uses the image of step `base` (line 1) but `depends_on` does not name it\n  help: add `depends_on: [base]`"
@@ -433,7 +433,7 @@ fn a_use_that_closes_a_loop_is_an_error_naming_it() {
         .file("build.yml", yml)
         .arg("check")
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(
             "build.yml:6:19: step `app`: circular dependency `app -> base -> app`\n  help: step `app` uses the image of step `base` (Dockerfile line 2): remove that use or one of these `depends_on` entries"

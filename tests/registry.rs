@@ -260,7 +260,7 @@ fn wrong_or_missing_helpers_fail_the_build_naming_the_registry() {
     let out = h
         .env("DOCKER_CONFIG", missing.path().display().to_string())
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(&format!(
             "registry credentials for `{}`: `docker-credential-habitus-not-installed` is not on PATH",
@@ -396,7 +396,7 @@ fn a_refused_push_fails_the_build_naming_the_registry_and_the_401() {
     )
     .unwrap();
     let out = push_project(&name, "RUN true\n", config.path().display().to_string()).run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(&format!("pushing `{name}`")),
         "{}",
@@ -586,7 +586,7 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
         .file("Dockerfile", crate::common::from_base(fetch_and_keep))
         .env("DOCKER_CONFIG", reg.docker_config().display().to_string())
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains("error: a secret reached an image:"),
         "{}",
@@ -675,7 +675,7 @@ fn a_push_to_an_unreachable_registry_names_it() {
     let name = format!("127.0.0.2:9/team/gone-{}:1", cleanup.uid());
     let config = tempfile::tempdir().unwrap();
     let out = push_project(&name, "RUN true\n", config.path().display().to_string()).run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(&format!("pushing `{name}`")),
         "{}",
@@ -797,7 +797,7 @@ fn a_failing_helper_fails_the_build_without_its_output() {
     let plain = h.run();
     let h = h.args(["--json"]);
     for out in [plain, h.run()] {
-        assert_eq!(out.code(), Some(1), "{}", out.stderr);
+        out.assert_code(1);
         let all = format!("{}{}", out.stdout, out.stderr);
         assert!(!all.contains(secret), "{all}");
         assert!(
@@ -819,7 +819,7 @@ fn a_helper_that_hangs_is_killed_after_the_timeout() {
     let (h, _cleanup, _config) = helper_project("helper-hang", helpers.path(), "habitushang");
     let started = Instant::now();
     let out = h.env("HABITUS_CREDENTIAL_HELPER_TIMEOUT", "1").run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(
             "registry credentials for `helper.example`: `docker-credential-habitushang` did not answer `get` within 1 s"

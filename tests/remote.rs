@@ -134,7 +134,7 @@ fn a_remote_daemon_needs_binding_and_works_with_it() {
 
     // The GitLab recipe without `--binding`: stopped before any step.
     let out = h.run_in(&netns.name);
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains("is not an address of this host, so the secrets server cannot listen on it: the Docker daemon runs elsewhere"),
         "{}",

@@ -645,7 +645,7 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
         .file("key.txt", &secret)
         .file("Dockerfile", from_base(fetch_and_keep))
         .run();
-    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    out.assert_code(1);
     assert!(
         out.stderr.contains(&format!(
             "error: a secret reached an image:\n  hb/secrets-leaky-{}: secret `leaky: file/key` (raw) in layer ",
@@ -776,7 +776,7 @@ fn signal_mid_build_tears_down(signal: &str, code: i32) {
 
 fn assert_stopped_before_any_step(out: &Output, message: &str) {
     out.assert_failure();
-    assert_eq!(out.code(), Some(1));
+    out.assert_code(1);
     assert!(out.stderr.contains(message), "{}", out.stderr);
     assert!(!out.stderr.contains("building `"), "{}", out.stderr);
     assert!(

@@ -310,5 +310,5 @@ fn a_base_that_is_not_a_base_is_refused() {
         "{}",
         out.stderr
     );
-    assert_eq!(out.code(), Some(1));
+    out.assert_code(1);
 }

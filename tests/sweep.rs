@@ -4,56 +4,27 @@
 //! pool, so Docker's pools running out does not stop secrets builds.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use habitus::owner::Owner;
 
 use crate::common::{
-    base_image, docker, from_base, network_of, project, Cleanup, Habitus, UID_LABEL,
+    base_image, docker, from_base, network_exists, network_of, project, Cleanup, Habitus, Output,
+    Spawned, UID_LABEL,
 };
 
 const SLOW_SECRETS_YML: &str = "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sweep-slow\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n";
 
 /// A habitus build spawned in `h`'s work dir, read until `needle`.
-fn spawn_until(h: &Habitus, uid: &str, needle: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
-        .arg("-d")
+fn spawn_until(h: &Habitus, uid: &str, needle: &str) -> Spawned {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
+    cmd.arg("-d")
         .arg(h.dir())
         .args(["--uid", uid])
-        .env("HABITUS_K", "sweep-value")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains(needle) {
-            // Keep draining, so that the build never blocks on a full pipe.
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return (child, seen);
-        }
-        line.clear();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("no line with `{needle}`:\n{seen}");
-}
-
-fn network_exists(name: &str) -> bool {
-    Command::new("docker")
-        .args(["network", "inspect", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+        .env("HABITUS_K", "sweep-value");
+    Spawned::until(cmd, needle)
 }
 
 fn inspect_network(name: &str, format: &str) -> String {
@@ -82,17 +53,17 @@ fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn habitus(args: &[&str]) -> (i32, String, String) {
+fn habitus(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_habitus"))
         .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// `--label k=v` arguments for the owner labels `owner` would set,
@@ -132,9 +103,9 @@ fn what_a_killed_build_left_goes_with_the_next_build() {
             "ARG HABITUS_TOKEN\nRUN echo {marker} && sleep 60\n"
         )),
     );
-    let (mut child, seen) = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
-    let network = network_of(&seen);
-    let pid = child.id().to_string();
+    let mut build = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
+    let network = network_of(build.seen());
+    let pid = build.child.id().to_string();
     assert_eq!(
         inspect_network(&network, "{{index .Labels \"habitus.owner.pid\"}}"),
         pid
@@ -144,8 +115,8 @@ fn what_a_killed_build_left_goes_with_the_next_build() {
         subnet.starts_with("10.213.") && subnet.ends_with("/28"),
         "{subnet}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    build.child.kill().unwrap();
+    build.wait();
     // The daemon ends the killed build's RUN on its own (and may remove
     // its container); until it has, the sweep keeps the network in use.
     wait_until(Duration::from_secs(60), "stopped", || {
@@ -204,22 +175,21 @@ fn the_sweep_never_touches_a_running_build() {
             "ARG HABITUS_URL\nARG HABITUS_CA\nARG HABITUS_TOKEN\nRUN echo {marker} && sleep 6 && printf '%s' \"$HABITUS_CA\" > /tmp/ca.pem && curl -fsS --cacert /tmp/ca.pem -H \"Authorization: Bearer $HABITUS_TOKEN\" \"$HABITUS_URL/v1/secrets/env/k\" >/dev/null && rm /tmp/ca.pem\n"
         )),
     );
-    let (mut child, seen) = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
-    let network = network_of(&seen);
-    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
-    assert_eq!(code, 0, "{stderr}");
+    let build = spawn_until(&h, c.uid(), &format!("slow | {marker}"));
+    let network = network_of(build.seen());
+    let prune = habitus(&["prune", "--dry-run"]);
+    prune.assert_success();
     assert!(
-        stdout.contains(&format!(
+        prune.stdout.contains(&format!(
             "kept network `{network}`: its build still runs (pid {})",
-            child.id()
+            build.child.id()
         )),
-        "{stdout}"
+        "{}",
+        prune.stdout
     );
-    let (code, _, stderr) = habitus(&["prune"]);
-    assert_eq!(code, 0, "{stderr}");
+    habitus(&["prune"]).assert_success();
     assert!(network_exists(&network));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "the running build failed: {status}");
+    build.wait().assert_success();
 }
 
 /// A network of a dead build that a running container still uses is
@@ -249,17 +219,17 @@ fn prune_keeps_networks_in_use_and_young_ones_from_other_hosts() {
         "sleep",
         "120",
     ]);
-    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
-    assert_eq!(code, 0, "{stderr}");
+    let prune = habitus(&["prune", "--dry-run"]);
+    prune.assert_success();
     let pid = inspect_network(&dead, "{{index .Labels \"habitus.owner.pid\"}}");
     assert!(
-        stdout.contains(&format!(
+        prune.stdout.contains(&format!(
             "kept network `{dead}`: its build (pid {pid}) is gone, but a running container still uses it"
         )),
-        "{stdout}"
+        "{}",
+        prune.stdout
     );
-    let (code, _, stderr) = habitus(&["prune"]);
-    assert_eq!(code, 0, "{stderr}");
+    habitus(&["prune"]).assert_success();
     assert!(network_exists(&dead));
     docker(&["rm", "-f", &container]);
 
@@ -275,20 +245,23 @@ fn prune_keeps_networks_in_use_and_young_ones_from_other_hosts() {
     create.extend(args.iter().map(String::as_str));
     create.push(&foreign);
     docker(&create);
-    let (_, stdout, _) = habitus(&["prune", "--dry-run"]);
+    let prune = habitus(&["prune", "--dry-run"]);
+    prune.assert_success();
     assert!(
-        stdout.contains(&format!(
+        prune.stdout.contains(&format!(
             "kept network `{foreign}`: made on host `other-host-{uid}` 2h ago"
         )),
-        "{stdout}"
+        "{}",
+        prune.stdout
     );
-    let (code, stdout, stderr) = habitus(&["prune", "--stale-after=1h"]);
-    assert_eq!(code, 0, "{stderr}");
+    let prune = habitus(&["prune", "--stale-after=1h"]);
+    prune.assert_success();
     assert!(
-        stdout.contains(&format!(
+        prune.stdout.contains(&format!(
             "removed network `{foreign}`: made on host `other-host-{uid}` 2h ago (older than --stale-after 1h)"
         )),
-        "{stdout}"
+        "{}",
+        prune.stdout
     );
     assert!(!network_exists(&foreign));
     // The dead build's network, now unused, went with that prune or with
@@ -328,7 +301,7 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
                 .args(["--uid", c.uid()])
                 .env("HABITUS_K", "pool-value")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
@@ -339,7 +312,12 @@ RUN printf '%s' "$HABITUS_CA" > /tmp/ca.pem \
     for (_h, _c, child) in builds {
         let out = child.wait_with_output().unwrap();
         if !out.status.success() {
-            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            failures.push(format!(
+                "exit: {}\n--- stdout\n{}\n--- stderr\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     assert!(
@@ -474,41 +452,26 @@ fn a_daemon_restart_mid_build_fails_fast_and_the_next_build_sweeps() {
         "Dockerfile",
         format!("FROM hb-restart-base\nARG HABITUS_TOKEN\nRUN echo {marker} && sleep 120\n"),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
-        .arg("-d")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_habitus"));
+    cmd.arg("-d")
         .arg(h.dir())
         .args(["--uid", c1.uid(), "--host", &host])
-        .env("HABITUS_K", "restart-value")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        seen.push_str(&line);
-        if line.contains(&format!("slow | {marker}")) {
-            break;
-        }
-        line.clear();
-    }
-    assert!(seen.contains(&marker), "{seen}");
+        .env("HABITUS_K", "restart-value");
+    let build = Spawned::until(cmd, &format!("slow | {marker}"));
+    let pid = build.child.id();
+    let seen = build.seen().to_string();
     let network = network_of(&seen);
     let stopped = Instant::now();
     daemon.stop();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    let status = child.wait().unwrap();
+    let out = build.wait();
     let took = stopped.elapsed();
-    let all = format!("{seen}{rest}");
-    assert!(!status.success(), "{all}");
+    let rest = &out.stderr[seen.len()..];
+    let all = format!("--- stdout\n{}\n--- stderr\n{}", out.stdout, out.stderr);
     assert!(
         took < Duration::from_secs(30),
         "failed only after {took:?}:\n{all}"
     );
-    assert_eq!(status.code(), Some(1), "{all}");
+    out.assert_code(1);
     assert!(
         rest.contains("error: step `slow`")
             && rest.contains(&format!(
@@ -538,8 +501,7 @@ fn a_daemon_restart_mid_build_fails_fast_and_the_next_build_sweeps() {
     out.assert_success();
     assert!(
         out.stderr.contains(&format!(
-            "swept network `{network}` left by an earlier build: its build (pid {}) is gone",
-            child.id()
+            "swept network `{network}` left by an earlier build: its build (pid {pid}) is gone"
         )),
         "{}",
         out.stderr

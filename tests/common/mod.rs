@@ -530,6 +530,20 @@ impl Output {
         self
     }
 
+    /// Panics, showing both streams, unless the run exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "habitus exited with {}, not {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
     /// Panics, showing both streams, unless the run failed.
     #[track_caller]
     pub fn assert_failure(&self) -> &Self {
@@ -540,6 +554,85 @@ impl Output {
             self.stderr
         );
         self
+    }
+}
+
+/// A habitus process started with its stdout and stderr piped here and
+/// read while it runs (so it never blocks on a full pipe): its stderr up
+/// to a line the test waits for, then everything else, which
+/// [`Spawned::wait`] returns with the exit status as an [`Output`].
+pub struct Spawned {
+    pub child: std::process::Child,
+    seen: String,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Spawned {
+    /// Starts `cmd` and reads its stderr until a line contains `needle`;
+    /// panics showing both streams if it exits first.
+    #[track_caller]
+    pub fn until(mut cmd: Command, needle: &str) -> Spawned {
+        use std::io::{BufRead, Read};
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run habitus");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut line = String::new();
+        let mut found = false;
+        while err.read_line(&mut line).unwrap_or(0) > 0 {
+            seen.push_str(&line);
+            if line.contains(needle) {
+                found = true;
+                break;
+            }
+            line.clear();
+        }
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        let spawned = Spawned {
+            child,
+            seen,
+            stdout,
+            stderr,
+        };
+        if !found {
+            let out = spawned.wait();
+            panic!(
+                "no stderr line with `{needle}`; habitus exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+                out.status, out.stdout, out.stderr
+            );
+        }
+        spawned
+    }
+
+    /// The stderr read so far (up to and with the line waited for).
+    pub fn seen(&self) -> &str {
+        &self.seen
+    }
+
+    /// Waits for the process to exit and returns all it printed.
+    pub fn wait(mut self) -> Output {
+        let status = self.child.wait().expect("wait for habitus");
+        let rest = self.stderr.join().unwrap();
+        Output {
+            status,
+            stdout: self.stdout.join().unwrap(),
+            stderr: format!("{}{rest}", self.seen),
+        }
     }
 }
 
