@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::rendezvous::Rendezvous;
 use crate::common::{
     base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, unique,
     Cleanup, Habitus, Output,
@@ -81,21 +82,20 @@ fn images_mentioning(marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// The elapsed-time prefix of the first stderr line of step `step` that
+/// Panics, showing both streams, unless a line of step `step`'s output
 /// ends with ` text` (the classic builder prints output as is, BuildKit
 /// after `#N`).
-fn time_of(out: &Output, step: &str, text: &str) -> f64 {
+#[track_caller]
+fn assert_output_line(out: &Output, step: &str, text: &str) {
     let needle = format!("{step} | ");
-    let line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains(&needle) && l.ends_with(&format!(" {text}")))
-        .unwrap_or_else(|| panic!("no line with `{needle}`:\n{}", out.stderr));
-    line.split_whitespace()
-        .next()
-        .and_then(|t| t.strip_suffix('s'))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no time prefix on `{line}`"))
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&needle) && l.ends_with(&format!(" {text}"))),
+        "no line `{needle}… {text}`\n--- stdout\n{}\n--- stderr\n{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 #[test]
@@ -171,8 +171,10 @@ fn diamond_middle_steps_overlap_in_time_with_buildkit() {
     diamond("bk-diamond", "buildkit");
 }
 
-/// `a → b, c → d` with 3 s middle steps and `--jobs 2`: `b` and `c`
-/// overlap, `d` sees all three.
+/// `a → b, c → d` with `--jobs 2`: `b` and `c` overlap, `d` sees all
+/// three. The overlap is made, not hoped for: the `RUN` of each middle step
+/// waits until the other's has started (a step that never meets the other
+/// gives up and fails the build), and each prints that it met the other.
 fn diamond(prefix: &str, builder: &str) {
     let (h, c) = project(
         prefix,
@@ -196,16 +198,18 @@ fn diamond(prefix: &str, builder: &str) {
       depends_on: [b, c]
 ",
     );
+    let rv = Rendezvous::start();
+    let middle = |me: &str, other: &str| {
+        format!(
+            "FROM hb/dia-a\nRUN {} && {} && echo {me}-met-{other} && echo {me} > /{me}\n",
+            rv.signal_cmd(&format!("{me}-started")),
+            rv.wait_cmd(&format!("{other}-started"))
+        )
+    };
     let h = h
         .file("Dockerfile.a", from_base("RUN echo a > /a\n"))
-        .file(
-            "Dockerfile.b",
-            "FROM hb/dia-a\nRUN echo start-b && sleep 3 && echo end-b && echo b > /b\n",
-        )
-        .file(
-            "Dockerfile.c",
-            "FROM hb/dia-a\nRUN echo start-c && sleep 3 && echo end-c && echo c > /c\n",
-        )
+        .file("Dockerfile.b", middle("b", "c"))
+        .file("Dockerfile.c", middle("c", "b"))
         .file(
             "Dockerfile.d",
             "FROM hb/dia-b\nCOPY --from=hb/dia-c /c /c\nRUN cat /a /b /c > /d\n",
@@ -214,13 +218,8 @@ fn diamond(prefix: &str, builder: &str) {
         .args(["--jobs", "2", "--no-cache", "--builder", builder]);
     let out = h.run();
     out.assert_success();
-    let (start_b, end_b) = (time_of(&out, "b", "start-b"), time_of(&out, "b", "end-b"));
-    let (start_c, end_c) = (time_of(&out, "c", "start-c"), time_of(&out, "c", "end-c"));
-    assert!(
-        start_b < end_c && start_c < end_b,
-        "b ({start_b}..{end_b}) and c ({start_c}..{end_c}) did not overlap:\n{}",
-        out.stderr
-    );
+    assert_output_line(&out, "b", "b-met-c");
+    assert_output_line(&out, "c", "c-met-b");
     assert_eq!(
         read_in_image(&format!("hb/dia-d-{}", c.uid()), "/d"),
         "a\nb\nc\n"
@@ -443,8 +442,19 @@ fn two_builds_with_different_uids_run_side_by_side() {
     let yml = "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/tenant\n      dockerfile: Dockerfile\n";
     let (h1, c1) = project("tenant1", yml);
     let (h2, c2) = project("tenant2", yml);
-    let h1 = h1.file("Dockerfile", from_base("RUN sleep 1 && echo one > /who\n"));
-    let h2 = h2.file("Dockerfile", from_base("RUN sleep 1 && echo two > /who\n"));
+    // Each build's `RUN` waits until the other's has started, so the two
+    // builds do run at the same time (or fail, saying what they waited
+    // for).
+    let rv = Rendezvous::start();
+    let run = |me: &str, other: &str| {
+        from_base(&format!(
+            "RUN {} && {} && echo {me}-met-{other} && echo {me} > /who\n",
+            rv.signal_cmd(&format!("{me}-started")),
+            rv.wait_cmd(&format!("{other}-started"))
+        ))
+    };
+    let h1 = h1.file("Dockerfile", run("one", "two"));
+    let h2 = h2.file("Dockerfile", run("two", "one"));
     let (o1, o2) = std::thread::scope(|s| {
         let t1 = s.spawn(|| h1.run());
         let t2 = s.spawn(|| h2.run());
@@ -452,6 +462,8 @@ fn two_builds_with_different_uids_run_side_by_side() {
     });
     o1.assert_success();
     o2.assert_success();
+    assert_output_line(&o1, "s", "one-met-two");
+    assert_output_line(&o2, "s", "two-met-one");
     assert_eq!(
         read_in_image(&format!("hb/tenant-{}", c1.uid()), "/who"),
         "one\n"

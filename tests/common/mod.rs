@@ -13,6 +13,9 @@
 //!   layer, config or history entry of an image.
 //! - [`tls_proxy`] puts a TLS endpoint that requires a client certificate in
 //!   front of the local daemon.
+//! - [`rendezvous`] lets the `RUN`s of a build wait for one another (or
+//!   for the test), so that an order or an overlap of steps is made, not
+//!   hoped for.
 //! - [`registry`] runs a private registry (HTTPS, basic auth) on
 //!   `127.0.0.1` for pushes and pulls with a login.
 //!
@@ -23,6 +26,7 @@ pub mod fake_daemon;
 pub mod in_process;
 pub mod leak;
 pub mod registry;
+pub mod rendezvous;
 pub mod saved;
 pub mod tls_proxy;
 
@@ -501,6 +505,7 @@ pub struct Habitus {
     args: Vec<OsString>,
     env: Vec<(OsString, Option<OsString>)>,
     workdir_flag: bool,
+    terminal_stdout: Option<String>,
 }
 
 /// What a run of the binary produced.
@@ -650,6 +655,7 @@ impl Habitus {
             args: Vec::new(),
             env: Vec::new(),
             workdir_flag: true,
+            terminal_stdout: None,
         }
     }
 
@@ -700,6 +706,14 @@ impl Habitus {
     /// Do not pass `-d <dir>` (for subcommands that take no work directory).
     pub fn no_workdir(mut self) -> Habitus {
         self.workdir_flag = false;
+        self
+    }
+
+    /// In [`Habitus::run_in_terminal`], stdout goes to the file `name` in
+    /// the work directory instead of the terminal; stderr, and with it the
+    /// live view, stays on the terminal.
+    pub fn terminal_stdout_to(mut self, name: &str) -> Habitus {
+        self.terminal_stdout = Some(name.to_string());
         self
     }
 
@@ -818,6 +832,10 @@ impl Habitus {
         for arg in &self.args {
             line.push(' ');
             line.push_str(&quote(arg));
+        }
+        if let Some(name) = &self.terminal_stdout {
+            line.push_str(" >");
+            line.push_str(&quote(self.dir.path().join(name).as_os_str()));
         }
         script.push_str(&format!("{line}\necho \"EXIT=$?\"\nsleep 600\n"));
         let script_path = self.dir.path().join(".terminal.sh");
