@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use habitus::owner::Owner;
@@ -599,8 +599,10 @@ fn containers_of_images_habitus_made_are_the_users() {
 
     // Even old enough for any --stale-after, they stay (a dry run, so
     // that other tests' objects are safe from the 0s).
-    let (code, stdout, stderr) = habitus(&["prune", "--dry-run", "--stale-after=0s"]);
-    assert_eq!(code, 0, "{stderr}");
+    let stdout = habitus(&["prune", "--dry-run", "--stale-after=0s"])
+        .assert_success()
+        .stdout
+        .clone();
     for name in [&created, &labelled_running] {
         assert!(
             stdout.contains(&format!(
@@ -610,8 +612,7 @@ fn containers_of_images_habitus_made_are_the_users() {
         );
     }
     assert!(!stdout.contains(&running), "{stdout}");
-    let (code, _, stderr) = habitus(&["prune"]);
-    assert_eq!(code, 0, "{stderr}");
+    habitus(&["prune"]).assert_success();
     assert_eq!(container_state(&running), "running");
     assert_eq!(container_state(&labelled_running), "running");
     assert_eq!(container_state(&created), "created");
@@ -659,8 +660,7 @@ fn a_network_named_like_another_networks_id_takes_nothing_with_it() {
         .to_string();
     assert!(!volume.is_empty());
 
-    let (code, stdout, stderr) = habitus(&["prune"]);
-    assert_eq!(code, 0, "{stderr}");
+    let stdout = habitus(&["prune"]).assert_success().stdout.clone();
     // This prune or another test's sweep removed the labelled network.
     assert!(!network_exists(&labelled_id), "{stdout}");
     if stdout.contains(&format!("network `{prefix}`")) {
@@ -749,8 +749,10 @@ fn prune_keeps_what_hidepid_hides_saying_it_cannot_tell() {
     docker(&create);
 
     // Where /proc shows it, the build runs.
-    let (code, stdout, stderr) = habitus(&["prune", "--dry-run"]);
-    assert_eq!(code, 0, "{stderr}");
+    let stdout = habitus(&["prune", "--dry-run"])
+        .assert_success()
+        .stdout
+        .clone();
     assert!(
         stdout.contains(&format!(
             "kept network `{network}`: its build still runs (pid {pid})"
