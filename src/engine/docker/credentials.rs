@@ -164,6 +164,18 @@ pub(super) fn run_helper(
     run_program(std::path::Path::new(&program), action, input, timeout, stop)
 }
 
+/// Kills a helper and every process of its group, and reaps it.
+fn kill_group(child: &mut std::process::Child) {
+    let group = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(group) = group {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// [`run_helper`] with the helper at `program` (a name looked up on PATH,
 /// or a path).
 fn run_program(
@@ -174,9 +186,13 @@ fn run_program(
     stop: &AtomicBool,
 ) -> Result<String, String> {
     use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let mut child = Command::new(program)
         .arg(action)
+        // Its own process group, so that what it starts (`pass`, `gpg`)
+        // is killed with it.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -207,19 +223,16 @@ fn run_program(
             Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 return Err(format!("failed: {e}"));
             }
         }
         if stop.load(Ordering::SeqCst) {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err("was stopped: the build was cancelled".into());
         }
         if started.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err(format!(
                 "did not answer `{action}` within {} (killed; HABITUS_CREDENTIAL_HELPER_TIMEOUT sets the limit)",
                 seconds(timeout)
@@ -410,6 +423,30 @@ mod tests {
         let stopped = AtomicBool::new(true);
         let err = run("hang", Duration::from_secs(60), &stopped).unwrap_err();
         assert!(err.contains("cancelled"), "{err}");
+        // What a helper starts (`pass`, `gpg`) goes with it.
+        let pid_file = dir.path().join("grandchild");
+        write(
+            "family",
+            &format!("sleep 1000 & echo $! > {}; wait", pid_file.display()),
+        );
+        let err = run("family", Duration::from_millis(500), &never).unwrap_err();
+        assert!(err.contains("within 0.5 s"), "{err}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let gone = || {
+            std::fs::read_to_string(&stat).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(), "the helper's child {} still runs", pid.trim());
     }
 
     #[test]
