@@ -15,7 +15,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// The largest `.dockerignore` accepted, in bytes.
+/// The largest `.dockerignore` accepted, in bytes (4 MiB): it is read
+/// into memory whole, and a real one is a few kilobytes.
 pub const MAX_DOCKERIGNORE_SIZE: u64 = 4 * 1024 * 1024;
 
 /// The name of the ignore file in a context directory.
@@ -57,7 +58,7 @@ pub enum ContextError {
         reason: &'static str,
     },
     /// The `.dockerignore` file is larger than [`MAX_DOCKERIGNORE_SIZE`].
-    #[error("`{}` is larger than {limit} bytes", path.display())]
+    #[error("`{}` is larger than {limit} bytes, the limit for a `.dockerignore`; shorten it (one pattern such as `**/*.log` covers many files)", path.display())]
     TooLarge {
         /// The ignore file.
         path: PathBuf,
@@ -130,18 +131,31 @@ pub fn write_tar<W: Write>(
         .map_err(|source| ContextError::Write { source })
 }
 
-/// Reads and parses `dir/.dockerignore`; no file means no patterns.
+/// Reads and parses `dir/.dockerignore`; no file means no patterns. It is
+/// opened beneath `dir` (see [`crate::workpath::open_beneath`]): a symlink
+/// is followed only while it stays inside the context, and the file is
+/// read up to [`MAX_DOCKERIGNORE_SIZE`].
 pub fn read_dockerignore(dir: &Path) -> Result<DockerIgnore, ContextError> {
+    match dockerignore_text(dir)? {
+        Some(text) => parse_dockerignore(dir, &text),
+        None => Ok(DockerIgnore::default()),
+    }
+}
+
+/// The text of `dir/.dockerignore` (lossily decoded), opened and limited
+/// as [`read_dockerignore`] says; `None` when there is none.
+pub fn dockerignore_text(dir: &Path) -> Result<Option<String>, ContextError> {
     let path = dir.join(DOCKERIGNORE);
     let io = |source| ContextError::Io {
         path: path.clone(),
         source,
     };
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(DockerIgnore::default()),
-        Err(error) => return Err(io(error)),
-    };
+    let file =
+        match crate::workpath::open_beneath(dir, Path::new(DOCKERIGNORE), "the build context") {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io(error)),
+        };
     let mut bytes = Vec::new();
     file.take(MAX_DOCKERIGNORE_SIZE + 1)
         .read_to_end(&mut bytes)
@@ -152,14 +166,19 @@ pub fn read_dockerignore(dir: &Path) -> Result<DockerIgnore, ContextError> {
             limit: MAX_DOCKERIGNORE_SIZE,
         });
     }
-    DockerIgnore::parse(&String::from_utf8_lossy(&bytes)).map_err(|error| match error {
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Parses `text`, the `.dockerignore` of `dir`; errors name its path.
+pub fn parse_dockerignore(dir: &Path, text: &str) -> Result<DockerIgnore, ContextError> {
+    DockerIgnore::parse(text).map_err(|error| match error {
         ContextError::Pattern {
             line,
             pattern,
             reason,
             ..
         } => ContextError::Pattern {
-            file: path.clone(),
+            file: dir.join(DOCKERIGNORE),
             line,
             pattern,
             reason,
@@ -849,7 +868,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "`ctx/.dockerignore` is larger than 10 bytes"
+            "`ctx/.dockerignore` is larger than 10 bytes, the limit for a `.dockerignore`; shorten it (one pattern such as `**/*.log` covers many files)"
         );
         let error = ContextError::Changed {
             path: "ctx/big.bin".into(),

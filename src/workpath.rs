@@ -9,7 +9,8 @@
 //! symlink in any component, checked right before use.
 
 use std::ffi::OsString;
-use std::io::{self, ErrorKind};
+use std::fs::File;
+use std::io::{self, ErrorKind, Read};
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed before giving up, as Linux's `MAXSYMLINKS`.
@@ -163,12 +164,128 @@ pub fn confine(workdir: &Path, path: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Reads the file at `path` under `workdir` after [`confine`]: a
-/// Dockerfile never comes from outside the work directory. Its bytes, as
+/// Reads the file at `path` under `workdir`, opened with [`open_beneath`]:
+/// a Dockerfile never comes from outside the work directory. Its bytes, as
 /// they are: a Dockerfile need not be UTF-8.
 pub async fn read_inside(workdir: &Path, path: &Path) -> io::Result<Vec<u8>> {
-    let real = confine(workdir, path)?;
-    tokio::fs::read(real).await
+    let (workdir, path) = (workdir.to_path_buf(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let rel = path
+            .strip_prefix(&workdir)
+            .map_err(|_| not_under(&workdir))?;
+        let mut bytes = Vec::new();
+        open_beneath(&workdir, rel, WORKDIR)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn not_under(workdir: &Path) -> io::Error {
+    io::Error::new(
+        ErrorKind::InvalidInput,
+        format!("is not under the work directory `{}`", workdir.display()),
+    )
+}
+
+/// What [`open_beneath`]'s errors call the work directory.
+pub const WORKDIR: &str = "the work directory";
+
+/// How often an open beneath the root is tried again when the kernel
+/// reports that a rename raced with it (`EAGAIN`).
+const RACE_RETRIES: usize = 8;
+
+/// Opens the regular file `rel` beneath the directory `root` (called
+/// `name` in errors, e.g. [`WORKDIR`]) for reading,
+/// in one step that cannot be redirected: the kernel resolves every
+/// component with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from
+/// a handle on `root`. Symlinks that stay beneath `root` are followed
+/// (`Dockerfile -> docker/Dockerfile` is fine); one that leads out — to an
+/// absolute path, or through `..` above `root` — fails the open, so a
+/// symlink swapped in after `habitus check` resolved the path is refused,
+/// not followed. An absolute symlink that points back inside `root` is
+/// followed too: the path is resolved as [`resolve`] does and the real
+/// path opened beneath `root` again. Anything but a regular file (a FIFO,
+/// a device, a directory) is refused without blocking.
+///
+/// On kernels without `openat2` (before Linux 5.6) the path is resolved
+/// with [`confine`] and its last component opened with `O_NOFOLLOW`.
+pub fn open_beneath(root: &Path, rel: &Path, name: &str) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = File::open(root)?;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let open = |rel: &Path| -> io::Result<File> {
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), how) {
+                Err(rustix::io::Errno::AGAIN) if tries < RACE_RETRIES => tries += 1,
+                other => return other.map(File::from).map_err(io::Error::from),
+            }
+        }
+    };
+    let rel = relative(rel);
+    let file = match open(&rel) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            let real = real_root(root)?;
+            let resolved = resolve(&real, &rel)?;
+            if resolved.escape.is_some() {
+                return Err(escape_error(root, name, resolved.escape));
+            }
+            let inside = resolved.path.strip_prefix(&real).unwrap_or(Path::new(""));
+            open(inside).map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::XDEV.raw_os_error() => {
+                    escape_error(root, name, None)
+                }
+                _ => e,
+            })?
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSYS.raw_os_error()) => {
+            let real = confine(root, &root.join(&rel))?;
+            let file = rustix::fs::open(&real, flags | OFlags::NOFOLLOW, Mode::empty())
+                .map_err(io::Error::from)?;
+            File::from(file)
+        }
+        Err(e) => return Err(e),
+    };
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "is not a regular file; name a file",
+        ));
+    }
+    Ok(file)
+}
+
+/// `rel` without a leading `/` or `.` (it is taken relative to the root).
+fn relative(rel: &Path) -> PathBuf {
+    rel.components()
+        .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        .collect()
+}
+
+/// The error for a path that leads out of the root, naming the symlink
+/// when one is known.
+fn escape_error(root: &Path, name: &str, escape: Option<Escape>) -> io::Error {
+    let root = root.display();
+    let message = match escape {
+        Some(Escape {
+            link: Some(link),
+            target,
+        }) => format!(
+            "leads out of {name} through the symlink `{}` -> `{}`; paths are resolved, not read: remove the symlink or point it to a file inside {name} `{root}`",
+            link.display(),
+            target.display()
+        ),
+        Some(Escape { link: None, target }) => format!(
+            "resolves outside {name}, to `{}`; name a file inside {name} `{root}`",
+            target.display()
+        ),
+        None => format!("leads out of {name} through a symlink that changed while it was opened; remove the symlink or point it to a file inside {name} `{root}`"),
+    };
+    io::Error::new(ErrorKind::PermissionDenied, message)
 }
 
 /// Why a destination directory could not be made.
@@ -267,7 +384,11 @@ pub fn in_git_dir(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{confine, create_dirs, in_git_dir, real_root, resolve, DirError, Escape};
+    use super::{
+        confine, create_dirs, in_git_dir, open_beneath, real_root, resolve, DirError, Escape,
+        WORKDIR,
+    };
+    use std::io::Read;
     use std::os::unix::fs::symlink;
     use std::path::{Path, PathBuf};
 
@@ -408,6 +529,75 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("is not under the work directory"));
+    }
+
+    fn read_beneath(root: &Path, rel: &str) -> std::io::Result<String> {
+        let mut text = String::new();
+        open_beneath(root, Path::new(rel), WORKDIR)?.read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    #[test]
+    fn open_beneath_follows_links_that_stay_inside() {
+        let (work, root, _o, _out) = dirs();
+        std::fs::create_dir(root.join("docker")).unwrap();
+        std::fs::write(root.join("docker/Dockerfile"), "FROM scratch\n").unwrap();
+        symlink("docker/Dockerfile", root.join("Dockerfile")).unwrap();
+        symlink(root.join("docker"), root.join("abs")).unwrap();
+        symlink("../docker", root.join("docker/up")).unwrap();
+        for rel in [
+            "Dockerfile",
+            "abs/Dockerfile",
+            "docker/up/Dockerfile",
+            "./Dockerfile",
+        ] {
+            assert_eq!(read_beneath(work.path(), rel).unwrap(), "FROM scratch\n");
+        }
+    }
+
+    #[test]
+    fn open_beneath_refuses_links_out_naming_the_link_and_the_fix() {
+        let (work, root, outside, _out) = dirs();
+        std::fs::write(outside.path().join("secret"), "outside").unwrap();
+        symlink("/etc/passwd", root.join("passwd")).unwrap();
+        symlink("../outside", root.join("up")).unwrap();
+        symlink(outside.path(), root.join("dir")).unwrap();
+        for (rel, link, target) in [
+            ("passwd", "passwd", "/etc/passwd".to_string()),
+            ("up", "up", "../outside".into()),
+            ("dir/secret", "dir", outside.path().display().to_string()),
+        ] {
+            let err = read_beneath(work.path(), rel).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{rel}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "leads out of the work directory through the symlink `{link}` -> `{target}`; paths are resolved, not read: remove the symlink or point it to a file inside the work directory `{}`",
+                    work.path().display()
+                )
+            );
+        }
+        let err = read_beneath(work.path(), "../x").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn open_beneath_refuses_what_is_not_a_file_without_blocking() {
+        let (work, root, _o, _out) = dirs();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(root.join("fifo"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+        for rel in ["dir", "fifo"] {
+            let err = read_beneath(work.path(), rel).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "is not a regular file; name a file",
+                "{rel}"
+            );
+        }
     }
 
     #[test]

@@ -339,6 +339,58 @@ fn check_fails_on_a_symlinked_artifact_destination_naming_the_line_and_link() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
+/// A Dockerfile that is a symlink is read when the link stays inside the
+/// work directory (`Dockerfile -> docker/Dockerfile`) and refused, naming
+/// build.yml's line, the step, the `dockerfile:` key, the link and the fix,
+/// when it leads to `/etc/passwd` or to `../outside`.
+#[test]
+fn check_follows_a_dockerfile_symlink_only_inside_the_work_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let work = parent.path().join("work");
+    std::fs::create_dir_all(work.join("docker")).unwrap();
+    std::fs::write(work.join("docker/Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(parent.path().join("outside"), "FROM scratch\n").unwrap();
+    let yml = work.join("build.yml");
+    std::fs::write(
+        &yml,
+        "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: app\n      dockerfile: Dockerfile\n",
+    )
+    .unwrap();
+    let check = || {
+        let args = [
+            "check",
+            "-f",
+            yml.to_str().unwrap(),
+            "-d",
+            work.to_str().unwrap(),
+        ];
+        habitus(&args)
+    };
+    std::os::unix::fs::symlink("docker/Dockerfile", work.join("Dockerfile")).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for target in ["/etc/passwd", "../outside"] {
+        std::fs::remove_file(work.join("Dockerfile")).unwrap();
+        std::os::unix::fs::symlink(target, work.join("Dockerfile")).unwrap();
+        let out = check();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let want = format!(
+            "error: {}:6:19: step `app`: dockerfile `Dockerfile` leads out of the work directory through the symlink `Dockerfile` -> `{target}`",
+            yml.display()
+        );
+        assert!(stderr.contains(&want), "{want}\n{stderr}");
+        assert!(
+            stderr.contains("remove the symlink `Dockerfile`"),
+            "{stderr}"
+        );
+    }
+}
+
 /// `habitus check --untrusted` reports every refusal without a daemon, and
 /// a build refuses the same before it would contact one.
 #[test]

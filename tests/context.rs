@@ -4,7 +4,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use habitus::context::{write_tar, ContextError, DockerIgnore};
+use habitus::context::{write_tar, ContextError, DockerIgnore, MAX_DOCKERIGNORE_SIZE};
 use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 use proptest::strategy::Strategy;
 
@@ -373,6 +373,66 @@ fn invalid_patterns_name_the_file_and_line() {
     );
 }
 
+/// A `.dockerignore` that is a symlink is followed while it stays inside
+/// the context; one that leads out (to `/etc/passwd`, or to `..`) is
+/// refused, naming the file, the link and the fix, and nothing outside is
+/// read.
+#[test]
+fn a_dockerignore_symlink_is_followed_only_inside_the_context() {
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    tree(
+        &ctx,
+        &[
+            ("keep", "k"),
+            ("drop.log", "d"),
+            ("ignore/shared", "*.log\n"),
+        ],
+    );
+    symlink("ignore/shared", ctx.join(".dockerignore")).unwrap();
+    let names: Vec<String> = entries(&tar_of(&ctx, &[]))
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(names.contains(&"keep".to_string()), "{names:?}");
+    assert!(!names.contains(&"drop.log".to_string()), "{names:?}");
+
+    fs::write(work.path().join("outside"), "keep\n").unwrap();
+    for target in ["/etc/passwd", "../outside"] {
+        fs::remove_file(ctx.join(".dockerignore")).unwrap();
+        symlink(target, ctx.join(".dockerignore")).unwrap();
+        let error = write_tar(&ctx, &[], Vec::new()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot read `{0}/.dockerignore`: leads out of the build context through the symlink `.dockerignore` -> `{target}`; paths are resolved, not read: remove the symlink or point it to a file inside the build context `{0}`",
+                ctx.display()
+            )
+        );
+    }
+}
+
+/// A `.dockerignore` over the documented limit (4 MiB) is refused with
+/// the file and the limit; one at the limit is read.
+#[test]
+fn a_dockerignore_over_the_limit_is_refused_naming_file_and_limit() {
+    assert_eq!(MAX_DOCKERIGNORE_SIZE, 4 * 1024 * 1024);
+    let root = tempfile::tempdir().unwrap();
+    let limit = MAX_DOCKERIGNORE_SIZE as usize;
+    fs::write(root.path().join(".dockerignore"), "#".repeat(limit)).unwrap();
+    write_tar(root.path(), &[], Vec::new()).unwrap();
+    fs::write(root.path().join(".dockerignore"), "#".repeat(limit + 1)).unwrap();
+    let error = write_tar(root.path(), &[], Vec::new()).unwrap_err();
+    assert!(matches!(error, ContextError::TooLarge { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "`{}` is larger than 4194304 bytes, the limit for a `.dockerignore`; shorten it (one pattern such as `**/*.log` covers many files)",
+            root.path().join(".dockerignore").display()
+        )
+    );
+}
+
 #[test]
 fn unreadable_paths_are_named() {
     let root = tempfile::tempdir().unwrap();
@@ -390,7 +450,7 @@ fn unreadable_paths_are_named() {
     assert_eq!(
         error.to_string(),
         format!(
-            "cannot read `{}`: Is a directory (os error 21)",
+            "cannot read `{}`: is not a regular file; name a file",
             root.path().join(".dockerignore").display()
         )
     );

@@ -83,8 +83,15 @@ fn load(config: &Config) -> Result<Loaded, Error> {
 /// The bytes of `step`'s Dockerfile (it need not be UTF-8), read only
 /// inside the work directory.
 fn read_dockerfile(manifest: &Manifest, step: &Step) -> Result<Vec<u8>, BuildError> {
-    workpath::confine(&manifest.workdir, &step.dockerfile_path)
-        .and_then(std::fs::read)
+    let workdir = &manifest.workdir;
+    step.dockerfile_path
+        .strip_prefix(workdir)
+        .map_err(|_| std::io::Error::other("is not under the work directory"))
+        .and_then(|rel| workpath::open_beneath(workdir, rel, workpath::WORKDIR))
+        .and_then(|mut file| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
+        })
         .map_err(|e| BuildError::Dockerfile {
             step: step.label.clone(),
             dockerfile: step.dockerfile_path.clone(),

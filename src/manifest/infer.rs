@@ -55,9 +55,9 @@ fn read(workdir: &Path, path: &Path) -> Option<Vec<u8>> {
     if path.as_os_str().is_empty() {
         return None;
     }
-    let real = workpath::confine(workdir, path).ok()?;
+    let rel = path.strip_prefix(workdir).ok()?;
     let mut bytes = Vec::new();
-    std::fs::File::open(real)
+    workpath::open_beneath(workdir, rel, workpath::WORKDIR)
         .ok()?
         .take(MAX_DOCKERFILE_SIZE as u64 + 1)
         .read_to_end(&mut bytes)

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use env::EnvSource;
 pub use trust::Untrusted;
+pub(crate) use validate::normalize;
 pub use validate::SCHEMA_VERSIONS;
 
 use crate::model::SecretKind;

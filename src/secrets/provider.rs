@@ -206,6 +206,24 @@ pub fn resolve(
     Ok(store)
 }
 
+/// Opens the secret file `path`. One that lies (as written, `..` taken
+/// lexically) inside the work directory is opened beneath it (see
+/// [`crate::workpath::open_beneath`]), so a symlink that leads out, even
+/// one swapped in after `habitus check`, is refused; one outside it (a
+/// path the user wrote, or with `--untrusted` the path inside a
+/// `--secret-dir` that it resolved to when build.yml was loaded) is opened
+/// by path.
+fn open_file(workdir: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    let lexical = crate::manifest::normalize(path);
+    let real = crate::workpath::real_root(workdir).ok();
+    for root in std::iter::once(workdir).chain(real.as_deref()) {
+        if let Ok(rel) = lexical.strip_prefix(root) {
+            return crate::workpath::open_beneath(root, rel, crate::workpath::WORKDIR);
+        }
+    }
+    std::fs::File::open(path)
+}
+
 /// Resolves one secret `name` of `step` (both only for messages).
 pub fn resolve_one(
     name: &str,
@@ -236,7 +254,7 @@ pub fn resolve_one(
                 path: path.clone(),
                 message: e.to_string(),
             };
-            let file = std::fs::File::open(&path).map_err(fail)?;
+            let file = open_file(workdir, &path).map_err(fail)?;
             let mut bytes = Vec::new();
             let read = file
                 .take(MAX_SECRET_SIZE as u64 + 1)
@@ -297,6 +315,35 @@ mod tests {
                 .collect(),
             ..Step::for_test(label)
         }
+    }
+
+    /// A secret file inside the work directory is opened beneath it: a
+    /// symlink that stays inside is followed, one that leads out (even
+    /// swapped in after the load-time check) is refused naming the link;
+    /// a path written outside the work directory is read by path.
+    #[test]
+    fn a_secret_file_in_the_work_dir_is_opened_beneath_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let work = parent.path().join("work");
+        std::fs::create_dir_all(work.join("keys")).unwrap();
+        std::fs::write(work.join("keys/id"), b"inside").unwrap();
+        std::fs::write(parent.path().join("id"), b"outside").unwrap();
+        std::os::unix::fs::symlink("keys/id", work.join("link")).unwrap();
+        std::os::unix::fs::symlink("../id", work.join("out")).unwrap();
+        let read = |value: &str| {
+            resolve_one("k", "app", &spec(File, value), &providers(), &work, &|_| {
+                None
+            })
+            .map(|s| s.expose().to_vec())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(read("link").unwrap(), b"inside");
+        assert_eq!(read("../id").unwrap(), b"outside");
+        let err = read("out").unwrap_err();
+        assert!(
+            err.contains("leads out of the work directory through the symlink `out` -> `../id`"),
+            "{err}"
+        );
     }
 
     #[test]

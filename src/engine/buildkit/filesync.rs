@@ -412,16 +412,13 @@ pub fn entries(sources: &Sources, wanted: &Wanted) -> Result<Vec<Entry>, SyncErr
 /// the same matcher as the classic builder's context.
 fn lines_of_dockerignore(dir: &Path) -> Result<Vec<String>, SyncError> {
     // Parsing reports a bad pattern with its line; the lines themselves are
-    // then read again as patterns.
-    let ignore = context::read_dockerignore(dir)?;
-    if ignore.is_empty() {
+    // then sent as patterns. The file is read once, confined and limited.
+    let Some(text) = context::dockerignore_text(dir)? else {
+        return Ok(Vec::new());
+    };
+    if context::parse_dockerignore(dir, &text)?.is_empty() {
         return Ok(Vec::new());
     }
-    let text = fs::read(dir.join(".dockerignore")).map_err(|source| SyncError::Io {
-        path: dir.join(".dockerignore"),
-        source,
-    })?;
-    let text = String::from_utf8_lossy(&text);
     Ok(text
         .trim_start_matches('\u{feff}')
         .split('\n')
