@@ -447,6 +447,51 @@ build:
     );
 }
 
+/// `app`, `app:latest` and `docker.io/library/app:latest` are one Docker
+/// image: the error names both steps and both spellings.
+#[test]
+fn image_names_are_compared_as_docker_reads_them() {
+    let dir = workdir(&["Dockerfile"]);
+    for (first, second) in [
+        ("app", "app:latest"),
+        ("app:latest", "docker.io/library/app:latest"),
+        ("docker.io/app", "app"),
+    ] {
+        let yml = format!(
+            "\
+build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: {first}
+      dockerfile: Dockerfile
+    second:
+      name: {second}
+      dockerfile: Dockerfile
+"
+        );
+        assert_eq!(
+            errors(dir.path(), &yml),
+            format!(
+                "error: build.yml:8:13: step `second`: image name `{second}` is the image `{first}` of step `first`: Docker reads both as `app:latest`\n  \
+                 help: give every step its own `name`"
+            )
+        );
+    }
+    let yml = "\
+build:
+  version: 2016-03-14
+  steps:
+    first:
+      name: app:1
+      dockerfile: Dockerfile
+    second:
+      name: myorg/app
+      dockerfile: Dockerfile
+";
+    assert!(check(dir.path(), yml).is_ok());
+}
+
 #[test]
 fn depends_on_an_unknown_step_suggests_the_closest_label() {
     let dir = workdir(&["Dockerfile"]);

@@ -1159,22 +1159,31 @@ impl Checker<'_> {
     }
 
     fn unique_names(&mut self, drafts: &[Draft]) {
-        let mut seen: HashMap<&str, &str> = HashMap::with_capacity(drafts.len());
+        // Compared as Docker reads them: `app`, `app:latest` and
+        // `docker.io/library/app:latest` are one image.
+        let mut seen: HashMap<String, (&str, &str)> = HashMap::with_capacity(drafts.len());
         for draft in drafts {
             let name = draft.step.name.as_str();
             if name.is_empty() {
                 continue;
             }
-            if let Some(first) = seen.get(name) {
-                let first = first.to_string();
+            let key = normalize_reference(name);
+            if let Some((first, spelled)) = seen.get(&key) {
+                let message = if *spelled == name {
+                    format!("image name `{name}` is already used by step `{first}`")
+                } else {
+                    format!(
+                        "image name `{name}` is the image `{spelled}` of step `{first}`: Docker reads both as `{key}`"
+                    )
+                };
                 self.at_value(
                     &key_path(&draft.path, "name"),
                     Some(&draft.step.label),
-                    format!("image name `{name}` is already used by step `{first}`"),
+                    message,
                     Some("give every step its own `name`".into()),
                 );
             } else {
-                seen.insert(name, &draft.step.label);
+                seen.insert(key, (&draft.step.label, name));
             }
         }
         // A `tags:` name another step also gives its image would make one
