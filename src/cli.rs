@@ -419,15 +419,22 @@ pub struct Flags {
           action = ArgAction::Set)]
     pub authentication_secret_server: bool,
 
-    /// Password for the secrets server's basic authentication.
+    /// Password for the secrets server's basic authentication (Go Habitus
+    /// compatibility). Visible to every user in `ps`: prefer
+    /// --password-secret-server-file or HABITUS_SECRET_SERVER_PASSWORD.
+    #[arg(long, global = true, value_name = "PASSWORD", value_parser = parse_password)]
+    pub password_secret_server: Option<ArgPassword>,
+
+    /// Read the secrets server's basic-auth password from FILE (one
+    /// trailing newline is removed); kept out of `ps`, unlike
+    /// --password-secret-server.
     #[arg(
         long,
         global = true,
-        value_name = "PASSWORD",
-        default_value = "admin",
-        hide_default_value = true
+        value_name = "FILE",
+        conflicts_with = "password_secret_server"
     )]
-    pub password_secret_server: String,
+    pub password_secret_server_file: Option<PathBuf>,
 
     /// User for the secrets server's basic authentication.
     #[arg(long, global = true, value_name = "USER", default_value = "habitus")]
@@ -598,6 +605,31 @@ pub fn parse_memory(value: &str) -> Result<i64, String> {
         return Err(bad());
     }
     Ok(bytes as i64)
+}
+
+/// A password given on the command line, zeroed on drop and never
+/// printed (`Debug` shows `***`).
+#[derive(Clone)]
+pub struct ArgPassword(zeroize::Zeroizing<String>);
+
+impl ArgPassword {
+    /// The password.
+    ///
+    /// Use: the configuration hands it to the secrets server's basic
+    /// authentication, the only thing it is for.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ArgPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArgPassword(***)")
+    }
+}
+
+fn parse_password(value: &str) -> Result<ArgPassword, String> {
+    Ok(ArgPassword(zeroize::Zeroizing::new(value.to_owned())))
 }
 
 /// Rewrites Go-style flags into the form clap reads: `-host=x` →

@@ -11,6 +11,8 @@ use crate::manifest::{EnvSource, Untrusted};
 use crate::model::{Builder, Level};
 use crate::secrets::server::BasicAuth;
 use crate::secrets::Settings as SecretsSettings;
+use crate::secrets::DEFAULT_PASSWORD;
+use zeroize::Zeroizing;
 
 /// Where and how to reach the Docker daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +69,8 @@ impl DockerSettings {
 
 /// Everything a habitus run needs, resolved. Only this module reads the
 /// command line's flags and DOCKER_HOST, DOCKER_TLS_VERIFY,
-/// DOCKER_CERT_PATH, HABITUS_CREDENTIAL_HELPER_TIMEOUT and
-/// HABITUS_UNTRUSTED.
+/// DOCKER_CERT_PATH, HABITUS_CREDENTIAL_HELPER_TIMEOUT,
+/// HABITUS_SECRET_SERVER_PASSWORD and HABITUS_UNTRUSTED.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// build.yml, as the user should see it in messages.
@@ -95,7 +97,34 @@ pub struct Config {
     /// and the build fails naming it: HABITUS_CREDENTIAL_HELPER_TIMEOUT
     /// (seconds, may have a fraction), else 30 s.
     pub credential_helper_timeout: std::time::Duration,
+    /// What the user should know about the command line itself (a
+    /// password in argv, a password file others can read); printed before
+    /// the command runs.
+    pub warnings: Vec<String>,
 }
+
+/// Why the command line could not be resolved into a [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--password-secret-server-file` could not be read, or holds no
+    /// usable password.
+    #[error("--password-secret-server-file `{}`: {message}", path.display())]
+    PasswordFile {
+        /// The file, as resolved against the current directory.
+        path: PathBuf,
+        /// What is wrong, and the fix.
+        message: String,
+    },
+}
+
+/// The environment variable that holds the secrets server's password.
+pub const PASSWORD_ENV: &str = "HABITUS_SECRET_SERVER_PASSWORD";
+
+/// The largest `--password-secret-server-file` read, in bytes.
+pub const MAX_PASSWORD_FILE_SIZE: u64 = 4096;
+
+/// The warning for `--password-secret-server PASSWORD`.
+pub const ARGV_PASSWORD_WARNING: &str = "--password-secret-server puts the password on the command line, where `ps` shows it to every user of this machine; use --password-secret-server-file FILE or HABITUS_SECRET_SERVER_PASSWORD instead";
 
 /// HABITUS_CREDENTIAL_HELPER_TIMEOUT as a duration: a positive number of
 /// seconds; unset, empty or not such a number is the default, 30 s.
@@ -190,7 +219,11 @@ pub struct OutputSettings {
 
 impl Config {
     /// Resolves `flags` against the current directory and the environment.
-    pub fn from_flags(flags: &Flags, cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    pub fn from_flags(
+        flags: &Flags,
+        cwd: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let workdir = match &flags.workdir {
             Some(d) if d.is_absolute() => d.clone(),
             Some(d) => cwd.join(d),
@@ -213,7 +246,9 @@ impl Config {
         } else {
             EnvSource::Given(flags.env.iter().cloned().collect())
         };
-        Config {
+        let mut warnings = Vec::new();
+        let password = password(flags, cwd, env, &mut warnings)?;
+        Ok(Config {
             file: normalize(&file),
             workdir,
             env: env_source,
@@ -225,7 +260,7 @@ impl Config {
                 env,
             ),
             build: build_settings(flags),
-            secrets: secrets_settings(flags),
+            secrets: secrets_settings(flags, &password),
             output: OutputSettings {
                 level: match (flags.verbose, flags.level) {
                     (true, LevelArg::Trace) => Level::Trace,
@@ -238,8 +273,80 @@ impl Config {
             },
             stale_after: flags.stale_after,
             credential_helper_timeout: credential_helper_timeout(env),
-        }
+            warnings,
+        })
     }
+}
+
+/// The secrets server's basic-auth password: `--password-secret-server-file`,
+/// else `--password-secret-server` (with a warning: argv is public), else
+/// HABITUS_SECRET_SERVER_PASSWORD, else Go Habitus's default.
+fn password(
+    flags: &Flags,
+    cwd: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Zeroizing<String>, ConfigError> {
+    if let Some(file) = &flags.password_secret_server_file {
+        return password_from_file(&normalize(&cwd.join(file)), warnings);
+    }
+    if let Some(password) = &flags.password_secret_server {
+        warnings.push(ARGV_PASSWORD_WARNING.into());
+        return Ok(Zeroizing::new(password.expose().to_owned()));
+    }
+    Ok(Zeroizing::new(
+        env(PASSWORD_ENV).unwrap_or_else(|| DEFAULT_PASSWORD.to_owned()),
+    ))
+}
+
+/// Reads the password from `path`: up to [`MAX_PASSWORD_FILE_SIZE`]
+/// bytes of UTF-8, one trailing newline (`\n` or `\r\n`) removed, not
+/// empty. A file that group or others may read is used, with a warning
+/// (secret volumes are often mounted 0644).
+fn password_from_file(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Zeroizing<String>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |message: String| ConfigError::PasswordFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let fix = "write the password into a file only you can read (`chmod 600`)";
+    let file =
+        std::fs::File::open(path).map_err(|e| fail(format!("cannot be read: {e}; {fix}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot be read: {e}; {fix}")))?;
+    if !meta.is_file() {
+        return Err(fail(format!("is not a file; {fix}")));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o044 != 0 {
+        warnings.push(format!(
+            "--password-secret-server-file `{0}` can be read by other users (mode {mode:04o}); `chmod 600 {0}`",
+            path.display()
+        ));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_PASSWORD_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot be read: {e}; {fix}")))?;
+    if bytes.len() as u64 > MAX_PASSWORD_FILE_SIZE {
+        return Err(fail(format!(
+            "is larger than {MAX_PASSWORD_FILE_SIZE} bytes; it holds only the password"
+        )));
+    }
+    let mut text: &[u8] = &bytes;
+    text = text.strip_suffix(b"\n").unwrap_or(text);
+    text = text.strip_suffix(b"\r").unwrap_or(text);
+    if text.is_empty() {
+        return Err(fail(format!("is empty; {fix}")));
+    }
+    let text = std::str::from_utf8(text)
+        .map_err(|_| fail("is not UTF-8 text; write the password as text".into()))?;
+    Ok(Zeroizing::new(text.to_owned()))
 }
 
 /// HABITUS_UNTRUSTED turns `--untrusted` on: any value but an empty one
@@ -298,14 +405,14 @@ fn build_settings(flags: &Flags) -> BuildSettings {
     }
 }
 
-fn secrets_settings(flags: &Flags) -> SecretsSettings {
+fn secrets_settings(flags: &Flags, password: &str) -> SecretsSettings {
     SecretsSettings {
         enabled: flags.secrets,
         binding: flags.binding.and_then(|b| b.0),
         port: flags.port.unwrap_or(0),
         basic_auth: flags
             .authentication_secret_server
-            .then(|| BasicAuth::new(&flags.user_secret_server, &flags.password_secret_server)),
+            .then(|| BasicAuth::new(&flags.user_secret_server, password)),
         providers: flags.sec_providers.0.clone(),
         network_pool: flags.network_pool,
     }
@@ -474,12 +581,26 @@ mod tests {
     }
 
     #[test]
+    fn the_password_is_never_in_debug_and_the_argv_form_warns() {
+        use super::{Config, ARGV_PASSWORD_WARNING, PASSWORD_ENV};
+        let cli = crate::cli::parse(["habitus", "-password-secret-server=pw-7f3c"]).unwrap();
+        assert!(!format!("{cli:?}").contains("pw-7f3c"));
+        let config = Config::from_flags(&cli.flags, Path::new("/work"), &env_of(&[])).unwrap();
+        assert_eq!(config.warnings, [ARGV_PASSWORD_WARNING]);
+        assert!(!format!("{config:?}").contains("pw-7f3c"));
+        let cli = crate::cli::parse(["habitus"]).unwrap();
+        let env = env_of(&[(PASSWORD_ENV, "pw-env")]);
+        let config = Config::from_flags(&cli.flags, Path::new("/work"), &env).unwrap();
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
     fn untrusted_comes_from_the_flag_or_habitus_untrusted() {
         use super::Config;
         use crate::manifest::{EnvSource, Untrusted};
         let config = |args: &[&str], env: &'static [(&'static str, &'static str)]| {
             let cli = crate::cli::parse(args.iter().copied()).unwrap();
-            Config::from_flags(&cli.flags, Path::new("/work"), &env_of(env))
+            Config::from_flags(&cli.flags, Path::new("/work"), &env_of(env)).unwrap()
         };
         let trusted = config(&["habitus"], &[]);
         assert_eq!(trusted.untrusted, None);

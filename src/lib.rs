@@ -62,7 +62,17 @@ where
             return 1;
         }
     };
-    let config = config::Config::from_flags(&cli.flags, &cwd, &|name| std::env::var(name).ok());
+    let config =
+        match config::Config::from_flags(&cli.flags, &cwd, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(e) => {
+                progress::print_stderr(&format!("error: {e}"));
+                return 2;
+            }
+        };
+    for warning in &config.warnings {
+        progress::print_stderr(&format!("warning: {warning}"));
+    }
     let command = cli.command.unwrap_or(cli::Command::Build);
     match commands::dispatch(command, &config) {
         Ok(()) => 0,

@@ -8,7 +8,7 @@ use habitus::model::SecretKind;
 
 fn config(args: &[&str]) -> Config {
     let cli = parse(args.iter().copied()).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    Config::from_flags(&cli.flags, Path::new("/work"), &|_| None)
+    Config::from_flags(&cli.flags, Path::new("/work"), &|_| None).unwrap()
 }
 
 fn habitus(args: &[&str]) -> std::process::Output {
@@ -389,6 +389,43 @@ fn check_follows_a_dockerfile_symlink_only_inside_the_work_directory() {
             "{stderr}"
         );
     }
+}
+
+/// A password file that cannot be used stops habitus before anything
+/// runs (exit 2), naming the flag, the file and the fix; it cannot be
+/// combined with the argv form. Both flags show in `--help`.
+#[test]
+fn a_bad_password_file_is_a_usage_error_naming_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    for (file, what) in [
+        (&missing, "cannot be read: No such file or directory (os error 2); write the password into a file only you can read (`chmod 600`)"),
+        (&empty, "is empty; write the password into a file only you can read (`chmod 600`)"),
+    ] {
+        let out = habitus(&["check", "--password-secret-server-file", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("error: --password-secret-server-file `{}`: {what}\n", file.display())
+        );
+    }
+    let out = habitus(&[
+        "check",
+        "--password-secret-server=x",
+        "--password-secret-server-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    let help = String::from_utf8_lossy(&habitus(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("--password-secret-server-file <FILE>"),
+        "{help}"
+    );
+    assert!(help.contains("HABITUS_SECRET_SERVER_PASSWORD"), "{help}");
 }
 
 /// `habitus check --untrusted` reports every refusal without a daemon, and

@@ -866,6 +866,11 @@ struct Serve {
 
 impl Serve {
     fn start(extra: &[&str]) -> Serve {
+        Serve::start_with(extra, &[])
+    }
+
+    /// As [`Serve::start`], with `env` set for the process too.
+    fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("key.txt"), "served-file-value").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_habitus"))
@@ -878,6 +883,7 @@ impl Serve {
                 "tok=SERVE_TOK",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .env("HABITUS_SERVE_TOK", "served-env-value")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -999,17 +1005,80 @@ fn serve_warns_about_basic_auth_with_the_default_password() {
     let serve = Serve::start(&["--authentication-secret-server"]);
     let stderr = serve.stop("TERM");
     assert!(
-        stderr.contains("warning: --authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `habitus`)"),
+        stderr.contains("warning: --authentication-secret-server without a password: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `habitus`)"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("Give it a strong password with --password-secret-server-file FILE or HABITUS_SECRET_SERVER_PASSWORD"),
+        "{stderr}"
+    );
+}
+
+/// Status of `GET /v1/secrets/file/key` from `serve` with basic auth
+/// `user:password`.
+fn basic_status(serve: &Serve, password: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(serve.ca())
+        .args(["-u", &format!("habitus:{password}")])
+        .arg(format!(
+            "{}/v1/secrets/file/key",
+            serve.settings["HABITUS_URL"]
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The basic-auth password comes from `--password-secret-server-file`
+/// (one trailing newline removed, no warning when only its owner can read
+/// it, a warning naming `chmod 600` when others can), from
+/// HABITUS_SECRET_SERVER_PASSWORD, or from the argv form, which still
+/// works (Go Habitus) but warns that `ps` shows it and names both
+/// alternatives. The password is never printed.
+#[test]
+fn serve_reads_the_password_from_a_file_or_the_environment_and_warns_about_argv() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = "Zq8-long-and-random";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    for (mode, warned) in [(0o600, false), (0o644, true)] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let flag = format!("-password-secret-server-file={}", file.display());
+        let serve = Serve::start(&["--authentication-secret-server", &flag]);
+        assert_eq!(basic_status(&serve, secret), "200");
+        assert_eq!(basic_status(&serve, "admin"), "401");
+        assert_eq!(basic_status(&serve, &format!("{secret}\n")), "401");
+        let stderr = serve.stop("TERM");
+        let warning = format!(
+            "warning: --password-secret-server-file `{0}` can be read by other users (mode 0644); `chmod 600 {0}`",
+            file.display()
+        );
+        assert_eq!(stderr.contains(&warning), warned, "{mode:o}: {stderr}");
+        assert!(!stderr.contains("guessable"), "{stderr}");
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
+
+    let env = [("HABITUS_SECRET_SERVER_PASSWORD", secret)];
+    let serve = Serve::start_with(&["--authentication-secret-server"], &env);
+    assert_eq!(basic_status(&serve, secret), "200");
+    let stderr = serve.stop("TERM");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
     let serve = Serve::start(&[
         "--authentication-secret-server",
         "--password-secret-server",
-        "Zq8-long-and-random",
+        secret,
     ]);
+    assert_eq!(basic_status(&serve, secret), "200");
     let stderr = serve.stop("TERM");
-    assert!(!stderr.contains("warning"), "{stderr}");
-    assert!(!stderr.contains("Zq8-long-and-random"), "{stderr}");
+    assert!(
+        stderr.contains("warning: --password-secret-server puts the password on the command line, where `ps` shows it to every user of this machine; use --password-secret-server-file FILE or HABITUS_SECRET_SERVER_PASSWORD instead"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("guessable"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
 }
 
 #[test]

@@ -566,7 +566,7 @@ mod tests {
             basic_auth: Some(BasicAuth::new("habitus", password)),
             ..settings(None)
         };
-        let expected = "--authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `habitus`); anyone who can reach it can fetch them. Give --password-secret-server a strong password";
+        let expected = "--authentication-secret-server without a password: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `habitus`); anyone who can reach it can fetch them. Give it a strong password with --password-secret-server-file FILE or HABITUS_SECRET_SERVER_PASSWORD";
         assert_eq!(
             basic_auth_warning(&with("admin")).as_deref(),
             Some(expected)

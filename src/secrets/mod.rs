@@ -23,4 +23,4 @@ pub mod tls;
 pub use provider::{SecretKey, SecretStore};
 pub use secret::{Secret, Token};
 pub use server::{start, ServerHandle, ServerOptions};
-pub use settings::{basic_auth_warning, Settings};
+pub use settings::{basic_auth_warning, Settings, DEFAULT_PASSWORD};

@@ -62,7 +62,7 @@ pub fn basic_auth_warning(settings: &Settings) -> Option<String> {
     let password = basic.expose_password();
     (password.is_empty() || password == DEFAULT_PASSWORD).then(|| {
         format!(
-            "--authentication-secret-server without --password-secret-server: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `{}`); anyone who can reach it can fetch them. Give --password-secret-server a strong password",
+            "--authentication-secret-server without a password: the secrets server serves every secret to the default, guessable credentials of Go Habitus (user `{}`); anyone who can reach it can fetch them. Give it a strong password with --password-secret-server-file FILE or HABITUS_SECRET_SERVER_PASSWORD",
             basic.user()
         )
     })

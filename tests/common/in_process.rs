@@ -69,7 +69,8 @@ impl InProcess {
                 .map(|(_, v)| v.to_string())
                 .or_else(|| std::env::var(name).ok())
         };
-        let config = habitus::config::Config::from_flags(&cli.flags, dir, &lookup);
+        let config = habitus::config::Config::from_flags(&cli.flags, dir, &lookup)
+            .expect("valid configuration");
         let reporter = habitus::progress::Reporter::new(
             Box::new(self.output.clone()),
             config.output.level,
