@@ -116,6 +116,46 @@ fn single_step_builds_a_tagged_image() {
     assert_eq!(listing(h.dir()), ["Dockerfile", "build.yml"]);
 }
 
+/// `--metadata-file` lands on the host with mode 0600 (the JSON names the
+/// built image); a metadata path that is a symlink fails the build (exit
+/// 1) naming the file and the fix, and the link's target is untouched.
+#[test]
+fn the_metadata_file_is_0600_and_a_symlinked_path_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (h, c) = project(
+        "metadata",
+        "build:\n  version: 2016-03-14\n  steps:\n    only:\n      name: hb/metadata\n      dockerfile: Dockerfile\n",
+    );
+    let h = h.file("Dockerfile", from_base("RUN echo hello > /hello\n"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let meta = out_dir.path().join("meta.json");
+    let out = h.run_with(
+        &["--keep-all", "--metadata-file", meta.to_str().unwrap()],
+        &[],
+    );
+    out.assert_success();
+    let mode = std::fs::metadata(&meta).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let json = std::fs::read_to_string(&meta).unwrap();
+    assert!(json.contains(&format!("hb/metadata-{}", c.uid())), "{json}");
+
+    let target = out_dir.path().join("target");
+    std::fs::write(&target, "untouched").unwrap();
+    let link = out_dir.path().join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = h.run_with(
+        &["--keep-all", "-metadata-file", link.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let want = format!(
+        "error: metadata file `{}`: is a symlink; the metadata file is never written through one: remove the symlink or name another path",
+        link.display()
+    );
+    assert!(out.stderr.contains(&want), "{want}\n{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+}
+
 #[test]
 fn chain_rewrites_from_to_the_unique_name_of_the_previous_step() {
     let (h, c) = project(

@@ -553,6 +553,63 @@ mod tests {
         assert!(json.get("base").is_none(), "removed images are not listed");
     }
 
+    /// `--metadata-file` is written 0600 (also over an existing 0644
+    /// file), atomically (no temporary file is left), never through a
+    /// symlink at the file itself or at its folder: the build fails
+    /// naming the file, the link and the fix, and the link's target is
+    /// untouched.
+    #[tokio::test]
+    async fn the_metadata_file_is_private_and_never_written_through_a_symlink() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let target = outside.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::fs::create_dir(d.join("out")).unwrap();
+        std::fs::write(d.join("out/meta.json"), "old").unwrap();
+        std::fs::set_permissions(d.join("out/meta.json"), PermissionsExt::from_mode(0o644))
+            .unwrap();
+        symlink(&target, d.join("out/link.json")).unwrap();
+        symlink(outside.path(), d.join("linked")).unwrap();
+        let build = |meta: std::path::PathBuf| {
+            fixture(
+                vec![step(d, "app", &[])],
+                BuildSettings {
+                    metadata_file: Some(meta),
+                    ..opts(1)
+                },
+            )
+        };
+        run(&build(d.join("out/meta.json"))).await.unwrap();
+        let meta = std::fs::metadata(d.join("out/meta.json")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let json = std::fs::read_to_string(d.join("out/meta.json")).unwrap();
+        assert!(json.contains("\"app\""), "{json}");
+        let names: Vec<_> = std::fs::read_dir(d.join("out")).unwrap().collect();
+        assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+
+        let err = run(&build(d.join("out/link.json"))).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "metadata file `{}`: is a symlink; the metadata file is never written through one: remove the symlink or name another path",
+                d.join("out/link.json").display()
+            )
+        );
+        let err = run(&build(d.join("linked/meta.json"))).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "metadata file `{}`: its folder `{}` is a symlink; the metadata file is never written through one: name the real folder",
+                d.join("linked/meta.json").display(),
+                d.join("linked").display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
     #[tokio::test]
     async fn scheduling_is_eager_not_level_by_level() {
         let dir = tempfile::tempdir().unwrap();

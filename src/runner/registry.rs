@@ -332,7 +332,8 @@ impl Build {
 /// Writes `--metadata-file`: JSON keyed by step label, for each step whose
 /// image the build kept or pushed: `image`, `image_id`, and for pushed
 /// steps `digest` and `names` (and `kept: false` when the image was
-/// removed from the daemon at the end). Written whole, then renamed into place.
+/// removed from the daemon at the end). Written 0600, whole, then renamed
+/// into place (see [`write_private`]).
 pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> {
     let mut out = serde_json::Map::new();
     for step in &summary.steps {
@@ -371,17 +372,62 @@ pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> 
     };
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(out))
         .map_err(|e| fail(e.to_string()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    write_private(path, format!("{text}\n").as_bytes()).map_err(fail)
+}
+
+/// Writes `bytes` to `path` atomically and privately: the folder is
+/// opened without following a symlink (a symlinked folder is refused), a
+/// temporary file is created in it with mode 0600 (the umask can only
+/// narrow it) and `O_NOFOLLOW`, written, synced and renamed over `path`.
+/// An existing `path` that is a symlink is refused, never written
+/// through. Errors are the message, with the fix.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
+        (_, Some(n)) => (Path::new("."), n),
+        _ => return Err("is not a file name; name a file, e.g. `metadata.json`".into()),
     };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(e.to_string()))?;
-    // Readable as a file written with the usual umask would be.
-    file.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(|e| fail(e.to_string()))?;
-    std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    file.persist(path).map_err(|e| fail(e.error.to_string()))?;
-    Ok(())
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dirfd = rustix::fs::open(dir, dir_flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR if is_symlink(dir) => format!(
+            "its folder `{}` is a symlink; the metadata file is never written through one: name the real folder",
+            dir.display()
+        ),
+        e => format!("cannot open its folder `{}`: {e}", dir.display()),
+    })?;
+    match rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => {
+            return Err(
+                "is a symlink; the metadata file is never written through one: remove the symlink or name another path"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    let temp = format!(
+        ".{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    );
+    let create =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dirfd, temp.as_str(), create, Mode::from_raw_mode(0o600))
+        .map_err(|e| format!("cannot create a file in `{}`: {e}", dir.display()))?;
+    let mut file = std::fs::File::from(fd);
+    let written = std::io::Write::write_all(&mut file, bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            rustix::fs::renameat(&dirfd, temp.as_str(), &dirfd, name)
+                .map_err(|e| format!("cannot rename it into place: {e}"))
+        });
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&dirfd, temp.as_str(), AtFlags::empty());
+    }
+    written
+}
+
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
