@@ -132,7 +132,7 @@ pub fn write_tar<W: Write>(
 }
 
 /// Reads and parses `dir/.dockerignore`; no file means no patterns. It is
-/// opened beneath `dir` (see [`crate::workpath::open_beneath`]): a symlink
+/// opened beneath `dir` (see `workpath::open_beneath`): a symlink
 /// is followed only while it stays inside the context, and the file is
 /// read up to [`MAX_DOCKERIGNORE_SIZE`].
 pub fn read_dockerignore(dir: &Path) -> Result<DockerIgnore, ContextError> {

@@ -156,6 +156,31 @@ fn the_metadata_file_is_0600_and_a_symlinked_path_is_refused() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
 }
 
+/// A Dockerfile that is a symlink inside the work dir
+/// (`Dockerfile -> docker/Dockerfile`) builds; a `.dockerignore` over the
+/// 4 MiB limit fails the build (exit 1) naming the file and the limit.
+#[test]
+fn a_dockerfile_symlinked_inside_builds_and_a_huge_dockerignore_is_refused() {
+    let (h, c) = project(
+        "linked",
+        "build:\n  version: 2016-03-14\n  steps:\n    only:\n      name: hb/linked\n      dockerfile: Dockerfile\n",
+    );
+    let h = h.file("docker/Dockerfile", from_base("RUN echo linked > /hello\n"));
+    std::os::unix::fs::symlink("docker/Dockerfile", h.dir().join("Dockerfile")).unwrap();
+    h.run().assert_success();
+    let image = format!("hb/linked-{}", c.uid());
+    assert_eq!(read_in_image(&image, "/hello"), "linked\n");
+
+    let h = h.file(".dockerignore", "#".repeat(4 * 1024 * 1024 + 1));
+    let out = h.run();
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let want = format!(
+        "`{}` is larger than 4194304 bytes, the limit for a `.dockerignore`; shorten it",
+        h.dir().join(".dockerignore").display()
+    );
+    assert!(out.stderr.contains(&want), "{want}\n{}", out.stderr);
+}
+
 #[test]
 fn chain_rewrites_from_to_the_unique_name_of_the_previous_step() {
     let (h, c) = project(

@@ -333,7 +333,7 @@ impl Build {
 /// image the build kept or pushed: `image`, `image_id`, and for pushed
 /// steps `digest` and `names` (and `kept: false` when the image was
 /// removed from the daemon at the end). Written 0600, whole, then renamed
-/// into place (see [`write_private`]).
+/// into place, privately (see `write_private`).
 pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> {
     let mut out = serde_json::Map::new();
     for step in &summary.steps {
