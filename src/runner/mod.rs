@@ -222,6 +222,9 @@ impl Runner {
         cancel: CancellationToken,
         signal: Arc<Mutex<Option<Signal>>>,
     ) -> Result<Summary, BuildError> {
+        if let Some(path) = &self.options.metadata_file {
+            registry::check_metadata_path(path)?;
+        }
         let host_artifacts = crate::artifacts::HostArtifacts::before_build(
             &self.manifest.workdir,
             &self.manifest.steps,
@@ -555,9 +558,9 @@ mod tests {
 
     /// `--metadata-file` is written 0600 (also over an existing 0644
     /// file), atomically (no temporary file is left), never through a
-    /// symlink at the file itself or at its folder: the build fails
-    /// naming the file, the link and the fix, and the link's target is
-    /// untouched.
+    /// symlink at the file itself or at its folder: the build fails before
+    /// it starts, naming the file, the link and the fix, and the link's
+    /// target is untouched.
     #[tokio::test]
     async fn the_metadata_file_is_private_and_never_written_through_a_symlink() {
         use std::os::unix::fs::{symlink, PermissionsExt};
@@ -581,7 +584,9 @@ mod tests {
                 },
             )
         };
-        run(&build(d.join("out/meta.json"))).await.unwrap();
+        let built = build(d.join("out/meta.json"));
+        run(&built).await.unwrap();
+        assert!(built.engine.images().contains("img/app"));
         let meta = std::fs::metadata(d.join("out/meta.json")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
         let json = std::fs::read_to_string(d.join("out/meta.json")).unwrap();
@@ -589,7 +594,12 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(d.join("out")).unwrap().collect();
         assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
 
-        let err = run(&build(d.join("out/link.json"))).await.unwrap_err();
+        let linked = build(d.join("out/link.json"));
+        let err = run(&linked).await.unwrap_err();
+        assert!(
+            !linked.engine.images().contains("img/app"),
+            "refused before the build"
+        );
         assert_eq!(
             err.to_string(),
             format!(

@@ -382,29 +382,8 @@ pub fn write_metadata(path: &Path, summary: &Summary) -> Result<(), BuildError> 
 /// An existing `path` that is a symlink is refused, never written
 /// through. Errors are the message, with the fix.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
-        (_, Some(n)) => (Path::new("."), n),
-        _ => return Err("is not a file name; name a file, e.g. `metadata.json`".into()),
-    };
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let dirfd = rustix::fs::open(dir, dir_flags, Mode::empty()).map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR if is_symlink(dir) => format!(
-            "its folder `{}` is a symlink; the metadata file is never written through one: name the real folder",
-            dir.display()
-        ),
-        e => format!("cannot open its folder `{}`: {e}", dir.display()),
-    })?;
-    match rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => {
-            return Err(
-                "is a symlink; the metadata file is never written through one: remove the symlink or name another path"
-                    .into(),
-            );
-        }
-        _ => {}
-    }
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    let (dirfd, dir, name) = open_folder(path)?;
     let temp = format!(
         ".{}.{:016x}.tmp",
         name.to_string_lossy(),
@@ -426,6 +405,44 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = rustix::fs::unlinkat(&dirfd, temp.as_str(), AtFlags::empty());
     }
     written
+}
+
+/// Checks `--metadata-file` before the build, as [`write_metadata`] will
+/// at the end: neither its folder nor the file may be a symlink. A build
+/// that would fail to write it fails before it starts.
+pub fn check_metadata_path(path: &Path) -> Result<(), BuildError> {
+    open_folder(path)
+        .map(drop)
+        .map_err(|message| BuildError::Metadata {
+            path: path.to_path_buf(),
+            message,
+        })
+}
+
+/// The folder of `path` opened without following a symlink, the folder's
+/// path and the file's name; refuses a `path` that is a symlink.
+fn open_folder(path: &Path) -> Result<(rustix::fd::OwnedFd, &Path, &std::ffi::OsStr), String> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
+        (_, Some(n)) => (Path::new("."), n),
+        _ => return Err("is not a file name; name a file, e.g. `metadata.json`".into()),
+    };
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dirfd = rustix::fs::open(dir, dir_flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR if is_symlink(dir) => format!(
+            "its folder `{}` is a symlink; the metadata file is never written through one: name the real folder",
+            dir.display()
+        ),
+        e => format!("cannot open its folder `{}`: {e}", dir.display()),
+    })?;
+    match rustix::fs::statat(&dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => Err(
+            "is a symlink; the metadata file is never written through one: remove the symlink or name another path"
+                .into(),
+        ),
+        _ => Ok((dirfd, dir, name)),
+    }
 }
 
 fn is_symlink(path: &Path) -> bool {
