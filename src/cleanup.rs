@@ -94,6 +94,7 @@ pub async fn run(
     labels: BTreeMap<String, String>,
     commands: &[String],
     keep: Keep,
+    temp_limit: u64,
     sink: LineSink,
 ) -> Result<(), CleanupError> {
     let original = engine.inspect_image(image).await?;
@@ -126,6 +127,7 @@ pub async fn run(
         &crate::squash::with_tag(image),
         keep,
         &own_labels,
+        temp_limit,
         Arc::clone(&sink),
     )
     .await;
@@ -143,8 +145,11 @@ pub async fn run(
         error,
     })?;
     sink(&format!(
-        "cleanup: squashed {} layer(s) into {} ({} kept)",
-        report.layers_before, report.layers_after, report.kept
+        "cleanup: squashed {} layer(s) into {} ({} kept, {} of temporary files)",
+        report.layers_before,
+        report.layers_after,
+        report.kept,
+        crate::squash::budget::human(report.temp_bytes)
     ));
     // The unsquashed image (on the containerd image store it outlives the
     // tag it lost, and the images its instructions committed are not its
@@ -261,6 +266,7 @@ mod tests {
             BTreeMap::new(),
             &["rm /nope".into(), "never".into()],
             Keep::Nothing,
+            u64::MAX,
             sink,
         )
         .await
@@ -294,6 +300,7 @@ mod tests {
             BTreeMap::new(),
             &["rm /a".into(), "rm /b".into()],
             Keep::Nothing,
+            u64::MAX,
             sink,
         )
         .await

@@ -401,6 +401,12 @@ pub struct Flags {
           value_parser = parse_providers)]
     pub sec_providers: Providers,
 
+    /// The most temporary files one squash may write (`20GiB`, `512MiB`,
+    /// bytes; also HABITUS_SQUASH_TEMP_LIMIT; default 20GiB). A squash
+    /// that would write more stops, naming the layer.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub squash_temp_limit: Option<u64>,
+
     /// Memory limit for build containers (`512m`, `2GB`, bytes).
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_memory)]
     pub docker_memory: Option<i64>,
@@ -630,6 +636,13 @@ impl std::fmt::Debug for ArgPassword {
 
 fn parse_password(value: &str) -> Result<ArgPassword, String> {
     Ok(ArgPassword(zeroize::Zeroizing::new(value.to_owned())))
+}
+
+/// A size in bytes, as [`parse_memory`] reads it (`512MiB`, `20GiB`, `2g`).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    parse_memory(value).map(|bytes| bytes as u64).map_err(|_| {
+        format!("`{value}` is not a size (examples: `512MiB`, `20GiB`, `2g`, `1048576`)")
+    })
 }
 
 /// Rewrites Go-style flags into the form clap reads: `-host=x` →

@@ -165,6 +165,9 @@ pub struct BuildSettings {
     pub keep_artifacts: bool,
     /// Skip `cleanup.commands` (`--no-cleanup`).
     pub no_cleanup: bool,
+    /// `--squash-temp-limit` (or HABITUS_SQUASH_TEMP_LIMIT): the bytes of
+    /// temporary files one squash may write.
+    pub squash_temp_limit: u64,
     /// Push every step kept at the end (`--push`).
     pub push: bool,
     /// Where to write the build's metadata (`--metadata-file`).
@@ -197,6 +200,7 @@ impl Default for BuildSettings {
             no_audit: false,
             keep_artifacts: false,
             no_cleanup: false,
+            squash_temp_limit: crate::squash::budget::DEFAULT_TEMP_LIMIT,
             push: false,
             metadata_file: None,
             cache_from: Vec::new(),
@@ -259,7 +263,10 @@ impl Config {
                 flags.certs.as_deref(),
                 env,
             ),
-            build: build_settings(flags),
+            build: BuildSettings {
+                squash_temp_limit: squash_temp_limit(flags, env),
+                ..build_settings(flags)
+            },
             secrets: secrets_settings(flags, &password),
             output: OutputSettings {
                 level: match (flags.verbose, flags.level) {
@@ -349,6 +356,15 @@ fn password_from_file(
     Ok(Zeroizing::new(text.to_owned()))
 }
 
+/// `--squash-temp-limit`, else HABITUS_SQUASH_TEMP_LIMIT (a size like the
+/// flag's; unset, empty or not a size is the default, 20 GiB).
+fn squash_temp_limit(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> u64 {
+    flags
+        .squash_temp_limit
+        .or_else(|| env("HABITUS_SQUASH_TEMP_LIMIT").and_then(|v| crate::cli::parse_size(&v).ok()))
+        .unwrap_or(crate::squash::budget::DEFAULT_TEMP_LIMIT)
+}
+
 /// HABITUS_UNTRUSTED turns `--untrusted` on: any value but an empty one
 /// or one Go reads as false (`0`, `false`, …).
 fn untrusted_from_env(env: &dyn Fn(&str) -> Option<String>) -> bool {
@@ -398,6 +414,7 @@ fn build_settings(flags: &Flags) -> BuildSettings {
         no_audit: flags.no_audit,
         keep_artifacts: flags.keep_artifacts,
         no_cleanup: flags.no_cleanup,
+        squash_temp_limit: crate::squash::budget::DEFAULT_TEMP_LIMIT,
         push: flags.push,
         metadata_file: flags.metadata_file.clone(),
         cache_from: flags.cache_from.clone(),

@@ -37,12 +37,23 @@ pub fn squash(
         let tag = tag.unwrap_or(image);
         let sink_reporter = Arc::clone(&reporter);
         let sink: LineSink = Arc::new(move |line: &str| sink_reporter.step_output("squash", line));
-        let report = squasher::squash(&engine, image, tag, keep, sink).await?;
+        let report = squasher::squash(
+            &engine,
+            image,
+            tag,
+            keep,
+            config.build.squash_temp_limit,
+            sink,
+        )
+        .await?;
         reporter.message(
             Severity::Info,
             &format!(
-                "squashed `{image}` into `{tag}` ({}): {} layer(s) → {}",
-                report.image_id, report.layers_before, report.layers_after
+                "squashed `{image}` into `{tag}` ({}): {} layer(s) → {} ({} of temporary files)",
+                report.image_id,
+                report.layers_before,
+                report.layers_after,
+                squasher::budget::human(report.temp_bytes)
             ),
         );
         Ok(())

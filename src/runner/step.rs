@@ -297,6 +297,7 @@ impl Build {
             self.container_labels(step),
             &step.cleanup,
             keep,
+            self.options.squash_temp_limit,
             self.sink(&step.label),
         )
         .await

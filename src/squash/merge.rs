@@ -54,6 +54,10 @@ pub enum Item {
     Opaque(Vec<u8>),
 }
 
+/// The `start` of an entry of a kept layer that was not spooled (a file
+/// with content): the squashed layer cannot copy it.
+pub const NOT_SPOOLED: u64 = u64::MAX;
+
 /// Reads the headers of a layer tar, seeking over file contents.
 pub fn index_layer<R: Read + Seek>(reader: R) -> io::Result<Vec<Item>> {
     let mut archive = tar::Archive::new(reader);
@@ -63,46 +67,57 @@ pub fn index_layer<R: Read + Seek>(reader: R) -> io::Result<Vec<Item>> {
         let entry = entry?;
         let start = next_start;
         next_start = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-        let Some(path) = normalize(&entry.path_bytes()) else {
-            continue;
-        };
-        let (dir, name) = split(&path);
-        if name == OPAQUE_MARKER {
-            items.push(Item::Opaque(dir.to_vec()));
-            continue;
-        }
-        if let Some(removed) = name.strip_prefix(WHITEOUT_PREFIX) {
-            // `.wh..wh.*` other than the opaque marker is AUFS metadata.
-            if !removed.starts_with(WHITEOUT_PREFIX) && !removed.is_empty() {
-                items.push(Item::Whiteout(join(dir, removed)));
-            }
-            continue;
-        }
-        let kind = match entry.header().entry_type() {
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-            tar::EntryType::Link => Kind::HardLink,
-            tar::EntryType::Symlink
-            | tar::EntryType::Char
-            | tar::EntryType::Block
-            | tar::EntryType::Fifo => Kind::Other,
-            // Extension headers are folded into their entry by `tar`;
-            // anything else is not a filesystem object.
-            _ => continue,
-        };
-        let link = if kind == Kind::HardLink {
-            entry.link_name_bytes().and_then(|l| normalize(&l))
-        } else {
-            None
-        };
-        items.push(Item::Entry {
-            path,
-            kind,
-            start,
-            link,
-        });
+        items.extend(item_of(&entry, start));
     }
     Ok(items)
+}
+
+/// What the merger sees of `entry`, whose first header block is at
+/// `start`; `None` for the root and for what is no filesystem object.
+pub fn item_of<R: Read>(entry: &tar::Entry<'_, R>, start: u64) -> Option<Item> {
+    let path = normalize(&entry.path_bytes())?;
+    let (dir, name) = split(&path);
+    if name == OPAQUE_MARKER {
+        return Some(Item::Opaque(dir.to_vec()));
+    }
+    if let Some(removed) = name.strip_prefix(WHITEOUT_PREFIX) {
+        // `.wh..wh.*` other than the opaque marker is AUFS metadata.
+        return (!removed.starts_with(WHITEOUT_PREFIX) && !removed.is_empty())
+            .then(|| Item::Whiteout(join(dir, removed)));
+    }
+    let kind = match entry.header().entry_type() {
+        tar::EntryType::Directory => Kind::Dir,
+        tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+        tar::EntryType::Link => Kind::HardLink,
+        tar::EntryType::Symlink
+        | tar::EntryType::Char
+        | tar::EntryType::Block
+        | tar::EntryType::Fifo => Kind::Other,
+        // Extension headers are folded into their entry by `tar`;
+        // anything else is not a filesystem object.
+        _ => return None,
+    };
+    let link = if kind == Kind::HardLink {
+        entry.link_name_bytes().and_then(|l| normalize(&l))
+    } else {
+        None
+    };
+    Some(Item::Entry {
+        path,
+        kind,
+        start,
+        link,
+    })
+}
+
+/// Whether writing `emits` needs an entry of a kept layer that was not
+/// spooled ([`NOT_SPOOLED`]).
+pub fn needs_unspooled(emits: &[Emit]) -> bool {
+    emits.iter().any(|emit| match emit {
+        Emit::Entry { source, .. } | Emit::Link { source, .. } => source.1 == NOT_SPOOLED,
+        Emit::Content { data, .. } => data.1 == NOT_SPOOLED,
+        Emit::Marker { .. } => false,
+    })
 }
 
 /// `./a//b/` → `a/b`; `None` for the root itself.

@@ -12,8 +12,13 @@
 //! Squashing everything goes through the daemon's merged view instead
 //! ([`import`]) when the config allows, which is about twice as fast.
 //! Memory use does not depend on layer sizes: contents only pass through
-//! temporary files and fixed-size buffers.
+//! temporary files and fixed-size buffers. The temporary files are bounded
+//! too ([`budget`]): the layers above the kept ones are spooled
+//! uncompressed, the kept ones are only read as a stream (indexed and
+//! verified, never decompressed to disk), and a squash that would write
+//! more than its limit stops.
 
+pub mod budget;
 pub mod import;
 pub mod layout;
 pub mod merge;
@@ -73,6 +78,8 @@ pub struct SquashReport {
     /// How many bottom layers were kept.
     pub kept: usize,
     pub method: Method,
+    /// Bytes of temporary files the squash wrote.
+    pub temp_bytes: u64,
 }
 
 /// Errors of a squash.
@@ -135,6 +142,32 @@ pub enum SquashError {
         /// The image to squash.
         image: String,
     },
+    /// The temporary files would have crossed their limit.
+    #[error(
+        "squashing `{image}` stopped while writing {what}: its temporary files would exceed the limit ({written} bytes written = {}, the limit is {limit} bytes = {}); the image was not changed and the temporary files are removed; if the image really needs more, raise the limit with `--squash-temp-limit SIZE` (or HABITUS_SQUASH_TEMP_LIMIT)",
+        budget::human(*written),
+        budget::human(*limit)
+    )]
+    TempLimit {
+        /// The image being squashed.
+        image: String,
+        /// What was being written: `layer 3 (`sha256:…`)`.
+        what: String,
+        /// Bytes written before the write that was refused.
+        written: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Streaming the kept layers was not enough (an entry of theirs with
+    /// content is needed, or the archive was not in the expected order);
+    /// the squash starts again spooling them. Never returned by a squash.
+    #[error("the kept layers' contents are needed: {0}")]
+    KeptNeeded(String),
+    /// The archive's names did not tell which members are squashed layers
+    /// (`<id>/layer.tar`): these are (name → layer index), to spool in a
+    /// second save. Never returned by a squash.
+    #[error("{} squashed layer(s) to spool from a second save", .0.len())]
+    SpoolAgain(std::collections::HashMap<String, usize>),
     /// A local file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -171,9 +204,10 @@ pub async fn squash(
     image: &str,
     tag: &str,
     keep: Keep,
+    temp_limit: u64,
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
-    squash_with(engine, image, tag, keep, None, sink).await
+    squash_with(engine, image, tag, keep, None, temp_limit, sink).await
 }
 
 /// Squashes like [`squash`], but the new image's labels are exactly
@@ -188,9 +222,10 @@ pub async fn squash_labelled(
     tag: &str,
     keep: Keep,
     labels: &BTreeMap<String, String>,
+    temp_limit: u64,
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
-    squash_with(engine, image, tag, keep, Some(labels), sink).await
+    squash_with(engine, image, tag, keep, Some(labels), temp_limit, sink).await
 }
 
 async fn squash_with(
@@ -199,6 +234,7 @@ async fn squash_with(
     tag: &str,
     keep: Keep,
     labels: Option<&BTreeMap<String, String>>,
+    temp_limit: u64,
     sink: LineSink,
 ) -> Result<SquashReport, SquashError> {
     let tag = &with_tag(tag);
@@ -234,7 +270,17 @@ async fn squash_with(
             return Ok(report);
         }
     }
-    squash_by_merge(engine, image, &details, kept, tag, labels, &sink).await
+    let merge = MergeSquash {
+        engine,
+        image,
+        details: &details,
+        kept,
+        tag,
+        labels,
+        temp_limit,
+        sink: &sink,
+    };
+    merge.run().await
 }
 
 /// The details of `image`; a missing image is [`SquashError::NotFound`].
@@ -315,6 +361,7 @@ async fn squash_by_import(
         layers_after: 1,
         kept: 0,
         method: Method::Import,
+        temp_bytes: 0,
     }))
 }
 
@@ -374,76 +421,130 @@ fn to_io(stream: ByteStream) -> ByteStream2 {
     Box::pin(stream.map_err(std::io::Error::other))
 }
 
-/// Squashes the layers above the bottom `kept` by save → merge → load.
-async fn squash_by_merge(
-    engine: &dyn Engine,
-    image: &str,
-    details: &ImageDetails,
+/// A squash of the layers above the bottom `kept` by save → merge → load.
+struct MergeSquash<'a> {
+    engine: &'a dyn Engine,
+    image: &'a str,
+    details: &'a ImageDetails,
     kept: usize,
-    tag: &str,
-    labels: Option<&BTreeMap<String, String>>,
-    sink: &LineSink,
-) -> Result<SquashReport, SquashError> {
-    let layers = details.diff_ids.len();
-    sink(&format!(
-        "squashing {} of {layers} layers of `{image}` ({kept} kept)",
-        layers - kept
-    ));
-    let dir = tempfile::Builder::new()
-        .prefix("habitus-squash-")
-        .tempdir()
-        .map_err(io_error("cannot create a temporary directory"))?;
-    let mut saved = save_spooled(engine, image, details, dir.path()).await?;
-    if let Some(labels) = labels {
-        set_labels(&mut saved.config, labels);
-    }
-    let layer_files = saved.layers.clone();
-    let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
-    let (emits, size) = blocking(move || merge_layers(&layer_files, &digests, kept)).await??;
-    let layer_digest = oci_layer_digest(&saved, &emits).await?;
-    let loader = Loader {
-        engine,
-        saved: &saved,
-        emits: &emits,
-        size,
-        layer_digest,
-        kept,
-        tag,
-        image,
-        created: now_rfc3339(),
-        sink,
-    };
-    let image_id = loader.load_with_fallback().await;
-    // The spooled layers are read until the load is done.
-    drop(dir);
-    Ok(SquashReport {
-        image_id: image_id?,
-        layers_before: layers,
-        layers_after: kept + 1,
-        kept,
-        method: Method::Merge,
-    })
+    tag: &'a str,
+    labels: Option<&'a BTreeMap<String, String>>,
+    temp_limit: u64,
+    sink: &'a LineSink,
 }
 
-/// Saves `image` from the daemon, spooled into `dir`, and checks that it
-/// is the inspected image.
+impl MergeSquash<'_> {
+    /// Squashes with the kept layers streamed; if their contents turn out
+    /// to be needed, again with them spooled.
+    async fn run(&self) -> Result<SquashReport, SquashError> {
+        let layers = self.details.diff_ids.len();
+        (self.sink)(&format!(
+            "squashing {} of {layers} layers of `{}` ({} kept)",
+            layers - self.kept,
+            self.image,
+            self.kept
+        ));
+        if self.kept > 0 {
+            match self.attempt(true).await {
+                Err(SquashError::KeptNeeded(why)) => {
+                    (self.sink)(&format!(
+                        "{why}: squashing again with the kept layers spooled"
+                    ));
+                }
+                other => return other,
+            }
+        }
+        self.attempt(false).await
+    }
+
+    /// One save → merge → load, in a temporary directory of its own that
+    /// is removed when it returns, whatever it returns.
+    async fn attempt(&self, stream_kept: bool) -> Result<SquashReport, SquashError> {
+        let dir = tempfile::Builder::new()
+            .prefix("habitus-squash-")
+            .tempdir()
+            .map_err(io_error("cannot create a temporary directory"))?;
+        let mut plan = layout::ReadPlan {
+            image: self.image.to_string(),
+            diff_ids: self.details.diff_ids.clone(),
+            kept: self.kept,
+            stream_kept,
+            budget: budget::Budget::new(self.temp_limit),
+            spool_names: std::collections::HashMap::new(),
+        };
+        let mut result = self.save_merge_load(dir.path(), &plan).await;
+        if let Err(SquashError::SpoolAgain(names)) = result {
+            (self.sink)(&format!(
+                "the archive does not name its layers by digest: saving again to spool the {} squashed one(s)",
+                names.len()
+            ));
+            plan.spool_names = names;
+            result = self.save_merge_load(dir.path(), &plan).await;
+        }
+        // The spooled layers are read until the load is done.
+        drop(dir);
+        Ok(SquashReport {
+            image_id: result?,
+            layers_before: self.details.diff_ids.len(),
+            layers_after: self.kept + 1,
+            kept: self.kept,
+            method: Method::Merge,
+            temp_bytes: plan.budget.written(),
+        })
+    }
+
+    async fn save_merge_load(
+        &self,
+        dir: &Path,
+        plan: &layout::ReadPlan,
+    ) -> Result<String, SquashError> {
+        let mut saved = save_spooled(self.engine, self.details, dir, plan).await?;
+        if let Some(labels) = self.labels {
+            set_labels(&mut saved.config, labels);
+        }
+        let layer_files = saved.layers.clone();
+        let indexed = std::mem::take(&mut saved.indexed);
+        let digests: Vec<String> = saved.blobs.iter().map(|b| b.digest.clone()).collect();
+        let kept = self.kept;
+        let (emits, size) =
+            blocking(move || merge_layers(&layer_files, indexed, &digests, kept)).await??;
+        let layer_digest = oci_layer_digest(&saved, &emits).await?;
+        let loader = Loader {
+            engine: self.engine,
+            saved: &saved,
+            emits: &emits,
+            size,
+            layer_digest,
+            kept,
+            tag: self.tag,
+            image: self.image,
+            created: now_rfc3339(),
+            sink: self.sink,
+        };
+        loader.load_with_fallback().await
+    }
+}
+
+/// Saves the image from the daemon, spooled into `dir` as `plan` says, and
+/// checks that it is the inspected image.
 async fn save_spooled(
     engine: &dyn Engine,
-    image: &str,
     details: &ImageDetails,
     dir: &Path,
+    plan: &layout::ReadPlan,
 ) -> Result<layout::SavedImage, SquashError> {
     let save = engine.save_image(&details.id).await?;
     let reader = SyncIoBridge::new(StreamReader::new(to_io(save)));
     let spool_dir = dir.to_path_buf();
-    let saved = blocking(move || layout::read_save(reader, &spool_dir)).await??;
+    let read_plan = plan.clone();
+    let saved = blocking(move || layout::read_save(reader, &spool_dir, &read_plan)).await??;
     let saved_ids: Vec<&str> = saved.config["rootfs"]["diff_ids"]
         .as_array()
         .map(|ids| ids.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if saved_ids != details.diff_ids {
         return Err(SquashError::Mismatch {
-            image: image.to_string(),
+            image: plan.image.clone(),
         });
     }
     Ok(saved)
@@ -469,15 +570,22 @@ async fn oci_layer_digest(
     Ok(Some(digest))
 }
 
-/// Indexes and merges the layers (uncompressed tars; `digests` name them
-/// in errors); returns what to write and its size.
+/// Indexes (unless `indexed` already has their items) and merges the
+/// layers (uncompressed tars; `digests` name them in errors); returns what
+/// to write and its size.
 fn merge_layers(
     layers: &[PathBuf],
+    indexed: Vec<Option<Vec<merge::Item>>>,
     digests: &[String],
     kept: usize,
 ) -> Result<(Vec<Emit>, u64), SquashError> {
     let mut merger = Merger::new(kept);
+    let mut indexed = indexed.into_iter();
     for (i, path) in layers.iter().enumerate() {
+        if let Some(items) = indexed.next().flatten() {
+            merger.apply(&items);
+            continue;
+        }
         let file = File::open(path).map_err(io_error("cannot open a spooled layer"))?;
         let items = merge::index_layer(BufReader::new(file)).map_err(|e| SquashError::Layer {
             index: i + 1,
@@ -487,6 +595,11 @@ fn merge_layers(
         merger.apply(&items);
     }
     let emits = merger.finish();
+    if merge::needs_unspooled(&emits) {
+        return Err(SquashError::KeptNeeded(
+            "the squashed layer needs a file of a kept layer".into(),
+        ));
+    }
     let size = write::write_layer(&emits, layers, Counter::default(), true)
         .map_err(io_error("cannot measure the squashed layer"))?
         .0;
@@ -522,7 +635,13 @@ impl Loader<'_> {
             }
             match self.load(full_kept).await {
                 Ok(id) => return Ok(id),
-                // The daemon did not have the kept layers after all: send them.
+                // The daemon did not have the kept layers after all: send
+                // them, once they are spooled.
+                Err(e) if !full_kept && !self.saved.kept_spooled => {
+                    return Err(SquashError::KeptNeeded(format!(
+                        "loading without the kept layers failed ({e})"
+                    )));
+                }
                 Err(e) if !full_kept && self.kept > 0 => {
                     (self.sink)(&format!(
                         "loading without the kept layers failed ({e}); sending them"

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::layout::{read_save, Layout};
+use super::budget::Budget;
+use super::layout::{read_save, Layout, ReadPlan};
 use super::write::{sha256, write_layer};
 use super::{
     merge_layers, rewrite_config, rfc3339, squash, squash_labelled, Keep, Method, SquashError,
@@ -190,7 +191,7 @@ fn squash_layers(layers: &[Vec<u8>], keep: usize) -> Vec<u8> {
             path
         })
         .collect();
-    let (emits, size) = merge_layers(&paths, &[], keep).unwrap();
+    let (emits, size) = merge_layers(&paths, Vec::new(), &[], keep).unwrap();
     let out = write_layer(&emits, &paths, Vec::new(), false).unwrap();
     assert_eq!(out.len() as u64, size, "the measured size is exact");
     out
@@ -478,7 +479,7 @@ fn both_save_layouts_read_the_same_image() {
         (legacy_archive(&layers, &config), Layout::Legacy),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let saved = read_save(Cursor::new(archive), dir.path()).unwrap();
+        let saved = read_save(Cursor::new(archive), dir.path(), &unbounded()).unwrap();
         assert_eq!(saved.layout, layout);
         assert_eq!(saved.config, config);
         let read: Vec<Vec<u8>> = saved
@@ -528,7 +529,7 @@ fn oci_saves_with_gzip_and_zstd_layers_read_like_plain_ones() {
         let blobs: Vec<Vec<u8>> = layers.iter().map(|l| compress(l)).collect();
         let dir = tempfile::tempdir().unwrap();
         let archive = oci_archive_of(&blobs, media_type, &config);
-        let saved = read_save(Cursor::new(archive), dir.path()).unwrap();
+        let saved = read_save(Cursor::new(archive), dir.path(), &unbounded()).unwrap();
         assert_eq!(saved.layout, Layout::Oci);
         let read: Vec<Vec<u8>> = saved
             .layers
@@ -544,7 +545,7 @@ fn oci_saves_with_gzip_and_zstd_layers_read_like_plain_ones() {
         }
         // The merge reads the decompressed layers.
         let squashed = {
-            let (emits, _) = merge_layers(&saved.layers, &[], 0).unwrap();
+            let (emits, _) = merge_layers(&saved.layers, Vec::new(), &[], 0).unwrap();
             write_layer(&emits, &saved.layers, Vec::new(), false).unwrap()
         };
         assert_eq!(apply(&[squashed]), apply(&layers));
@@ -589,6 +590,7 @@ fn unreadable_layers_are_refused_naming_index_and_digest() {
         let err = read_save(
             Cursor::new(oci_archive_of(&blobs, "x", &config)),
             dir.path(),
+            &unbounded(),
         )
         .unwrap_err();
         let message = err.to_string();
@@ -621,7 +623,7 @@ fn unreadable_layers_are_refused_naming_index_and_digest() {
     };
     archive = rebuild(&members);
     let dir = tempfile::tempdir().unwrap();
-    let err = read_save(Cursor::new(archive), dir.path()).unwrap_err();
+    let err = read_save(Cursor::new(archive), dir.path(), &unbounded()).unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
             "unreadable image archive: layer 2 (`{digest}`) does not match its digest: the blob's is `sha256:"
@@ -629,7 +631,7 @@ fn unreadable_layers_are_refused_naming_index_and_digest() {
         "{err}"
     );
     members.remove(&name);
-    let err = read_save(Cursor::new(rebuild(&members)), dir.path()).unwrap_err();
+    let err = read_save(Cursor::new(rebuild(&members)), dir.path(), &unbounded()).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("unreadable image archive: layer 2 (`{digest}`) is missing: the archive has no member `{name}`; the image was not changed")
@@ -644,7 +646,12 @@ fn archive_errors_say_what_is_missing() {
     h.set_size(2);
     b.append_data(&mut h, "other.json", b"{}".as_slice())
         .unwrap();
-    let err = read_save(Cursor::new(b.into_inner().unwrap()), dir.path()).unwrap_err();
+    let err = read_save(
+        Cursor::new(b.into_inner().unwrap()),
+        dir.path(),
+        &unbounded(),
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "unreadable image archive: the archive has neither `manifest.json` nor `index.json`"
@@ -655,6 +662,7 @@ fn archive_errors_say_what_is_missing() {
     let err = read_save(
         Cursor::new(oci_archive(&[], &config_for(&layers))),
         dir.path(),
+        &unbounded(),
     )
     .unwrap_err();
     assert_eq!(
@@ -902,9 +910,16 @@ async fn a_crafted_oci_save_is_squashed_and_loaded_with_its_config() {
         loaded: Mutex::new(Vec::new()),
     };
     let sink: LineSink = Arc::new(|_| {});
-    let report = squash(&engine, "app", "app:squashed", Keep::Layers(1), sink)
-        .await
-        .unwrap();
+    let report = squash(
+        &engine,
+        "app",
+        "app:squashed",
+        Keep::Layers(1),
+        u64::MAX,
+        sink,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (report.layers_before, report.layers_after, report.kept),
         (3, 2, 1)
@@ -955,9 +970,17 @@ async fn a_labelled_squash_keeps_only_the_given_labels() {
     };
     let sink: LineSink = Arc::new(|_| {});
     let own = BTreeMap::from([("l".to_string(), "v".to_string())]);
-    let report = squash_labelled(&engine, "app", "app:squashed", Keep::Layers(1), &own, sink)
-        .await
-        .unwrap();
+    let report = squash_labelled(
+        &engine,
+        "app",
+        "app:squashed",
+        Keep::Layers(1),
+        &own,
+        u64::MAX,
+        sink,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.method, Method::Merge);
     let loaded = members(&engine.loaded.lock().unwrap());
     let manifest: serde_json::Value = serde_json::from_slice(&loaded["manifest.json"]).unwrap();
@@ -992,9 +1015,16 @@ async fn a_gzip_oci_save_loads_as_oci_naming_the_kept_blobs() {
         loaded: Mutex::new(Vec::new()),
     };
     let sink: LineSink = Arc::new(|_| {});
-    let report = squash(&engine, "app", "app:squashed", Keep::Layers(1), sink)
-        .await
-        .unwrap();
+    let report = squash(
+        &engine,
+        "app",
+        "app:squashed",
+        Keep::Layers(1),
+        u64::MAX,
+        sink,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.layers_after, report.kept), (2, 1));
 
     let loaded = members(&engine.loaded.lock().unwrap());
@@ -1062,7 +1092,7 @@ async fn keeping_every_layer_is_refused() {
         loaded: Mutex::new(Vec::new()),
     };
     let sink: LineSink = Arc::new(|_| {});
-    let err = squash(&engine, "app", "t", Keep::Layers(3), sink)
+    let err = squash(&engine, "app", "t", Keep::Layers(3), u64::MAX, sink)
         .await
         .unwrap_err();
     assert_eq!(
@@ -1086,4 +1116,9 @@ fn the_containerd_name_of_a_reference_follows_the_docker_cli_registry_rule() {
     ] {
         assert_eq!(full_name(reference), full, "{reference}");
     }
+}
+
+/// A read plan that spools everything, with no bound.
+fn unbounded() -> ReadPlan {
+    ReadPlan::spool_all(Budget::new(u64::MAX))
 }
