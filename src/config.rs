@@ -671,4 +671,40 @@ mod tests {
             assert_eq!(config(&["habitus"], env).untrusted, None, "{env:?}");
         }
     }
+
+    #[test]
+    fn the_squash_temp_limit_comes_from_the_flag_then_the_variable_then_20_gib() {
+        use super::Config;
+        let limit = |args: &[&str], env: &'static [(&'static str, &'static str)]| {
+            let cli = crate::cli::parse(args.iter().copied()).unwrap();
+            Config::from_flags(&cli.flags, Path::new("/work"), &env_of(env))
+                .build
+                .squash_temp_limit
+        };
+        assert_eq!(limit(&["habitus"], &[]), 20 << 30);
+        assert_eq!(
+            limit(&["habitus", "--squash-temp-limit", "512MiB"], &[]),
+            512 << 20
+        );
+        // Go's syntax, as for every flag.
+        assert_eq!(limit(&["habitus", "-squash-temp-limit=2g"], &[]), 2 << 30);
+        let env: &[(&str, &str)] = &[("HABITUS_SQUASH_TEMP_LIMIT", "1GiB")];
+        assert_eq!(limit(&["habitus"], env), 1 << 30);
+        assert_eq!(
+            limit(&["habitus", "-squash-temp-limit=1048576"], env),
+            1 << 20
+        );
+        for bad in [
+            &[("HABITUS_SQUASH_TEMP_LIMIT", "lots")],
+            &[("HABITUS_SQUASH_TEMP_LIMIT", "")],
+        ] {
+            assert_eq!(limit(&["habitus"], bad), 20 << 30, "{bad:?}");
+        }
+        let err = crate::cli::parse(["habitus", "--squash-temp-limit", "lots"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`lots` is not a size (examples: `512MiB`, `20GiB`, `2g`, `1048576`)"),
+            "{err}"
+        );
+    }
 }

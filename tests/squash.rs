@@ -312,3 +312,94 @@ fn a_base_that_is_not_a_base_is_refused() {
     );
     out.assert_code(1);
 }
+
+/// The temporary bytes a squash reports: `(… of temporary files)`.
+fn temp_bytes(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("of temporary files)"))
+        .unwrap_or_else(|| panic!("no temporary files figure in:\n{stderr}"));
+    let figure = line.rsplit('(').next().unwrap();
+    let mut words = figure.split_whitespace();
+    let number: f64 = words.next().unwrap().parse().unwrap();
+    let unit = match words.next().unwrap() {
+        "bytes" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit `{other}` in {line}"),
+    };
+    number * unit
+}
+
+/// What is left in a directory.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A 1 GiB file of zeros (sparse, so cheap to build; the layer tar holds
+/// all its bytes, its gzip blob about 1 MiB) in a kept base layer writes
+/// none of them to the squash's temporary files; in a squashed layer it
+/// stops the squash at `--squash-temp-limit`, removing its temporary
+/// files and leaving no image.
+#[test]
+fn temporary_files_are_bounded_and_a_kept_layer_is_never_spooled() {
+    let cleanup = Cleanup::new("squashbomb");
+    let uid = cleanup.uid();
+    let bomb_base = format!("squash-bombbase-{uid}:latest");
+    let source = format!("squash-bomb-{uid}:latest");
+    build(
+        &bomb_base,
+        &format!("FROM {}\nRUN truncate -s 1G /bomb\n", base_image()),
+        &[],
+    );
+    build(
+        &source,
+        &format!("FROM {bomb_base}\nRUN echo a > /a\nRUN rm /a && echo b > /b\n"),
+        &[],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let tmpdir = tmp.path().to_str().unwrap();
+
+    let kept = format!("squash-bomb-kept-{uid}:latest");
+    let out = Habitus::new()
+        .no_workdir()
+        .env("TMPDIR", tmpdir)
+        .args(["squash", &source, "-t", &kept, "--from", &bomb_base])
+        .args(["-squash-temp-limit=256MiB"])
+        .run();
+    out.assert_success();
+    let written = temp_bytes(&out.stderr);
+    assert!(
+        written < 64.0 * 1024.0 * 1024.0,
+        "the kept 1 GiB layer was spooled: {written} bytes\n{}",
+        out.stderr
+    );
+    assert_eq!(docker(&["run", "--rm", &kept, "cat", "/b"]), "b\n");
+    assert_eq!(layers(&kept).len(), layers(&bomb_base).len() + 1);
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+
+    let over = format!("squash-bomb-over-{uid}:latest");
+    let out = Habitus::new()
+        .no_workdir()
+        .env("HABITUS_SQUASH_TEMP_LIMIT", "64MiB")
+        .env("TMPDIR", tmpdir)
+        .args(["squash", &source, "-t", &over, "--from", &base_image()])
+        .run();
+    out.assert_failure();
+    assert_eq!(out.code(), Some(1));
+    let bomb_layer = layers(&base_image()).len() + 1;
+    for needle in [
+        format!("error: squashing `{source}` stopped while writing layer {bomb_layer} (`sha256:"),
+        "its temporary files would exceed the limit (".to_string(),
+        "the limit is 67108864 bytes = 64.0 MiB)".to_string(),
+        "raise the limit with `--squash-temp-limit SIZE`".to_string(),
+    ] {
+        assert!(out.stderr.contains(&needle), "{needle}\n{}", out.stderr);
+    }
+    assert!(!crate::common::image_exists(&over), "{over} was made");
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
