@@ -403,3 +403,52 @@ fn temporary_files_are_bounded_and_a_kept_layer_is_never_spooled() {
     assert!(!crate::common::image_exists(&over), "{over} was made");
     assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
 }
+
+/// A step whose cleanup squash crosses `--squash-temp-limit` fails the
+/// build naming the step, the layer and the flag, and leaves no image
+/// with the step's name, no container and no temporary files.
+#[test]
+fn a_cleanup_squash_over_the_temp_limit_fails_the_step_and_leaves_nothing() {
+    let (h, c) = crate::common::project(
+        "squashbombstep",
+        "build:
+  version: 2016-03-14
+  steps:
+    app:
+      name: hb/bomb-app
+      dockerfile: Dockerfile
+      cleanup:
+        commands:
+          - rm /bomb
+",
+    );
+    let uid = c.uid();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = h
+        .file(
+            "Dockerfile",
+            crate::common::from_base(&format!(
+                "LABEL habitus.test.case={uid}\nRUN truncate -s 1G /bomb\n"
+            )),
+        )
+        .env("TMPDIR", tmp.path())
+        .arg("-squash-temp-limit=64MiB")
+        .run();
+    out.assert_failure();
+    assert_eq!(out.code(), Some(1));
+    for needle in [
+        "error: step `app`: cleanup: squashing ",
+        " stopped while writing layer ",
+        "the limit is 67108864 bytes = 64.0 MiB)",
+        "raise the limit with `--squash-temp-limit SIZE`",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.stderr);
+    }
+    let image = format!("hb/bomb-app-{uid}");
+    assert!(!crate::common::image_exists(&image), "{image} is left");
+    assert_eq!(
+        crate::common::containers_with_label(crate::common::UID_LABEL, uid),
+        Vec::<String>::new()
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}

@@ -14,6 +14,7 @@ use super::layout::{read_save, Layout, ReadPlan};
 use super::write::{sha256, write_layer};
 use super::{
     merge_layers, rewrite_config, rfc3339, squash, squash_labelled, Keep, Method, SquashError,
+    SquashReport,
 };
 use crate::engine::{
     BuildRequest, BuiltImage, ByteStream, Engine, EngineError, ImageDetails, ImageInfo, LineSink,
@@ -1121,4 +1122,148 @@ fn the_containerd_name_of_a_reference_follows_the_docker_cli_registry_rule() {
 /// A read plan that spools everything, with no bound.
 fn unbounded() -> ReadPlan {
     ReadPlan::spool_all(Budget::new(u64::MAX))
+}
+
+/// An engine that saves `layers` in `layout` (plain tars for the legacy
+/// one, gzip blobs for the OCI one).
+fn engine_of(layers: &[Vec<u8>], layout: Layout) -> ArchiveEngine {
+    let config = config_for(layers);
+    let archive = match layout {
+        Layout::Legacy => legacy_archive(layers, &config),
+        Layout::Oci => {
+            let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
+            oci_archive_of(
+                &blobs,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &config,
+            )
+        }
+    };
+    ArchiveEngine {
+        archive,
+        details: ImageDetails {
+            id: "sha256:app".into(),
+            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
+            config: config["config"].clone(),
+            author: String::new(),
+            architecture: "amd64".into(),
+            os: "linux".into(),
+        },
+        loaded: Mutex::new(Vec::new()),
+    }
+}
+
+/// Squashes with the bottom layer kept; the report or the error, and the
+/// progress lines.
+async fn squash_keeping_one(
+    engine: &ArchiveEngine,
+    limit: u64,
+) -> (Result<SquashReport, SquashError>, Vec<String>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lines);
+    let sink: LineSink = Arc::new(move |l: &str| seen.lock().unwrap().push(l.to_string()));
+    let result = squash(engine, "app", "app:squashed", Keep::Layers(1), limit, sink).await;
+    let lines = lines.lock().unwrap().clone();
+    (result, lines)
+}
+
+/// The squashed layer of what `engine` loaded.
+fn loaded_squashed_layer(engine: &ArchiveEngine) -> Vec<u8> {
+    let loaded = members(&engine.loaded.lock().unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(&loaded["manifest.json"]).unwrap();
+    loaded[manifest[0]["Layers"][1].as_str().unwrap()].clone()
+}
+
+/// Four MiB of `x`: a kept file far larger than everything else.
+fn big() -> &'static str {
+    static BIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| "x".repeat(4 << 20))
+}
+
+#[tokio::test]
+async fn a_kept_layer_is_never_spooled_in_either_layout() {
+    let layers = vec![
+        layer(&[
+            E::Dir("usr"),
+            E::Dir("usr/lib"),
+            E::File("usr/lib/big", big()),
+        ]),
+        // No parent directories: the squashed layer takes them from the
+        // kept layer's headers.
+        layer(&[E::File("usr/lib/new", "n")]),
+        layer(&[E::File("usr/lib/other", "o")]),
+    ];
+    for layout in [Layout::Legacy, Layout::Oci] {
+        let engine = engine_of(&layers, layout);
+        let (report, lines) = squash_keeping_one(&engine, 1 << 20).await;
+        let report = report.unwrap_or_else(|e| panic!("{layout:?}: {e}\n{lines:?}"));
+        // The 4 MiB kept layer (the limit is 1 MiB) was only streamed;
+        // the gzip blob of the OCI save is a few KiB.
+        assert!(report.temp_bytes < 64 << 10, "{layout:?}: {report:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("kept layers spooled")),
+            "{lines:?}"
+        );
+        let squashed = loaded_squashed_layer(&engine);
+        assert_eq!(
+            names(&squashed),
+            ["usr", "usr/lib", "usr/lib/new", "usr/lib/other"],
+            "{layout:?}"
+        );
+        assert_eq!(
+            apply(&[layers[0].clone(), squashed.clone()]),
+            apply(&layers)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hard_link_to_a_kept_file_squashes_again_with_the_kept_layers_spooled() {
+    let layers = vec![
+        layer(&[E::Dir("lib"), E::File("lib/a.so", "so")]),
+        layer(&[E::Dir("lib"), E::HardLink("lib/b.so", "lib/a.so")]),
+    ];
+    for layout in [Layout::Legacy, Layout::Oci] {
+        let engine = engine_of(&layers, layout);
+        let (report, lines) = squash_keeping_one(&engine, u64::MAX).await;
+        report.unwrap_or_else(|e| panic!("{layout:?}: {e}\n{lines:?}"));
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "the squashed layer needs a file of a kept layer: squashing again with the kept layers spooled"
+            )),
+            "{layout:?}: {lines:?}"
+        );
+        let squashed = loaded_squashed_layer(&engine);
+        assert!(names(&squashed).contains(&"lib/a.so".to_string()));
+        assert_eq!(apply(&[layers[0].clone(), squashed]), apply(&layers));
+    }
+}
+
+#[tokio::test]
+async fn a_squashed_layer_over_the_temp_limit_stops_the_squash_naming_it() {
+    let layers = vec![
+        layer(&[E::Dir("etc"), E::File("etc/base", "b")]),
+        layer(&[E::Dir("opt"), E::File("opt/big", big())]),
+    ];
+    for layout in [Layout::Legacy, Layout::Oci] {
+        let engine = engine_of(&layers, layout);
+        let (result, _) = squash_keeping_one(&engine, 1 << 20).await;
+        let err = result.unwrap_err();
+        let SquashError::TempLimit { what, limit, .. } = &err else {
+            panic!("{layout:?}: {err}");
+        };
+        assert_eq!(*limit, 1 << 20);
+        assert!(what.starts_with("layer 2 (`sha256:"), "{layout:?}: {err}");
+        assert!(engine.loaded.lock().unwrap().is_empty(), "nothing loaded");
+    }
+    assert_eq!(
+        SquashError::TempLimit {
+            image: "app:1".into(),
+            what: "layer 2 (`sha256:ab12`)".into(),
+            written: 1000,
+            limit: 1 << 20,
+        }
+        .to_string(),
+        "squashing `app:1` stopped while writing layer 2 (`sha256:ab12`): its temporary files would exceed the limit (1000 bytes written = 1000 bytes, the limit is 1048576 bytes = 1.0 MiB); the image was not changed and the temporary files are removed; if the image really needs more, raise the limit with `--squash-temp-limit SIZE` (or HABITUS_SQUASH_TEMP_LIMIT)"
+    );
 }
