@@ -3,9 +3,12 @@
 //! OCI one of Docker 25+ (`index.json`, `oci-layout`, `blobs/sha256/…`).
 //!
 //! The archive arrives as a stream whose member order is not guaranteed
-//! (`manifest.json` may come last), so every member is spooled to a file in
-//! a temporary directory as it arrives, hashed on the way; nothing but the
-//! small JSON documents is ever held in memory.
+//! (`manifest.json` may come last), so members are spooled to files in a
+//! temporary directory as they arrive, hashed on the way; nothing but the
+//! small JSON documents is ever held in memory. A kept layer is the
+//! exception ([`ReadPlan::stream_kept`]): it is read as a stream, indexed
+//! and hashed, and only its entries without content are spooled. Every
+//! byte written counts against the squash's [`Budget`].
 //!
 //! Layers may be plain tars (Docker's graph drivers), or gzip or zstd (the
 //! containerd image store saves its blobs as it stores them, gzip for
@@ -13,8 +16,8 @@
 //! bytes ([`crate::layer`]), never by a name or media type. Every layer is
 //! checked against the image before it is used: its blob against its
 //! digest (OCI layout), its uncompressed tar against the config's diff id.
-//! A layer that is compressed is decompressed into its own spool file, so
-//! that the merger can seek in it; the blob as saved is kept beside it, to
+//! A squashed layer that is compressed is decompressed into its own spool
+//! file, so that the merger can seek in it; the blob as saved is kept beside it, to
 //! be sent back unchanged when a load needs it. Whatever cannot be read
 //! (unknown compression, truncated, corrupt, missing) is an error naming
 //! the layer by index and digest: a squash never goes on with a layer it
