@@ -678,6 +678,7 @@ mod tests {
         let limit = |args: &[&str], env: &'static [(&'static str, &'static str)]| {
             let cli = crate::cli::parse(args.iter().copied()).unwrap();
             Config::from_flags(&cli.flags, Path::new("/work"), &env_of(env))
+                .unwrap()
                 .build
                 .squash_temp_limit
         };
