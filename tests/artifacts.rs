@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::common::{
-    base_image, containers_with_label, docker, from_base, image_exists, project, Cleanup, Habitus,
-    UID_LABEL,
+    base_image, containers_with_label, docker, from_base, from_base_for, image_exists, project,
+    Cleanup, Habitus, UID_LABEL,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -215,7 +215,7 @@ fn a_missing_artifact_fails_the_step_naming_it() {
         - /not/there
 ",
     );
-    let h = h.file("Dockerfile", from_base("RUN true\n"));
+    let h = h.file("Dockerfile", from_base_for(c.uid(), "RUN true\n"));
     let out = h.run();
     out.assert_failure();
     assert!(

@@ -315,7 +315,7 @@ fn push_project(name: &str, rest: &str, config: String) -> crate::common::Habitu
                 "build:\n  version: 2016-03-14\n  steps:\n    app:\n      name: {name}\n      dockerfile: Dockerfile\n      push: true\n"
             ),
         )
-        .file("Dockerfile", crate::common::from_base(rest))
+        .file("Dockerfile", crate::common::from_base_for(name, rest))
         .env("DOCKER_CONFIG", config)
 }
 
@@ -807,7 +807,10 @@ fn helper_project(
     let (h, cleanup) = crate::common::project(prefix, PRIVATE_YML);
     let config = helper_config("helper.example", name);
     let h = h
-        .file("Dockerfile", crate::common::from_base("RUN true\n"))
+        .file(
+            "Dockerfile",
+            crate::common::from_base_for(cleanup.uid(), "RUN true\n"),
+        )
         .env("DOCKER_CONFIG", config.path().display().to_string())
         .env("PATH", path_with(helpers));
     (h, cleanup, config)

@@ -17,8 +17,8 @@ use habitus::secrets::{start, tls, Secret};
 use crate::common::in_process::{self, InProcess};
 use crate::common::leak::assert_no_secret_in_image;
 use crate::common::{
-    docker, from_base, image_exists, network_of, networks_with_label, project, sha256_hex, Habitus,
-    Output, UID_LABEL,
+    docker, from_base, from_base_for, image_exists, network_of, networks_with_label, project,
+    sha256_hex, Habitus, Output, UID_LABEL,
 };
 
 // ---------------------------------------------------------------------------
@@ -818,12 +818,12 @@ fn a_missing_secret_stops_the_build_before_any_step() {
 
 #[test]
 fn secrets_false_keeps_the_server_off_with_a_warning() {
-    let (h, _c) = project(
+    let (h, c) = project(
         "sec-off",
         "build:\n  version: 2016-03-14\n  steps:\n    s:\n      name: hb/secrets-off\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: UNSET_ON_PURPOSE\n",
     );
     let h = h
-        .file("Dockerfile", from_base("RUN true\n"))
+        .file("Dockerfile", from_base_for(c.uid(), "RUN true\n"))
         .arg("--secrets=false");
     let out = h.run();
     out.assert_success();

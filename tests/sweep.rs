@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use habitus::owner::Owner;
 
 use crate::common::{
-    base_image, docker, from_base, network_exists, network_of, project, Cleanup, Habitus, Output,
-    Spawned, UID_LABEL,
+    base_image, docker, from_base, from_base_for, network_exists, network_of, project, Cleanup,
+    Habitus, Output, Spawned, UID_LABEL,
 };
 
 const SLOW_SECRETS_YML: &str = "build:\n  version: 2016-03-14\n  steps:\n    slow:\n      name: hb/sweep-slow\n      dockerfile: Dockerfile\n      secrets:\n        k:\n          type: env\n          value: K\n";
@@ -132,11 +132,13 @@ fn what_a_killed_build_left_goes_with_the_next_build() {
         .all(|state| matches!(state.trim(), "exited" | "created" | "dead"))
     });
 
-    let (next, _c2) = project(
+    let (next, c2) = project(
         "sweep-next",
         "build:\n  version: 2016-03-14\n  steps:\n    quick:\n      name: hb/sweep-next\n      dockerfile: Dockerfile\n",
     );
-    let out = next.file("Dockerfile", from_base("RUN true\n")).run();
+    let out = next
+        .file("Dockerfile", from_base_for(c2.uid(), "RUN true\n"))
+        .run();
     out.assert_success();
     // Builds of other tests sweep too; whichever came first, it is gone.
     assert!(!network_exists(&network), "{}", out.stderr);

@@ -933,6 +933,17 @@ pub fn from_base(rest: &str) -> String {
     format!("FROM {}\n{rest}", base_image())
 }
 
+/// A Dockerfile starting `FROM` the test base image whose instructions
+/// are one test's own: a `LABEL` naming `case` (a uid) comes first. The
+/// classic builder's cache gives every build of the same instructions the
+/// same image, and the daemon deletes it when its last name goes, also
+/// while another build has just taken it from the cache and not yet
+/// named it: that build then fails with `failed to get digest …: no such
+/// file or directory`. Tests that do not test sharing must not share.
+pub fn from_base_for(case: &str, rest: &str) -> String {
+    from_base(&format!("LABEL habitus.test.case=\"{case}\"\n{rest}"))
+}
+
 /// Runs `cat path` in a fresh container of `image` and returns the output.
 pub fn read_in_image(image: &str, path: &str) -> String {
     docker(&["run", "--rm", image, "cat", path])
