@@ -88,6 +88,13 @@ pub fn keep_for(dockerfile_text: impl AsRef<[u8]>, target: Option<&str>) -> Keep
 /// Runs `commands` in a container of `image` (labelled `labels`), commits
 /// it and squashes the result back into `image`, keeping `keep`. Output of
 /// the commands and progress lines go to `sink`.
+///
+/// The unsquashed image is removed afterwards by a name of this cleanup's
+/// own, never by its id: the classic builder's cache gives every build
+/// of the same instructions the same image, so another build's (or
+/// another step's) name may hold it. Removing that name lets the daemon
+/// delete the image only when no other name holds it; `rmi <id>` would
+/// take the other name with it, and with it the other build's image.
 pub async fn run(
     engine: Arc<dyn Engine>,
     image: &str,
@@ -97,16 +104,15 @@ pub async fn run(
     temp_limit: u64,
     sink: LineSink,
 ) -> Result<(), CleanupError> {
-    let original = engine.inspect_image(image).await?;
     // The squashed image keeps the step's own labels: the commit adds the
     // container's (who owns it, which build made it), and a container run
     // from the image must not look like one habitus made.
-    let mut own_labels = original
-        .as_ref()
-        .map(|info| info.labels.clone())
+    let mut own_labels = engine
+        .inspect_image(image)
+        .await?
+        .map(|info| info.labels)
         .unwrap_or_default();
     own_labels.remove(LABEL_CONTAINER);
-    let original = original.map(|info| info.id);
     let id = engine
         .create_container(ContainerRequest {
             image: image.to_string(),
@@ -115,27 +121,80 @@ pub async fn run(
         })
         .await?;
     let guard = ContainerGuard::arm(Arc::clone(&engine), &id);
-    let committed = run_in(&*engine, &id, image, commands, &sink).await;
+    // While the container exists the daemon keeps its image; the hold
+    // keeps it after that, until the squash is done.
+    let hold = hold_name(&id);
+    let held = engine.tag_image(image, &hold).await;
+    let is_held = held.is_ok();
+    let committed = match held {
+        Ok(()) => run_in(&*engine, &id, image, commands, &sink).await,
+        Err(e) => Err(e.into()),
+    };
     guard.disarm();
     let removed = engine.remove_container(&id).await;
-    let committed = committed?;
-    removed?;
+    let result = match (committed, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(committed), Ok(())) => {
+            squash_committed(
+                &*engine,
+                image,
+                &committed,
+                keep,
+                &own_labels,
+                temp_limit,
+                &sink,
+            )
+            .await
+        }
+    };
+    // The unsquashed image (on the containerd image store it outlives the
+    // tag it lost, and the images its instructions committed are not its
+    // parents): removing it, even when it is already gone, also removes
+    // those, whose layers hold what the commands deleted.
+    if is_held {
+        if let Err(e) = engine.remove_image(&hold, false, false).await {
+            sink(&format!(
+                "could not remove the unsquashed image `{hold}`: {e}"
+            ));
+        }
+    }
+    result
+}
 
+/// The name that holds the unsquashed image of the cleanup whose
+/// container is `container` (unique: one container per cleanup).
+fn hold_name(container: &str) -> String {
+    let short: String = container.chars().take(12).collect();
+    format!("habitus-unsquashed:{short}")
+}
+
+/// Squashes the committed image `committed` into `image`, then removes
+/// the committed image.
+async fn squash_committed(
+    engine: &dyn Engine,
+    image: &str,
+    committed: &str,
+    keep: Keep,
+    own_labels: &BTreeMap<String, String>,
+    temp_limit: u64,
+    sink: &LineSink,
+) -> Result<(), CleanupError> {
     let squashed = squash::squash_labelled(
-        &*engine,
-        &committed,
+        engine,
+        committed,
         &crate::squash::with_tag(image),
         keep,
-        &own_labels,
+        own_labels,
         temp_limit,
-        Arc::clone(&sink),
+        Arc::clone(sink),
     )
     .await;
     // The committed image is an intermediate either way. Removing it also
     // prunes its untagged parents: once the squashed image holds the tag,
     // that is the unsquashed image, whose layers still hold what the
     // commands deleted.
-    if let Err(e) = engine.remove_image(&committed, false, false).await {
+    if let Err(e) = engine.remove_image(committed, false, false).await {
         sink(&format!(
             "could not remove the intermediate image `{committed}`: {e}"
         ));
@@ -151,17 +210,6 @@ pub async fn run(
         report.kept,
         crate::squash::budget::human(report.temp_bytes)
     ));
-    // The unsquashed image (on the containerd image store it outlives the
-    // tag it lost, and the images its instructions committed are not its
-    // parents): removing it, even when it is already gone, also removes
-    // those, whose layers hold what the commands deleted.
-    if let Some(original) = original {
-        if let Err(e) = engine.remove_image(&original, false, false).await {
-            sink(&format!(
-                "could not remove the unsquashed image `{original}`: {e}"
-            ));
-        }
-    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::common::{
     base_image, containers_with_label, docker, from_base, from_base_for, image_exists, project,
-    Cleanup, Habitus, UID_LABEL,
+    read_in_image, Cleanup, Habitus, UID_LABEL,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -358,6 +358,62 @@ fn cleanup_commands_run_as_root_in_an_image_with_only_sh() {
     let image = format!("hb/cleanup-app-{}", c.uid());
     let listing = docker(&["run", "--rm", "--user", "0", &image, "ls", "/"]);
     assert!(!listing.lines().any(|l| l == "secret.txt"), "{listing}");
+    assert_no_container_left(&c);
+}
+
+/// Two steps of the same instructions share one image (the classic
+/// builder's cache gives the second the first's image): the cleanup of
+/// one removes the unsquashed image by a name of its own, so the image
+/// stays for the other step's name, which still names what it built.
+#[test]
+fn a_cleanup_leaves_the_image_another_name_holds() {
+    shared_image_and_cleanup("cleanup-shared", "legacy");
+}
+
+#[test]
+fn a_cleanup_leaves_the_image_another_name_holds_with_buildkit() {
+    shared_image_and_cleanup("cleanup-shared-bk", "buildkit");
+}
+
+fn shared_image_and_cleanup(prefix: &str, builder: &str) {
+    let (plain, c) = project(
+        prefix,
+        "build:\n  version: 2016-03-14\n  steps:\n    plain:\n      name: hb/shared-plain\n      dockerfile: Dockerfile\n",
+    );
+    let uid = c.uid().to_string();
+    // This test's own instructions: only its two builds share them.
+    let dockerfile = from_base_for(&uid, "RUN echo shared > /shared\n");
+    let plain = plain
+        .args(["--builder", builder])
+        .file("Dockerfile", &dockerfile);
+    plain.run().assert_success();
+    let kept = format!("hb/shared-plain-{uid}");
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", &kept]);
+
+    let cleaned = Habitus::new()
+        .file(
+            "build.yml",
+            "build:\n  version: 2016-03-14\n  steps:\n    cleaned:\n      name: hb/shared-cleaned\n      dockerfile: Dockerfile\n      cleanup:\n        commands: [ \"rm /shared\" ]\n",
+        )
+        .file("Dockerfile", &dockerfile)
+        .args(["--uid", &uid, "--builder", builder]);
+    let out = cleaned.run();
+    out.assert_success();
+    assert!(
+        !out.stderr.contains("could not remove the unsquashed image"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        docker(&["image", "inspect", "--format", "{{.Id}}", &kept]),
+        id,
+        "the plain step's name no longer names its image:\n{}",
+        out.stderr
+    );
+    assert_eq!(read_in_image(&kept, "/shared"), "shared\n");
+    let cleaned_image = format!("hb/shared-cleaned-{uid}");
+    let listing = docker(&["run", "--rm", &cleaned_image, "ls", "/"]);
+    assert!(!listing.lines().any(|l| l == "shared"), "{listing}");
     assert_no_container_left(&c);
 }
 
