@@ -944,9 +944,45 @@ pub fn from_base_for(case: &str, rest: &str) -> String {
     from_base(&format!("LABEL habitus.test.case=\"{case}\"\n{rest}"))
 }
 
-/// Runs `cat path` in a fresh container of `image` and returns the output.
+/// The content of the file `path` in `image`, read as `docker cp` reads
+/// it: through the archive API from a container that is created, never
+/// started, and removed at once. The file must be one regular file; its
+/// size is the tar header's, so an empty file reads empty and a missing
+/// one fails the test.
+///
+/// Not `docker run IMAGE cat PATH`: on Docker 26 with the containerd
+/// image store, under load, `docker run --rm` now and then exits 0 with no
+/// output at all while the image's file is intact (read through the
+/// archive API at the same moment, and by the next `docker run`).
+#[track_caller]
 pub fn read_in_image(image: &str, path: &str) -> String {
-    docker(&["run", "--rm", image, "cat", path])
+    let name = unique("read");
+    docker(&["create", "--name", &name, image, "/read-only"]);
+    let out = Command::new("docker")
+        .args(["cp", &format!("{name}:{path}"), "-"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run docker");
+    docker(&["rm", "-f", &name]);
+    assert!(
+        out.status.success(),
+        "`docker cp {name}:{path} -` of `{image}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut archive = tar::Archive::new(out.stdout.as_slice());
+    let mut entries = archive.entries().expect("read docker cp's tar");
+    let mut entry = entries
+        .next()
+        .unwrap_or_else(|| panic!("`docker cp` of `{path}` in `{image}` gave an empty archive"))
+        .expect("read docker cp's tar");
+    assert!(
+        entry.header().entry_type().is_file(),
+        "`{path}` in `{image}` is no regular file: {:?}",
+        entry.header().entry_type()
+    );
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut data).expect("read docker cp's tar");
+    String::from_utf8(data).unwrap_or_else(|e| panic!("`{path}` in `{image}` is not UTF-8: {e}"))
 }
 
 /// The SHA-256 of `data` in lowercase hex, as `sha256sum` prints it.
