@@ -551,7 +551,10 @@ fn symlinked_destination(prefix: &str, builder: &str) {
         )
         .file(
             "Dockerfile.keys",
-            from_base("RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n"),
+            from_base_for(
+                c.uid(),
+                "RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n",
+            ),
         )
         .arg("--keep-artifacts");
     let out = h.run();
@@ -573,7 +576,7 @@ fn symlinked_destination(prefix: &str, builder: &str) {
     assert_no_container_left(&c);
 
     // A symlink committed in the repository is refused before any build.
-    let (h, _c) = project(
+    let (h, c) = project(
         &format!("{prefix}-c"),
         &format!(
             "build:
@@ -590,7 +593,10 @@ fn symlinked_destination(prefix: &str, builder: &str) {
     );
     let h = h.file(
         "Dockerfile",
-        from_base("RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n"),
+        from_base_for(
+            c.uid(),
+            "RUN echo ssh-ed25519 AAAA attacker > /authorized_keys\n",
+        ),
     );
     std::os::unix::fs::symlink(outside.path(), h.dir().join("out")).unwrap();
     let out = h.run();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::rendezvous::Rendezvous;
 use crate::common::{
-    base_image, docker, from_base, image_exists, project, read_in_image, tls_proxy, unique,
-    Cleanup, Habitus, Output,
+    base_image, docker, from_base, from_base_for, image_exists, project, read_in_image, tls_proxy,
+    unique, Cleanup, Habitus, Output,
 };
 
 /// Removes images by id when dropped.
@@ -365,7 +365,7 @@ fn a_secret_passed_as_a_build_arg_is_warned_about_once_as_the_build_starts() {
     );
     let value = unique("npm-token-value");
     let h = h
-        .file("Dockerfile.base", from_base("RUN true\n"))
+        .file("Dockerfile.base", from_base_for(c.uid(), "RUN true\n"))
         .file(
             "Dockerfile",
             "FROM hb/exposed-base\nARG NPM_TOKEN\nARG VERSION\nRUN echo built\n",
