@@ -739,6 +739,25 @@ struct ArchiveEngine {
     loaded: Mutex<Vec<u8>>,
 }
 
+impl ArchiveEngine {
+    /// An engine whose image `sha256:app` has `layers` and `config`, and
+    /// which saves it as `archive`.
+    fn new(archive: Vec<u8>, layers: &[Vec<u8>], config: &serde_json::Value) -> ArchiveEngine {
+        ArchiveEngine {
+            archive,
+            details: ImageDetails {
+                id: "sha256:app".into(),
+                diff_ids: layers.iter().map(|l| sha256(l)).collect(),
+                config: config["config"].clone(),
+                author: String::new(),
+                architecture: "amd64".into(),
+                os: "linux".into(),
+            },
+            loaded: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Engine for ArchiveEngine {
     async fn ping(&self) -> Result<(), EngineError> {
@@ -898,18 +917,7 @@ fn members(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
 async fn a_crafted_oci_save_is_squashed_and_loaded_with_its_config() {
     let layers = stack();
     let config = config_for(&layers);
-    let engine = ArchiveEngine {
-        archive: oci_archive(&layers, &config),
-        details: ImageDetails {
-            id: "sha256:app".into(),
-            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
-            config: config["config"].clone(),
-            author: String::new(),
-            architecture: "amd64".into(),
-            os: "linux".into(),
-        },
-        loaded: Mutex::new(Vec::new()),
-    };
+    let engine = ArchiveEngine::new(oci_archive(&layers, &config), &layers, &config);
     let sink: LineSink = Arc::new(|_| {});
     let report = squash(
         &engine,
@@ -957,18 +965,7 @@ async fn a_labelled_squash_keeps_only_the_given_labels() {
     let committed = json!({"l": "v", "habitus.build": "b1", "habitus.container": "b1", "habitus.owner.pid": "42"});
     config["config"]["Labels"] = committed.clone();
     config["container_config"] = json!({"Cmd": ["/bin/sh"], "Labels": committed});
-    let engine = ArchiveEngine {
-        archive: legacy_archive(&layers, &config),
-        details: ImageDetails {
-            id: "sha256:app".into(),
-            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
-            config: config["config"].clone(),
-            author: String::new(),
-            architecture: "amd64".into(),
-            os: "linux".into(),
-        },
-        loaded: Mutex::new(Vec::new()),
-    };
+    let engine = ArchiveEngine::new(legacy_archive(&layers, &config), &layers, &config);
     let sink: LineSink = Arc::new(|_| {});
     let own = BTreeMap::from([("l".to_string(), "v".to_string())]);
     let report = squash_labelled(
@@ -999,22 +996,15 @@ async fn a_gzip_oci_save_loads_as_oci_naming_the_kept_blobs() {
     let layers = stack();
     let config = config_for(&layers);
     let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
-    let engine = ArchiveEngine {
-        archive: oci_archive_of(
+    let engine = ArchiveEngine::new(
+        oci_archive_of(
             &blobs,
             "application/vnd.oci.image.layer.v1.tar+gzip",
             &config,
         ),
-        details: ImageDetails {
-            id: "sha256:app".into(),
-            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
-            config: config["config"].clone(),
-            author: String::new(),
-            architecture: "amd64".into(),
-            os: "linux".into(),
-        },
-        loaded: Mutex::new(Vec::new()),
-    };
+        &layers,
+        &config,
+    );
     let sink: LineSink = Arc::new(|_| {});
     let report = squash(
         &engine,
@@ -1080,18 +1070,7 @@ async fn a_gzip_oci_save_loads_as_oci_naming_the_kept_blobs() {
 async fn keeping_every_layer_is_refused() {
     let layers = stack();
     let config = config_for(&layers);
-    let engine = ArchiveEngine {
-        archive: Vec::new(),
-        details: ImageDetails {
-            id: "sha256:app".into(),
-            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
-            config: config["config"].clone(),
-            author: String::new(),
-            architecture: "amd64".into(),
-            os: "linux".into(),
-        },
-        loaded: Mutex::new(Vec::new()),
-    };
+    let engine = ArchiveEngine::new(Vec::new(), &layers, &config);
     let sink: LineSink = Arc::new(|_| {});
     let err = squash(&engine, "app", "t", Keep::Layers(3), u64::MAX, sink)
         .await
@@ -1139,18 +1118,7 @@ fn engine_of(layers: &[Vec<u8>], layout: Layout) -> ArchiveEngine {
             )
         }
     };
-    ArchiveEngine {
-        archive,
-        details: ImageDetails {
-            id: "sha256:app".into(),
-            diff_ids: layers.iter().map(|l| sha256(l)).collect(),
-            config: config["config"].clone(),
-            author: String::new(),
-            architecture: "amd64".into(),
-            os: "linux".into(),
-        },
-        loaded: Mutex::new(Vec::new()),
-    }
+    ArchiveEngine::new(archive, layers, &config)
 }
 
 /// Squashes with the bottom layer kept; the report or the error, and the
