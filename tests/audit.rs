@@ -4,8 +4,12 @@ use crate::common::{base_image, docker, Cleanup, Habitus};
 
 const SECRET: &str = "hunter2-the-deploy-key-0xC0FFEE";
 
-/// Builds `dockerfile` (with `secret.txt` in its context) as `tag`.
+/// Builds `dockerfile` (with `secret.txt` in its context) as `tag`. A
+/// label naming `tag` follows its `FROM`, so that no other test's build
+/// shares its images through the cache (and removes them under it).
 fn build(dir: &std::path::Path, tag: &str, dockerfile: &str) {
+    let (from, rest) = dockerfile.split_once('\n').unwrap_or((dockerfile, ""));
+    let dockerfile = format!("{from}\nLABEL habitus.test.case=\"{tag}\"\n{rest}");
     std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
     std::fs::write(dir.join("secret.txt"), format!("{SECRET}\n")).unwrap();
     docker(&["build", "-q", "-t", tag, dir.to_str().unwrap()]);
